@@ -1,0 +1,78 @@
+#pragma once
+/// \file activation.hpp
+/// \brief CPU element-wise kernels: SwiGLU (silu(gate) * up) and the residual add.
+
+#include <cmath>
+#include <cstdint>
+
+#include <xsimd/xsimd.hpp>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/detail/simd.hpp"
+#include "limarp/core/thread_pool.hpp"
+
+namespace limarp::ops {
+
+/// \cond
+namespace cpu_detail {
+/// silu(g) * u in f32 as PyTorch evaluates it: (g / (1 + exp(-g))) * u.
+inline float silu_mul(float g, float u) noexcept { return (g / (1.0f + std::exp(-g))) * u; }
+}  // namespace cpu_detail
+/// \endcond
+
+/// SwiGLU activation: h = silu(gate) * up with silu(g) = g / (1 + exp(-g)), in f32
+/// (vectorised exp, within ~1 ulp).
+///
+/// \param h    [n] output; may be the same pointer as gate or up
+/// \param gate [n] gate projection
+/// \param up   [n] up projection
+/// \param n    number of elements (T * d_ff)
+/// \param pool thread pool (nullptr: ThreadPool::global())
+/// \pre n >= 0; h is either the same pointer as gate/up or does not overlap them.
+template <class A>
+void swiglu(Cpu<A>, float* h /*[n]*/, const float* gate /*[n]*/, const float* up /*[n]*/, std::int64_t n,
+            ThreadPool* pool = nullptr) {
+    using B = cpu_detail::fbatch<A>;
+    constexpr std::int64_t L = cpu_detail::lanes<A>;
+    auto range = [&](std::int64_t b, std::int64_t e) {
+        std::int64_t i = b;
+        const B one(1.0f);
+        for (; i + L <= e; i += L) {
+            const B g = B::load_unaligned(gate + i), u = B::load_unaligned(up + i);
+            ((g / (one + xsimd::exp(-g))) * u).store_unaligned(h + i);
+        }
+        for (; i < e; ++i) h[i] = cpu_detail::silu_mul(gate[i], up[i]);
+    };
+    // Split on multiples of the vector width so every chunk but the last is all-vector.
+    ThreadPool& p = cpu_detail::pool_or_global(pool);
+    const std::int64_t n_vec = (n + L - 1) / L;
+    cpu_detail::parallel_rows(p, n_vec, 20.0 * L, [&](std::int64_t b, std::int64_t e) {
+        range(b * L, std::min(n, e * L));
+    });
+}
+
+/// Residual add: y += x.
+///
+/// \param y    [n] accumulated in place
+/// \param x    [n] added
+/// \param n    number of elements
+/// \param pool thread pool (nullptr: ThreadPool::global())
+/// \pre n >= 0; y and x do not overlap (or are the same pointer).
+template <class A>
+void add_inplace(Cpu<A>, float* y /*[n]*/, const float* x /*[n]*/, std::int64_t n, ThreadPool* pool = nullptr) {
+    using B = cpu_detail::fbatch<A>;
+    constexpr std::int64_t L = cpu_detail::lanes<A>;
+    auto range = [&](std::int64_t b, std::int64_t e) {
+        std::int64_t i = b;
+        for (; i + L <= e; i += L) (B::load_unaligned(y + i) + B::load_unaligned(x + i)).store_unaligned(y + i);
+        for (; i < e; ++i) y[i] += x[i];
+    };
+    ThreadPool& p = cpu_detail::pool_or_global(pool);
+    const std::int64_t n_vec = (n + L - 1) / L;
+    // Memory bound: threads only help for large arrays.
+    cpu_detail::parallel_rows(p, n_vec, 0.25 * L, [&](std::int64_t b, std::int64_t e) {
+        range(b * L, std::min(n, e * L));
+    });
+}
+
+}  // namespace limarp::ops

@@ -1,0 +1,11 @@
+#pragma once
+/// \file ops.hpp
+/// \brief Umbrella header of the CPU backend kernels (`ops::` overloads taking a `Cpu<A>` tag).
+
+#include "limarp/backend/cpu/activation.hpp"
+#include "limarp/backend/cpu/attention.hpp"
+#include "limarp/backend/cpu/embedding.hpp"
+#include "limarp/backend/cpu/gemm.hpp"
+#include "limarp/backend/cpu/loss.hpp"
+#include "limarp/backend/cpu/norm.hpp"
+#include "limarp/backend/cpu/rope.hpp"
