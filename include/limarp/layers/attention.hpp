@@ -1,0 +1,98 @@
+#pragma once
+/// \file attention.hpp
+/// \brief `GqaAttention<B, Proj>`: grouped-query self-attention with rotary embeddings,
+/// a sliding window and a rolling KV cache.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/ops.hpp"
+#include "limarp/core/tensor.hpp"
+#include "limarp/layers/concepts.hpp"
+#include "limarp/layers/rotary.hpp"
+#include "limarp/model/kv_cache.hpp"
+#include "limarp/model/mistral_config.hpp"
+
+namespace limarp {
+
+/// Mistral self-attention: q/k/v/o projections of type `Proj`, rotary on q and k, causal
+/// attention over at most `cfg.window_keys()` keys per query (its own included).
+template <Backend B, Linear Proj>
+class GqaAttention {
+public:
+    using backend_type = B;  ///< backend tag
+    using proj_type = Proj;  ///< projection type
+    static_assert(std::is_same_v<typename Proj::backend_type, B>,
+                  "GqaAttention<B, Proj>: Proj must run on the same backend B");
+
+    GqaAttention() = default;
+    /// Composes the projections. \throws ShapeError when their widths disagree with `cfg`.
+    GqaAttention(const MistralConfig& cfg, Proj q, Proj k, Proj v, Proj o)
+        : q_(std::move(q)), k_(std::move(k)), v_(std::move(v)), o_(std::move(o)), rope_(cfg.head_dim, cfg.rope_theta) {
+        shape_ = ops::AttentionShape{cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.window_keys()};
+        if (q_.out_features() != cfg.q_dim() || k_.out_features() != cfg.kv_dim() ||
+            v_.out_features() != cfg.kv_dim() || o_.in_features() != cfg.q_dim())
+            throw ShapeError("GqaAttention: projection widths do not match n_heads/n_kv_heads/head_dim");
+    }
+    /// Loads "<prefix>.{q,k,v,o}_proj".
+    static GqaAttention load(const LoadContext& ctx, const std::string& prefix, const MistralConfig& cfg) {
+        Proj q = Proj::load(ctx, prefix + ".q_proj", cfg.d_model, cfg.q_dim());
+        Proj k = Proj::load(ctx, prefix + ".k_proj", cfg.d_model, cfg.kv_dim());
+        Proj v = Proj::load(ctx, prefix + ".v_proj", cfg.d_model, cfg.kv_dim());
+        Proj o = Proj::load(ctx, prefix + ".o_proj", cfg.q_dim(), cfg.d_model);
+        return GqaAttention(cfg, std::move(q), std::move(k), std::move(v), std::move(o));
+    }
+
+    /// Attends `T` new tokens at positions p0..p0+T-1 to themselves and to the cached keys,
+    /// then stores their keys and values into `cache` (the last min(T, C) of them).
+    /// \pre cache.capacity >= window_keys - 1 when windowed, or >= p0 + T without a window.
+    void forward(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T,
+                 const std::int64_t* positions /*[T]: p0..p0+T-1*/, KvLayer cache) {
+        const std::int64_t qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
+        if (q_buf_.size() < T * qd) {
+            q_buf_ = Tensor<float>({T, qd});
+            o_buf_ = Tensor<float>({T, qd});
+            k_buf_ = Tensor<float>({T, kvd});
+            v_buf_ = Tensor<float>({T, kvd});
+        }
+        q_.forward(q_buf_.data(), x, T);
+        k_.forward(k_buf_.data(), x, T);
+        v_.forward(v_buf_.data(), x, T);
+        rope_.forward(q_buf_.data(), positions, T, shape_.n_heads);
+        rope_.forward(k_buf_.data(), positions, T, shape_.n_kv_heads);
+        const std::int64_t p0 = positions[0];
+        ops::attention_sliding_window(B{}, o_buf_.data(), q_buf_.data(), k_buf_.data(), v_buf_.data(), cache.k,
+                                      cache.v, cache.capacity, p0, T, shape_,
+                                      1.0f / std::sqrt(static_cast<float>(shape_.head_dim)));
+        // keep the newest keys/values in the ring
+        const std::int64_t keep = std::min(T, cache.capacity);
+        for (std::int64_t t = T - keep; t < T; ++t) {
+            const std::int64_t slot = (p0 + t) % cache.capacity;
+            std::copy_n(k_buf_.data() + t * kvd, kvd, cache.k + slot * kvd);
+            std::copy_n(v_buf_.data() + t * kvd, kvd, cache.v + slot * kvd);
+        }
+        o_.forward(y, o_buf_.data(), T);
+    }
+
+    /// The q projection.
+    Proj& q_proj() noexcept { return q_; }
+    /// The k projection.
+    Proj& k_proj() noexcept { return k_; }
+    /// The v projection.
+    Proj& v_proj() noexcept { return v_; }
+    /// The o projection.
+    Proj& o_proj() noexcept { return o_; }
+    /// Head geometry and window.
+    const ops::AttentionShape& shape() const noexcept { return shape_; }
+
+private:
+    Proj q_, k_, v_, o_;
+    Rotary<B> rope_;
+    ops::AttentionShape shape_{};
+    Tensor<float> q_buf_, k_buf_, v_buf_, o_buf_;
+};
+
+}  // namespace limarp

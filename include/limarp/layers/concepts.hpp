@@ -1,0 +1,55 @@
+#pragma once
+/// \file concepts.hpp
+/// \brief The layer concepts: what a type must provide to be composed into `MistralBlock`.
+///
+/// A user-defined layer is any type satisfying the concept; nothing has to derive from
+/// a library base class. See examples/custom_layer/ for a wrapper defined outside the library.
+
+#include <concepts>
+#include <cstdint>
+#include <string>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/layers/weight.hpp"
+
+namespace limarp {
+
+/// A linear map y = x · Wᵀ (+ anything the layer adds) from `in_features()` to `out_features()`.
+///
+/// Requirements:
+/// - `typename L::backend_type` is a `Backend` tag;
+/// - `l.in_features()`, `l.out_features()`;
+/// - `l.forward(y, x, T)` writes y [T, out] from x [T, in] (pointers in the backend's memory);
+/// - `L::load(ctx, name, in, out)` builds the layer from the module at `name` (no ".weight" suffix).
+template <class L>
+concept Linear = requires(L& l, const L& cl, float* y, const float* x, std::int64_t T, const LoadContext& ctx,
+                          const std::string& name) {
+    typename L::backend_type;
+    requires Backend<typename L::backend_type>;
+    { cl.in_features() } -> std::convertible_to<std::int64_t>;
+    { cl.out_features() } -> std::convertible_to<std::int64_t>;
+    l.forward(y, x, T);
+    { L::load(ctx, name, std::int64_t{}, std::int64_t{}) } -> std::same_as<L>;
+};
+
+/// A normalisation over the last dimension: `n.forward(y, x, T)` with y, x [T, d]; y may alias x.
+/// `N::load(ctx, name, d, eps)` builds it from the weight at `name`.
+template <class N>
+concept Norm = requires(const N& n, float* y, const float* x, std::int64_t T, const LoadContext& ctx,
+                        const std::string& name) {
+    typename N::backend_type;
+    n.forward(y, x, T);
+    { N::load(ctx, name, std::int64_t{}, double{}) } -> std::same_as<N>;
+};
+
+/// A feed-forward block d_model -> d_model: `m.forward(y, x, T)` with y, x [T, d_model]
+/// (y must not alias x). `M::load(ctx, prefix, d_model, d_ff)` builds it from "<prefix>.*".
+template <class M>
+concept Mlp = requires(M& m, float* y, const float* x, std::int64_t T, const LoadContext& ctx,
+                       const std::string& prefix) {
+    typename M::backend_type;
+    m.forward(y, x, T);
+    { M::load(ctx, prefix, std::int64_t{}, std::int64_t{}) } -> std::same_as<M>;
+};
+
+}  // namespace limarp

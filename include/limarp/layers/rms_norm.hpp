@@ -1,0 +1,43 @@
+#pragma once
+/// \file rms_norm.hpp
+/// \brief `RmsNorm<B>`: y = weight * x / sqrt(mean(x²) + eps), as Hugging Face MistralRMSNorm.
+
+#include <cstdint>
+#include <string>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/ops.hpp"
+#include "limarp/layers/weight.hpp"
+
+namespace limarp {
+
+/// Root-mean-square normalisation with a frozen per-channel weight.
+template <Backend B>
+class RmsNorm {
+public:
+    using backend_type = B;  ///< backend tag
+
+    RmsNorm() = default;
+    /// Wraps `w` [d].
+    RmsNorm(Weight w, double eps) : w_(std::move(w)), eps_(eps) {}
+    /// Loads "<name>.weight" [d].
+    static RmsNorm load(const LoadContext& ctx, const std::string& name, std::int64_t d, double eps) {
+        return RmsNorm(ctx.weight(name + ".weight", {d}), eps);
+    }
+    /// Width.
+    std::int64_t dim() const noexcept { return w_.shape.empty() ? 0 : w_.shape[0]; }
+    /// Epsilon added to the mean square.
+    double eps() const noexcept { return eps_; }
+    /// The weight [d].
+    const Weight& weight() const noexcept { return w_; }
+    /// y = norm(x); y may alias x.
+    void forward(float* y /*[T, d]*/, const float* x /*[T, d]*/, std::int64_t T) const {
+        visit_weight(w_, [&](const auto* w) { ops::rms_norm(B{}, y, x, w, T, dim(), static_cast<float>(eps_)); });
+    }
+
+private:
+    Weight w_;
+    double eps_ = 1e-5;
+};
+
+}  // namespace limarp

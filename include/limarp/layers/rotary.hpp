@@ -1,0 +1,36 @@
+#pragma once
+/// \file rotary.hpp
+/// \brief `Rotary<B>`: rotary position embedding in Hugging Face's rotate-half layout.
+
+#include <cstdint>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/ops.hpp"
+
+namespace limarp {
+
+/// Rotates query/key heads by position-dependent angles pos * theta^(-2i/head_dim),
+/// pairing element i with element i + head_dim/2 (HF `rotate_half`). Works at arbitrary positions.
+template <Backend B>
+class Rotary {
+public:
+    using backend_type = B;  ///< backend tag
+    Rotary() = default;
+    /// Rotary embedding for heads of width `head_dim` with base `theta`.
+    Rotary(std::int64_t head_dim, double theta) : head_dim_(head_dim), theta_(theta) {}
+    /// Head width.
+    std::int64_t head_dim() const noexcept { return head_dim_; }
+    /// Base.
+    double theta() const noexcept { return theta_; }
+    /// Rotates `x` in place; row t is at absolute position `positions[t]`.
+    void forward(float* x /*[T, n_heads, head_dim]*/, const std::int64_t* positions /*[T]*/, std::int64_t T,
+                 std::int64_t n_heads) const {
+        ops::rope_rotate_half(B{}, x, positions, T, n_heads, head_dim_, theta_);
+    }
+
+private:
+    std::int64_t head_dim_ = 0;
+    double theta_ = 10000.0;
+};
+
+}  // namespace limarp

@@ -1,0 +1,127 @@
+#pragma once
+/// \file kv_cache.hpp
+/// \brief `KvCache`: per-layer rolling buffers of keys and values (mistral-inference style).
+///
+/// Position p lives in slot p % C of a ring of C rows. With a sliding window of W keys,
+/// C never exceeds W - 1 + rewind_slack, so memory stays O(window) however long the
+/// conversation. Without a window, the buffer grows (doubling) with the sequence.
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "limarp/core/error.hpp"
+#include "limarp/core/tensor.hpp"
+#include "limarp/model/mistral_config.hpp"
+
+namespace limarp {
+
+/// The keys and values of one layer: two rings of `capacity` rows of `kv_dim` floats.
+struct KvLayer {
+    float* k = nullptr;          ///< [capacity, kv_dim]
+    float* v = nullptr;          ///< [capacity, kv_dim]
+    std::int64_t capacity = 0;   ///< ring length C
+};
+
+/// The key/value cache of a whole model plus the token ids it holds, for prompt reuse.
+class KvCache {
+public:
+    KvCache() = default;
+    /// A cache for `cfg`. `rewind_slack` extra rows let `rewind` go back that many tokens
+    /// even after the ring has wrapped (chat regeneration); `initial` is the first allocation.
+    explicit KvCache(const MistralConfig& cfg, std::int64_t rewind_slack = 0, std::int64_t initial = 256)
+        : n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), window_keys_(cfg.window_keys()) {
+        max_capacity_ = window_keys_ > 0 ? std::max<std::int64_t>(1, window_keys_ - 1 + rewind_slack) : 0;
+        capacity_ = max_capacity_ > 0 ? std::min(max_capacity_, std::max<std::int64_t>(1, initial))
+                                      : std::max<std::int64_t>(1, initial);
+        alloc(capacity_);
+    }
+
+    /// Tokens processed so far (the next token's position).
+    std::int64_t n_past() const noexcept { return static_cast<std::int64_t>(tokens_.size()); }
+    /// The ids processed so far, in order.
+    const std::vector<std::int32_t>& tokens() const noexcept { return tokens_; }
+    /// Current ring length.
+    std::int64_t capacity() const noexcept { return capacity_; }
+    /// Largest ring length (0 = unbounded: full attention).
+    std::int64_t max_capacity() const noexcept { return max_capacity_; }
+    /// Bytes held by the buffers.
+    std::size_t bytes() const noexcept { return static_cast<std::size_t>(2 * n_layers_ * capacity_ * kv_dim_) * 4; }
+    /// The buffers of layer `l`.
+    KvLayer layer(std::int64_t l) noexcept {
+        return {k_[static_cast<std::size_t>(l)].data(), v_[static_cast<std::size_t>(l)].data(), capacity_};
+    }
+
+    /// Makes room before `T` more tokens are processed (grows the ring while it has not wrapped).
+    void reserve(std::int64_t T) {
+        const std::int64_t need = n_past() + T;
+        if (need <= capacity_ || (max_capacity_ > 0 && capacity_ >= max_capacity_)) return;
+        std::int64_t c = std::max(need, 2 * capacity_);
+        if (max_capacity_ > 0) c = std::min(c, max_capacity_);
+        // invariant: below max capacity the ring has not wrapped, so slot == position
+        std::vector<Tensor<float>> k2, v2;
+        for (std::int64_t l = 0; l < n_layers_; ++l) {
+            Tensor<float> nk({c, kv_dim_}), nv({c, kv_dim_});
+            const std::int64_t rows = std::min(n_past(), capacity_) * kv_dim_;
+            std::copy(k_[l].data(), k_[l].data() + rows, nk.data());
+            std::copy(v_[l].data(), v_[l].data() + rows, nv.data());
+            k2.push_back(std::move(nk));
+            v2.push_back(std::move(nv));
+        }
+        k_ = std::move(k2);
+        v_ = std::move(v2);
+        capacity_ = c;
+    }
+
+    /// Records that `ids` [T] were processed (after every layer stored its keys and values).
+    void advance(std::span<const std::int32_t> ids) { tokens_.insert(tokens_.end(), ids.begin(), ids.end()); }
+
+    /// Forgets everything.
+    void clear() { tokens_.clear(); }
+
+    /// True when the cache can be cut back to its first `n` tokens and continue from there:
+    /// the keys that later queries need (the last window_keys - 1 before n) are still in the ring.
+    bool can_rewind_to(std::int64_t n) const noexcept {
+        if (n < 0 || n > n_past()) return false;
+        if (n == n_past() || max_capacity_ == 0) return true;
+        const std::int64_t oldest = std::max<std::int64_t>(0, n_past() - capacity_);
+        const std::int64_t needed = std::max<std::int64_t>(0, n - (window_keys_ - 1));
+        return needed >= oldest;
+    }
+    /// Cuts the cache back to its first `n` tokens. \throws ArgumentError when `can_rewind_to(n)` is false.
+    void rewind(std::int64_t n) {
+        if (!can_rewind_to(n))
+            throw ArgumentError("KvCache: cannot rewind from " + std::to_string(n_past()) + " to " +
+                                std::to_string(n) + " tokens: the ring has overwritten keys that are needed");
+        tokens_.resize(static_cast<std::size_t>(n));
+    }
+
+    /// How many leading tokens of `prompt` can be kept: the longest common prefix with the
+    /// cached ids to which the cache can rewind, never the whole prompt (the last prompt
+    /// token must be recomputed to get its logits).
+    std::int64_t reusable_prefix(std::span<const std::int32_t> prompt) const {
+        std::int64_t n = 0;
+        const std::int64_t lim = std::min<std::int64_t>(n_past(), static_cast<std::int64_t>(prompt.size()) - 1);
+        while (n < lim && tokens_[static_cast<std::size_t>(n)] == prompt[static_cast<std::size_t>(n)]) ++n;
+        while (n > 0 && !can_rewind_to(n)) --n;
+        return n;
+    }
+
+private:
+    void alloc(std::int64_t c) {
+        k_.clear();
+        v_.clear();
+        for (std::int64_t l = 0; l < n_layers_; ++l) {
+            k_.emplace_back(Shape{c, kv_dim_});
+            v_.emplace_back(Shape{c, kv_dim_});
+        }
+    }
+    std::int64_t n_layers_ = 0, kv_dim_ = 0, window_keys_ = 0;
+    std::int64_t capacity_ = 0, max_capacity_ = 0;
+    std::vector<Tensor<float>> k_, v_;
+    std::vector<std::int32_t> tokens_;
+};
+
+}  // namespace limarp

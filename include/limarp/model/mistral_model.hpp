@@ -1,0 +1,146 @@
+#pragma once
+/// \file mistral_model.hpp
+/// \brief `MistralModel<B, Block, Head>`: embeddings, decoder blocks, final norm and an untied
+/// (or tied) lm_head, with chunked prefill and one-token decode through a rolling `KvCache`.
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <numeric>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/core/error.hpp"
+#include "limarp/core/tensor.hpp"
+#include "limarp/io/hf_config.hpp"
+#include "limarp/io/safetensors.hpp"
+#include "limarp/layers/embedding.hpp"
+#include "limarp/layers/linear.hpp"
+#include "limarp/layers/rms_norm.hpp"
+#include "limarp/model/kv_cache.hpp"
+#include "limarp/model/mistral_block.hpp"
+#include "limarp/model/mistral_config.hpp"
+
+namespace limarp {
+
+/// Which rows of logits `MistralModel::forward` computes.
+enum class LogitsRows : std::uint8_t {
+    All,   ///< one row per input token: [T, vocab]
+    Last,  ///< only the last token's row: [1, vocab]
+    None,  ///< no logits (prefill only)
+};
+
+/// A Mistral causal language model composed of `Block`s (default: dense bf16/f32 projections).
+template <Backend B, class Block = MistralBlock<B>, Linear Head = DenseLinear<B>>
+class MistralModel {
+public:
+    using backend_type = B;   ///< backend tag
+    using block_type = Block; ///< decoder block type
+
+    /// Builds the model from `ctx` (weights named as Hugging Face's MistralForCausalLM).
+    /// \throws FormatError / ShapeError naming the tensor when a weight is missing or mis-shaped.
+    MistralModel(const MistralConfig& cfg, const LoadContext& ctx) : cfg_(cfg) {
+        embed_ = Embedding<B>::load(ctx, "model.embed_tokens", cfg.vocab, cfg.d_model);
+        blocks_.reserve(static_cast<std::size_t>(cfg.n_layers));
+        for (std::int64_t l = 0; l < cfg.n_layers; ++l) blocks_.push_back(Block::load(ctx, cfg, l));
+        norm_ = RmsNorm<B>::load(ctx, "model.norm", cfg.d_model, cfg.rms_norm_eps);
+        if (!cfg.tie_word_embeddings || ctx.has("lm_head.weight"))
+            head_ = Head::load(ctx, "lm_head", cfg.d_model, cfg.vocab);
+        else
+            head_ = Head::load(ctx, "model.embed_tokens", cfg.d_model, cfg.vocab);
+    }
+
+    /// Opens a Hugging Face model folder (config.json + model.safetensors or a sharded index).
+    /// `configure` may edit the `LoadContext` (options for user-defined layers) and the config
+    /// (e.g. the window convention) before the weights are loaded.
+    template <class Configure = void (*)(MistralConfig&, LoadContext&)>
+    static MistralModel from_dir(const std::filesystem::path& dir, Configure configure = [](MistralConfig&, LoadContext&) {}) {
+        MistralConfig cfg = io::read_mistral_config(dir);
+        auto ckpt = std::make_shared<io::SafeTensorsCheckpoint>(io::SafeTensorsCheckpoint::open(dir));
+        LoadContext ctx(std::move(ckpt));
+        configure(cfg, ctx);
+        return MistralModel(cfg, ctx);
+    }
+
+    /// The configuration.
+    const MistralConfig& config() const noexcept { return cfg_; }
+    /// A fresh cache for this model.
+    KvCache make_cache(std::int64_t rewind_slack = 0) const { return KvCache(cfg_, rewind_slack); }
+    /// Number of tokens processed per internal step of a long prefill.
+    std::int64_t chunk_size() const noexcept { return chunk_; }
+    /// Sets the prefill chunk length (>= 1).
+    void set_chunk_size(std::int64_t c) { chunk_ = std::max<std::int64_t>(1, c); }
+
+    /// Runs `ids` [T] after the tokens already in `cache`, in chunks, and appends them to it.
+    /// Writes logits [T, vocab] (`LogitsRows::All`), [1, vocab] (`Last`) or nothing (`None`).
+    /// \throws ArgumentError when an id is outside the vocabulary (the cache is left unchanged).
+    void forward(float* logits, std::span<const std::int32_t> ids, KvCache& cache, LogitsRows rows = LogitsRows::All) {
+        const std::int64_t T = static_cast<std::int64_t>(ids.size());
+        for (std::int64_t t = 0; t < T; ++t)
+            if (ids[t] < 0 || ids[t] >= cfg_.vocab)
+                throw ArgumentError("token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) +
+                                    " is outside the vocabulary [0, " + std::to_string(cfg_.vocab) + ")");
+        for (std::int64_t c0 = 0; c0 < T; c0 += chunk_) {
+            const std::int64_t n = std::min(chunk_, T - c0);
+            const bool last_chunk = c0 + n == T;
+            float* out = nullptr;
+            std::int64_t first_row = 0;
+            if (rows == LogitsRows::All) {
+                out = logits + c0 * cfg_.vocab;
+            } else if (rows == LogitsRows::Last && last_chunk) {
+                out = logits;
+                first_row = n - 1;
+            }
+            step(out, first_row, ids.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(n)), cache);
+        }
+    }
+
+    /// Convenience: scores `ids` from an empty cache and returns logits [T, vocab].
+    Tensor<float> logits(std::span<const std::int32_t> ids) {
+        KvCache cache = make_cache();
+        Tensor<float> out({static_cast<std::int64_t>(ids.size()), cfg_.vocab});
+        forward(out.data(), ids, cache, LogitsRows::All);
+        return out;
+    }
+
+    /// The decoder blocks.
+    std::vector<Block>& blocks() noexcept { return blocks_; }
+    /// The token embeddings.
+    Embedding<B>& embedding() noexcept { return embed_; }
+    /// The final norm.
+    RmsNorm<B>& final_norm() noexcept { return norm_; }
+    /// The output projection.
+    Head& lm_head() noexcept { return head_; }
+
+private:
+    // One chunk: logits for rows [first_row, n) written to `out` when it is not null.
+    void step(float* out, std::int64_t first_row, std::span<const std::int32_t> ids, KvCache& cache) {
+        const std::int64_t n = static_cast<std::int64_t>(ids.size()), d = cfg_.d_model;
+        if (x_.size() < n * d) x_ = Tensor<float>({n, d});
+        pos_.resize(static_cast<std::size_t>(n));
+        std::iota(pos_.begin(), pos_.end(), cache.n_past());
+        cache.reserve(n);
+        embed_.forward(x_.data(), ids.data(), n);
+        for (std::size_t l = 0; l < blocks_.size(); ++l)
+            blocks_[l].forward(x_.data(), n, pos_.data(), cache.layer(static_cast<std::int64_t>(l)));
+        cache.advance(ids);
+        if (!out) return;
+        const std::int64_t m = n - first_row;
+        norm_.forward(x_.data() + first_row * d, x_.data() + first_row * d, m);
+        head_.forward(out, x_.data() + first_row * d, m);
+    }
+
+    MistralConfig cfg_;
+    Embedding<B> embed_;
+    std::vector<Block> blocks_;
+    RmsNorm<B> norm_;
+    Head head_;
+    std::int64_t chunk_ = 256;
+    Tensor<float> x_;
+    std::vector<std::int64_t> pos_;
+};
+
+}  // namespace limarp

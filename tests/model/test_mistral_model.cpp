@@ -1,0 +1,175 @@
+// Model-level tests for limarp/model/*: logits and greedy continuations against the
+// Hugging Face golden fixtures, chunked/token-by-token equivalence, the rolling cache.
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/fixtures.hpp"
+#include "limarp/io/npy.hpp"
+#include "limarp/model/mistral_model.hpp"
+
+using namespace limarp;
+using Model = MistralModel<Cpu<>>;
+
+namespace {
+const char* kFixtures[] = {"swa_long", "gqa4_old", "full_attn_hd"};
+
+Model load(const std::string& name, void (*edit)(MistralConfig&) = nullptr) {
+    return Model::from_dir(test::fixture_dir(name), [edit](MistralConfig& c, LoadContext&) {
+        if (edit) edit(c);
+    });
+}
+
+double logits_error(Model& m, const std::string& name) {
+    const auto j = test::golden_json(name);
+    const auto ids = test::ids_of(j, "ids");
+    const Tensor<float> ref = io::read_npy<float>(test::fixture_dir(name) / "logits.npy");
+    const Tensor<float> got = m.logits(ids);
+    BOOST_REQUIRE(ref.shape() == got.shape());
+    return test::max_rel_err(got.data(), ref.data(), ref.size());
+}
+
+std::vector<std::int32_t> greedy(Model& m, const std::vector<std::int32_t>& prompt, std::size_t n_new) {
+    KvCache cache = m.make_cache();
+    std::vector<float> logits(static_cast<std::size_t>(m.config().vocab));
+    std::vector<std::int32_t> out;
+    std::vector<std::int32_t> next = prompt;
+    for (std::size_t i = 0; i < n_new; ++i) {
+        m.forward(logits.data(), next, cache, LogitsRows::Last);
+        const auto best = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        out.push_back(best);
+        next = {best};
+    }
+    return out;
+}
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(mistral_model)
+
+BOOST_AUTO_TEST_CASE(config_layouts) {
+    const auto a = io::read_mistral_config(test::fixture_dir("swa_long"));   // rope_parameters layout
+    const auto b = io::read_mistral_config(test::fixture_dir("gqa4_old"));   // top-level rope_theta layout
+    const auto c = io::read_mistral_config(test::fixture_dir("full_attn_hd"));
+    BOOST_CHECK_EQUAL(a.window.value(), 16);
+    BOOST_CHECK_EQUAL(b.n_heads / b.n_kv_heads, 4);
+    BOOST_CHECK_EQUAL(b.rope_theta, 10000.0);
+    BOOST_CHECK(!c.window.has_value());
+    BOOST_CHECK_EQUAL(c.head_dim, 32);
+    BOOST_CHECK_EQUAL(c.rope_theta, 1e6);
+}
+
+BOOST_AUTO_TEST_CASE(logits_match_transformers) {
+    for (const char* name : kFixtures) {
+        Model m = load(name);
+        const double err = logits_error(m, name);
+        BOOST_TEST_MESSAGE(name << ": logits max rel err vs transformers = " << err);
+        BOOST_CHECK_MESSAGE(err <= 1e-4, name << ": max rel err " << err << " > 1e-4");
+    }
+}
+
+BOOST_AUTO_TEST_CASE(greedy_continuations_match_transformers) {
+    for (const char* name : kFixtures) {
+        Model m = load(name);
+        const auto j = test::golden_json(name);
+        const auto want = test::ids_of(j, "greedy_new");
+        const auto got = greedy(m, test::ids_of(j, "greedy_prompt"), want.size());
+        BOOST_CHECK_MESSAGE(got == want, name << ": greedy continuation differs from transformers");
+        if (m.config().window) BOOST_CHECK_GE(want.size() + j.at("greedy_prompt").size(), 3 * *m.config().window);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(chunked_and_token_by_token_agree) {
+    for (const char* name : kFixtures) {
+        Model m = load(name);
+        const auto ids = test::ids_of(test::golden_json(name), "ids");
+        const std::int64_t T = static_cast<std::int64_t>(ids.size()), V = m.config().vocab;
+        const Tensor<float> whole = m.logits(ids);  // one prefill (chunk 256 > T)
+        for (std::int64_t chunk : {1, 3, 7, 16, 17}) {
+            m.set_chunk_size(chunk);
+            const Tensor<float> c = m.logits(ids);
+            const double err = test::max_rel_err(c.data(), whole.data(), whole.size());
+            BOOST_CHECK_MESSAGE(err <= 1e-5, name << " chunk " << chunk << ": rel err " << err);
+        }
+        m.set_chunk_size(256);
+        // token by token through the rolling cache, calls of uneven length
+        KvCache cache = m.make_cache();
+        Tensor<float> step({T, V});
+        std::int64_t t = 0, len = 1;
+        while (t < T) {
+            const std::int64_t n = std::min(len, T - t);
+            m.forward(step.data() + t * V, std::span(ids).subspan(t, n), cache, LogitsRows::All);
+            t += n;
+            len = len % 5 + 1;
+        }
+        BOOST_CHECK_LE(test::max_rel_err(step.data(), whole.data(), whole.size()), 1e-5);
+        if (m.config().window) BOOST_CHECK_LE(cache.capacity(), *m.config().window);  // O(window) memory
+    }
+}
+
+// The tests above must be able to fail: a wrong mask (the W+1 window convention) or a
+// wrong rotary base makes the logits miss the reference by far more than the tolerance.
+BOOST_AUTO_TEST_CASE(negative_controls_wrong_mask_or_rope_fail) {
+    Model wrong_mask = load("swa_long", [](MistralConfig& c) { c.window_convention = WindowConvention::MistralInference; });
+    const double e_mask = logits_error(wrong_mask, "swa_long");
+    Model wrong_rope = load("swa_long", [](MistralConfig& c) { c.rope_theta *= 2; });
+    const double e_rope = logits_error(wrong_rope, "swa_long");
+    Model no_window = load("gqa4_old", [](MistralConfig& c) { c.window.reset(); });
+    const double e_full = logits_error(no_window, "gqa4_old");
+    BOOST_TEST_MESSAGE("wrong mask err " << e_mask << ", wrong rope err " << e_rope << ", no window err " << e_full);
+    BOOST_CHECK_GT(e_mask, 1e-3);
+    BOOST_CHECK_GT(e_rope, 1e-3);
+    BOOST_CHECK_GT(e_full, 1e-3);
+}
+
+BOOST_AUTO_TEST_CASE(cache_reuse_and_rewind) {
+    Model m = load("swa_long");
+    const auto ids = test::ids_of(test::golden_json("swa_long"), "ids");
+    const std::int64_t V = m.config().vocab;
+    const Tensor<float> whole = m.logits(ids);
+    // A cache with slack can rewind past a wrap; reuse the common prefix of a new prompt.
+    KvCache cache = m.make_cache(/*rewind_slack=*/8);
+    std::vector<float> last(static_cast<std::size_t>(V));
+    m.forward(last.data(), std::span(ids).first(40), cache, LogitsRows::Last);
+    BOOST_CHECK(!cache.can_rewind_to(20));  // overwritten
+    BOOST_CHECK(cache.can_rewind_to(33));
+    const std::int64_t keep = cache.reusable_prefix(ids);
+    BOOST_CHECK_EQUAL(keep, 40);
+    std::vector<std::int32_t> edited(ids.begin(), ids.begin() + 45);
+    edited[36] = 7;
+    const std::int64_t k2 = cache.reusable_prefix(edited);
+    BOOST_CHECK_EQUAL(k2, 36);
+    cache.rewind(k2);
+    m.forward(last.data(), std::span(ids).subspan(36, 12), cache, LogitsRows::Last);
+    BOOST_CHECK_LE(test::max_rel_err(last.data(), whole.row(47), V), 1e-5);
+    BOOST_CHECK_THROW(cache.rewind(10), ArgumentError);
+    std::vector<std::int32_t> bad = {1, 5, static_cast<std::int32_t>(V)};
+    const auto before = cache.n_past();
+    BOOST_CHECK_THROW(m.forward(last.data(), bad, cache, LogitsRows::Last), ArgumentError);
+    BOOST_CHECK_EQUAL(cache.n_past(), before);
+}
+
+BOOST_AUTO_TEST_CASE(missing_or_misshaped_weights_are_named) {
+    const auto cfg = io::read_mistral_config(test::fixture_dir("swa_long"));
+    auto ckpt = std::make_shared<io::SafeTensorsCheckpoint>(io::SafeTensorsCheckpoint::open(test::fixture_dir("swa_long")));
+    MistralConfig wrong = cfg;
+    wrong.d_ff += 1;
+    try {
+        Model m(wrong, LoadContext(ckpt));
+        BOOST_FAIL("expected ShapeError");
+    } catch (const ShapeError& e) {
+        BOOST_CHECK(std::string(e.what()).find("mlp.gate_proj.weight") != std::string::npos);
+    }
+    MistralConfig more = cfg;
+    more.n_layers += 1;
+    try {
+        Model m(more, LoadContext(ckpt));
+        BOOST_FAIL("expected FormatError");
+    } catch (const FormatError& e) {
+        BOOST_CHECK(std::string(e.what()).find("model.layers.2.") != std::string::npos);
+    }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
