@@ -93,13 +93,13 @@ inline void rope_apply_token(float* x /*[n_heads, head_dim]*/, const float* c /*
         for (; i < hv; i += L) {
             const B cv = B::load_unaligned(c + i), sv = B::load_unaligned(s + i);
             const B a = B::load_unaligned(x1 + i), b = B::load_unaligned(x2 + i);
-            const B ac = a * cv, bs = b * sv, bc = b * cv, as = a * sv;
+            const B ac = rounded<A>(a * cv), bs = rounded<A>(b * sv), bc = rounded<A>(b * cv), as = rounded<A>(a * sv);
             (ac - bs).store_unaligned(x1 + i);
             (bc + as).store_unaligned(x2 + i);
         }
         for (; i < half; ++i) {
             const float a = x1[i], b = x2[i];
-            const float ac = a * c[i], bs = b * s[i], bc = b * c[i], as = a * s[i];
+            const float ac = rounded(a * c[i]), bs = rounded(b * s[i]), bc = rounded(b * c[i]), as = rounded(a * s[i]);
             x1[i] = ac - bs;
             x2[i] = bc + as;
         }

@@ -75,6 +75,31 @@ inline fbatch<A> load_f32(const bf16* p) noexcept {
     return fbatch<A>::load_aligned(tmp);
 }
 
+/// Returns `v` unchanged but opaque to the optimiser, so that a product is rounded to f32
+/// before it is added (no FMA contraction under -ffp-contract=fast, GCC's default for C++).
+/// Used where PyTorch rounds every product separately and we want its bits.
+template <class A>
+inline fbatch<A> rounded(fbatch<A> v) noexcept {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    typename fbatch<A>::register_type r = v;
+    __asm__("" : "+v"(r));
+    return fbatch<A>(r);
+#else
+    volatile auto keep = v;
+    return keep;
+#endif
+}
+/// Scalar `rounded`.
+inline float rounded(float v) noexcept {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __asm__("" : "+v"(v));
+    return v;
+#else
+    volatile float keep = v;
+    return keep;
+#endif
+}
+
 /// Sum of the lanes of `v`.
 template <class A>
 inline float hsum(const fbatch<A>& v) noexcept {
