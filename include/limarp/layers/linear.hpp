@@ -2,6 +2,8 @@
 /// \file linear.hpp
 /// \brief `DenseLinear<B>`: a frozen y = x · Wᵀ with f32 or bf16 weights used in place.
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -44,8 +46,41 @@ public:
         });
     }
 
+    /// W += alpha · delta, keeping the weight's dtype (a mapped weight is first copied into owned
+    /// memory). Returns the largest rounding error of storing the result (0 for f32 weights up to
+    /// f32 rounding; bf16 rounding otherwise).
+    double add_delta(const float* delta /*[n_out, n_in]*/, float alpha) {
+        const std::int64_t n = w_.size();
+        double err = 0;
+        if (w_.dtype == DType::F32) {
+            if (!owns_) {
+                Tensor<float> t(w_.shape);
+                std::copy_n(w_.as<float>(), n, t.data());
+                w_ = Weight::owned(std::move(t), w_.name);
+                owns_ = true;
+            }
+            auto* w = const_cast<float*>(w_.as<float>());
+            for (std::int64_t i = 0; i < n; ++i) w[i] += alpha * delta[i];
+            return 0.0;
+        }
+        if (!owns_) {
+            Tensor<bf16> t(w_.shape);
+            std::copy_n(w_.as<bf16>(), n, t.data());
+            w_ = Weight::owned(std::move(t), w_.name);
+            owns_ = true;
+        }
+        auto* w = const_cast<bf16*>(w_.as<bf16>());
+        for (std::int64_t i = 0; i < n; ++i) {
+            const float exact = bf16_to_f32(w[i].bits) + alpha * delta[i];
+            w[i].bits = f32_to_bf16(exact);
+            err = std::max(err, static_cast<double>(std::fabs(bf16_to_f32(w[i].bits) - exact)));
+        }
+        return err;
+    }
+
 private:
     Weight w_;
+    bool owns_ = false;
 };
 
 }  // namespace limarp

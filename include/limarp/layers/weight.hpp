@@ -14,6 +14,7 @@
 #include "limarp/core/dtype.hpp"
 #include "limarp/core/error.hpp"
 #include "limarp/core/tensor.hpp"
+#include "limarp/io/peft_adapter.hpp"
 #include "limarp/io/safetensors.hpp"
 
 namespace limarp {
@@ -101,6 +102,14 @@ public:
     /// (f16 tensors are converted to an owned f32 copy).
     /// \throws FormatError when missing or of another dtype, ShapeError when the shape differs.
     Weight weight(const std::string& name, const Shape& expected) const { return provider_(name, expected); }
+
+    /// An adapter to attach to every `Lora` layer built from this context, with its run-time scale.
+    struct AdapterRef {
+        std::shared_ptr<const io::PeftAdapter> adapter;  ///< the opened adapter
+        float scale = 1.0f;                              ///< multiplier of its alpha/r scale
+    };
+    /// Adapters attached at load (see layers/lora.hpp).
+    std::vector<AdapterRef> adapters;
 
     /// Free-form options for user-defined layers (e.g. a path to extra parameters).
     std::vector<std::pair<std::string, std::string>> extra;
