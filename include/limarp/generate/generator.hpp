@@ -1,0 +1,222 @@
+#pragma once
+/// \file generator.hpp
+/// \brief `Generator<Model>`: autoregressive generation with a Sampler, EOS ids, a token
+/// limit, stop strings matched across token boundaries, a streaming text callback,
+/// cancellation between tokens, and KV-cache reuse across calls (only the tokens after the
+/// longest prefix shared with the previous call's tokens are prefilled).
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "limarp/core/error.hpp"
+#include "limarp/generate/sampler.hpp"
+#include "limarp/generate/stop_strings.hpp"
+#include "limarp/model/kv_cache.hpp"
+#include "limarp/model/mistral_model.hpp"
+#include "limarp/text/tokenizer.hpp"
+
+namespace limarp::generate {
+
+/// A causal language model the Generator can drive: `forward(logits, ids, cache, rows)` runs
+/// ids after the cached tokens (as MistralModel::forward), `config().vocab` is the logit row
+/// length, `make_cache(rewind_slack)` gives an empty KvCache.
+template <class M>
+concept CausalLanguageModel = requires(M& m, const M& cm, float* logits, std::span<const std::int32_t> ids, KvCache& cache) {
+    m.forward(logits, ids, cache, LogitsRows::Last);
+    { cm.config().vocab } -> std::convertible_to<std::int64_t>;
+    { cm.make_cache(std::int64_t{0}) } -> std::same_as<KvCache>;
+};
+
+/// Why generation ended.
+enum class StopReason : std::uint8_t {
+    Eos,         ///< an end-of-sequence id was sampled (not included in the output)
+    MaxTokens,   ///< the token limit was reached
+    StopString,  ///< a stop string completed (not included in the text)
+    Cancelled,   ///< the cancel flag was set
+};
+
+/// `eos`, `max_tokens`, `stop_string` or `cancelled`.
+constexpr std::string_view to_string(StopReason r) noexcept {
+    switch (r) {
+        case StopReason::Eos: return "eos";
+        case StopReason::MaxTokens: return "max_tokens";
+        case StopReason::StopString: return "stop_string";
+        case StopReason::Cancelled: return "cancelled";
+    }
+    return "?";
+}
+
+/// What to generate and when to stop.
+struct GenerationOptions {
+    int max_new_tokens = 256;                  ///< at most this many new tokens (>= 0)
+    std::vector<std::int32_t> eos_ids;         ///< sampling one of these ends generation
+    std::vector<std::string> stop_strings;     ///< text that ends generation (needs a tokenizer)
+    bool reuse_cache = true;                   ///< keep the cached prefix shared with the previous call
+    bool skip_special = true;                  ///< special tokens decode to nothing
+    bool keep_leading_space = false;           ///< keep the space that SentencePiece decoding drops from the first piece
+    const std::atomic<bool>* cancel = nullptr; ///< when it becomes true, generation ends before the next token
+};
+
+/// The outcome of Generator::generate().
+struct GenerationResult {
+    std::string text;                   ///< the generated text (all text-callback pieces), without the stop string
+    std::vector<std::int32_t> tokens;   ///< the sampled ids (EOS excluded; a stop string's ids included)
+    StopReason reason = StopReason::MaxTokens;  ///< why it ended
+    std::string stop_string;            ///< the stop string that matched, if any
+    std::int64_t prompt_tokens = 0;     ///< prompt length
+    std::int64_t reused_tokens = 0;     ///< prompt tokens whose keys/values were kept from the cache
+    std::int64_t prefilled_tokens = 0;  ///< prompt tokens run through the model (prompt_tokens - reused_tokens)
+    double prefill_seconds = 0;         ///< time of the prompt forward pass
+    double decode_seconds = 0;          ///< time of the one-token forward passes
+};
+
+/// Receives generated text as soon as it is final (never part of a UTF-8 character, never text
+/// that could still turn into a stop string).
+using TextCallback = std::function<void(std::string_view)>;
+/// Receives every sampled id (EOS excluded) as soon as it is drawn.
+using TokenCallback = std::function<void(std::int32_t)>;
+
+/// Ids that end a turn for `tok`: its EOS, plus `</s>` and `<|im_end|>` when it has them
+/// (Mistral-7B-OpenOrca's EOS is `<|im_end|>`, the base model's is `</s>`).
+inline std::vector<std::int32_t> default_eos_ids(const text::Tokenizer& tok) {
+    std::vector<std::int32_t> ids;
+    auto add = [&](int id) {
+        if (id >= 0 && std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+    };
+    add(tok.eos_id());
+    if (auto id = tok.token_id("</s>")) add(*id);
+    if (auto id = tok.token_id("<|im_end|>")) add(*id);
+    return ids;
+}
+
+/// Generates continuations with a model it does not own, keeping one KvCache across calls.
+template <CausalLanguageModel M>
+class Generator {
+public:
+    /// A generator for `model` (which must outlive it). `tok` (may be null; must outlive it)
+    /// decodes the text for the callback and the stop strings. `rewind_slack` extra cache rows
+    /// let a later prompt drop up to that many recent tokens (a regenerated reply) and still
+    /// reuse the rest after a sliding-window ring has wrapped.
+    /// \throws ArgumentError when the model's vocabulary is larger than the tokenizer's.
+    explicit Generator(M& model, const text::Tokenizer* tok = nullptr, std::int64_t rewind_slack = 256)
+        : model_(&model), tok_(tok), cache_(model.make_cache(rewind_slack)) {
+        const auto V = static_cast<std::int64_t>(model.config().vocab);
+        if (tok && tok->vocab_size() < V)
+            throw ArgumentError("generator: the model has " + std::to_string(V) + " token ids but the tokenizer only " +
+                                std::to_string(tok->vocab_size()) + " (wrong tokenizer, or missing added tokens)");
+        logits_.resize(static_cast<std::size_t>(V));
+    }
+
+    /// Generates after `prompt` (ids, BOS included when wanted). With `opt.reuse_cache`, the
+    /// cached tokens that `prompt` starts with are kept (KvCache::reusable_prefix) and only the
+    /// rest is prefilled; otherwise the cache is cleared first. After the call the cache holds
+    /// the prompt and every sampled id but the last.
+    /// \throws ArgumentError for an empty prompt, a negative limit, stop strings without a
+    /// tokenizer, or an id outside the model's vocabulary.
+    GenerationResult generate(std::span<const std::int32_t> prompt, Sampler& sampler, const GenerationOptions& opt = {},
+                              const TextCallback& on_text = {}, const TokenCallback& on_token = {}) {
+        using clock = std::chrono::steady_clock;
+        if (prompt.empty()) throw ArgumentError("generate: the prompt is empty");
+        if (opt.max_new_tokens < 0) throw ArgumentError("generate: max_new_tokens is negative");
+        if (!tok_ && !opt.stop_strings.empty()) throw ArgumentError("generate: stop strings need a tokenizer");
+        StopStringMatcher stop(opt.stop_strings);
+
+        GenerationResult r;
+        r.prompt_tokens = static_cast<std::int64_t>(prompt.size());
+        const std::int64_t keep = opt.reuse_cache ? cache_.reusable_prefix(prompt) : 0;
+        if (keep == 0) cache_.clear();
+        else cache_.rewind(keep);
+        r.reused_tokens = keep;
+        r.prefilled_tokens = r.prompt_tokens - keep;
+
+        auto t0 = clock::now();
+        model_->forward(logits_.data(), prompt.subspan(static_cast<std::size_t>(keep)), cache_, LogitsRows::Last);
+        r.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
+
+        std::vector<std::int32_t> history(prompt.begin(), prompt.end());
+        std::optional<text::StreamDecoder> dec;
+        if (tok_) dec.emplace(*tok_, opt.skip_special);
+        bool first_text = true;
+        auto emit = [&](std::string s) {
+            if (s.empty()) return;
+            r.text += s;
+            if (on_text) on_text(s);
+        };
+        for (int i = 0;; ++i) {
+            if (i >= opt.max_new_tokens) {
+                r.reason = StopReason::MaxTokens;
+                break;
+            }
+            if (opt.cancel && opt.cancel->load(std::memory_order_relaxed)) {
+                r.reason = StopReason::Cancelled;
+                break;
+            }
+            const std::int32_t id = sampler.sample(logits_, history);
+            if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) != opt.eos_ids.end()) {
+                r.reason = StopReason::Eos;
+                break;
+            }
+            r.tokens.push_back(id);
+            history.push_back(id);
+            if (on_token) on_token(id);
+            if (dec) {
+                std::string piece = dec->push(id);
+                if (first_text && !piece.empty()) {
+                    first_text = false;
+                    if (opt.keep_leading_space && tok_->dummy_prefix() != text::DummyPrefix::None &&
+                        tok_->piece(id).starts_with("\xE2\x96\x81") && !piece.starts_with(' '))
+                        piece.insert(piece.begin(), ' ');
+                }
+                emit(stop.push(piece));
+                if (stop.stopped()) {
+                    r.reason = StopReason::StopString;
+                    r.stop_string = stop.matched();
+                    break;
+                }
+            }
+            if (i + 1 >= opt.max_new_tokens) {
+                r.reason = StopReason::MaxTokens;
+                break;  // the last token is not run: nothing would use its logits
+            }
+            t0 = clock::now();
+            model_->forward(logits_.data(), std::span<const std::int32_t>(&id, 1), cache_, LogitsRows::Last);
+            r.decode_seconds += std::chrono::duration<double>(clock::now() - t0).count();
+        }
+        if (dec && r.reason != StopReason::StopString) {
+            emit(stop.push(dec->flush()));
+            if (stop.stopped()) {
+                r.reason = StopReason::StopString;
+                r.stop_string = stop.matched();
+            } else {
+                emit(stop.flush());
+            }
+        }
+        return r;
+    }
+
+    /// The cache (prompt and generated tokens of the last call).
+    KvCache& cache() noexcept { return cache_; }
+    /// Empties the cache: the next call prefills its whole prompt.
+    void reset() { cache_.clear(); }
+    /// The model.
+    M& model() noexcept { return *model_; }
+    /// The tokenizer, or null.
+    const text::Tokenizer* tokenizer() const noexcept { return tok_; }
+
+private:
+    M* model_;
+    const text::Tokenizer* tok_;
+    KvCache cache_;
+    std::vector<float> logits_;
+};
+
+}  // namespace limarp::generate
