@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/model_dispatch.hpp"
 #include "common/program.hpp"
 #include "common/tokenizer_loading.hpp"
 #include "limarp/backend/cpu/loss.hpp"
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
         int top = 0, threads = 0;
         std::int64_t chunk = 256;
         bool no_bos = false;
+        programs::ModelOptions mo;
         app.add_option("--model", model_dir, "model folder (config.json + *.safetensors)")->required();
         auto* ids_opt = app.add_option("--ids", ids_str, "token ids, e.g. \"1,2,3\"");
         auto* text_opt = app.add_option("--text", text, "text to tokenize (needs --tokenizer)");
@@ -38,6 +40,10 @@ int main(int argc, char** argv) {
         app.add_option("--logits-out", logits_out, "write float32 logits [T, vocab] to this .npy file");
         app.add_option("--top", top, "also print the K most likely next tokens after the sequence")->check(CLI::Range(0, 1000));
         app.add_option("--window-convention", convention, "sliding window: hf (W keys, default) or mistral (W+1 keys)");
+        app.add_option("--quant", mo.quant, "none | int8 | q8_0 | auto (default: what the files hold)");
+        app.add_option("--activations", mo.activations, "quantized paths: int8 (default) or f32 (weight-only)");
+        app.add_option("--outlier-threshold", mo.outlier_threshold, "int8: |x| above which columns use f32 (default 6, 0 = off)");
+        app.add_option("--adapter", mo.adapters, "PEFT LoRA adapter folder, optionally :SCALE (repeatable)");
         app.add_option("--chunk", chunk, "prefill chunk length")->check(CLI::PositiveNumber);
         app.add_option("--threads", threads, "worker threads (default: all cores; or LIMARP_THREADS)");
         ids_opt->excludes(text_opt);
@@ -59,10 +65,11 @@ int main(int argc, char** argv) {
             throw ArgumentError("give --ids or --text");
         }
         if (ids.empty()) throw ArgumentError("the sequence is empty");
-        const auto conv = programs::parse_window_convention(convention);
+        mo.convention = programs::parse_window_convention(convention);
+        mo.dir = model_dir;
 
         const auto t0 = std::chrono::steady_clock::now();
-        auto model = MistralModel<Cpu<>>::from_dir(model_dir, [&](MistralConfig& c, LoadContext&) { c.window_convention = conv; });
+        return programs::with_model(mo, [&](auto& model) {
         model.set_chunk_size(chunk);
         const std::int64_t T = static_cast<std::int64_t>(ids.size()), V = model.config().vocab;
         Tensor<float> logits({T, V});
@@ -101,5 +108,6 @@ int main(int argc, char** argv) {
         if (!logits_out.empty()) io::write_npy(logits_out, logits.data(), logits.shape());
         std::printf("%s\n", out.dump().c_str());
         return 0;
+        });
     });
 }

@@ -118,10 +118,12 @@ public:
         allocate();
         std::fill(data(), data() + size(), value);
     }
+    /// Deep copy.
     Tensor(const Tensor& o) : shape_(o.shape_) {
         allocate();
         std::copy(o.data(), o.data() + size(), data());
     }
+    /// Deep copy assignment.
     Tensor& operator=(const Tensor& o) {
         if (this != &o) {
             Tensor t(o);
@@ -129,7 +131,9 @@ public:
         }
         return *this;
     }
+    /// Move (the source becomes empty).
     Tensor(Tensor&&) noexcept = default;
+    /// Move assignment.
     Tensor& operator=(Tensor&&) noexcept = default;
 
     /// Pointer to the first element.

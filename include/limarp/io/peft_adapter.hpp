@@ -3,8 +3,8 @@
 /// \brief `PeftAdapter`: a Hugging Face PEFT LoRA adapter folder as written by `save_pretrained`
 /// (adapter_config.json + adapter_model.safetensors).
 ///
-/// Tensor names: `base_model.model.<module>.lora_A.weight` [r, in] and `...lora_B.weight` [out, r],
-/// where <module> is the base model's module path, e.g. `model.layers.7.self_attn.q_proj`.
+/// Tensor names: `base_model.model.MODULE.lora_A.weight` [r, in] and `...lora_B.weight` [out, r],
+/// where MODULE is the base model's module path, e.g. `model.layers.7.self_attn.q_proj`.
 /// Supported config fields: r, lora_alpha, lora_dropout, target_modules (list of name suffixes or
 /// one regex matched against the full module name), use_rslora, rank_pattern, alpha_pattern.
 /// Refused with UnsupportedError: fan_in_fan_out true, use_dora true, bias other than "none",

@@ -1,0 +1,91 @@
+#pragma once
+// The one place where the programs' run-time choices (--quant, --adapter, a file's format) become
+// types. Supported combinations (CPU backend):
+//
+//   --quant      projection type                              weights
+//   none         Lora<DenseLinear<Cpu<>>>                     f32/bf16/f16 files, used in place
+//   int8         Lora<QuantizedLinear<Int8Rowwise, Cpu<>>>    quantized at load, or pre-quantized (limarp-quantize)
+//   q8_0         Lora<QuantizedLinear<Q8_0, Cpu<>>>           quantized at load, or pre-quantized (limarp-quantize)
+//   auto         whatever the checkpoint holds (pre-quantized files carry "limarp.quant" metadata)
+//
+// Every projection is Lora-wrapped: with no adapter attached the wrapper only forwards to the base.
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/program.hpp"
+#include "limarp/io/hf_config.hpp"
+#include "limarp/io/peft_adapter.hpp"
+#include "limarp/layers/lora.hpp"
+#include "limarp/layers/quantized_linear.hpp"
+#include "limarp/model/adapters.hpp"
+#include "limarp/model/mistral_model.hpp"
+
+namespace limarp::programs {
+
+/// Options shared by the programs that load a model.
+struct ModelOptions {
+    std::filesystem::path dir;                 ///< Hugging Face model folder
+    std::string quant = "auto";                ///< none | int8 | q8_0 | auto
+    std::string activations;                   ///< "" | int8 | f32 (quantized paths)
+    std::string outlier_threshold;             ///< "" = default 6.0
+    std::vector<std::string> adapters;         ///< DIR[:SCALE] each
+    WindowConvention convention = WindowConvention::HuggingFace;
+};
+
+/// Splits "DIR[:SCALE]" (the scale is taken only when the part after the last ':' is a number).
+inline std::pair<std::filesystem::path, float> parse_adapter_arg(const std::string& s) {
+    const auto p = s.rfind(':');
+    if (p != std::string::npos && p + 1 < s.size()) {
+        char* end = nullptr;
+        const std::string tail = s.substr(p + 1);
+        const float v = std::strtof(tail.c_str(), &end);
+        if (end && *end == '\0') return {s.substr(0, p), v};
+    }
+    return {s, 1.0f};
+}
+
+template <class Proj>
+using LoraMistral = MistralModel<Cpu<>, MistralBlock<Cpu<>, Lora<Proj>>>;
+
+/// Loads the model described by `o` and calls `f(model)` with the concrete model type.
+template <class F>
+decltype(auto) with_model(const ModelOptions& o, F&& f) {
+    MistralConfig cfg = io::read_mistral_config(o.dir);
+    cfg.window_convention = o.convention;
+    auto ckpt = std::make_shared<io::SafeTensorsCheckpoint>(io::SafeTensorsCheckpoint::open(o.dir));
+    LoadContext ctx(ckpt);
+    if (!o.activations.empty()) ctx.extra.emplace_back(kQuantActivationsOption, o.activations);
+    if (!o.outlier_threshold.empty()) ctx.extra.emplace_back(kQuantOutlierOption, o.outlier_threshold);
+    for (const auto& a : o.adapters) {
+        const auto [dir, scale] = parse_adapter_arg(a);
+        ctx.adapters.push_back({std::make_shared<io::PeftAdapter>(io::PeftAdapter::open(dir)), scale});
+    }
+    QuantScheme scheme = o.quant == "auto" ? detect_quant_scheme(*ckpt) : parse_quant_scheme(o.quant);
+    auto build = [&]<class Proj>() -> decltype(auto) {
+        LoraMistral<Proj> model(cfg, ctx);
+        // every adapter file must fit this model: no factors for modules it lacks
+        for (const auto& a : ctx.adapters) {
+            std::set<std::string> used;
+            for_each_projection(model, [&](auto& p) {
+                for (const auto& fa : p.adapters())
+                    if (fa.adapter == a.adapter->name()) used.insert(p.module());
+            });
+            for (const auto& m : a.adapter->modules_in_file())
+                if (!used.count(m))
+                    throw FormatError(a.adapter->file().file() + ": factors for " + m +
+                                      ", which is not a projection of this model");
+        }
+        return f(model);
+    };
+    switch (scheme) {
+        case QuantScheme::Int8: return build.template operator()<QuantizedLinear<Int8Rowwise, Cpu<>>>();
+        case QuantScheme::Q8_0: return build.template operator()<QuantizedLinear<Q8_0, Cpu<>>>();
+        case QuantScheme::None: break;
+    }
+    return build.template operator()<DenseLinear<Cpu<>>>();
+}
+
+}  // namespace limarp::programs
