@@ -1,0 +1,202 @@
+#pragma once
+/// \file qgemm.hpp
+/// \brief CPU products with 8-bit quantized weights: `ops::qmatmul_wt` for `Int8Rowwise` and `Q8_0`.
+///
+/// y (=|+=) x · Wᵀ with W [n_out, n_in] quantized. Which arithmetic runs is chosen by
+/// `QuantOptions` (run time) and the xsimd arch of the `Cpu<A>` tag (compile time):
+///
+/// | options                | Int8Rowwise                                   | Q8_0                                     |
+/// |------------------------|-----------------------------------------------|------------------------------------------|
+/// | int8_activations=true  | x quantized per row (absmax/127), int32 dots, | x quantized to q8_0 blocks (f32 scale),  |
+/// |                        | outlier columns (|x| >= threshold) in f32     | int32 dot per block, f32 scale products  |
+/// | int8_activations=false | weights widened in registers, f32 FMA         | weights widened in registers, f32 FMA    |
+///
+/// Shapes and paths:
+/// - T <= kQGemvMaxRows (decode): a GEMV that streams every weight row once from memory, 4 rows
+///   at a time, parallel over contiguous ranges of output rows (one per thread), with software
+///   prefetch; memory bound for weights larger than the caches.
+/// - T > kQGemvMaxRows (prefill, scoring): a packed GEMM. x is quantized once; each task packs a
+///   panel of weight rows (NR = 32 with AVX-512, 16 with AVX2) for a chunk of inputs into an
+///   interleaved layout and reuses it for every tile of MR x rows; the micro-kernel broadcasts 4
+///   (VNNI) or 2 (AVX2) inputs of one x row and multiplies them with 16 or 8 weight rows at once.
+///   Weight-only products with T > kQGemvMaxRows dequantize blocks of weight rows to f32 and run
+///   `ops::matmul_wt`.
+///
+/// Instruction sets: with AVX-512 F/BW/VL + VNNI enabled at build time (-march) and an AVX-512
+/// arch tag, integer dots use `vpdpbusd` (u8 x s8: int8 row-wise activations are offset by +128
+/// and the weight row sums correct for it; q8_0 GEMV uses |x| x sign(w, x)); with AVX2 + FMA they
+/// use `vpmaddubsw`/`vpmaddwd`; elsewhere portable scalar loops (any T goes through the GEMV path).
+/// Every path computes the same integer dots; only the f32 summation order differs.
+///
+/// Rounding: activations are quantized with `quantize_row_int8` (ties to even), per row for
+/// Int8Rowwise (after zeroing the outlier columns) and per block of 32 for Q8_0, so a scalar
+/// reference that quantizes the same way matches to f32 rounding.
+
+#include <algorithm>
+#include <cstdint>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/detail/qgemm_common.hpp"
+#include "limarp/backend/cpu/detail/qgemm_int8.hpp"
+#include "limarp/backend/cpu/detail/qgemm_q8_0.hpp"
+#include "limarp/backend/cpu/gemm.hpp"
+#include "limarp/core/thread_pool.hpp"
+#include "limarp/quant/int8_rowwise.hpp"
+#include "limarp/quant/q8_0.hpp"
+#include "limarp/quant/scheme.hpp"
+
+namespace limarp::ops {
+
+/// Rows of x up to which `qmatmul_wt` uses the GEMV path; more rows use the packed GEMM.
+inline constexpr std::int64_t kQGemvMaxRows = 4;
+
+/// \cond
+namespace qdetail {
+
+/// Weight-only product for many rows: dequantize blocks of weight rows to f32 and multiply with
+/// the dense `matmul_wt` (one block per task, serial inside the task).
+template <class A, class W>
+void gemm_weight_only(float* y, const float* x, const W& w, std::int64_t T, bool accumulate, ThreadPool& pool) {
+    constexpr std::int64_t R = 32;
+    const std::int64_t n_out = w.n_out(), n_in = w.n_in();
+    const std::int64_t n_blocks = (n_out + R - 1) / R;
+    for_each_task(pool, n_blocks, [&](std::int64_t bi) {
+        const std::int64_t o0 = bi * R, rows = std::min(R, n_out - o0);
+        float* wf = qscratch_as<10, float>(rows * n_in);
+        float* tmp = qscratch_as<11, float>(T * rows);
+        for (std::int64_t r = 0; r < rows; ++r) {
+            if constexpr (std::is_same_v<W, QuantizedWeight<Int8Rowwise>>) {
+                const std::int8_t* q = w.row(o0 + r);
+                const float s = w.scales()[o0 + r];
+                for (std::int64_t k = 0; k < n_in; ++k) wf[r * n_in + k] = static_cast<float>(q[k]) * s;
+            } else {
+                for (std::int64_t b = 0; b < w.blocks_per_row(); ++b)
+                    dequantize_block_q8_0(w.row(o0 + r) + b * 34, wf + r * n_in + 32 * b);
+            }
+        }
+        ThreadPool serial(1);
+        matmul_wt(Cpu<A>{}, tmp, x, wf, T, n_in, rows, false, &serial);
+        for (std::int64_t t = 0; t < T; ++t) {
+            float* yr = y + t * n_out + o0;
+            const float* s = tmp + t * rows;
+            for (std::int64_t r = 0; r < rows; ++r) yr[r] = accumulate ? yr[r] + s[r] : s[r];
+        }
+    });
+}
+
+}  // namespace qdetail
+/// \endcond
+
+/// y (=|+=) x · Wᵀ with int8 row-wise weights (LLM.int8()).
+///
+/// int8 activations (`opt.int8_activations`): columns k of x where some |x[t, k]| >=
+/// `opt.outlier_threshold` (> 0) are outliers; every row t is quantized with the outlier
+/// columns set to 0: s_x[t] = max|x[t, :]| / 127, q_x = round(x / s_x). Then
+///   y[t, o] = (s_x[t] * s_w[o]) * float(sum_k q_x[t, k] q_w[o, k])
+///           + s_w[o] * sum_{outlier k} x[t, k] * q_w[o, k]      (f32, in column order).
+/// Weight-only: y[t, o] = s_w[o] * sum_k x[t, k] * q_w[o, k] in f32.
+///
+/// \param y          [T, n_out] output; overwritten, or added to when `accumulate`
+/// \param x          [T, n_in] input activations (f32)
+/// \param w          the quantized weight [n_out, n_in]
+/// \param T          rows of x (tokens)
+/// \param accumulate false: y = x · Wᵀ; true: y += x · Wᵀ
+/// \param opt        activations int8 or f32, outlier threshold
+/// \param pool       thread pool (nullptr: ThreadPool::global())
+/// \pre y does not overlap x; x holds finite values; not called concurrently from two threads
+///      with the same calling thread (activation buffers are per calling thread).
+template <class A>
+void qmatmul_wt(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, const QuantizedWeight<Int8Rowwise>& w,
+                std::int64_t T, bool accumulate = false, const QuantOptions& opt = {}, ThreadPool* pool = nullptr) {
+    using namespace qdetail;
+    if (T <= 0 || w.n_out() <= 0) return;
+    ThreadPool& p = pool ? *pool : ThreadPool::global();
+    constexpr QIsa I = qisa<A>();
+    const std::int64_t n_in = w.n_in(), n_out = w.n_out();
+    if (!opt.int8_activations) {
+        if (T <= kQGemvMaxRows)
+            gemv_i8w<I>(y, x, w, T, accumulate, p);
+        else
+            gemm_weight_only<A>(y, x, w, T, accumulate, p);
+        return;
+    }
+    const float thr = opt.outlier_threshold;
+    if (I == QIsa::Scalar || T <= kQGemvMaxRows) {
+        const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, thr, XFormat::S8, p);
+        gemv_i8<I>(y, xq, w, T, accumulate, p);
+        return;
+    }
+#if LIMARP_QGEMM_VNNI
+    if constexpr (I == QIsa::Avx512Vnni) {
+        const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, thr, XFormat::U8, p);
+        GemmI8Vnni<12, 2> k{y, xq, w, accumulate};
+        packed_gemm(k, T, n_out, n_in, p);
+        return;
+    }
+#endif
+#if LIMARP_QGEMM_AVX2
+    if constexpr (I == QIsa::Avx2) {
+        const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, thr, XFormat::I16, p);
+        GemmI8Avx2<6, 2> k{y, xq, w, accumulate};
+        packed_gemm(k, T, n_out, n_in, p);
+        return;
+    }
+#endif
+    (void)n_out;
+}
+
+/// y (=|+=) x · Wᵀ with GGUF Q8_0 weights.
+///
+/// int8 activations (`opt.int8_activations`; the outlier threshold does not apply): every block
+/// of 32 inputs of each row of x is quantized like a q8_0 block with an f32 scale d_x, then
+///   y[t, o] = sum_b (d_w[o, b] * d_x[t, b]) * float(sum_{i < 32} q_x[t, 32b + i] q_w[o, 32b + i])
+/// in f32 (llama.cpp's q8_0 x q8_0 dot). Weight-only: y[t, o] = sum_b d_w[o, b] * sum_i x q_w.
+///
+/// \param y          [T, n_out] output; overwritten, or added to when `accumulate`
+/// \param x          [T, n_in] input activations (f32)
+/// \param w          the quantized weight [n_out, n_in] (n_in a multiple of 32)
+/// \param T          rows of x (tokens)
+/// \param accumulate false: y = x · Wᵀ; true: y += x · Wᵀ
+/// \param opt        activations int8 (q8_0) or f32
+/// \param pool       thread pool (nullptr: ThreadPool::global())
+/// \pre y does not overlap x; x holds finite values; weights in [-127, 127].
+template <class A>
+void qmatmul_wt(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, const QuantizedWeight<Q8_0>& w,
+                std::int64_t T, bool accumulate = false, const QuantOptions& opt = {}, ThreadPool* pool = nullptr) {
+    using namespace qdetail;
+    if (T <= 0 || w.n_out() <= 0) return;
+    ThreadPool& p = pool ? *pool : ThreadPool::global();
+    constexpr QIsa I = qisa<A>();
+    const std::int64_t n_in = w.n_in(), n_out = w.n_out();
+    if (!opt.int8_activations) {
+        if (T <= kQGemvMaxRows)
+            gemv_q8w<I>(y, x, w, T, accumulate, p);
+        else
+            gemm_weight_only<A>(y, x, w, T, accumulate, p);
+        return;
+    }
+    if (I == QIsa::Scalar || T <= kQGemvMaxRows) {
+        const XQuant xq = quantize_x_q8_0<I>(x, T, n_in, XFormat::S8, p);
+        gemv_q8<I>(y, xq, w, T, accumulate, p);
+        return;
+    }
+#if LIMARP_QGEMM_VNNI
+    if constexpr (I == QIsa::Avx512Vnni) {
+        const XQuant xq = quantize_x_q8_0<I>(x, T, n_in, XFormat::U8, p);
+        GemmQ8Vnni<6, 2> k{y, xq, w, accumulate};
+        packed_gemm(k, T, n_out, n_in, p);
+        return;
+    }
+#endif
+#if LIMARP_QGEMM_AVX2
+    if constexpr (I == QIsa::Avx2) {
+        const XQuant xq = quantize_x_q8_0<I>(x, T, n_in, XFormat::I16, p);
+        GemmQ8Avx2<3, 2> k{y, xq, w, accumulate};
+        packed_gemm(k, T, n_out, n_in, p);
+        return;
+    }
+#endif
+    (void)n_out;
+}
+
+}  // namespace limarp::ops

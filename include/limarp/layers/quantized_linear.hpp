@@ -1,0 +1,130 @@
+#pragma once
+/// \file quantized_linear.hpp
+/// \brief `QuantizedLinear<Scheme, B>`: a frozen y = x · Wᵀ with 8-bit weights (`Int8Rowwise` or
+/// `Q8_0`), a drop-in `Linear` for `MistralBlock`, `Lora`, ...
+///
+/// Loading (`load(ctx, name, n_in, n_out)`):
+/// - when the checkpoint behind `ctx` holds "<name>.weight" pre-quantized in the scheme's format
+///   (Int8Rowwise: I8 [n_out, n_in] + "<name>.weight_scale" F32 [n_out]; Q8_0: U8
+///   [n_out, n_in / 32 * 34]; see quant/int8_rowwise.hpp and quant/q8_0.hpp), the layer uses
+///   those bytes in place (zero copy, the mapping stays alive with the layer);
+/// - otherwise it takes "<name>.weight" [n_out, n_in] as f32/bf16 (`ctx.weight`, also for
+///   provider contexts without a checkpoint) and quantizes it at load, in parallel.
+/// A tensor pre-quantized in the other scheme is an error (FormatError naming it).
+///
+/// Run-time options, read from `ctx.option(key)` (see `QuantOptions`):
+/// - "quant.activations": "int8" (default: int8 x int8 products; q8_0 activations for Q8_0) or
+///   "f32" (weight-only quantization);
+/// - "quant.outlier_threshold": default "6.0"; "0" turns the outlier columns off (Int8Rowwise).
+/// Invalid values throw ArgumentError naming the option.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/qgemm.hpp"
+#include "limarp/core/error.hpp"
+#include "limarp/core/tensor.hpp"
+#include "limarp/io/safetensors.hpp"
+#include "limarp/layers/weight.hpp"
+#include "limarp/quant/int8_rowwise.hpp"
+#include "limarp/quant/q8_0.hpp"
+#include "limarp/quant/scheme.hpp"
+
+namespace limarp {
+
+/// Option key of `QuantOptions::int8_activations` ("int8" or "f32").
+inline constexpr const char* kQuantActivationsOption = "quant.activations";
+/// Option key of `QuantOptions::outlier_threshold` (a number >= 0).
+inline constexpr const char* kQuantOutlierOption = "quant.outlier_threshold";
+
+/// Reads `QuantOptions` from the "quant.*" options of `ctx` (defaults where absent).
+/// \throws ArgumentError naming the option for an invalid value.
+inline QuantOptions quant_options_from(const LoadContext& ctx) {
+    return parse_quant_options(ctx.option(kQuantActivationsOption), ctx.option(kQuantOutlierOption));
+}
+
+/// The scheme of a checkpoint's linear weights: the `__metadata__` entry "limarp.quant" when
+/// present ("int8", "q8_0", "none"), else the dtype of the first "*.weight" tensor that is I8
+/// (Int8) or U8 (Q8_0), else None.
+/// \throws ArgumentError when the metadata names an unknown scheme.
+inline QuantScheme detect_quant_scheme(const io::SafeTensorsCheckpoint& ckpt) {
+    if (const auto m = ckpt.metadata().find("limarp.quant"); m != ckpt.metadata().end())
+        return parse_quant_scheme(m->second);
+    for (const auto& name : ckpt.names()) {
+        if (name.size() < 7 || name.compare(name.size() - 7, 7, ".weight") != 0) continue;
+        const DType t = ckpt.get(name).dtype;
+        if (t == DType::I8) return QuantScheme::Int8;
+        if (t == DType::U8) return QuantScheme::Q8_0;
+    }
+    return QuantScheme::None;
+}
+
+/// A frozen linear layer with 8-bit weights, no bias: y = x · Wᵀ computed by `ops::qmatmul_wt`.
+/// \tparam Scheme `Int8Rowwise` or `Q8_0`
+/// \tparam B      backend tag (`Cpu<A>`; the CUDA backend has no quantized kernels yet)
+template <class Scheme, Backend B>
+class QuantizedLinear {
+public:
+    using backend_type = B;       ///< backend tag
+    using scheme_type = Scheme;   ///< quantization scheme tag
+    using weight_type = QuantizedWeight<Scheme>;  ///< quantized storage
+    static_assert(std::is_same_v<Scheme, Int8Rowwise> || std::is_same_v<Scheme, Q8_0>,
+                  "QuantizedLinear<Scheme, B>: Scheme must be Int8Rowwise or Q8_0");
+    static_assert(is_cpu_backend_v<B>,
+                  "QuantizedLinear: only the Cpu backend has quantized kernels in this build; use "
+                  "QuantizedLinear<Scheme, Cpu<>>");
+
+    QuantizedLinear() = default;
+    /// Wraps quantized weights with run-time options `opt`.
+    explicit QuantizedLinear(weight_type w, QuantOptions opt = {}) : w_(std::move(w)), opt_(opt) {}
+
+    /// Builds the layer for module `name` (without ".weight") with weight [n_out, n_in]: zero copy
+    /// from a pre-quantized checkpoint, or quantized at load from f32/bf16 (see the file comment).
+    /// \throws FormatError / ShapeError naming the tensor (missing, wrong dtype or shape, a Q8_0
+    ///         weight whose n_in is not a multiple of 32, a scale tensor of the wrong shape);
+    ///         ArgumentError for invalid "quant.*" options.
+    static QuantizedLinear load(const LoadContext& ctx, const std::string& name, std::int64_t n_in,
+                                std::int64_t n_out) {
+        const QuantOptions opt = quant_options_from(ctx);
+        const std::string wn = name + ".weight";
+        if (const auto& ck = ctx.checkpoint(); ck && ck->contains(wn)) {
+            const DType t = ck->get(wn).dtype;
+            if (weight_type::stored_in(*ck, name)) return QuantizedLinear(weight_type::from_checkpoint(ck, name, n_in, n_out), opt);
+            if (t == DType::I8 || t == DType::U8)
+                throw FormatError(ck->get(wn).file + ": tensor " + wn + " is pre-quantized as " +
+                                  (t == DType::I8 ? "int8" : "q8_0") + ", but this layer was built for " +
+                                  std::string(Scheme::name) + " (load it with --quant " +
+                                  (t == DType::I8 ? "int8" : "q8_0") + ")");
+        }
+        if constexpr (std::is_same_v<Scheme, Q8_0>) weight_type::check_shape(wn, n_out, n_in);
+        return QuantizedLinear(weight_type::quantize(ctx.weight(wn, {n_out, n_in})), opt);
+    }
+
+    /// Input width.
+    std::int64_t in_features() const noexcept { return w_.n_in(); }
+    /// Output width.
+    std::int64_t out_features() const noexcept { return w_.n_out(); }
+    /// The quantized weight (raw data for writers: `weight().write_to(writer, module)`).
+    const weight_type& weight() const noexcept { return w_; }
+    /// The run-time options.
+    const QuantOptions& options() const noexcept { return opt_; }
+    /// Changes the run-time options (no re-quantization needed).
+    void set_options(const QuantOptions& opt) noexcept { opt_ = opt; }
+    /// The weights in f32 [n_out, n_in] (for merging adapters, tests).
+    Tensor<float> dequantize() const { return w_.dequantize(); }
+
+    /// y = x · Wᵀ, or y += x · Wᵀ when `accumulate`.
+    void forward(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T, bool accumulate = false) {
+        ops::qmatmul_wt(B{}, y, x, w_, T, accumulate, opt_);
+    }
+
+private:
+    weight_type w_;
+    QuantOptions opt_;
+};
+
+}  // namespace limarp
