@@ -27,7 +27,9 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstddef>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -169,6 +171,15 @@ public:
     /// Changes the dummy-prefix rule (e.g. DummyPrefix::FirstSegment to mimic HF `legacy: false`).
     void set_dummy_prefix(DummyPrefix p) noexcept { dummy_prefix_ = p; }
 
+    /// Frees the calling thread's encode scratch memory and word cache (up to a few MB per
+    /// thread that called encode(); they are otherwise kept for the thread's lifetime so that
+    /// repeated words are not merged again). Never needed for correctness.
+    static void release_thread_cache() {
+        Workspace& ws = thread_workspace();
+        ws.cache.release();
+        ws = Workspace{};
+    }
+
 private:
     friend class StreamDecoder;
 
@@ -202,28 +213,34 @@ private:
         std::uint32_t size;
         int id;
     };
-    struct StringHash {
-        using is_transparent = void;
-        std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-    };
-    using StringIndex = std::unordered_map<std::string, int, StringHash, std::equal_to<>>;
     struct Workspace {
         std::string normalized;
         std::vector<Sym> syms;
         std::vector<Cand> heap;
-        std::unordered_map<std::string_view, std::pair<std::uint32_t, std::uint32_t>> cache;
-        std::vector<int> cache_ids;
         std::vector<int> word_ids;
+        detail::WordCache cache;  // persists across calls on the same thread (see encode())
         std::unordered_map<std::string_view, std::pair<std::string_view, std::string_view>> rev_merge;
     };
 
     Tokenizer() = default;
+
+    // Scratch buffers and the word cache live per thread and persist across calls: encode() stays
+    // const and thread-safe, and repeated words are not merged again. A word's ids depend only on
+    // the BPE tables, identified by uid_.
+    static Workspace& thread_workspace() {
+        static thread_local Workspace ws;
+        return ws;
+    }
 
     void check_id(int id) const {
         if (id < 0 || id >= vocab_size())
             throw ArgumentError("tokenizer: id " + std::to_string(id) + " is outside [0, " + std::to_string(vocab_size()) + ")");
     }
     void finalize();
+    std::string_view text_of(int id) const { return pieces_[static_cast<std::size_t>(id)].text; }
+    int find_any(std::string_view p) const { return all_index_.find(p, [this](int i) { return text_of(i); }); }
+    int find_mergeable(std::string_view p) const { return merge_index_.find(p, [this](int i) { return text_of(i); }); }
+    bool index_any(std::string_view p, int id) { return all_index_.insert(p, id, [this](int i) { return text_of(i); }); }
     void rebuild_special_index();
     int lookup_char(std::string_view ch) const {
         if (ch.size() == 1) return ascii_ids_[static_cast<unsigned char>(ch[0])];
@@ -239,8 +256,9 @@ private:
     void append_ids(std::span<const int> ids, bool& prev_unk, std::vector<int>& out) const;
 
     std::vector<PieceInfo> pieces_;
-    StringIndex all_index_;    // every piece -> id (reserved types win, as SentencePiece's PieceToId)
-    StringIndex merge_index_;  // pieces BPE may produce (NORMAL / USER_DEFINED / UNUSED) -> id
+    detail::StringIdIndex all_index_;    // every piece -> id (reserved types win, as SentencePiece's PieceToId)
+    detail::StringIdIndex merge_index_;  // pieces BPE may produce (NORMAL / USER_DEFINED / UNUSED) -> id
+    std::vector<int> mergeable_ids_;     // the ids in merge_index_
     std::array<int, 256> ascii_ids_{};
     detail::U64FlatMap<int> char_ids_;          // multi-byte single-character pieces
     detail::U64FlatMap<MergeEntry> merges_;     // (left id, right id) -> merged piece
@@ -258,6 +276,9 @@ private:
     bool fuse_unk_ = false;
     bool has_user_defined_ = false;
     bool has_unused_ = false;
+    bool unknown_can_merge_ = true;
+    bool finite_scores_ = true;
+    std::uint64_t uid_ = 0;  // identifies the BPE tables (shared by copies); keys the per-thread word cache  // every producible piece has a finite score  // some producible piece contains a character that is not itself a piece
     bool remove_extra_ws_ = false;
     bool escape_ws_ = true;
     bool prefix_unless_space_ = false;  // HF Metaspace: no prefix when the segment already starts with a space
@@ -493,9 +514,9 @@ inline Tokenizer Tokenizer::from_sentencepiece_proto(std::string_view serialized
     t.finalize();
 
     auto control_or_none = [&](const std::string& p, PieceType want) {
-        auto it = t.all_index_.find(p);
-        if (it == t.all_index_.end()) return -1;
-        return t.pieces_[static_cast<std::size_t>(it->second)].type == want ? it->second : -1;
+        const int id = t.find_any(p);
+        if (id < 0) return -1;
+        return t.pieces_[static_cast<std::size_t>(id)].type == want ? id : -1;
     };
     t.unk_id_ = control_or_none(unk_piece, PieceType::Unknown);
     t.bos_id_ = control_or_none(bos_piece, PieceType::Control);
@@ -689,9 +710,8 @@ inline Tokenizer Tokenizer::from_hf_json_text(std::string_view json_text, const 
     t.specials_ = std::move(added);
     t.rebuild_special_index();
     if (!unk_token.empty()) {
-        auto it = t.all_index_.find(unk_token);
-        if (it == t.all_index_.end()) fail("model.unk_token", "'" + unk_token + "' is not in model.vocab");
-        t.unk_id_ = it->second;
+        t.unk_id_ = t.find_any(unk_token);
+        if (t.unk_id_ < 0) fail("model.unk_token", "'" + unk_token + "' is not in model.vocab");
         t.unk_surface_ = unk_token;
     }
     if (auto b = t.token_id("<s>")) t.bos_id_ = *b;
@@ -768,7 +788,7 @@ inline Tokenizer Tokenizer::from_dir(const std::filesystem::path& model_dir) {
             if (id >= t.vocab_size()) t.pieces_.resize(static_cast<std::size_t>(id) + 1, PieceInfo{"", 0.0f, PieceType::Unused});
             auto& p = t.pieces_[static_cast<std::size_t>(id)];
             if (p.text.empty() || p.type == PieceType::Unused) p = PieceInfo{a.text, 0.0f, PieceType::UserDefined};
-            t.all_index_.try_emplace(a.text, id);
+            t.index_any(a.text, id);
             t.specials_.push_back({a.text, id, true});
             t.rebuild_special_index();
         }
@@ -813,7 +833,7 @@ inline void Tokenizer::add_special_token(std::string text, int id) {
         pieces_.resize(static_cast<std::size_t>(id), PieceInfo{"", 0.0f, PieceType::Unused});
         pieces_.push_back(PieceInfo{text, 0.0f, PieceType::Control});
     }
-    all_index_.try_emplace(text, id);
+    index_any(text, id);
     for (auto& s : specials_)
         if (s.text == text) {
             s.id = id;
@@ -828,27 +848,32 @@ inline void Tokenizer::add_special_token(std::string text, int id) {
 // ---- derived tables -----------------------------------------------------------------
 
 inline void Tokenizer::finalize() {
+    static std::atomic<std::uint64_t> next_uid{1};
+    uid_ = next_uid.fetch_add(1, std::memory_order_relaxed);
     all_index_.clear();
     merge_index_.clear();
+    mergeable_ids_.clear();
+    const auto text = [this](int i) { return text_of(i); };
     // Reserved types first so that all_index_ resolves duplicates as SentencePiece's PieceToId.
     // As SentencePiece, a piece may appear once among the reserved and once among the others.
     for (int pass = 0; pass < 2; ++pass)
         for (std::size_t i = 0; i < pieces_.size(); ++i) {
             const auto& p = pieces_[i];
             if (p.text.empty()) continue;
+            const int id = static_cast<int>(i);
             const bool reserved = !detail::mergeable(p.type);
             if ((pass == 0) != reserved) continue;
-            const bool fresh = reserved ? all_index_.try_emplace(p.text, static_cast<int>(i)).second
-                                        : merge_index_.try_emplace(p.text, static_cast<int>(i)).second;
-            if (!fresh && !hf_) throw FormatError(source_ + ": pieces[" + std::to_string(i) + "]: '" + p.text + "' is already defined");
-            if (!reserved) all_index_.try_emplace(p.text, static_cast<int>(i));
+            // In HF every vocab entry except added tokens (bytes and unk included) is a BPE symbol.
+            const bool bpe_symbol = hf_ ? (p.type != PieceType::Control && p.type != PieceType::UserDefined) : !reserved;
+            const auto duplicate = [&] {
+                if (!hf_) throw FormatError(source_ + ": pieces[" + std::to_string(i) + "]: '" + p.text + "' is already defined");
+            };
+            if (!all_index_.insert(p.text, id, text) && reserved) duplicate();
+            if (bpe_symbol) {
+                if (merge_index_.insert(p.text, id, text)) mergeable_ids_.push_back(id);
+                else duplicate();
+            }
         }
-    if (hf_) {  // in HF every vocab entry (bytes, unk included) is a BPE symbol
-        merge_index_.clear();
-        for (std::size_t i = 0; i < pieces_.size(); ++i)
-            if (!pieces_[i].text.empty() && pieces_[i].type != PieceType::Control && pieces_[i].type != PieceType::UserDefined)
-                merge_index_.try_emplace(pieces_[i].text, static_cast<int>(i));
-    }
 
     ascii_ids_.fill(-1);
     char_ids_ = {};
@@ -856,7 +881,8 @@ inline void Tokenizer::finalize() {
     user_defined_.clear();
     user_defined_first_.fill(false);
     has_unused_ = false;
-    for (const auto& [text, id] : merge_index_) {
+    for (const int id : mergeable_ids_) {
+        const std::string_view text = text_of(id);
         const int len = detail::utf8_valid_char_length(text);
         if (len == static_cast<int>(text.size())) {
             if (len == 1) ascii_ids_[static_cast<unsigned char>(text[0])] = id;
@@ -864,7 +890,7 @@ inline void Tokenizer::finalize() {
         }
         const auto type = pieces_[static_cast<std::size_t>(id)].type;
         if (!hf_ && type == PieceType::UserDefined) {
-            user_defined_.emplace_back(text, id);
+            user_defined_.emplace_back(std::string(text), id);
             user_defined_first_[static_cast<unsigned char>(text[0])] = true;
         }
         if (!hf_ && type == PieceType::Unused) has_unused_ = true;
@@ -873,6 +899,18 @@ inline void Tokenizer::finalize() {
         return a.first.size() != b.first.size() ? a.first.size() > b.first.size() : a.first < b.first;
     });
     has_user_defined_ = !user_defined_.empty();
+    finite_scores_ = std::all_of(mergeable_ids_.begin(), mergeable_ids_.end(),
+                                 [&](int id) { return std::isfinite(pieces_[static_cast<std::size_t>(id)].score); });
+    unknown_can_merge_ = false;
+    for (const int id : mergeable_ids_) {
+        std::string_view rest = text_of(id);
+        while (!rest.empty() && !unknown_can_merge_) {
+            const int len = detail::utf8_valid_char_length(rest);
+            if (len == 0 || lookup_char(rest.substr(0, static_cast<std::size_t>(len))) < 0) unknown_can_merge_ = true;
+            rest.remove_prefix(len == 0 ? 1 : static_cast<std::size_t>(len));
+        }
+        if (unknown_can_merge_) break;
+    }
     for (std::size_t i = 0; i < pieces_.size(); ++i)
         if (pieces_[i].type == PieceType::Byte) {
             const int b = detail::byte_piece_value(pieces_[i].text);
@@ -884,27 +922,29 @@ inline void Tokenizer::finalize() {
     auto key = [](int a, int b) { return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b); };
     if (!hf_) {
         // SentencePiece merges any adjacent pair whose concatenation is a piece.
-        for (const auto& [text, id] : merge_index_) {
-            for (std::size_t k = 1; k < text.size(); ++k) {
-                auto l = merge_index_.find(std::string_view(text).substr(0, k));
-                if (l == merge_index_.end()) continue;
-                auto r = merge_index_.find(std::string_view(text).substr(k));
-                if (r == merge_index_.end()) continue;
-                merges_.insert_or_assign(key(l->second, r->second), MergeEntry{pieces_[static_cast<std::size_t>(id)].score, id});
+        for (const int id : mergeable_ids_) {
+            const std::string_view t = text_of(id);
+            for (std::size_t k = 1; k < t.size(); ++k) {
+                if ((static_cast<unsigned char>(t[k]) & 0xC0) == 0x80) continue;  // symbols are whole characters
+                const int l = find_mergeable(t.substr(0, k));
+                if (l < 0) continue;
+                const int r = find_mergeable(t.substr(k));
+                if (r < 0) continue;
+                merges_.insert_or_assign(key(l, r), MergeEntry{pieces_[static_cast<std::size_t>(id)].score, id});
             }
         }
     } else {
         for (const auto& [ab, rank] : hf_merge_list_) {
             const std::string field = source_ + ": model.merges[" + std::to_string(rank) + "]";
-            auto a = merge_index_.find(ab.first), b = merge_index_.find(ab.second), c = merge_index_.find(ab.first + ab.second);
-            if (a == merge_index_.end()) throw FormatError(field + ": token '" + ab.first + "' is not in model.vocab");
-            if (b == merge_index_.end()) throw FormatError(field + ": token '" + ab.second + "' is not in model.vocab");
-            if (c == merge_index_.end()) throw FormatError(field + ": merged token '" + ab.first + ab.second + "' is not in model.vocab");
-            merges_.insert_or_assign(key(a->second, b->second), MergeEntry{-static_cast<float>(rank), c->second});
+            const int a = find_mergeable(ab.first), b = find_mergeable(ab.second), c = find_mergeable(ab.first + ab.second);
+            if (a < 0) throw FormatError(field + ": token '" + ab.first + "' is not in model.vocab");
+            if (b < 0) throw FormatError(field + ": token '" + ab.second + "' is not in model.vocab");
+            if (c < 0) throw FormatError(field + ": merged token '" + ab.first + ab.second + "' is not in model.vocab");
+            merges_.insert_or_assign(key(a, b), MergeEntry{-static_cast<float>(rank), c});
         }
         // A merged token's score is minus the rank of the first merge producing it.
         for (auto it = hf_merge_list_.rbegin(); it != hf_merge_list_.rend(); ++it)
-            pieces_[static_cast<std::size_t>(merge_index_.find(it->first.first + it->first.second)->second)].score = -static_cast<float>(it->second);
+            pieces_[static_cast<std::size_t>(find_mergeable(it->first.first + it->first.second))].score = -static_cast<float>(it->second);
         hf_merge_list_.clear();
         hf_merge_list_.shrink_to_fit();
     }
@@ -912,9 +952,10 @@ inline void Tokenizer::finalize() {
     // Words are independent when no producible piece spans "<non-space char><space symbol>".
     const std::string_view space = escape_ws_ ? detail::kSpaceSymbol : std::string_view(" ");
     bool spans = false;
-    for (const auto& [text, id] : merge_index_) {
+    for (const int id : mergeable_ids_) {
+        const std::string_view text = text_of(id);
         for (std::size_t pos = text.find(space, 1); pos != std::string::npos; pos = text.find(space, pos + 1)) {
-            if (pos >= space.size() && std::string_view(text).substr(pos - space.size(), space.size()) == space) continue;
+            if (pos >= space.size() && text.substr(pos - space.size(), space.size()) == space) continue;
             spans = true;
             break;
         }
@@ -936,9 +977,9 @@ inline void Tokenizer::rebuild_special_index() {
 }
 
 inline std::optional<int> Tokenizer::token_id(std::string_view piece) const {
-    auto it = all_index_.find(piece);
-    if (it == all_index_.end()) return std::nullopt;
-    return it->second;
+    const int id = find_any(piece);
+    if (id < 0) return std::nullopt;
+    return id;
 }
 
 inline std::string_view Tokenizer::piece(int id) const {
@@ -1059,8 +1100,7 @@ inline void Tokenizer::emit_unknown(std::string_view bytes, std::vector<int>& ou
 
 inline void Tokenizer::resegment(std::string_view piece, Workspace& ws, std::vector<int>& out) const {
     // SentencePiece: PieceToId(piece); an UNUSED piece is replaced by the two symbols it was built from.
-    auto it = all_index_.find(piece);
-    const int id = it == all_index_.end() ? -1 : it->second;
+    const int id = find_any(piece);
     if (id < 0 || pieces_[static_cast<std::size_t>(id)].type == PieceType::Unknown) {
         emit_unknown(piece, out);
         return;
@@ -1133,6 +1173,66 @@ inline void Tokenizer::bpe_word(std::string_view w, Workspace& ws, std::vector<i
     }
 
     // 2. Merges: best score first, leftmost on ties (SentencePiece bpe_model.cc; HF: lowest rank first).
+    // The merged piece of the adjacent symbols l, r, or -1.
+    auto pair_of = [&](const Sym& L, const Sym& R, float& score) -> int {
+        if (L.freeze || R.freeze) return -1;
+        if (L.id >= 0 && R.id >= 0) {
+            const MergeEntry* e = merges_.find((static_cast<std::uint64_t>(static_cast<std::uint32_t>(L.id)) << 32) | static_cast<std::uint32_t>(R.id));
+            if (!e) return -1;
+            score = e->score;
+            return e->id;
+        }
+        if (hf_ || !unknown_can_merge_) return -1;
+        const int id = find_mergeable(w.substr(L.begin, L.len + R.len));
+        if (id >= 0) score = pieces_[static_cast<std::size_t>(id)].score;
+        return id;
+    };
+    constexpr int kLinearMax = 16;
+    if (m > 1 && m <= kLinearMax && !has_unused_ && finite_scores_) {
+        // Short words: the current adjacent pairs in an array, best one found by a scan. Picks
+        // exactly the pair the priority queue below would (max score, leftmost on ties).
+        // Pairs that cannot merge get the score -inf (piece scores are finite).
+        constexpr float kNone = -std::numeric_limits<float>::infinity();
+        float ps[kLinearMax];
+        int pid[kLinearMax];
+        auto set_pair = [&](std::size_t k) {
+            float sc = kNone;
+            pid[k] = pair_of(syms[k], syms[k + 1], sc);
+            ps[k] = pid[k] >= 0 ? sc : kNone;
+        };
+        std::size_t cnt = static_cast<std::size_t>(m);
+        for (std::size_t k = 0; k + 1 < cnt; ++k) set_pair(k);
+        for (;;) {
+            std::size_t best = 0;
+            float bs = ps[0];
+            for (std::size_t k = 1; k + 1 < cnt; ++k)
+                if (ps[k] > bs) {
+                    best = k;
+                    bs = ps[k];
+                }
+            if (bs == kNone) break;
+            Sym& L = syms[best];
+            L.len += syms[best + 1].len;
+            L.id = pid[best];
+            L.unk = false;
+            for (std::size_t k = best + 1; k + 1 < cnt; ++k) syms[k] = syms[k + 1];
+            for (std::size_t k = best; k + 2 < cnt; ++k) {
+                ps[k] = ps[k + 1];
+                pid[k] = pid[k + 1];
+            }
+            --cnt;
+            if (cnt == 1) break;
+            if (best + 1 < cnt) set_pair(best);
+            if (best > 0) set_pair(best - 1);
+        }
+        for (std::size_t k = 0; k < cnt; ++k) {
+            const Sym& s = syms[k];
+            if (hf_) out.push_back(s.id);
+            else if (s.id < 0) emit_unknown(w.substr(s.begin, s.len), out);
+            else out.push_back(s.id);
+        }
+        return;
+    }
     if (m > 1) {
         auto& heap = ws.heap;
         heap.clear();
@@ -1140,22 +1240,9 @@ inline void Tokenizer::bpe_word(std::string_view w, Workspace& ws, std::vector<i
         auto maybe_add = [&](int l, int r) {
             const Sym& L = syms[static_cast<std::size_t>(l)];
             const Sym& R = syms[static_cast<std::size_t>(r)];
-            if (L.freeze || R.freeze) return;
-            int id;
-            float score;
-            if (L.id >= 0 && R.id >= 0) {
-                const MergeEntry* e = merges_.find((static_cast<std::uint64_t>(static_cast<std::uint32_t>(L.id)) << 32) | static_cast<std::uint32_t>(R.id));
-                if (!e) return;
-                id = e->id;
-                score = e->score;
-            } else if (!hf_) {
-                auto it = merge_index_.find(w.substr(L.begin, L.len + R.len));
-                if (it == merge_index_.end()) return;
-                id = it->second;
-                score = pieces_[static_cast<std::size_t>(id)].score;
-            } else {
-                return;
-            }
+            float score = 0.0f;
+            const int id = pair_of(L, R, score);
+            if (id < 0) return;
             heap.push_back(Cand{score, l, r, L.len + R.len, id});
             std::push_heap(heap.begin(), heap.end(), less);
             if (has_unused_ && pieces_[static_cast<std::size_t>(id)].type == PieceType::Unused)
@@ -1223,8 +1310,6 @@ inline void Tokenizer::encode_segment(std::string_view text, bool at_start, Work
         return;
     }
     const std::string_view space = escape_ws_ ? detail::kSpaceSymbol : std::string_view(" ");
-    ws.cache.clear();
-    ws.cache_ids.clear();
     std::size_t pos = 0;
     while (pos < norm.size()) {
         // A word: a run of space symbols (one with Metaspace split), then everything up to the next space symbol.
@@ -1238,22 +1323,19 @@ inline void Tokenizer::encode_segment(std::string_view text, bool at_start, Work
         e = nx == std::string_view::npos ? norm.size() : nx;
         const std::string_view word = norm.substr(pos, e - pos);
         pos = e;
-        if (word.size() <= 64) {
-            auto it = ws.cache.find(word);
-            if (it != ws.cache.end()) {
-                append_ids(std::span<const int>(ws.cache_ids).subspan(it->second.first, it->second.second), prev_unk, out);
+        ws.word_ids.clear();
+        if (word.size() <= detail::WordCache::kMaxWordBytes) {
+            const std::uint64_t h = detail::hash_bytes(word);
+            if (auto hit = ws.cache.find(uid_, word, h)) {
+                append_ids(*hit, prev_unk, out);
                 continue;
             }
-            const auto off = static_cast<std::uint32_t>(ws.cache_ids.size());
-            bpe_word(word, ws, ws.cache_ids);
-            const auto cnt = static_cast<std::uint32_t>(ws.cache_ids.size()) - off;
-            ws.cache.emplace(word, std::make_pair(off, cnt));
-            append_ids(std::span<const int>(ws.cache_ids).subspan(off, cnt), prev_unk, out);
-        } else {
-            ws.word_ids.clear();
             bpe_word(word, ws, ws.word_ids);
-            append_ids(ws.word_ids, prev_unk, out);
+            ws.cache.insert(uid_, word, h, ws.word_ids);
+        } else {
+            bpe_word(word, ws, ws.word_ids);
         }
+        append_ids(ws.word_ids, prev_unk, out);
     }
 }
 
@@ -1261,7 +1343,7 @@ inline std::vector<int> Tokenizer::encode(std::string_view text, EncodeOptions o
     std::vector<int> out;
     out.reserve(text.size() / 3 + 4);
     if (opt.add_bos && bos_id_ >= 0) out.push_back(bos_id_);
-    Workspace ws;
+    Workspace& ws = thread_workspace();
     const bool scan = opt.parse_special || has_always_specials_;
     std::size_t seg_begin = 0;
     if (scan) {
