@@ -54,11 +54,23 @@ PY
 }
 command -v python3 >/dev/null || die "python3 is needed to read $FIXTURE/golden.json"
 
-# ==== BEGIN demo body: finalised by the model author ==========================================
-# TODO(model author): choose the flags and what to show; keep the fixture-driven inputs.
+# ==== BEGIN demo body ===========================================================================
+# Scores the fixture's token ids, shows the most likely next tokens (pieces from the real Mistral
+# tokenizer fetched by setup.sh), compares the loss with transformers' value, then does the same
+# with the model quantized to int8 at load and with the fixture's PEFT LoRA adapter attached.
 IDS="$(golden ids)"
 REF_LOSS="$(golden loss)"
-say "limarp-score on $FIXTURE ($(tr ',' '\n' <<<"$IDS" | wc -l) tokens)"
-"$BUILD/bin/limarp-score" --model "$FIXTURE" --ids "$IDS" --top 5
-say "Hugging Face reference loss: $REF_LOSS"
+TOK=".cache/mistral-tokenizer.model"
+TOKARGS=()
+[[ -f "$TOK" ]] && TOKARGS=(--tokenizer "$TOK")
+say "limarp-score on $FIXTURE ($(tr ',' '\n' <<<"$IDS" | wc -l) tokens, bf16 weights, f32 compute)"
+"$BUILD/bin/limarp-score" --model "$FIXTURE" --ids "$IDS" --top 5 "${TOKARGS[@]}"
+say "Hugging Face transformers reference loss: $REF_LOSS"
+say "the same with int8 weights (LLM.int8()-style, quantized at load)"
+"$BUILD/bin/limarp-score" --model "$FIXTURE" --ids "$IDS" --quant int8
+if [[ -d "$FIXTURE/adapters/all7" ]]; then
+    say "the same with the PEFT LoRA adapter $FIXTURE/adapters/all7 attached"
+    "$BUILD/bin/limarp-score" --model "$FIXTURE" --ids "$IDS" --adapter "$FIXTURE/adapters/all7"
+    say "PEFT reference loss with the adapter: $(python3 -c "import json;print(json.load(open('$FIXTURE/adapters/all7/ref.json'))['loss'])")"
+fi
 # ==== END demo body =============================================================================
