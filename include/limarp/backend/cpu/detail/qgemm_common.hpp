@@ -25,6 +25,17 @@
 #endif
 
 /// \cond
+// GCC 12 reports false -W(maybe-)uninitialized warnings inside AVX-512 intrinsics that use
+// _mm512_undefined_* (GCC PR105593, fixed in GCC 13); the kernels below silence them locally.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#define LIMARP_QGEMM_DIAG_PUSH                                      \
+    _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
+        _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define LIMARP_QGEMM_DIAG_POP _Pragma("GCC diagnostic pop")
+#else
+#define LIMARP_QGEMM_DIAG_PUSH
+#define LIMARP_QGEMM_DIAG_POP
+#endif
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define LIMARP_QGEMM_VNNI 1
 #else
@@ -36,6 +47,8 @@
 #define LIMARP_QGEMM_AVX2 0
 #endif
 /// \endcond
+
+LIMARP_QGEMM_DIAG_PUSH
 
 namespace limarp::ops {
 
@@ -415,3 +428,5 @@ void packed_gemm(K& k, std::int64_t T, std::int64_t n_out, std::int64_t n_in, Th
 /// \endcond
 
 }  // namespace limarp::ops
+
+LIMARP_QGEMM_DIAG_POP

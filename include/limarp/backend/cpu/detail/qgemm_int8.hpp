@@ -11,6 +11,8 @@
 #include "limarp/core/thread_pool.hpp"
 #include "limarp/quant/int8_rowwise.hpp"
 
+LIMARP_QGEMM_DIAG_PUSH
+
 namespace limarp::ops {
 
 /// \cond
@@ -449,3 +451,5 @@ struct GemmI8Avx2 {
 /// \endcond
 
 }  // namespace limarp::ops
+
+LIMARP_QGEMM_DIAG_POP

@@ -12,6 +12,8 @@
 #include "limarp/core/thread_pool.hpp"
 #include "limarp/quant/q8_0.hpp"
 
+LIMARP_QGEMM_DIAG_PUSH
+
 namespace limarp::ops {
 
 /// \cond
@@ -440,3 +442,5 @@ struct GemmQ8Avx2 {
 /// \endcond
 
 }  // namespace limarp::ops
+
+LIMARP_QGEMM_DIAG_POP
