@@ -3,12 +3,14 @@
 /// \brief CPU sliding-window, grouped-query, causal attention of new tokens over themselves and
 /// a rolling (ring-buffer) KV cache, with a streaming (online, flash-attention style) softmax.
 ///
-/// Work is split into (token, kv head) tasks: the n_heads / n_kv_heads query heads that share a
-/// kv head are processed together, so every key and value row is read once per task rather than
-/// once per query head. Keys are visited in blocks of kKeyBlock: scores of the block, a running
-/// max and sum per query head, the accumulator rescaled when the max grows. Memory use is
-/// O(n_heads * head_dim) per thread, cost O(T * window * n_heads * head_dim). Tasks are handed
-/// out dynamically, latest tokens (most keys) first.
+/// Work is split into (tile of consecutive tokens, kv head) tasks. A tile holds up to kQueryRows
+/// query rows: its tokens times the n_heads / n_kv_heads query heads that share the kv head, so
+/// every key and value row is read once per tile rather than once per (token, head). Keys are
+/// visited in blocks of kKeyBlock: S = Q·Kᵀ and O += P·V run on the packed-GEMM micro-kernel,
+/// with a running max and sum per query row and the accumulator rescaled when the max grows;
+/// keys outside a row's window get probability 0. Memory use is O(kQueryRows * (head_dim +
+/// kKeyBlock)) per thread, cost O(T * (window + tile) * n_heads * head_dim); the T x T score
+/// matrix is never formed. Tasks are handed out dynamically, latest tokens (most keys) first.
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +20,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/detail/gemm_kernel.hpp"
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/core/thread_pool.hpp"
 
@@ -35,106 +38,115 @@ struct AttentionShape {
 namespace cpu_detail {
 
 /// Keys per block of the streaming softmax.
-inline constexpr std::int64_t kKeyBlock = 32;
+inline constexpr std::int64_t kKeyBlock = 64;
+/// Query rows (tokens x heads of one kv group) per task: every key block is read once for all of them.
+inline constexpr std::int64_t kQueryRows = 48;
 
-/// dot(a, b) over n floats.
-template <class A>
-inline float dot_f32(const float* a, const float* b, std::int64_t n) noexcept {
-    using B = fbatch<A>;
-    constexpr std::int64_t L = lanes<A>;
-    B s0(0.0f), s1(0.0f);
-    std::int64_t i = 0;
-    for (; i + 2 * L <= n; i += 2 * L) {
-        s0 = xsimd::fma(B::load_unaligned(a + i), B::load_unaligned(b + i), s0);
-        s1 = xsimd::fma(B::load_unaligned(a + i + L), B::load_unaligned(b + i + L), s1);
-    }
-    if (i + L <= n) {
-        s0 = xsimd::fma(B::load_unaligned(a + i), B::load_unaligned(b + i), s0);
-        i += L;
-    }
-    float s = hsum<A>(s0 + s1);
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s;
-}
-
-/// Online-softmax state of the query heads of one (token, kv head) task.
-struct AttnState {
-    float* acc;           // [n_rep, head_dim] unnormalised output
-    float* m;             // [n_rep] running max of the scaled scores
-    float* l;             // [n_rep] running sum of exp(score - m)
-    float* sc;            // [n_rep, kKeyBlock] scores of the current block
-    const float* q;       // first query head of the group, heads head_dim apart
-    std::int64_t n_rep, head_dim;
+/// Streaming-softmax state and scratch of one task: M query rows (QT tokens x n_rep heads).
+struct AttnTile {
+    float* qbuf;  // [M, hd] the tile's queries, contiguous
+    float* o;     // [M, hd] unnormalised output
+    float* s;     // [M, kKeyBlock] scores, then probabilities, of the current key block
+    float* m;     // [M] running max of the scaled scores
+    float* l;     // [M] running sum of exp(score - m)
+    float* kp;    // [ceil(kKeyBlock / NR), hd, NR] packed key block
+    float* vt;    // [kKeyBlock, NR] value columns of the head_dim tail (hd % NR != 0)
+    std::int64_t M, n_rep, hd;
+    std::int64_t q_pos0;  // absolute position of the tile's first token
+    std::int64_t W;       // window_keys (0 = unlimited)
     float scale;
 };
 
-/// Folds `n` consecutive key/value rows (row stride `ld`, already offset to the kv head) into `st`.
+/// Folds `nb` <= kKeyBlock consecutive key/value rows at absolute positions [pos, pos + nb)
+/// (row stride ld, already offset to the kv head) into the tile.
 template <class A>
-inline void attend_rows(AttnState& st, const float* k, const float* v, std::int64_t ld, std::int64_t n) noexcept {
+void attend_block(AttnTile& a, const float* k, const float* v, std::int64_t ld, std::int64_t pos,
+                  std::int64_t nb) noexcept {
     using B = fbatch<A>;
-    constexpr std::int64_t L = lanes<A>;
-    const std::int64_t hd = st.head_dim, hv = hd - hd % (4 * L);
-    for (std::int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
-        const std::int64_t nb = std::min(kKeyBlock, n - j0);
-        const float* kb = k + j0 * ld;
-        const float* vb = v + j0 * ld;
-        for (std::int64_t j = 0; j < nb; ++j)
-            for (std::int64_t r = 0; r < st.n_rep; ++r)
-                st.sc[r * kKeyBlock + j] = dot_f32<A>(st.q + r * hd, kb + j * ld, hd) * st.scale;
-        for (std::int64_t r = 0; r < st.n_rep; ++r) {
-            float* s = st.sc + r * kKeyBlock;
-            float bm = s[0];
-            for (std::int64_t j = 1; j < nb; ++j) bm = std::max(bm, s[j]);
-            const float m_old = st.m[r], m_new = std::max(m_old, bm);
-            const float alpha = std::exp(m_old - m_new);  // 0 on the first block (m_old = -inf)
-            // p_j = exp(s_j - m_new), summed.
-            const B vm(m_new);
-            B ps(0.0f);
-            std::int64_t j = 0;
-            for (; j + L <= nb; j += L) {
-                const B e = xsimd::exp(B::load_unaligned(s + j) - vm);
-                e.store_unaligned(s + j);
-                ps += e;
-            }
-            float psum = hsum<A>(ps);
-            for (; j < nb; ++j) {
-                s[j] = std::exp(s[j] - m_new);
-                psum += s[j];
-            }
-            st.l[r] = st.l[r] * alpha + psum;
-            st.m[r] = m_new;
-            float* acc = st.acc + r * hd;
-            // acc = acc * alpha + sum_j p_j v_j, in register chunks of 4 vectors.
-            const B va(alpha);
-            std::int64_t i = 0;
-            for (; i < hv; i += 4 * L) {
-                B a0 = B::load_unaligned(acc + i) * va, a1 = B::load_unaligned(acc + i + L) * va;
-                B a2 = B::load_unaligned(acc + i + 2 * L) * va, a3 = B::load_unaligned(acc + i + 3 * L) * va;
-                for (std::int64_t jj = 0; jj < nb; ++jj) {
-                    const B p(s[jj]);
-                    const float* vr = vb + jj * ld + i;
-                    a0 = xsimd::fma(p, B::load_unaligned(vr), a0);
-                    a1 = xsimd::fma(p, B::load_unaligned(vr + L), a1);
-                    a2 = xsimd::fma(p, B::load_unaligned(vr + 2 * L), a2);
-                    a3 = xsimd::fma(p, B::load_unaligned(vr + 3 * L), a3);
-                }
-                a0.store_unaligned(acc + i);
-                a1.store_unaligned(acc + i + L);
-                a2.store_unaligned(acc + i + 2 * L);
-                a3.store_unaligned(acc + i + 3 * L);
-            }
-            for (; i + L <= hd; i += L) {
-                B a0 = B::load_unaligned(acc + i) * va;
-                for (std::int64_t jj = 0; jj < nb; ++jj)
-                    a0 = xsimd::fma(B(s[jj]), B::load_unaligned(vb + jj * ld + i), a0);
-                a0.store_unaligned(acc + i);
-            }
-            for (; i < hd; ++i) {
-                float a = acc[i] * alpha;
-                for (std::int64_t jj = 0; jj < nb; ++jj) a += s[jj] * vb[jj * ld + i];
-                acc[i] = a;
-            }
+    using Blk = GemmBlocking<A>;
+    constexpr std::int64_t L = lanes<A>, NR = Blk::NR, MR = Blk::MR, KB = kKeyBlock;
+    const std::int64_t hd = a.hd, M = a.M;
+    const std::int64_t n_panels = (nb + NR - 1) / NR;
+    // S = Q · Kᵀ
+    pack_panels(a.kp, k, ld, nb, 0, hd, NR);
+    for (std::int64_t r0 = 0; r0 < M; r0 += MR) {
+        const int mr = static_cast<int>(std::min(MR, M - r0));
+        for (std::int64_t p = 0; p < n_panels; ++p)
+            micro_kernel_dispatch<A, Blk::MR>(mr, a.qbuf + r0 * hd, hd, a.kp + p * hd * NR, NR, hd, a.s + r0 * KB + p * NR,
+                                              KB, std::min(NR, nb - p * NR), false);
+    }
+    // Online softmax per query row; masked keys get probability 0.
+    for (std::int64_t r = 0; r < M; ++r) {
+        float* s = a.s + r * KB;
+        const std::int64_t qpos = a.q_pos0 + r / a.n_rep;
+        const std::int64_t lo = a.W > 0 ? std::max<std::int64_t>(0, qpos - a.W + 1) : 0;
+        const std::int64_t ja = std::clamp<std::int64_t>(lo - pos, 0, nb), jb = std::clamp<std::int64_t>(qpos + 1 - pos, 0, nb);
+        if (ja >= jb) {
+            std::fill(s, s + nb, 0.0f);
+            continue;
         }
+        float bm = -std::numeric_limits<float>::infinity();
+        for (std::int64_t j = ja; j < jb; ++j) {
+            s[j] *= a.scale;
+            bm = std::max(bm, s[j]);
+        }
+        const float m_old = a.m[r], m_new = std::max(m_old, bm);
+        const float alpha = std::exp(m_old - m_new);  // 0 on the first block (m_old = -inf)
+        std::fill(s, s + ja, 0.0f);
+        std::fill(s + jb, s + nb, 0.0f);
+        const B vm(m_new);
+        B ps(0.0f);
+        std::int64_t j = ja;
+        for (; j + L <= jb; j += L) {
+            const B e = xsimd::exp(B::load_unaligned(s + j) - vm);
+            e.store_unaligned(s + j);
+            ps += e;
+        }
+        float psum = hsum<A>(ps);
+        for (; j < jb; ++j) {
+            s[j] = std::exp(s[j] - m_new);
+            psum += s[j];
+        }
+        a.l[r] = a.l[r] * alpha + psum;
+        a.m[r] = m_new;
+        if (alpha != 1.0f) {
+            float* o = a.o + r * hd;
+            const B va(alpha);
+            const std::int64_t hv = hd - hd % L;
+            for (std::int64_t i = 0; i < hv; i += L) (B::load_unaligned(o + i) * va).store_unaligned(o + i);
+            for (std::int64_t i = hv; i < hd; ++i) o[i] *= alpha;
+        }
+    }
+    // O += P · V
+    const std::int64_t hd_full = hd - hd % NR;
+    if (hd_full < hd) {
+        for (std::int64_t j = 0; j < nb; ++j)
+            for (std::int64_t c = 0; c < NR; ++c) a.vt[j * NR + c] = hd_full + c < hd ? v[j * ld + hd_full + c] : 0.0f;
+    }
+    for (std::int64_t r0 = 0; r0 < M; r0 += MR) {
+        const int mr = static_cast<int>(std::min(MR, M - r0));
+        for (std::int64_t d0 = 0; d0 < hd_full; d0 += NR)
+            micro_kernel_dispatch<A, Blk::MR>(mr, a.s + r0 * KB, KB, v + d0, ld, nb, a.o + r0 * hd + d0, hd, NR, true);
+        if (hd_full < hd)
+            micro_kernel_dispatch<A, Blk::MR>(mr, a.s + r0 * KB, KB, a.vt, NR, nb, a.o + r0 * hd + hd_full, hd,
+                                              hd - hd_full, true);
+    }
+}
+
+/// Folds `n` consecutive key/value rows starting at absolute position `pos` into the tile, by blocks.
+template <class A>
+void attend_rows(AttnTile& a, const float* k, const float* v, std::int64_t ld, std::int64_t pos,
+                 std::int64_t n) noexcept {
+    for (std::int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
+        // Rows of one head are ld floats apart (often a page): prefetch the next block's rows,
+        // which the hardware prefetchers do not follow across pages.
+        const std::int64_t nxt = std::min(kKeyBlock, n - j0 - kKeyBlock);
+        for (std::int64_t j = 0; j < nxt; ++j)
+            for (std::int64_t c = 0; c < a.hd; c += 16) {
+                __builtin_prefetch(k + (j0 + kKeyBlock + j) * ld + c, 0, 2);
+                __builtin_prefetch(v + (j0 + kKeyBlock + j) * ld + c, 0, 2);
+            }
+        attend_block<A>(a, k + j0 * ld, v + j0 * ld, ld, pos + j0, std::min(kKeyBlock, n - j0));
     }
 }
 
@@ -173,43 +185,61 @@ void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, cons
                               const float* k_cache /*[C, n_kv_heads*head_dim]*/,
                               const float* v_cache /*[C, n_kv_heads*head_dim]*/, std::int64_t C, std::int64_t p0,
                               std::int64_t T, const AttentionShape& s, float scale, ThreadPool* pool = nullptr) {
+    using Blk = cpu_detail::GemmBlocking<A>;
+    constexpr std::int64_t NR = Blk::NR, KB = cpu_detail::kKeyBlock;
     const std::int64_t n_kv = s.n_kv_heads, hd = s.head_dim, n_rep = s.n_heads / s.n_kv_heads;
     const std::int64_t kvd = n_kv * hd, qd = s.n_heads * hd, W = s.window_keys;
     if (T <= 0) return;
+    const std::int64_t QT = std::max<std::int64_t>(1, cpu_detail::kQueryRows / n_rep);  // tokens per tile
+    const std::int64_t n_tiles = (T + QT - 1) / QT;
     ThreadPool& p = cpu_detail::pool_or_global(pool);
     auto task = [&](std::int64_t i, unsigned) {
-        const std::int64_t t = T - 1 - i / n_kv, g = i % n_kv;
-        const std::int64_t pos = p0 + t;
-        const std::int64_t lo = W > 0 ? std::max<std::int64_t>(0, pos - W + 1) : 0;
-        float* buf = cpu_detail::scratch<2>(static_cast<std::size_t>(n_rep * (hd + cpu_detail::kKeyBlock + 2)));
-        cpu_detail::AttnState st{buf,
-                                 buf + n_rep * hd,
-                                 buf + n_rep * hd + n_rep,
-                                 buf + n_rep * (hd + 2),
-                                 q + t * qd + g * n_rep * hd,
-                                 n_rep,
-                                 hd,
-                                 scale};
-        std::fill(st.acc, st.acc + n_rep * hd, 0.0f);
-        std::fill(st.m, st.m + n_rep, -std::numeric_limits<float>::infinity());
-        std::fill(st.l, st.l + n_rep, 0.0f);
-        // Earlier positions [lo, min(pos + 1, p0)) from the ring, split where it wraps.
-        for (std::int64_t a = lo, b = std::min(pos + 1, p0); a < b;) {
-            const std::int64_t r = a % C, len = std::min(b - a, C - r);
-            cpu_detail::attend_rows<A>(st, k_cache + r * kvd + g * hd, v_cache + r * kvd + g * hd, kvd, len);
-            a += len;
+        // Latest tiles (most keys) first.
+        const std::int64_t tile = n_tiles - 1 - i / n_kv, g = i % n_kv;
+        const std::int64_t t0 = tile * QT, nt = std::min(QT, T - t0), M = nt * n_rep;
+        const std::int64_t kp_size = (KB + NR - 1) / NR * NR * hd;
+        float* buf = cpu_detail::scratch<2>(static_cast<std::size_t>(2 * M * hd + M * KB + 2 * M + kp_size + KB * NR));
+        cpu_detail::AttnTile a{};
+        a.qbuf = buf;
+        a.o = a.qbuf + M * hd;
+        a.s = a.o + M * hd;
+        a.m = a.s + M * KB;
+        a.l = a.m + M;
+        a.kp = a.l + M;
+        a.vt = a.kp + kp_size;
+        a.M = M;
+        a.n_rep = n_rep;
+        a.hd = hd;
+        a.q_pos0 = p0 + t0;
+        a.W = W;
+        a.scale = scale;
+        for (std::int64_t tt = 0; tt < nt; ++tt)
+            std::copy_n(q + (t0 + tt) * qd + g * n_rep * hd, n_rep * hd, a.qbuf + tt * n_rep * hd);
+        std::fill(a.o, a.o + M * hd, 0.0f);
+        std::fill(a.m, a.m + M, -std::numeric_limits<float>::infinity());
+        std::fill(a.l, a.l + M, 0.0f);
+        // Keys of the tile: [lo of its first token, position of its last token].
+        const std::int64_t lo = W > 0 ? std::max<std::int64_t>(0, p0 + t0 - W + 1) : 0, hi = p0 + t0 + nt - 1;
+        // Earlier positions from the ring, split where it wraps.
+        for (std::int64_t pa = lo, pb = std::min(hi + 1, p0); pa < pb;) {
+            const std::int64_t r = pa % C, len = std::min(pb - pa, C - r);
+            cpu_detail::attend_rows<A>(a, k_cache + r * kvd + g * hd, v_cache + r * kvd + g * hd, kvd, pa, len);
+            pa += len;
         }
-        // New positions [max(lo, p0), pos].
-        const std::int64_t a = std::max(lo, p0);
-        cpu_detail::attend_rows<A>(st, k_new + (a - p0) * kvd + g * hd, v_new + (a - p0) * kvd + g * hd, kvd,
-                                   pos + 1 - a);
-        float* o = out + t * qd + g * n_rep * hd;
-        for (std::int64_t r = 0; r < n_rep; ++r) {
-            const float l = st.l[r];
-            for (std::int64_t d = 0; d < hd; ++d) o[r * hd + d] = st.acc[r * hd + d] / l;
+        // New positions.
+        const std::int64_t pa = std::max(lo, p0);
+        cpu_detail::attend_rows<A>(a, k_new + (pa - p0) * kvd + g * hd, v_new + (pa - p0) * kvd + g * hd, kvd, pa,
+                                   hi + 1 - pa);
+        for (std::int64_t tt = 0; tt < nt; ++tt) {
+            float* o = out + (t0 + tt) * qd + g * n_rep * hd;
+            for (std::int64_t r = 0; r < n_rep; ++r) {
+                const float* acc = a.o + (tt * n_rep + r) * hd;
+                const float l = a.l[tt * n_rep + r];
+                for (std::int64_t d = 0; d < hd; ++d) o[r * hd + d] = acc[d] / l;
+            }
         }
     };
-    cpu_detail::parallel_dynamic(p, T * n_kv, task);
+    cpu_detail::parallel_dynamic(p, n_tiles * n_kv, task);
 }
 
 }  // namespace limarp::ops
