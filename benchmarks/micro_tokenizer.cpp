@@ -60,7 +60,8 @@ const limarp::text::Tokenizer* tokenizer() {
         try {
             return new limarp::text::Tokenizer(limarp::text::Tokenizer::from_sentencepiece(model_file()));
         } catch (const std::exception& e) {
-            std::cerr << "bench_micro_tokenizer: " << e.what() << " (run scripts/setup.sh or set LIMARP_TOKENIZER_MODEL)\n";
+            std::cerr << "bench_micro_tokenizer: " << e.what()
+                      << " (run scripts/setup.sh or set LIMARP_TOKENIZER_MODEL)\n";
             return static_cast<limarp::text::Tokenizer*>(nullptr);
         }
     }();

@@ -85,7 +85,8 @@ int main(int argc, char** argv) {
     o_file->excludes(o_decode);
     app.add_flag("--no-bos", no_bos, "do not prepend the BOS id");
     app.add_flag("--eos", eos, "append the EOS id");
-    app.add_flag("--parse-special", parse_special, "turn special-token strings in the text (<s>, <|im_end|>) into their ids");
+    app.add_flag("--parse-special", parse_special,
+                 "turn special-token strings in the text (<s>, <|im_end|>) into their ids");
     app.add_flag("--show-special", show_special, "with --decode: print special tokens instead of skipping them");
     try {
         app.parse(argc, argv);
@@ -107,7 +108,8 @@ int main(int argc, char** argv) {
         }
         std::string input = text;
         if (o_file->count()) input = read_file(file);
-        const std::vector<int> ids = tok.encode(input, {.add_bos = !no_bos, .add_eos = eos, .parse_special = parse_special});
+        const std::vector<int> ids =
+            tok.encode(input, {.add_bos = !no_bos, .add_eos = eos, .parse_special = parse_special});
         std::string line;
         for (std::size_t i = 0; i < ids.size(); ++i) {
             if (i) line += ' ';

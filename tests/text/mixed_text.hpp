@@ -26,8 +26,7 @@ public:
     /// Uniform-ish integer in [0, n).
     std::size_t below(std::size_t n) { return n == 0 ? 0 : static_cast<std::size_t>(next() % n); }
     bool chance(int percent) { return below(100) < static_cast<std::size_t>(percent); }
-    template <class T>
-    const T& pick(const std::vector<T>& v) { return v[below(v.size())]; }
+    template <class T> const T& pick(const std::vector<T>& v) { return v[below(v.size())]; }
 
 private:
     std::uint64_t s_;
@@ -55,17 +54,43 @@ inline void append_utf8(std::string& out, std::uint32_t cp) {
 namespace mixed_text_detail {
 
 inline const std::vector<std::string>& words() {
-    static const std::vector<std::string> w = {
-        "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not",
-        "he", "she", "they", "this", "are", "or", "his", "her", "from", "at", "which", "but", "have", "an", "had",
-        "were", "their", "been", "would", "there", "what", "about", "when", "into", "could", "time", "people",
-        "roleplay", "character", "persona", "scenario", "tokenizer", "whispered", "smiled", "glanced", "softly",
-        "suddenly", "adventure", "forest", "castle", "dragon", "coffee", "library", "midnight", "unbelievable",
-        "internationalization", "don't", "can't", "I'm", "you're", "it's", "o'clock", "well-known", "e-mail",
-        "naïve", "café", "résumé", "façade", "coöperate", "Zürich", "São", "Paulo", "Ångström", "jalapeño",
-        "Straße", "Œuvre", "fiancée", "ÉCOLE", "über", "Mistral", "LoRA", "GPU", "CUDA", "JSON", "HTTP/2",
-        "McDonald's", "iPhone", "COVID-19", "x86_64", "UTF-8", "snake_case", "camelCase", "PascalCase",
-        "Hello", "World", "Alice", "Bob", "Character", "User", "Mr.", "Dr.", "etc.", "i.e.", "U.S.A."};
+    static const std::vector<std::string> w = {"the",        "of",           "and",
+                                               "to",         "in",           "a",
+                                               "is",         "that",         "for",
+                                               "it",         "as",           "was",
+                                               "with",       "be",           "by",
+                                               "on",         "not",          "he",
+                                               "she",        "they",         "this",
+                                               "are",        "or",           "his",
+                                               "her",        "from",         "at",
+                                               "which",      "but",          "have",
+                                               "an",         "had",          "were",
+                                               "their",      "been",         "would",
+                                               "there",      "what",         "about",
+                                               "when",       "into",         "could",
+                                               "time",       "people",       "roleplay",
+                                               "character",  "persona",      "scenario",
+                                               "tokenizer",  "whispered",    "smiled",
+                                               "glanced",    "softly",       "suddenly",
+                                               "adventure",  "forest",       "castle",
+                                               "dragon",     "coffee",       "library",
+                                               "midnight",   "unbelievable", "internationalization",
+                                               "don't",      "can't",        "I'm",
+                                               "you're",     "it's",         "o'clock",
+                                               "well-known", "e-mail",       "naïve",
+                                               "café",       "résumé",       "façade",
+                                               "coöperate",  "Zürich",       "São",
+                                               "Paulo",      "Ångström",     "jalapeño",
+                                               "Straße",     "Œuvre",        "fiancée",
+                                               "ÉCOLE",      "über",         "Mistral",
+                                               "LoRA",       "GPU",          "CUDA",
+                                               "JSON",       "HTTP/2",       "McDonald's",
+                                               "iPhone",     "COVID-19",     "x86_64",
+                                               "UTF-8",      "snake_case",   "camelCase",
+                                               "PascalCase", "Hello",        "World",
+                                               "Alice",      "Bob",          "Character",
+                                               "User",       "Mr.",          "Dr.",
+                                               "etc.",       "i.e.",         "U.S.A."};
     return w;
 }
 
@@ -105,37 +130,129 @@ inline const std::vector<std::string>& code_lines() {
 }
 
 inline const std::vector<std::string>& emoji() {
-    static const std::vector<std::string> e = {
-        "😀", "😂", "🥲", "❤️", "👍", "👍🏻", "👍🏽", "👍🏿", "👩‍💻", "👨‍👩‍👧‍👦", "🏳️‍🌈", "🧑🏾‍🚀", "🤷🏽‍♀️",
-        "🇯🇵", "🇺🇸", "🇩🇪", "1️⃣", "#️⃣", "✨", "🔥", "🎉", "🐉", "☕", "⚡", "🫠", "🪐", "👁️‍🗨️", "🧔🏻‍♂️",
-        "💁‍♂️", "🏴󠁧󠁢󠁳󠁣󠁴󠁿", "©️", "™", "↔️", "✔", "❌", "🈯", "🆗"};
+    static const std::vector<std::string> e = {"😀",
+                                               "😂",
+                                               "🥲",
+                                               "❤️",
+                                               "👍",
+                                               "👍🏻",
+                                               "👍🏽",
+                                               "👍🏿",
+                                               "👩‍💻",
+                                               "👨‍👩‍👧‍👦",
+                                               "🏳️‍🌈",
+                                               "🧑🏾‍🚀",
+                                               "🤷🏽‍♀️",
+                                               "🇯🇵",
+                                               "🇺🇸",
+                                               "🇩🇪",
+                                               "1️⃣",
+                                               "#️⃣",
+                                               "✨",
+                                               "🔥",
+                                               "🎉",
+                                               "🐉",
+                                               "☕",
+                                               "⚡",
+                                               "🫠",
+                                               "🪐",
+                                               "👁️‍🗨️",
+                                               "🧔🏻‍♂️",
+                                               "💁‍♂️",
+                                               "🏴󠁧󠁢󠁳󠁣󠁴󠁿",
+                                               "©️",
+                                               "™",
+                                               "↔️",
+                                               "✔",
+                                               "❌",
+                                               "🈯",
+                                               "🆗"};
     return e;
 }
 
 inline const std::vector<std::string>& cjk_phrases() {
-    static const std::vector<std::string> c = {
-        "你好，世界！", "我们今天去公园散步吧。", "机器学习模型的分词器", "東京は日本の首都です。", "ひらがなとカタカナ",
-        "ラーメンを食べたい！", "안녕하세요, 반갑습니다.", "한국어 텍스트 토큰화", "繁體中文與简体中文", "「引用」と『二重引用』",
-        "全角スペース\u3000あり", "ｈａｌｆ／ｆｕｌｌ　ｗｉｄｔｈ", "１２３４５６", "𠮷野家", "𩸽の塩焼き"};
+    static const std::vector<std::string> c = {"你好，世界！",
+                                               "我们今天去公园散步吧。",
+                                               "机器学习模型的分词器",
+                                               "東京は日本の首都です。",
+                                               "ひらがなとカタカナ",
+                                               "ラーメンを食べたい！",
+                                               "안녕하세요, 반갑습니다.",
+                                               "한국어 텍스트 토큰화",
+                                               "繁體中文與简体中文",
+                                               "「引用」と『二重引用』",
+                                               "全角スペース\u3000あり",
+                                               "ｈａｌｆ／ｆｕｌｌ　ｗｉｄｔｈ",
+                                               "１２３４５６",
+                                               "𠮷野家",
+                                               "𩸽の塩焼き"};
     return c;
 }
 
 inline const std::vector<std::string>& rare_scripts() {
-    static const std::vector<std::string> r = {
-        "Ελληνικά κείμενα", "Русский текст, ёлка!", "עִבְרִית", "العربية: مرحبا بالعالم", "हिन्दी भाषा", "தமிழ்",
-        "ภาษาไทย", "ქართული", "Հայերեն", "ᏣᎳᎩ", "ግዕዝ", "བོད་ཡིག", "ᠮᠣᠩᠭᠣᠯ", "ᚠᚢᚦᚨᚱᚲ", "𐌲𐌿𐍄𐌹𐍃𐌺",
-        "𒀭𒂗𒆠", "𝐀𝐁𝐂 𝕏𝕐ℤ 𝒶𝒷𝒸", "ʕ•ᴥ•ʔ", "(╯°□°）╯︵ ┻━┻", "ℝ³ ∀x∈ℕ: x² ≥ 0 ∑∫∂√∞≈≠", "¯\\_(ツ)_/¯",
-        "Z̴̧̛a̷̡l̶g̵o̸ ̷t̴e̵x̶t̷", "e\xcc\x81 a\xcc\x88\xcc\xa3 n\xcc\x83 o\xcc\x8a\xcc\x8b", "ﬁﬂ ﬀ ß ẞ ŉ ǅ", "Ⅻ ⅷ ① ⑳ ㊙",
-        "\xef\xbf\xbd replacement", "zero\xe2\x80\x8bwidth", "nb\xc2\xa0sp", "bom\xef\xbb\xbfhere", "pua\xee\x80\x80",
-        "lower\xe2\x96\x81" "one\xe2\x96\x81" "eighth", "\xe2\x96\x81\xe2\x96\x81leading", "rtl\xe2\x80\x8f mark", "soft\xc2\xadhyphen"};
+    static const std::vector<std::string> r = {"Ελληνικά κείμενα",
+                                               "Русский текст, ёлка!",
+                                               "עִבְרִית",
+                                               "العربية: مرحبا بالعالم",
+                                               "हिन्दी भाषा",
+                                               "தமிழ்",
+                                               "ภาษาไทย",
+                                               "ქართული",
+                                               "Հայերեն",
+                                               "ᏣᎳᎩ",
+                                               "ግዕዝ",
+                                               "བོད་ཡིག",
+                                               "ᠮᠣᠩᠭᠣᠯ",
+                                               "ᚠᚢᚦᚨᚱᚲ",
+                                               "𐌲𐌿𐍄𐌹𐍃𐌺",
+                                               "𒀭𒂗𒆠",
+                                               "𝐀𝐁𝐂 𝕏𝕐ℤ 𝒶𝒷𝒸",
+                                               "ʕ•ᴥ•ʔ",
+                                               "(╯°□°）╯︵ ┻━┻",
+                                               "ℝ³ ∀x∈ℕ: x² ≥ 0 ∑∫∂√∞≈≠",
+                                               "¯\\_(ツ)_/¯",
+                                               "Z̴̧̛a̷̡l̶g̵o̸ ̷t̴e̵x̶t̷",
+                                               "e\xcc\x81 a\xcc\x88\xcc\xa3 n\xcc\x83 o\xcc\x8a\xcc\x8b",
+                                               "ﬁﬂ ﬀ ß ẞ ŉ ǅ",
+                                               "Ⅻ ⅷ ① ⑳ ㊙",
+                                               "\xef\xbf\xbd replacement",
+                                               "zero\xe2\x80\x8bwidth",
+                                               "nb\xc2\xa0sp",
+                                               "bom\xef\xbb\xbfhere",
+                                               "pua\xee\x80\x80",
+                                               "lower\xe2\x96\x81"
+                                               "one\xe2\x96\x81"
+                                               "eighth",
+                                               "\xe2\x96\x81\xe2\x96\x81leading",
+                                               "rtl\xe2\x80\x8f mark",
+                                               "soft\xc2\xadhyphen"};
     return r;
 }
 
 inline const std::vector<std::string>& specials() {
-    static const std::vector<std::string> s = {
-        "<s>", "</s>", "<unk>", "<pad>", "<|im_end|>", "<|im_start|>", "<|im_start|>user\n", "[INST]", "[/INST]",
-        "<0x41>", "<0x0A>", "<<SYS>>", "<", "<|", "|>", "</", "<s", "s>", "<|im_end", "▁", "### Instruction:",
-        "### Response: (length = medium)", "### Input:\nUser:"};
+    static const std::vector<std::string> s = {"<s>",
+                                               "</s>",
+                                               "<unk>",
+                                               "<pad>",
+                                               "<|im_end|>",
+                                               "<|im_start|>",
+                                               "<|im_start|>user\n",
+                                               "[INST]",
+                                               "[/INST]",
+                                               "<0x41>",
+                                               "<0x0A>",
+                                               "<<SYS>>",
+                                               "<",
+                                               "<|",
+                                               "|>",
+                                               "</",
+                                               "<s",
+                                               "s>",
+                                               "<|im_end",
+                                               "▁",
+                                               "### Instruction:",
+                                               "### Response: (length = medium)",
+                                               "### Input:\nUser:"};
     return s;
 }
 
@@ -163,7 +280,10 @@ inline void number(SplitMix64& r, std::string& out) {
         case 1: out += std::to_string(r.next()); break;
         case 2: out += std::to_string(r.below(1000)) + "." + std::to_string(r.below(100000)); break;
         case 3: out += std::to_string(1 + r.below(999)) + "," + std::to_string(100 + r.below(900)) + ",000"; break;
-        case 4: out += "20" + std::to_string(10 + r.below(15)) + "-0" + std::to_string(1 + r.below(9)) + "-1" + std::to_string(r.below(10)); break;
+        case 4:
+            out += "20" + std::to_string(10 + r.below(15)) + "-0" + std::to_string(1 + r.below(9)) + "-1" +
+                   std::to_string(r.below(10));
+            break;
         case 5: out += "-" + std::to_string(r.below(1000)) + "e-" + std::to_string(r.below(40)); break;
         default: out += "3.14159265358979323846264338327950288419716939937510"; break;
     }
@@ -173,11 +293,11 @@ inline void random_codepoints(SplitMix64& r, std::string& out, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) {
         std::uint32_t cp;
         switch (r.below(6)) {
-            case 0: cp = 0x20 + static_cast<std::uint32_t>(r.below(0x5F)); break;        // ASCII printable
+            case 0: cp = 0x20 + static_cast<std::uint32_t>(r.below(0x5F)); break;           // ASCII printable
             case 1: cp = 0xA0 + static_cast<std::uint32_t>(r.below(0x2000 - 0xA0)); break;  // Latin..General punct
-            case 2: cp = 0x4E00 + static_cast<std::uint32_t>(r.below(0x5200)); break;      // CJK ideographs
-            case 3: cp = 0xAC00 + static_cast<std::uint32_t>(r.below(0x2BA4)); break;      // Hangul
-            case 4: cp = 0x10000 + static_cast<std::uint32_t>(r.below(0x100000)); break;   // supplementary planes
+            case 2: cp = 0x4E00 + static_cast<std::uint32_t>(r.below(0x5200)); break;       // CJK ideographs
+            case 3: cp = 0xAC00 + static_cast<std::uint32_t>(r.below(0x2BA4)); break;       // Hangul
+            case 4: cp = 0x10000 + static_cast<std::uint32_t>(r.below(0x100000)); break;    // supplementary planes
             default: cp = 0x2000 + static_cast<std::uint32_t>(r.below(0xD800 - 0x2000)); break;
         }
         if (cp >= 0xD800 && cp <= 0xDFFF) cp = 0xFFFD;
@@ -201,9 +321,19 @@ inline std::string make_mixed_text(std::size_t min_bytes, std::uint64_t seed = 2
             for (std::size_t i = 0; i < n; ++i) {
                 if (i) out += r.chance(90) ? " " : "  ";
                 sentence(r, out);
-                if (r.chance(15)) { out += " "; number(r, out); }
-                if (r.chance(10)) { out += " "; out += r.pick(emoji()); }
-                if (r.chance(5)) { out += " "; out += r.pick(specials()); out += " "; }
+                if (r.chance(15)) {
+                    out += " ";
+                    number(r, out);
+                }
+                if (r.chance(10)) {
+                    out += " ";
+                    out += r.pick(emoji());
+                }
+                if (r.chance(5)) {
+                    out += " ";
+                    out += r.pick(specials());
+                    out += " ";
+                }
             }
         } else if (kind < 50) {  // dialogue, LimaRP prompt style
             out += r.chance(50) ? "### Input:\nUser: " : "### Response:\nCharacter: ";
@@ -264,7 +394,9 @@ inline std::string make_mixed_text(std::size_t min_bytes, std::uint64_t seed = 2
             const std::size_t n = 1 + r.below(5);
             for (std::size_t i = 0; i < n; ++i) {
                 out += r.pick(specials());
-                if (r.chance(50)) { out += r.pick(words()); }
+                if (r.chance(50)) {
+                    out += r.pick(words());
+                }
                 if (r.chance(50)) out += " ";
             }
         } else {  // random code points

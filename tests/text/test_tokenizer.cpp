@@ -46,8 +46,8 @@ constexpr std::string_view kSpace = "\xE2\x96\x81";  // U+2581
 
 fs::path model_path() {
     const fs::path p = fs::path(LIMARP_CACHE_DIR) / "mistral-tokenizer.model";
-    BOOST_REQUIRE_MESSAGE(fs::is_regular_file(p), "missing " << p.string()
-                                                             << ": run scripts/setup.sh to fetch the test assets");
+    BOOST_REQUIRE_MESSAGE(fs::is_regular_file(p),
+                          "missing " << p.string() << ": run scripts/setup.sh to fetch the test assets");
     return p;
 }
 
@@ -73,14 +73,18 @@ std::string escaped(std::string_view s, std::size_t max = 300) {
     std::string o;
     for (std::size_t i = 0; i < s.size() && i < max; ++i) {
         const auto c = static_cast<unsigned char>(s[i]);
-        if (c == '\n') o += "\\n";
-        else if (c == '\t') o += "\\t";
-        else if (c == '\\') o += "\\\\";
+        if (c == '\n')
+            o += "\\n";
+        else if (c == '\t')
+            o += "\\t";
+        else if (c == '\\')
+            o += "\\\\";
         else if (c < 0x20 || c == 0x7F) {
             char b[8];
             std::snprintf(b, sizeof b, "\\x%02X", c);
             o += b;
-        } else o += static_cast<char>(c);
+        } else
+            o += static_cast<char>(c);
     }
     if (s.size() > max) o += "...";
     return o;
@@ -131,24 +135,71 @@ const std::string& corpus() {  // >= 1 MB of mixed text
 
 // Whitespace-heavy and edge-case strings added to every parity run.
 const std::vector<std::string>& edge_cases() {
-    static const std::vector<std::string> v = {
-        "", " ", "  ", "   a", "a   ", "  a  b  ", "\t", " \t ", "\n", "\n\n ", "a\n b", "Hello world", " Hello",
-        "Hello  world", "▁", "▁▁", " ▁ ", "▁Hello", "a▁b", "<s>", "</s>", "<unk>", "<s></s>", "<|im_start|>user\nHi<|im_end|>",
-        "<0x41>", "\xef\xbf\xbd", "e\xcc\x81", "👩‍💻👍🏽", "日本語", std::string(1, '\0'), std::string("a\0b", 3), "\x7f",
-        std::string(200, ' '), std::string(100, '\n'), std::string(50, 'a'), "1234567890123456789", "ℝ𝕖𝕒𝕝", "🤷🏽‍♀️",
-        "foo bar", "ing the", "\t\t", "xyz▁abc", "Hello", "wor"};
+    static const std::vector<std::string> v = {"",
+                                               " ",
+                                               "  ",
+                                               "   a",
+                                               "a   ",
+                                               "  a  b  ",
+                                               "\t",
+                                               " \t ",
+                                               "\n",
+                                               "\n\n ",
+                                               "a\n b",
+                                               "Hello world",
+                                               " Hello",
+                                               "Hello  world",
+                                               "▁",
+                                               "▁▁",
+                                               " ▁ ",
+                                               "▁Hello",
+                                               "a▁b",
+                                               "<s>",
+                                               "</s>",
+                                               "<unk>",
+                                               "<s></s>",
+                                               "<|im_start|>user\nHi<|im_end|>",
+                                               "<0x41>",
+                                               "\xef\xbf\xbd",
+                                               "e\xcc\x81",
+                                               "👩‍💻👍🏽",
+                                               "日本語",
+                                               std::string(1, '\0'),
+                                               std::string("a\0b", 3),
+                                               "\x7f",
+                                               std::string(200, ' '),
+                                               std::string(100, '\n'),
+                                               std::string(50, 'a'),
+                                               "1234567890123456789",
+                                               "ℝ𝕖𝕒𝕝",
+                                               "🤷🏽‍♀️",
+                                               "foo bar",
+                                               "ing the",
+                                               "\t\t",
+                                               "xyz▁abc",
+                                               "Hello",
+                                               "wor"};
     return v;
 }
 
 // Invalid UTF-8 inputs with the text each must be treated as (one U+FFFD per invalid byte).
 const std::vector<std::pair<std::string, std::string>>& invalid_cases() {
     static const std::vector<std::pair<std::string, std::string>> v = {
-        {"a\xff" "b", "a\xef\xbf\xbd" "b"},
+        {"a\xff"
+         "b",
+         "a\xef\xbf\xbd"
+         "b"},
         {"\x80", "\xef\xbf\xbd"},
         {"\xC3(", "\xef\xbf\xbd("},
         {"\xE2\x82", "\xef\xbf\xbd\xef\xbf\xbd"},
-        {"\xE2\x82" "A", "\xef\xbf\xbd\xef\xbf\xbd" "A"},
-        {"\xF0\x9F\x98" "x", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "x"},
+        {"\xE2\x82"
+         "A",
+         "\xef\xbf\xbd\xef\xbf\xbd"
+         "A"},
+        {"\xF0\x9F\x98"
+         "x",
+         "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+         "x"},
         {"\xC0\xAF", "\xef\xbf\xbd\xef\xbf\xbd"},                                  // overlong '/'
         {"\xE0\x80\xAF", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},                  // overlong
         {"\xED\xA0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},                  // surrogate U+D800
@@ -185,7 +236,9 @@ void put_varint(std::string& o, std::uint64_t v) {
     }
     o += static_cast<char>(v);
 }
-void put_key(std::string& o, std::uint32_t field, int wire) { put_varint(o, (static_cast<std::uint64_t>(field) << 3) | static_cast<unsigned>(wire)); }
+void put_key(std::string& o, std::uint32_t field, int wire) {
+    put_varint(o, (static_cast<std::uint64_t>(field) << 3) | static_cast<unsigned>(wire));
+}
 void put_len(std::string& o, std::uint32_t field, std::string_view b) {
     put_key(o, field, 2);
     put_varint(o, b.size());
@@ -194,9 +247,18 @@ void put_len(std::string& o, std::uint32_t field, std::string_view b) {
 void put_field(std::string& o, const limarp::text::detail::WireField& f) {
     using limarp::text::detail::WireType;
     switch (f.type) {
-        case WireType::Varint: put_key(o, f.number, 0); put_varint(o, f.varint); break;
-        case WireType::Fixed64: put_key(o, f.number, 1); for (int i = 0; i < 8; ++i) o += static_cast<char>(f.varint >> (8 * i)); break;
-        case WireType::Fixed32: put_key(o, f.number, 5); for (int i = 0; i < 4; ++i) o += static_cast<char>(f.varint >> (8 * i)); break;
+        case WireType::Varint:
+            put_key(o, f.number, 0);
+            put_varint(o, f.varint);
+            break;
+        case WireType::Fixed64:
+            put_key(o, f.number, 1);
+            for (int i = 0; i < 8; ++i) o += static_cast<char>(f.varint >> (8 * i));
+            break;
+        case WireType::Fixed32:
+            put_key(o, f.number, 5);
+            for (int i = 0; i < 4; ++i) o += static_cast<char>(f.varint >> (8 * i));
+            break;
         case WireType::LengthDelimited: put_len(o, f.number, f.bytes); break;
     }
 }
@@ -209,7 +271,7 @@ struct PieceEdit {
 
 struct ModelEdit {
     std::function<void(int id, PieceEdit&)> edit_piece = {};  // may change a piece's fields
-    std::vector<PieceEdit> append = {};                        // new pieces after the last one
+    std::vector<PieceEdit> append = {};                       // new pieces after the last one
     std::map<std::uint32_t, std::uint64_t> trainer_varints = {};
     std::map<std::uint32_t, std::uint64_t> normalizer_varints = {};
     std::optional<std::string> charsmap = {};
@@ -279,7 +341,8 @@ struct TempDir {
     fs::path path;
     TempDir() {
         static int n = 0;
-        path = fs::temp_directory_path() / ("limarp_test_text_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
+        path =
+            fs::temp_directory_path() / ("limarp_test_text_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
         fs::remove_all(path);
         fs::create_directories(path);
     }
@@ -338,19 +401,22 @@ std::size_t compare_encode(const Tokenizer& tok, const Processor& sp, const std:
     return bad;
 }
 
-std::size_t compare_decode(const Tokenizer& tok, const Processor& sp, const std::vector<int>& ids, const std::string& what) {
+std::size_t compare_decode(const Tokenizer& tok, const Processor& sp, const std::vector<int>& ids,
+                           const std::string& what) {
     const std::string got = tok.decode(ids);
     const std::string want = sp.DecodeIds(ids);
     if (got == want) return 0;
-    BOOST_ERROR(what << ": decode mismatch for ids " << ids_str(ids) << "\n  want: \"" << escaped(want) << "\"\n  got:  \""
-                     << escaped(got) << "\"");
+    BOOST_ERROR(what << ": decode mismatch for ids " << ids_str(ids) << "\n  want: \"" << escaped(want)
+                     << "\"\n  got:  \"" << escaped(got) << "\"");
     return 1;
 }
 #endif
 
 void require_sentencepiece() {
 #if !LIMARP_HAVE_SENTENCEPIECE
-    BOOST_FAIL("libsentencepiece (the reference) was not found at configure time: install libsentencepiece-dev (scripts/setup.sh)");
+    BOOST_FAIL(
+        "libsentencepiece (the reference) was not found at configure time: install libsentencepiece-dev "
+        "(scripts/setup.sh)");
 #endif
 }
 
@@ -391,12 +457,13 @@ BOOST_AUTO_TEST_CASE(known_ids) {
     BOOST_TEST(tok.encode(" hello") == (std::vector<int>{1, 28705, 6312, 28709}), boost::test_tools::per_element());
     BOOST_TEST(tok.encode("\t\tx\n\ny", {.add_bos = false}) == (std::vector<int>{28705, 12, 12, 28744, 13, 13, 28724}),
                boost::test_tools::per_element());
-    BOOST_TEST(tok.encode("", {.add_bos = true, .add_eos = true}) == (std::vector<int>{1, 2}), boost::test_tools::per_element());
+    BOOST_TEST(tok.encode("", {.add_bos = true, .add_eos = true}) == (std::vector<int>{1, 2}),
+               boost::test_tools::per_element());
     BOOST_TEST(tok.encode("").size() == 1u);
     BOOST_TEST(tok.decode(std::vector<int>{1, 22557, 1526, 2}) == "Hello world");
     BOOST_TEST(tok.decode(std::vector<int>{1, 22557, 1526, 2}, false) == "<s> Hello world</s>");
     BOOST_TEST(tok.decode(std::vector<int>{28705, 28705, 21558}) == " hello");  // only the first dummy space is dropped
-    BOOST_TEST(tok.decode(std::vector<int>{0}) == " \xE2\x81\x87 ");           // <unk> surface
+    BOOST_TEST(tok.decode(std::vector<int>{0}) == " \xE2\x81\x87 ");            // <unk> surface
     BOOST_CHECK_THROW(tok.decode(std::vector<int>{5, 32000}), limarp::ArgumentError);
 }
 
@@ -460,7 +527,8 @@ BOOST_AUTO_TEST_CASE(decode_parity_and_round_trip) {
     const auto all = tok.encode(corpus());
     BOOST_TEST(tok.decode(all) == replace_all(corpus(), kSpace, " "));
     bad += compare_decode(tok, sp, all, "whole text");
-    BOOST_TEST_MESSAGE("decode: " << n << " texts, mismatches vs DecodeIds " << bad << ", round-trip failures " << round_trip_bad);
+    BOOST_TEST_MESSAGE("decode: " << n << " texts, mismatches vs DecodeIds " << bad << ", round-trip failures "
+                                  << round_trip_bad);
     BOOST_TEST(bad == 0u);
     BOOST_TEST(round_trip_bad == 0u);
 #endif
@@ -476,7 +544,8 @@ BOOST_AUTO_TEST_CASE(invalid_utf8_becomes_replacement_characters) {
         }
     }
     // U+FFFD is a piece of the Mistral vocabulary (29137).
-    BOOST_TEST(tok.encode("\xff", {.add_bos = false}) == (std::vector<int>{28705, 29137}), boost::test_tools::per_element());
+    BOOST_TEST(tok.encode("\xff", {.add_bos = false}) == (std::vector<int>{28705, 29137}),
+               boost::test_tools::per_element());
 #if LIMARP_HAVE_SENTENCEPIECE
     const Processor& sp = reference();
     std::vector<std::string> texts;
@@ -496,8 +565,8 @@ BOOST_AUTO_TEST_CASE(model_variants_match_sentencepiece) {
     const std::string& base = model_bytes();
     const Tokenizer& mis = mistral();
     const std::string sp1(kSpace);
-    const std::vector<std::string> unused_pieces = {sp1 + "the", "ing", sp1 + "t", "er", sp1 + "a", "on", sp1 + sp1,
-                                                    sp1 + sp1 + sp1 + sp1, "at", "en"};
+    const std::vector<std::string> unused_pieces = {
+        sp1 + "the", "ing", sp1 + "t", "er", sp1 + "a", "on", sp1 + sp1, sp1 + sp1 + sp1 + sp1, "at", "en"};
     std::set<int> unused_ids;
     for (const auto& p : unused_pieces) unused_ids.insert(*mis.token_id(p));
     limarp::test::SplitMix64 r(5);
@@ -505,8 +574,12 @@ BOOST_AUTO_TEST_CASE(model_variants_match_sentencepiece) {
 
     auto user_defined = [] {
         std::vector<PieceEdit> v;
-        for (const char* s : {"<|im_end|>", "<|im_start|>", "foo bar", "xyz\xE2\x96\x81" "abc", "\xF0\x9F\xA4\xB7\xF0\x9F\x8F\xBD\xE2\x80\x8D\xE2\x99\x80\xEF\xB8\x8F",
-                              "\t\t", "ing the", "\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81x"})
+        for (const char* s : {"<|im_end|>", "<|im_start|>", "foo bar",
+                              "xyz\xE2\x96\x81"
+                              "abc",
+                              "\xF0\x9F\xA4\xB7\xF0\x9F\x8F\xBD\xE2\x80\x8D\xE2\x99\x80\xEF\xB8\x8F", "\t\t", "ing the",
+                              "\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2\x96\x81\xE2"
+                              "\x96\x81\xE2\x96\x81x"})
             v.push_back({s, 0.0f, 4});
         return v;
     };
@@ -528,8 +601,8 @@ BOOST_AUTO_TEST_CASE(model_variants_match_sentencepiece) {
     variants.push_back({"user-defined pieces", {.append = user_defined()}});
     variants.push_back({"unused pieces", {.edit_piece = make_unused}});
     variants.push_back({"byte_fallback=false", {.edit_piece = no_bytes, .trainer_varints = {{35, 0}}}});
-    variants.push_back({"all at once", {.edit_piece = make_unused, .append = user_defined(),
-                                        .normalizer_varints = {{3, 0}, {4, 1}}}});
+    variants.push_back(
+        {"all at once", {.edit_piece = make_unused, .append = user_defined(), .normalizer_varints = {{3, 0}, {4, 1}}}});
 
     // ~200 KB of paragraphs plus edge cases and invalid UTF-8.
     std::vector<std::string> texts;
@@ -553,7 +626,8 @@ BOOST_AUTO_TEST_CASE(model_variants_match_sentencepiece) {
             std::size_t bad = compare_encode(tok, *sp, texts, bytes, v.name);
             bad += compare_encode(tok, *sp, {texts.front() + "\n\n" + texts[1] + "   " + texts[2]}, bytes, v.name);
             std::size_t dbad = 0;
-            for (std::size_t i = 0; i < texts.size(); i += 7) dbad += compare_decode(tok, *sp, tok.encode(texts[i]), v.name);
+            for (std::size_t i = 0; i < texts.size(); i += 7)
+                dbad += compare_decode(tok, *sp, tok.encode(texts[i]), v.name);
             BOOST_TEST_MESSAGE("variant " << v.name << ": " << bytes << " bytes, encode mismatches " << bad
                                           << ", decode mismatches " << dbad);
             BOOST_TEST(bad == 0u);
@@ -610,12 +684,15 @@ BOOST_AUTO_TEST_CASE(special_tokens_parse_on_and_off) {
     want.push_back(32001);
     want = cat(want, sp.EncodeAsIds("assistant\n"));
     BOOST_TEST(tok.encode(chat, {.parse_special = true}) == want, boost::test_tools::per_element());
-    BOOST_TEST(tok.encode("<s>hi</s>", {.add_bos = false, .parse_special = true}) == cat(cat({1}, sp.EncodeAsIds("hi")), {2}),
+    BOOST_TEST(
+        tok.encode("<s>hi</s>", {.add_bos = false, .parse_special = true}) == cat(cat({1}, sp.EncodeAsIds("hi")), {2}),
+        boost::test_tools::per_element());
+    BOOST_TEST(tok.encode("<unk>", {.add_bos = false, .parse_special = true}) == (std::vector<int>{0}),
                boost::test_tools::per_element());
-    BOOST_TEST(tok.encode("<unk>", {.add_bos = false, .parse_special = true}) == (std::vector<int>{0}), boost::test_tools::per_element());
     BOOST_TEST(tok.encode("x", {.add_bos = true, .add_eos = true}).back() == 32000);
     // Longest match first, and partial strings stay text.
-    BOOST_TEST(tok.encode("<|im_end", {.parse_special = true}) == ref_ids(sp, "<|im_end"), boost::test_tools::per_element());
+    BOOST_TEST(tok.encode("<|im_end", {.parse_special = true}) == ref_ids(sp, "<|im_end"),
+               boost::test_tools::per_element());
 
     // Decoding: specials skipped or shown.
     const auto ids = tok.encode(chat, {.parse_special = true});
@@ -625,7 +702,8 @@ BOOST_AUTO_TEST_CASE(special_tokens_parse_on_and_off) {
     // The plain SentencePiece model knows its control pieces as special tokens.
     BOOST_TEST(mistral().encode("<s>", {.add_bos = false, .parse_special = true}) == (std::vector<int>{1}),
                boost::test_tools::per_element());
-    BOOST_TEST(mistral().encode("<|im_end|>", {.parse_special = true}) == ref_ids(sp, "<|im_end|>"), boost::test_tools::per_element());
+    BOOST_TEST(mistral().encode("<|im_end|>", {.parse_special = true}) == ref_ids(sp, "<|im_end|>"),
+               boost::test_tools::per_element());
 
     // "legacy": false -> dummy prefix only at the start of the input.
     {
@@ -651,7 +729,8 @@ BOOST_AUTO_TEST_CASE(special_tokens_parse_on_and_off) {
     BOOST_TEST(t3.vocab_size() == 32006);
     BOOST_TEST(t3.piece(32003) == "");
     BOOST_TEST(t3.encode("a[EXTRA]", {.add_bos = false, .parse_special = true}).back() == 32005);
-    BOOST_TEST(t3.encode("a[EXTRA]", {.add_bos = false}) == ref_ids(sp, "a[EXTRA]", false), boost::test_tools::per_element());
+    BOOST_TEST(t3.encode("a[EXTRA]", {.add_bos = false}) == ref_ids(sp, "a[EXTRA]", false),
+               boost::test_tools::per_element());
     t3.add_special_token("<s>", 1);  // the existing piece: fine
     BOOST_CHECK_THROW(t3.add_special_token("<x>", 5), limarp::ArgumentError);
     BOOST_CHECK_THROW(t3.add_special_token("", 40000), limarp::ArgumentError);
@@ -673,20 +752,22 @@ BOOST_AUTO_TEST_CASE(stream_decoder_equals_decode) {
         const std::size_t len = 1 + r.below(40);
         while (ids.size() < len) {
             switch (r.below(8)) {
-                case 0: ids.push_back(static_cast<int>(r.below(32000))); break;  // anything
+                case 0: ids.push_back(static_cast<int>(r.below(32000))); break;        // anything
                 case 1: ids.push_back(259 + static_cast<int>(r.below(31741))); break;  // normal pieces
                 case 2: {  // a valid multi-byte character as byte pieces
                     std::string ch;
                     limarp::test::append_utf8(ch, r.chance(50) ? 0x80 + static_cast<std::uint32_t>(r.below(0x700))
-                                                                 : 0x10000 + static_cast<std::uint32_t>(r.below(0xFFFF)));
+                                                               : 0x10000 + static_cast<std::uint32_t>(r.below(0xFFFF)));
                     for (char c : ch) ids.push_back(byte_id(static_cast<unsigned char>(c)));
                     break;
                 }
-                case 3: ids.push_back(byte_id(static_cast<unsigned char>(0x80 + r.below(0x80)))); break;  // stray high byte
-                case 4: ids.push_back(byte_id(static_cast<unsigned char>(r.below(0x80)))); break;         // ASCII byte
-                case 5: ids.push_back(static_cast<int>(r.below(3))); break;                               // unk, bos, eos
-                case 6: ids.push_back(28705); break;                                                      // "▁"
-                default: ids.push_back(259 + static_cast<int>(r.below(10))); break;                       // "▁▁"-like pieces
+                case 3:
+                    ids.push_back(byte_id(static_cast<unsigned char>(0x80 + r.below(0x80))));
+                    break;                                                                         // stray high byte
+                case 4: ids.push_back(byte_id(static_cast<unsigned char>(r.below(0x80)))); break;  // ASCII byte
+                case 5: ids.push_back(static_cast<int>(r.below(3))); break;                        // unk, bos, eos
+                case 6: ids.push_back(28705); break;                                               // "▁"
+                default: ids.push_back(259 + static_cast<int>(r.below(10))); break;  // "▁▁"-like pieces
             }
         }
         ids.resize(len);
@@ -705,9 +786,10 @@ BOOST_AUTO_TEST_CASE(stream_decoder_equals_decode) {
             const std::string whole = tok.decode(ids, skip);
             const bool ok = streamed == whole && chunks_valid && (!skip || whole == sp.DecodeIds(ids));
             if (!ok && ++bad <= 3)
-                BOOST_ERROR("stream decode (skip_special=" << skip << ") of " << ids_str(ids) << "\n  decode: \"" << escaped(whole)
-                                                           << "\"\n  stream: \"" << escaped(streamed) << "\"\n  sp:     \""
-                                                           << escaped(sp.DecodeIds(ids)) << "\" chunks valid " << chunks_valid);
+                BOOST_ERROR("stream decode (skip_special=" << skip << ") of " << ids_str(ids) << "\n  decode: \""
+                                                           << escaped(whole) << "\"\n  stream: \"" << escaped(streamed)
+                                                           << "\"\n  sp:     \"" << escaped(sp.DecodeIds(ids))
+                                                           << "\" chunks valid " << chunks_valid);
             ++sequences;
         }
     }
@@ -717,7 +799,8 @@ BOOST_AUTO_TEST_CASE(stream_decoder_equals_decode) {
         std::string s;
         for (int id : tok.encode(p)) s += d.push(id);
         s += d.flush();
-        if (s != replace_all(p, kSpace, " ") && ++bad <= 3) BOOST_ERROR("stream round trip of \"" << escaped(p) << "\"");
+        if (s != replace_all(p, kSpace, " ") && ++bad <= 3)
+            BOOST_ERROR("stream round trip of \"" << escaped(p) << "\"");
     }
     // The decoder is reusable after flush().
     StreamDecoder d(tok);
@@ -774,8 +857,10 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_json_built_from_the_model) {
     });
     nlohmann::ordered_json jm = nlohmann::ordered_json::array();
     for (std::size_t i = 0; i < merges.size(); ++i) {
-        if (i % 2) jm.push_back(merges[i].l + " " + merges[i].r);  // both merge formats
-        else jm.push_back(nlohmann::ordered_json::array({merges[i].l, merges[i].r}));
+        if (i % 2)
+            jm.push_back(merges[i].l + " " + merges[i].r);  // both merge formats
+        else
+            jm.push_back(nlohmann::ordered_json::array({merges[i].l, merges[i].r}));
     }
     nlohmann::ordered_json j = {
         {"version", "1.0"},
@@ -790,8 +875,15 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_json_built_from_the_model) {
             {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\xE2\x96\x81"}}}}}},
         {"pre_tokenizer", nullptr},
         {"model",
-         {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", "<unk>"}, {"continuing_subword_prefix", nullptr},
-          {"end_of_word_suffix", nullptr}, {"fuse_unk", true}, {"byte_fallback", true}, {"vocab", vocab}, {"merges", jm}}}};
+         {{"type", "BPE"},
+          {"dropout", nullptr},
+          {"unk_token", "<unk>"},
+          {"continuing_subword_prefix", nullptr},
+          {"end_of_word_suffix", nullptr},
+          {"fuse_unk", true},
+          {"byte_fallback", true},
+          {"vocab", vocab},
+          {"merges", jm}}}};
     TempDir dir;
     dir.write("tokenizer.json", j.dump());
     const Tokenizer hf = Tokenizer::from_hf_json(dir.path / "tokenizer.json");
@@ -813,8 +905,10 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_json_built_from_the_model) {
     std::size_t bytes = 0;
     const std::size_t bad = compare_encode(hf, sp, texts, bytes, "tokenizer.json");
     std::size_t dbad = 0;
-    for (std::size_t i = 0; i < texts.size(); i += 5) dbad += compare_decode(hf, sp, hf.encode(texts[i]), "tokenizer.json");
-    BOOST_TEST_MESSAGE("tokenizer.json from the model: " << merges.size() << " merges, " << bytes << " bytes, mismatches " << bad);
+    for (std::size_t i = 0; i < texts.size(); i += 5)
+        dbad += compare_decode(hf, sp, hf.encode(texts[i]), "tokenizer.json");
+    BOOST_TEST_MESSAGE("tokenizer.json from the model: " << merges.size() << " merges, " << bytes
+                                                         << " bytes, mismatches " << bad);
     BOOST_TEST(bad == 0u);
     BOOST_TEST(dbad == 0u);
 #endif
@@ -848,14 +942,17 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_json_hand_made) {
     // rank order beats position: "abc" -> (▁,a) r0 first, then (▁a,b) r2 before (b,c) r3
     BOOST_TEST(t.encode("abc", {.add_bos = false}) == (std::vector<int>{9, 6}), boost::test_tools::per_element());
     // byte fallback (é = C3 A9, \n = 0A), unknown chars without byte pieces -> one fused <unk>
-    BOOST_TEST(t.encode("\xC3\xA9\n", {.add_bos = false}) == (std::vector<int>{3, 12, 13, 11}), boost::test_tools::per_element());
+    BOOST_TEST(t.encode("\xC3\xA9\n", {.add_bos = false}) == (std::vector<int>{3, 12, 13, 11}),
+               boost::test_tools::per_element());
     BOOST_TEST(t.encode("xyz", {.add_bos = false}) == (std::vector<int>{3, 0}), boost::test_tools::per_element());
-    BOOST_TEST(t.encode("dxyzd", {.add_bos = false}) == (std::vector<int>{3, 14, 0, 14}), boost::test_tools::per_element());
+    BOOST_TEST(t.encode("dxyzd", {.add_bos = false}) == (std::vector<int>{3, 14, 0, 14}),
+               boost::test_tools::per_element());
     // special added token only with parse_special; non-special always
     BOOST_TEST(t.encode("a<|im_end|>", {.add_bos = false, .parse_special = true}) == (std::vector<int>{7, 15}),
                boost::test_tools::per_element());
     BOOST_TEST(t.encode("a<|im_end|>", {.add_bos = false}).size() > 2u);
-    BOOST_TEST(t.encode("a[name]b", {.add_bos = false}) == (std::vector<int>{7, 16, 3, 5}), boost::test_tools::per_element());
+    BOOST_TEST(t.encode("a[name]b", {.add_bos = false}) == (std::vector<int>{7, 16, 3, 5}),
+               boost::test_tools::per_element());
     // decoding
     BOOST_TEST(t.decode(std::vector<int>{1, 9, 9, 6, 2}) == "ab abc");
     BOOST_TEST(t.decode(std::vector<int>{3, 12, 13, 11}) == "\xC3\xA9\n");
@@ -870,9 +967,11 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_json_hand_made) {
         return Tokenizer::from_hf_json_text(j.dump(), "metaspace tokenizer.json");
     };
     {
-        const Tokenizer m = with_pre(R"({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false})");
+        const Tokenizer m =
+            with_pre(R"({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false})");
         BOOST_TEST((m.dummy_prefix() == DummyPrefix::FirstSegment));
-        BOOST_TEST(m.encode("ab abc", {.add_bos = false}) == (std::vector<int>{9, 9, 6}), boost::test_tools::per_element());
+        BOOST_TEST(m.encode("ab abc", {.add_bos = false}) == (std::vector<int>{9, 9, 6}),
+                   boost::test_tools::per_element());
         // Metaspace adds no prefix when the text already starts with a space
         BOOST_TEST(m.encode(" ab", {.add_bos = false}) == (std::vector<int>{9}), boost::test_tools::per_element());
         // "first": no prefix after a special token
@@ -881,7 +980,8 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_json_hand_made) {
         BOOST_TEST(m.decode(std::vector<int>{9, 9, 6}) == "ab abc");
     }
     {
-        const Tokenizer m = with_pre(R"({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true})");
+        const Tokenizer m =
+            with_pre(R"({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true})");
         BOOST_TEST(m.encode("<|im_end|>ab", {.add_bos = false, .parse_special = true}) == (std::vector<int>{15, 9}),
                    boost::test_tools::per_element());
         // split=true: every ▁ starts a word, so "▁▁a" is ▁ + ▁a
@@ -899,14 +999,24 @@ BOOST_AUTO_TEST_CASE(hf_tokenizer_json_hand_made) {
         f(j);
         return j.dump();
     };
-    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["type"] = "WordPiece"; })), limarp::UnsupportedError);
-    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["normalizer"] = {{"type", "NFKC"}}; })), limarp::UnsupportedError);
-    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["pre_tokenizer"] = {{"type", "ByteLevel"}}; })),
+    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["type"] = "WordPiece"; })),
                       limarp::UnsupportedError);
-    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["dropout"] = 0.1; })), limarp::UnsupportedError);
-    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["merges"].push_back("a zz"); })), limarp::FormatError);
-    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["merges"].push_back("abc"); })), limarp::FormatError);
-    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["vocab"]["zz"] = 4; })), limarp::FormatError);
+    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) {
+                          j["normalizer"] = {{"type", "NFKC"}};
+                      })),
+                      limarp::UnsupportedError);
+    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) {
+                          j["pre_tokenizer"] = {{"type", "ByteLevel"}};
+                      })),
+                      limarp::UnsupportedError);
+    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["dropout"] = 0.1; })),
+                      limarp::UnsupportedError);
+    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["merges"].push_back("a zz"); })),
+                      limarp::FormatError);
+    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["merges"].push_back("abc"); })),
+                      limarp::FormatError);
+    BOOST_CHECK_THROW(Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["vocab"]["zz"] = 4; })),
+                      limarp::FormatError);
     BOOST_CHECK_THROW(Tokenizer::from_hf_json_text("{not json"), limarp::FormatError);
     try {
         Tokenizer::from_hf_json_text(mutate([](auto& j) { j["model"]["merges"].push_back("a zz"); }), "x.json");
@@ -920,24 +1030,32 @@ BOOST_AUTO_TEST_CASE(errors_name_the_file_and_field) {
     BOOST_CHECK_THROW(Tokenizer::from_sentencepiece("/nonexistent/tokenizer.model"), limarp::IoError);
     BOOST_CHECK_THROW(Tokenizer::from_dir("/nonexistent"), limarp::IoError);
     BOOST_CHECK_THROW(Tokenizer::from_sentencepiece_proto("\xff\xff\xff", "garbage"), limarp::FormatError);
-    BOOST_CHECK_THROW(Tokenizer::from_sentencepiece_proto(base.substr(0, base.size() / 2), "truncated"), limarp::FormatError);
+    BOOST_CHECK_THROW(Tokenizer::from_sentencepiece_proto(base.substr(0, base.size() / 2), "truncated"),
+                      limarp::FormatError);
     BOOST_CHECK_THROW(Tokenizer::from_sentencepiece_proto("", "empty"), limarp::FormatError);
     try {
         Tokenizer::from_sentencepiece_proto(edit_model(base, {.trainer_varints = {{3, 1}}}), "unigram.model");
         BOOST_ERROR("a UNIGRAM model must be rejected");
     } catch (const limarp::UnsupportedError& e) {
-        BOOST_TEST(std::string(e.what()).find("unigram.model: trainer_spec.model_type is UNIGRAM") != std::string::npos, e.what());
+        BOOST_TEST(std::string(e.what()).find("unigram.model: trainer_spec.model_type is UNIGRAM") != std::string::npos,
+                   e.what());
     }
     try {
-        Tokenizer::from_sentencepiece_proto(edit_model(base, {.charsmap = std::string("\x04\x00\x00\x00" "abcdxyz", 11)}), "nfkc.model");
+        Tokenizer::from_sentencepiece_proto(edit_model(base, {.charsmap = std::string("\x04\x00\x00\x00"
+                                                                                      "abcdxyz",
+                                                                                      11)}),
+                                            "nfkc.model");
         BOOST_ERROR("a precompiled_charsmap must be rejected");
     } catch (const limarp::UnsupportedError& e) {
-        BOOST_TEST(std::string(e.what()).find("nfkc.model: normalizer_spec.precompiled_charsmap") != std::string::npos, e.what());
+        BOOST_TEST(std::string(e.what()).find("nfkc.model: normalizer_spec.precompiled_charsmap") != std::string::npos,
+                   e.what());
     }
     // byte pieces without byte_fallback; duplicate pieces
-    BOOST_CHECK_THROW(Tokenizer::from_sentencepiece_proto(edit_model(base, {.trainer_varints = {{35, 0}}}), "x"), limarp::FormatError);
-    BOOST_CHECK_THROW(Tokenizer::from_sentencepiece_proto(edit_model(base, {.append = {{"\xE2\x96\x81the", 0.0f, 1}}}), "x"),
+    BOOST_CHECK_THROW(Tokenizer::from_sentencepiece_proto(edit_model(base, {.trainer_varints = {{35, 0}}}), "x"),
                       limarp::FormatError);
+    BOOST_CHECK_THROW(
+        Tokenizer::from_sentencepiece_proto(edit_model(base, {.append = {{"\xE2\x96\x81the", 0.0f, 1}}}), "x"),
+        limarp::FormatError);
     // tokenizer_config.json naming an unknown eos token
     TempDir dir;
     fs::copy_file(model_path(), dir.path / "tokenizer.model");

@@ -28,8 +28,9 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cstddef>
+#include <cerrno>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -69,7 +70,8 @@ enum class PieceType : std::uint8_t {
 /// Where a dummy U+2581 (a space) is prepended to the text before BPE.
 enum class DummyPrefix : std::uint8_t {
     None,          ///< never (SentencePiece add_dummy_prefix=false)
-    EverySegment,  ///< before every text segment, including text after a parsed special token (SentencePiece, HF legacy)
+    EverySegment,  ///< before every text segment, including text after a parsed special token (SentencePiece, HF
+                   ///< legacy)
     FirstSegment,  ///< only before text that starts the input (HF `legacy: false`, Metaspace prepend_scheme "first")
 };
 
@@ -77,7 +79,8 @@ enum class DummyPrefix : std::uint8_t {
 struct EncodeOptions {
     bool add_bos = true;         ///< prepend bos_id() (when the model has one)
     bool add_eos = false;        ///< append eos_id() (when the model has one)
-    bool parse_special = false;  ///< turn special-token strings in the text (`<s>`, `<|im_start|>`) into their ids; false treats them as plain text (use for user input)
+    bool parse_special = false;  ///< turn special-token strings in the text (`<s>`, `<|im_start|>`) into their ids;
+                                 ///< false treats them as plain text (use for user input)
 };
 
 class StreamDecoder;
@@ -148,7 +151,9 @@ public:
     float piece_score(int id) const;
 
     /// Whether `id` is a control piece or a special token (skipped by decode(ids, true)).
-    bool is_special(int id) const { return id >= 0 && id < vocab_size() && pieces_[static_cast<std::size_t>(id)].type == PieceType::Control; }
+    bool is_special(int id) const {
+        return id >= 0 && id < vocab_size() && pieces_[static_cast<std::size_t>(id)].type == PieceType::Control;
+    }
 
     /// Number of ids (pieces plus added tokens): 32000 for Mistral, 32002 with OpenOrca's tokens.
     int vocab_size() const noexcept { return static_cast<int>(pieces_.size()); }
@@ -234,13 +239,20 @@ private:
 
     void check_id(int id) const {
         if (id < 0 || id >= vocab_size())
-            throw ArgumentError("tokenizer: id " + std::to_string(id) + " is outside [0, " + std::to_string(vocab_size()) + ")");
+            throw ArgumentError("tokenizer: id " + std::to_string(id) + " is outside [0, " +
+                                std::to_string(vocab_size()) + ")");
     }
     void finalize();
     std::string_view text_of(int id) const { return pieces_[static_cast<std::size_t>(id)].text; }
-    int find_any(std::string_view p) const { return all_index_.find(p, [this](int i) { return text_of(i); }); }
-    int find_mergeable(std::string_view p) const { return merge_index_.find(p, [this](int i) { return text_of(i); }); }
-    bool index_any(std::string_view p, int id) { return all_index_.insert(p, id, [this](int i) { return text_of(i); }); }
+    int find_any(std::string_view p) const {
+        return all_index_.find(p, [this](int i) { return text_of(i); });
+    }
+    int find_mergeable(std::string_view p) const {
+        return merge_index_.find(p, [this](int i) { return text_of(i); });
+    }
+    bool index_any(std::string_view p, int id) {
+        return all_index_.insert(p, id, [this](int i) { return text_of(i); });
+    }
     void rebuild_special_index();
     int lookup_char(std::string_view ch) const {
         if (ch.size() == 1) return ascii_ids_[static_cast<unsigned char>(ch[0])];
@@ -260,8 +272,8 @@ private:
     detail::StringIdIndex merge_index_;  // pieces BPE may produce (NORMAL / USER_DEFINED / UNUSED) -> id
     std::vector<int> mergeable_ids_;     // the ids in merge_index_
     std::array<int, 256> ascii_ids_{};
-    detail::U64FlatMap<int> char_ids_;          // multi-byte single-character pieces
-    detail::U64FlatMap<MergeEntry> merges_;     // (left id, right id) -> merged piece
+    detail::U64FlatMap<int> char_ids_;       // multi-byte single-character pieces
+    detail::U64FlatMap<MergeEntry> merges_;  // (left id, right id) -> merged piece
     std::array<int, 256> byte_ids_{};
     std::vector<std::pair<std::string, int>> user_defined_;  // longest first
     std::array<bool, 256> user_defined_first_{};
@@ -276,9 +288,9 @@ private:
     bool fuse_unk_ = false;
     bool has_user_defined_ = false;
     bool has_unused_ = false;
-    bool unknown_can_merge_ = true;
-    bool finite_scores_ = true;
-    std::uint64_t uid_ = 0;  // identifies the BPE tables (shared by copies); keys the per-thread word cache  // every producible piece has a finite score  // some producible piece contains a character that is not itself a piece
+    bool unknown_can_merge_ = true;  // some producible piece contains a character that is not itself a piece
+    bool finite_scores_ = true;      // every producible piece has a finite score
+    std::uint64_t uid_ = 0;          // identifies the BPE tables (shared by copies); keys the per-thread word cache
     bool remove_extra_ws_ = false;
     bool escape_ws_ = true;
     bool prefix_unless_space_ = false;  // HF Metaspace: no prefix when the segment already starts with a space
@@ -369,18 +381,6 @@ inline int byte_piece_value(std::string_view p) {
     return (h < 0 || l < 0) ? -1 : h * 16 + l;
 }
 
-inline std::string_view piece_type_name(PieceType t) {
-    switch (t) {
-        case PieceType::Normal: return "NORMAL";
-        case PieceType::Unknown: return "UNKNOWN";
-        case PieceType::Control: return "CONTROL";
-        case PieceType::UserDefined: return "USER_DEFINED";
-        case PieceType::Unused: return "UNUSED";
-        case PieceType::Byte: return "BYTE";
-    }
-    return "?";
-}
-
 inline bool mergeable(PieceType t) {
     return t == PieceType::Normal || t == PieceType::UserDefined || t == PieceType::Unused;
 }
@@ -433,12 +433,14 @@ inline Tokenizer Tokenizer::from_sentencepiece_proto(std::string_view serialized
                 } else if (g.number == 3) {
                     r.expect(g, WireType::Varint, "type");
                     if (g.varint < 1 || g.varint > 6)
-                        throw FormatError(where + ".type: unknown piece type " + std::to_string(g.varint) + " (expected 1..6)");
+                        throw FormatError(where + ".type: unknown piece type " + std::to_string(g.varint) +
+                                          " (expected 1..6)");
                     p.type = static_cast<PieceType>(g.varint);
                 }
             }
             if (!has_piece || p.text.empty()) throw FormatError(where + ".piece: piece must not be empty");
-            if (p.text.find('\0') != std::string::npos) throw FormatError(where + ".piece: piece must not contain a NUL character");
+            if (p.text.find('\0') != std::string::npos)
+                throw FormatError(where + ".piece: piece must not contain a NUL character");
             t.pieces_.push_back(std::move(p));
         } else if (f.number == 2) {  // trainer_spec
             top.expect(f, WireType::LengthDelimited, "trainer_spec");
@@ -446,14 +448,38 @@ inline Tokenizer Tokenizer::from_sentencepiece_proto(std::string_view serialized
             WireField g;
             while (r.next(g)) {
                 switch (g.number) {
-                    case 3: r.expect(g, WireType::Varint, "model_type"); model_type = static_cast<std::int64_t>(g.varint); break;
-                    case 24: r.expect(g, WireType::Varint, "treat_whitespace_as_suffix"); treat_ws_as_suffix = g.varint != 0; break;
-                    case 35: r.expect(g, WireType::Varint, "byte_fallback"); t.byte_fallback_ = g.varint != 0; break;
-                    case 44: r.expect(g, WireType::LengthDelimited, "unk_surface"); t.unk_surface_ = std::string(g.bytes); break;
-                    case 45: r.expect(g, WireType::LengthDelimited, "unk_piece"); if (!g.bytes.empty()) unk_piece = std::string(g.bytes); break;
-                    case 46: r.expect(g, WireType::LengthDelimited, "bos_piece"); if (!g.bytes.empty()) bos_piece = std::string(g.bytes); break;
-                    case 47: r.expect(g, WireType::LengthDelimited, "eos_piece"); if (!g.bytes.empty()) eos_piece = std::string(g.bytes); break;
-                    case 48: r.expect(g, WireType::LengthDelimited, "pad_piece"); if (!g.bytes.empty()) pad_piece = std::string(g.bytes); break;
+                    case 3:
+                        r.expect(g, WireType::Varint, "model_type");
+                        model_type = static_cast<std::int64_t>(g.varint);
+                        break;
+                    case 24:
+                        r.expect(g, WireType::Varint, "treat_whitespace_as_suffix");
+                        treat_ws_as_suffix = g.varint != 0;
+                        break;
+                    case 35:
+                        r.expect(g, WireType::Varint, "byte_fallback");
+                        t.byte_fallback_ = g.varint != 0;
+                        break;
+                    case 44:
+                        r.expect(g, WireType::LengthDelimited, "unk_surface");
+                        t.unk_surface_ = std::string(g.bytes);
+                        break;
+                    case 45:
+                        r.expect(g, WireType::LengthDelimited, "unk_piece");
+                        if (!g.bytes.empty()) unk_piece = std::string(g.bytes);
+                        break;
+                    case 46:
+                        r.expect(g, WireType::LengthDelimited, "bos_piece");
+                        if (!g.bytes.empty()) bos_piece = std::string(g.bytes);
+                        break;
+                    case 47:
+                        r.expect(g, WireType::LengthDelimited, "eos_piece");
+                        if (!g.bytes.empty()) eos_piece = std::string(g.bytes);
+                        break;
+                    case 48:
+                        r.expect(g, WireType::LengthDelimited, "pad_piece");
+                        if (!g.bytes.empty()) pad_piece = std::string(g.bytes);
+                        break;
                     default: break;
                 }
             }
@@ -465,15 +491,33 @@ inline Tokenizer Tokenizer::from_sentencepiece_proto(std::string_view serialized
             WireField g;
             while (r.next(g)) {
                 if (denorm) {
-                    if (g.number == 2) { r.expect(g, WireType::LengthDelimited, "precompiled_charsmap"); denorm_charsmap = std::string(g.bytes); }
+                    if (g.number == 2) {
+                        r.expect(g, WireType::LengthDelimited, "precompiled_charsmap");
+                        denorm_charsmap = std::string(g.bytes);
+                    }
                     continue;
                 }
                 switch (g.number) {
-                    case 1: r.expect(g, WireType::LengthDelimited, "name"); norm_name = std::string(g.bytes); break;
-                    case 2: r.expect(g, WireType::LengthDelimited, "precompiled_charsmap"); charsmap = std::string(g.bytes); break;
-                    case 3: r.expect(g, WireType::Varint, "add_dummy_prefix"); add_dummy_prefix = g.varint != 0; break;
-                    case 4: r.expect(g, WireType::Varint, "remove_extra_whitespaces"); t.remove_extra_ws_ = g.varint != 0; break;
-                    case 5: r.expect(g, WireType::Varint, "escape_whitespaces"); t.escape_ws_ = g.varint != 0; break;
+                    case 1:
+                        r.expect(g, WireType::LengthDelimited, "name");
+                        norm_name = std::string(g.bytes);
+                        break;
+                    case 2:
+                        r.expect(g, WireType::LengthDelimited, "precompiled_charsmap");
+                        charsmap = std::string(g.bytes);
+                        break;
+                    case 3:
+                        r.expect(g, WireType::Varint, "add_dummy_prefix");
+                        add_dummy_prefix = g.varint != 0;
+                        break;
+                    case 4:
+                        r.expect(g, WireType::Varint, "remove_extra_whitespaces");
+                        t.remove_extra_ws_ = g.varint != 0;
+                        break;
+                    case 5:
+                        r.expect(g, WireType::Varint, "escape_whitespaces");
+                        t.escape_ws_ = g.varint != 0;
+                        break;
                     default: break;
                 }
             }
@@ -485,11 +529,14 @@ inline Tokenizer Tokenizer::from_sentencepiece_proto(std::string_view serialized
         const std::string mt = (model_type >= 1 && model_type <= 4) ? names[model_type] : std::to_string(model_type);
         throw UnsupportedError(name + ": trainer_spec.model_type is " + mt + "; only BPE is supported");
     }
-    if (treat_ws_as_suffix) throw UnsupportedError(name + ": trainer_spec.treat_whitespace_as_suffix=true is not supported");
+    if (treat_ws_as_suffix)
+        throw UnsupportedError(name + ": trainer_spec.treat_whitespace_as_suffix=true is not supported");
     if (!charsmap.empty())
-        throw UnsupportedError(name + ": normalizer_spec.precompiled_charsmap is not empty (normalization rule '" + norm_name +
-                               "'); only the identity normalization is supported");
-    if (!denorm_charsmap.empty()) throw UnsupportedError(name + ": denormalizer_spec.precompiled_charsmap is not empty; denormalization is not supported");
+        throw UnsupportedError(name + ": normalizer_spec.precompiled_charsmap is not empty (normalization rule '" +
+                               norm_name + "'); only the identity normalization is supported");
+    if (!denorm_charsmap.empty())
+        throw UnsupportedError(
+            name + ": denormalizer_spec.precompiled_charsmap is not empty; denormalization is not supported");
 
     t.dummy_prefix_ = add_dummy_prefix ? DummyPrefix::EverySegment : DummyPrefix::None;
 
@@ -502,14 +549,20 @@ inline Tokenizer Tokenizer::from_sentencepiece_proto(std::string_view serialized
         if (p.type == PieceType::Byte) {
             const int b = detail::byte_piece_value(p.text);
             if (!t.byte_fallback_)
-                throw FormatError(name + ": pieces[" + std::to_string(i) + "]: byte piece " + p.text + " found although trainer_spec.byte_fallback is false");
-            if (b < 0) throw FormatError(name + ": pieces[" + std::to_string(i) + "]: invalid byte piece '" + p.text + "' (expected <0xXX>)");
+                throw FormatError(name + ": pieces[" + std::to_string(i) + "]: byte piece " + p.text +
+                                  " found although trainer_spec.byte_fallback is false");
+            if (b < 0)
+                throw FormatError(name + ": pieces[" + std::to_string(i) + "]: invalid byte piece '" + p.text +
+                                  "' (expected <0xXX>)");
             byte_found[static_cast<std::size_t>(b)] = true;
         }
     }
-    if (n_unk != 1) throw FormatError(name + ": pieces: expected exactly one UNKNOWN piece, found " + std::to_string(n_unk));
+    if (n_unk != 1)
+        throw FormatError(name + ": pieces: expected exactly one UNKNOWN piece, found " + std::to_string(n_unk));
     if (t.byte_fallback_ && std::find(byte_found.begin(), byte_found.end(), false) != byte_found.end())
-        throw FormatError(name + ": pieces: trainer_spec.byte_fallback is true but the 256 byte pieces <0x00>..<0xFF> are not all present");
+        throw FormatError(
+            name +
+            ": pieces: trainer_spec.byte_fallback is true but the 256 byte pieces <0x00>..<0xFF> are not all present");
 
     t.finalize();
 
@@ -522,12 +575,14 @@ inline Tokenizer Tokenizer::from_sentencepiece_proto(std::string_view serialized
     t.bos_id_ = control_or_none(bos_piece, PieceType::Control);
     t.eos_id_ = control_or_none(eos_piece, PieceType::Control);
     t.pad_id_ = control_or_none(pad_piece, PieceType::Control);
-    if (t.unk_id_ < 0) throw FormatError(name + ": trainer_spec.unk_piece '" + unk_piece + "' is not the UNKNOWN piece");
+    if (t.unk_id_ < 0)
+        throw FormatError(name + ": trainer_spec.unk_piece '" + unk_piece + "' is not the UNKNOWN piece");
 
     // Control and unknown pieces are special tokens for parse_special.
     for (std::size_t i = 0; i < t.pieces_.size(); ++i) {
         const auto& p = t.pieces_[i];
-        if (p.type == PieceType::Control || p.type == PieceType::Unknown) t.specials_.push_back({p.text, static_cast<int>(i), false});
+        if (p.type == PieceType::Control || p.type == PieceType::Unknown)
+            t.specials_.push_back({p.text, static_cast<int>(i), false});
     }
     t.rebuild_special_index();
     return t;
@@ -548,14 +603,19 @@ inline Tokenizer Tokenizer::from_hf_json_text(std::string_view json_text, const 
     } catch (const json::exception& e) {
         throw FormatError(name + ": not valid JSON (" + e.what() + ")");
     }
-    auto fail = [&](const std::string& field, const std::string& what) -> void { throw FormatError(name + ": " + field + ": " + what); };
-    auto unsupported = [&](const std::string& field, const std::string& what) -> void { throw UnsupportedError(name + ": " + field + ": " + what); };
+    auto fail = [&](const std::string& field, const std::string& what) -> void {
+        throw FormatError(name + ": " + field + ": " + what);
+    };
+    auto unsupported = [&](const std::string& field, const std::string& what) -> void {
+        throw UnsupportedError(name + ": " + field + ": " + what);
+    };
     if (!j.is_object()) fail("(top level)", "expected a JSON object");
     if (!j.contains("model") || !j["model"].is_object()) fail("model", "missing or not an object");
     const json& m = j["model"];
     const std::string type = m.value("type", std::string("BPE"));
     if (type != "BPE") unsupported("model.type", "'" + type + "'; only BPE is supported");
-    if (m.contains("dropout") && !m["dropout"].is_null() && !(m["dropout"].is_number() && m["dropout"].get<double>() == 0.0))
+    if (m.contains("dropout") && !m["dropout"].is_null() &&
+        !(m["dropout"].is_number() && m["dropout"].get<double>() == 0.0))
         unsupported("model.dropout", "BPE dropout is not supported");
     for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
         if (m.contains(k) && !m[k].is_null() && !(m[k].is_string() && m[k].get<std::string>().empty()))
@@ -577,9 +637,11 @@ inline Tokenizer Tokenizer::from_hf_json_text(std::string_view json_text, const 
     auto put_piece = [&](const std::string& text, int id, const std::string& field) {
         if (id < 0) fail(field, "negative id " + std::to_string(id));
         if (id > 10'000'000) fail(field, "id " + std::to_string(id) + " is implausibly large");
-        if (static_cast<std::size_t>(id) >= t.pieces_.size()) t.pieces_.resize(static_cast<std::size_t>(id) + 1, PieceInfo{"", 0.0f, PieceType::Unused});
+        if (static_cast<std::size_t>(id) >= t.pieces_.size())
+            t.pieces_.resize(static_cast<std::size_t>(id) + 1, PieceInfo{"", 0.0f, PieceType::Unused});
         auto& p = t.pieces_[static_cast<std::size_t>(id)];
-        if (!p.text.empty() && p.text != text) fail(field, "id " + std::to_string(id) + " is used by both '" + p.text + "' and '" + text + "'");
+        if (!p.text.empty() && p.text != text)
+            fail(field, "id " + std::to_string(id) + " is used by both '" + p.text + "' and '" + text + "'");
         p.text = text;
         p.type = PieceType::Normal;
     };
@@ -624,22 +686,27 @@ inline Tokenizer Tokenizer::from_hf_json_text(std::string_view json_text, const 
     auto parse_normalizer = [&](const json& n, const std::string& field) {
         const std::string nt = n.value("type", std::string());
         if (nt == "Prepend") {
-            if (n.value("prepend", std::string()) != std::string(detail::kSpaceSymbol)) unsupported(field + ".prepend", "only \"\u2581\" is supported");
+            if (n.value("prepend", std::string()) != std::string(detail::kSpaceSymbol))
+                unsupported(field + ".prepend", "only \"\u2581\" is supported");
             prepend = true;
         } else if (nt == "Replace") {
-            const bool ok = n.contains("pattern") && n["pattern"].is_object() && n["pattern"].value("String", std::string("\x01")) == " " &&
+            const bool ok = n.contains("pattern") && n["pattern"].is_object() &&
+                            n["pattern"].value("String", std::string("\x01")) == " " &&
                             n.value("content", std::string()) == std::string(detail::kSpaceSymbol);
             if (!ok) unsupported(field, "only Replace(\" \", \"\u2581\") is supported");
             replace = true;
         } else {
-            unsupported(field + ".type", "normalizer '" + nt + "' is not supported (supported: Prepend, Replace, Sequence)");
+            unsupported(field + ".type",
+                        "normalizer '" + nt + "' is not supported (supported: Prepend, Replace, Sequence)");
         }
     };
     if (j.contains("normalizer") && !j["normalizer"].is_null()) {
         const json& n = j["normalizer"];
         if (n.value("type", std::string()) == "Sequence") {
-            if (!n.contains("normalizers") || !n["normalizers"].is_array()) fail("normalizer.normalizers", "missing or not an array");
-            for (std::size_t i = 0; i < n["normalizers"].size(); ++i) parse_normalizer(n["normalizers"][i], "normalizer.normalizers[" + std::to_string(i) + "]");
+            if (!n.contains("normalizers") || !n["normalizers"].is_array())
+                fail("normalizer.normalizers", "missing or not an array");
+            for (std::size_t i = 0; i < n["normalizers"].size(); ++i)
+                parse_normalizer(n["normalizers"][i], "normalizer.normalizers[" + std::to_string(i) + "]");
         } else {
             parse_normalizer(n, "normalizer");
         }
@@ -650,25 +717,28 @@ inline Tokenizer Tokenizer::from_hf_json_text(std::string_view json_text, const 
     if (j.contains("pre_tokenizer") && !j["pre_tokenizer"].is_null()) {
         const json* p = &j["pre_tokenizer"];
         std::string field = "pre_tokenizer";
-        if (p->value("type", std::string()) == "Sequence" && p->contains("pretokenizers") && (*p)["pretokenizers"].is_array() &&
-            (*p)["pretokenizers"].size() == 1) {
+        if (p->value("type", std::string()) == "Sequence" && p->contains("pretokenizers") &&
+            (*p)["pretokenizers"].is_array() && (*p)["pretokenizers"].size() == 1) {
             p = &(*p)["pretokenizers"][0];
             field = "pre_tokenizer.pretokenizers[0]";
         }
         const std::string pt = p->value("type", std::string());
-        if (pt != "Metaspace") unsupported(field + ".type", "pre-tokenizer '" + pt + "' is not supported (supported: Metaspace)");
+        if (pt != "Metaspace")
+            unsupported(field + ".type", "pre-tokenizer '" + pt + "' is not supported (supported: Metaspace)");
         if (p->value("replacement", std::string(detail::kSpaceSymbol)) != std::string(detail::kSpaceSymbol))
             unsupported(field + ".replacement", "only \"\u2581\" is supported");
         metaspace = true;
         if (p->contains("prepend_scheme") && (*p)["prepend_scheme"].is_string()) {
             scheme = (*p)["prepend_scheme"].get<std::string>();
-            if (scheme != "always" && scheme != "first" && scheme != "never") fail(field + ".prepend_scheme", "unknown value '" + scheme + "'");
+            if (scheme != "always" && scheme != "first" && scheme != "never")
+                fail(field + ".prepend_scheme", "unknown value '" + scheme + "'");
         } else if (p->contains("add_prefix_space") && (*p)["add_prefix_space"].is_boolean()) {
             scheme = (*p)["add_prefix_space"].get<bool>() ? "always" : "never";
         }
         t.metaspace_split_ = p->contains("split") ? (*p)["split"].is_boolean() && (*p)["split"].get<bool>() : true;
     }
-    if (prepend && metaspace && scheme != "never") unsupported("normalizer", "both a Prepend normalizer and a prefixing Metaspace pre-tokenizer");
+    if (prepend && metaspace && scheme != "never")
+        unsupported("normalizer", "both a Prepend normalizer and a prefixing Metaspace pre-tokenizer");
     t.escape_ws_ = replace || metaspace;
     if (prepend) {
         t.dummy_prefix_ = DummyPrefix::EverySegment;
@@ -686,16 +756,19 @@ inline Tokenizer Tokenizer::from_hf_json_text(std::string_view json_text, const 
         for (std::size_t i = 0; i < j["added_tokens"].size(); ++i) {
             const json& a = j["added_tokens"][i];
             const std::string field = "added_tokens[" + std::to_string(i) + "]";
-            if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") || !a["content"].is_string())
+            if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
+                !a["content"].is_string())
                 fail(field, "expected an object with integer 'id' and string 'content'");
             const int id = a["id"].get<int>();
             const std::string content = a["content"].get<std::string>();
             if (content.empty()) fail(field + ".content", "empty");
             const bool special = a.value("special", false);
             if (id < 0) fail(field + ".id", "negative");
-            if (static_cast<std::size_t>(id) < t.pieces_.size() && !t.pieces_[static_cast<std::size_t>(id)].text.empty()) {
+            if (static_cast<std::size_t>(id) < t.pieces_.size() &&
+                !t.pieces_[static_cast<std::size_t>(id)].text.empty()) {
                 if (t.pieces_[static_cast<std::size_t>(id)].text != content)
-                    fail(field, "id " + std::to_string(id) + " is '" + t.pieces_[static_cast<std::size_t>(id)].text + "' in model.vocab, not '" + content + "'");
+                    fail(field, "id " + std::to_string(id) + " is '" + t.pieces_[static_cast<std::size_t>(id)].text +
+                                    "' in model.vocab, not '" + content + "'");
                 auto& pt2 = t.pieces_[static_cast<std::size_t>(id)].type;
                 if (special && pt2 == PieceType::Normal) pt2 = PieceType::Control;
             } else {
@@ -749,7 +822,8 @@ inline Tokenizer Tokenizer::from_dir(const std::filesystem::path& model_dir) {
         const json a = load_json(added_file);
         if (!a.is_object()) throw FormatError(added_file.string() + ": expected an object {\"token\": id}");
         for (const auto& [tok, idj] : a.items()) {
-            if (!idj.is_number_integer()) throw FormatError(added_file.string() + ": [\"" + tok + "\"]: id is not an integer");
+            if (!idj.is_number_integer())
+                throw FormatError(added_file.string() + ": [\"" + tok + "\"]: id is not an integer");
             added[idj.get<int>()] = {tok, true, added_file.string()};
         }
     }
@@ -770,22 +844,25 @@ inline Tokenizer Tokenizer::from_dir(const std::filesystem::path& model_dir) {
                     id = -1;
                 }
                 if (id < 0) throw FormatError(field + ": key is not a token id");
-                if (!v.is_object() || !v.contains("content") || !v["content"].is_string()) throw FormatError(field + ": missing string 'content'");
+                if (!v.is_object() || !v.contains("content") || !v["content"].is_string())
+                    throw FormatError(field + ": missing string 'content'");
                 added[id] = {v["content"].get<std::string>(), v.value("special", true), cfg_file.string()};
             }
         }
     }
     for (const auto& [id, a] : added) {
         if (a.text.empty()) throw FormatError(a.file + ": added token " + std::to_string(id) + " has empty content");
-        if (id < t.vocab_size() && !t.pieces_[static_cast<std::size_t>(id)].text.empty() && t.pieces_[static_cast<std::size_t>(id)].text != a.text &&
+        if (id < t.vocab_size() && !t.pieces_[static_cast<std::size_t>(id)].text.empty() &&
+            t.pieces_[static_cast<std::size_t>(id)].text != a.text &&
             t.pieces_[static_cast<std::size_t>(id)].type != PieceType::Unused)
-            throw FormatError(a.file + ": added token '" + a.text + "' has id " + std::to_string(id) + ", which is the piece '" +
-                              t.pieces_[static_cast<std::size_t>(id)].text + "'");
+            throw FormatError(a.file + ": added token '" + a.text + "' has id " + std::to_string(id) +
+                              ", which is the piece '" + t.pieces_[static_cast<std::size_t>(id)].text + "'");
         if (a.special) {
             t.add_special_token(a.text, id);
         } else {
             // Non-special added token: matched in every input, decoded as text.
-            if (id >= t.vocab_size()) t.pieces_.resize(static_cast<std::size_t>(id) + 1, PieceInfo{"", 0.0f, PieceType::Unused});
+            if (id >= t.vocab_size())
+                t.pieces_.resize(static_cast<std::size_t>(id) + 1, PieceInfo{"", 0.0f, PieceType::Unused});
             auto& p = t.pieces_[static_cast<std::size_t>(id)];
             if (p.text.empty() || p.type == PieceType::Unused) p = PieceInfo{a.text, 0.0f, PieceType::UserDefined};
             t.index_any(a.text, id);
@@ -798,13 +875,15 @@ inline Tokenizer Tokenizer::from_dir(const std::filesystem::path& model_dir) {
             if (!cfg.contains(key)) return std::nullopt;
             const json& v = cfg[key];
             if (v.is_string()) return v.get<std::string>();
-            if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+            if (v.is_object() && v.contains("content") && v["content"].is_string())
+                return v["content"].get<std::string>();
             return std::nullopt;
         };
         auto set = [&](const char* key, int& target) {
             if (auto s = token_of(key)) {
                 auto id = t.token_id(*s);
-                if (!id) throw FormatError(cfg_file.string() + ": " + key + " '" + *s + "' is not a token of the tokenizer");
+                if (!id)
+                    throw FormatError(cfg_file.string() + ": " + key + " '" + *s + "' is not a token of the tokenizer");
                 target = *id;
             }
         };
@@ -827,7 +906,8 @@ inline void Tokenizer::add_special_token(std::string text, int id) {
         if (p.text.empty()) {
             p = PieceInfo{text, 0.0f, PieceType::Control};  // a placeholder slot
         } else if (p.text != text) {
-            throw ArgumentError("add_special_token: id " + std::to_string(id) + " is the piece '" + p.text + "', not '" + text + "'");
+            throw ArgumentError("add_special_token: id " + std::to_string(id) + " is the piece '" + p.text +
+                                "', not '" + text + "'");
         }
     } else {
         pieces_.resize(static_cast<std::size_t>(id), PieceInfo{"", 0.0f, PieceType::Unused});
@@ -864,14 +944,19 @@ inline void Tokenizer::finalize() {
             const bool reserved = !detail::mergeable(p.type);
             if ((pass == 0) != reserved) continue;
             // In HF every vocab entry except added tokens (bytes and unk included) is a BPE symbol.
-            const bool bpe_symbol = hf_ ? (p.type != PieceType::Control && p.type != PieceType::UserDefined) : !reserved;
+            const bool bpe_symbol =
+                hf_ ? (p.type != PieceType::Control && p.type != PieceType::UserDefined) : !reserved;
             const auto duplicate = [&] {
-                if (!hf_) throw FormatError(source_ + ": pieces[" + std::to_string(i) + "]: '" + p.text + "' is already defined");
+                if (!hf_)
+                    throw FormatError(source_ + ": pieces[" + std::to_string(i) + "]: '" + p.text +
+                                      "' is already defined");
             };
             if (!all_index_.insert(p.text, id, text) && reserved) duplicate();
             if (bpe_symbol) {
-                if (merge_index_.insert(p.text, id, text)) mergeable_ids_.push_back(id);
-                else duplicate();
+                if (merge_index_.insert(p.text, id, text))
+                    mergeable_ids_.push_back(id);
+                else
+                    duplicate();
             }
         }
 
@@ -885,8 +970,10 @@ inline void Tokenizer::finalize() {
         const std::string_view text = text_of(id);
         const int len = detail::utf8_valid_char_length(text);
         if (len == static_cast<int>(text.size())) {
-            if (len == 1) ascii_ids_[static_cast<unsigned char>(text[0])] = id;
-            else char_ids_.insert_or_assign(detail::utf8_char_key(text), id);
+            if (len == 1)
+                ascii_ids_[static_cast<unsigned char>(text[0])] = id;
+            else
+                char_ids_.insert_or_assign(detail::utf8_char_key(text), id);
         }
         const auto type = pieces_[static_cast<std::size_t>(id)].type;
         if (!hf_ && type == PieceType::UserDefined) {
@@ -914,12 +1001,15 @@ inline void Tokenizer::finalize() {
     for (std::size_t i = 0; i < pieces_.size(); ++i)
         if (pieces_[i].type == PieceType::Byte) {
             const int b = detail::byte_piece_value(pieces_[i].text);
-            if (b >= 0 && byte_ids_[static_cast<std::size_t>(b)] < 0) byte_ids_[static_cast<std::size_t>(b)] = static_cast<int>(i);
+            if (b >= 0 && byte_ids_[static_cast<std::size_t>(b)] < 0)
+                byte_ids_[static_cast<std::size_t>(b)] = static_cast<int>(i);
         }
 
     // Pair table: (left id, right id) -> merged piece.
     merges_ = {};
-    auto key = [](int a, int b) { return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b); };
+    auto key = [](int a, int b) {
+        return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(a)) << 32) | static_cast<std::uint32_t>(b);
+    };
     if (!hf_) {
         // SentencePiece merges any adjacent pair whose concatenation is a piece.
         for (const int id : mergeable_ids_) {
@@ -936,7 +1026,8 @@ inline void Tokenizer::finalize() {
     } else {
         for (const auto& [ab, rank] : hf_merge_list_) {
             const std::string field = source_ + ": model.merges[" + std::to_string(rank) + "]";
-            const int a = find_mergeable(ab.first), b = find_mergeable(ab.second), c = find_mergeable(ab.first + ab.second);
+            const int a = find_mergeable(ab.first), b = find_mergeable(ab.second),
+                      c = find_mergeable(ab.first + ab.second);
             if (a < 0) throw FormatError(field + ": token '" + ab.first + "' is not in model.vocab");
             if (b < 0) throw FormatError(field + ": token '" + ab.second + "' is not in model.vocab");
             if (c < 0) throw FormatError(field + ": merged token '" + ab.first + ab.second + "' is not in model.vocab");
@@ -944,7 +1035,8 @@ inline void Tokenizer::finalize() {
         }
         // A merged token's score is minus the rank of the first merge producing it.
         for (auto it = hf_merge_list_.rbegin(); it != hf_merge_list_.rend(); ++it)
-            pieces_[static_cast<std::size_t>(find_mergeable(it->first.first + it->first.second))].score = -static_cast<float>(it->second);
+            pieces_[static_cast<std::size_t>(find_mergeable(it->first.first + it->first.second))].score =
+                -static_cast<float>(it->second);
         hf_merge_list_.clear();
         hf_merge_list_.shrink_to_fit();
     }
@@ -973,7 +1065,8 @@ inline void Tokenizer::rebuild_special_index() {
         has_always_specials_ |= specials_[i].always;
     }
     for (auto& v : special_by_byte_)
-        std::sort(v.begin(), v.end(), [&](std::size_t a, std::size_t b) { return specials_[a].text.size() > specials_[b].text.size(); });
+        std::sort(v.begin(), v.end(),
+                  [&](std::size_t a, std::size_t b) { return specials_[a].text.size() > specials_[b].text.size(); });
 }
 
 inline std::optional<int> Tokenizer::token_id(std::string_view piece) const {
@@ -1078,8 +1171,10 @@ inline void Tokenizer::normalize(std::string_view in, bool add_prefix, std::stri
         while (is_prev_space && !sp.empty() && sp.front() == ' ') sp.remove_prefix(1);
         if (!sp.empty()) {
             for (char c : sp) {
-                if (escape_ws_ && c == ' ') out += detail::kSpaceSymbol;
-                else out += c;
+                if (escape_ws_ && c == ' ')
+                    out += detail::kSpaceSymbol;
+                else
+                    out += c;
             }
             is_prev_space = sp.back() == ' ';
         }
@@ -1105,7 +1200,8 @@ inline void Tokenizer::resegment(std::string_view piece, Workspace& ws, std::vec
         emit_unknown(piece, out);
         return;
     }
-    auto rv = pieces_[static_cast<std::size_t>(id)].type == PieceType::Unused ? ws.rev_merge.find(piece) : ws.rev_merge.end();
+    auto rv =
+        pieces_[static_cast<std::size_t>(id)].type == PieceType::Unused ? ws.rev_merge.find(piece) : ws.rev_merge.end();
     if (rv == ws.rev_merge.end()) {
         out.push_back(id);
         return;
@@ -1135,13 +1231,15 @@ inline void Tokenizer::bpe_word(std::string_view w, Workspace& ws, std::vector<i
             s.len = 1;
             s.id = ascii_ids_[c];
         } else {
-            s.len = static_cast<std::uint32_t>(std::min<std::size_t>(static_cast<std::size_t>(detail::utf8_lead_length(c)), n - i));
+            s.len = static_cast<std::uint32_t>(
+                std::min<std::size_t>(static_cast<std::size_t>(detail::utf8_lead_length(c)), n - i));
             s.id = lookup_char(w.substr(i, s.len));
         }
         if (hf_ && s.id < 0) {
             bool bytes_ok = byte_fallback_;
             if (bytes_ok)
-                for (std::uint32_t k = 0; k < s.len; ++k) bytes_ok &= byte_ids_[static_cast<unsigned char>(w[i + k])] >= 0;
+                for (std::uint32_t k = 0; k < s.len; ++k)
+                    bytes_ok &= byte_ids_[static_cast<unsigned char>(w[i + k])] >= 0;
             if (bytes_ok) {
                 for (std::uint32_t k = 0; k < s.len; ++k) {
                     Sym b;
@@ -1154,7 +1252,9 @@ inline void Tokenizer::bpe_word(std::string_view w, Workspace& ws, std::vector<i
                 continue;
             }
             if (unk_id_ < 0)
-                throw ArgumentError(source_ + ": the text contains a character with no token, and the tokenizer has neither byte_fallback nor unk_token");
+                throw ArgumentError(source_ +
+                                    ": the text contains a character with no token, and the tokenizer has neither "
+                                    "byte_fallback nor unk_token");
             if (fuse_unk_ && !syms.empty() && syms.back().unk) {
                 syms.back().len += s.len;
                 i += s.len;
@@ -1177,7 +1277,8 @@ inline void Tokenizer::bpe_word(std::string_view w, Workspace& ws, std::vector<i
     auto pair_of = [&](const Sym& L, const Sym& R, float& score) -> int {
         if (L.freeze || R.freeze) return -1;
         if (L.id >= 0 && R.id >= 0) {
-            const MergeEntry* e = merges_.find((static_cast<std::uint64_t>(static_cast<std::uint32_t>(L.id)) << 32) | static_cast<std::uint32_t>(R.id));
+            const MergeEntry* e = merges_.find((static_cast<std::uint64_t>(static_cast<std::uint32_t>(L.id)) << 32) |
+                                               static_cast<std::uint32_t>(R.id));
             if (!e) return -1;
             score = e->score;
             return e->id;
@@ -1227,16 +1328,21 @@ inline void Tokenizer::bpe_word(std::string_view w, Workspace& ws, std::vector<i
         }
         for (std::size_t k = 0; k < cnt; ++k) {
             const Sym& s = syms[k];
-            if (hf_) out.push_back(s.id);
-            else if (s.id < 0) emit_unknown(w.substr(s.begin, s.len), out);
-            else out.push_back(s.id);
+            if (hf_)
+                out.push_back(s.id);
+            else if (s.id < 0)
+                emit_unknown(w.substr(s.begin, s.len), out);
+            else
+                out.push_back(s.id);
         }
         return;
     }
     if (m > 1) {
         auto& heap = ws.heap;
         heap.clear();
-        const auto less = [](const Cand& a, const Cand& b) { return a.score < b.score || (a.score == b.score && a.left > b.left); };
+        const auto less = [](const Cand& a, const Cand& b) {
+            return a.score < b.score || (a.score == b.score && a.left > b.left);
+        };
         auto maybe_add = [&](int l, int r) {
             const Sym& L = syms[static_cast<std::size_t>(l)];
             const Sym& R = syms[static_cast<std::size_t>(r)];
@@ -1295,8 +1401,10 @@ inline void Tokenizer::append_ids(std::span<const int> ids, bool& prev_unk, std:
     }
 }
 
-inline void Tokenizer::encode_segment(std::string_view text, bool at_start, Workspace& ws, std::vector<int>& out) const {
-    bool add_prefix = dummy_prefix_ == DummyPrefix::EverySegment || (dummy_prefix_ == DummyPrefix::FirstSegment && at_start);
+inline void Tokenizer::encode_segment(std::string_view text, bool at_start, Workspace& ws,
+                                      std::vector<int>& out) const {
+    bool add_prefix =
+        dummy_prefix_ == DummyPrefix::EverySegment || (dummy_prefix_ == DummyPrefix::FirstSegment && at_start);
     if (prefix_unless_space_ && !text.empty() && text.front() == ' ') add_prefix = false;
     normalize(text, add_prefix, ws.normalized);
     const std::string_view norm = ws.normalized;

@@ -2,15 +2,15 @@
 /// \file flat_map.hpp
 /// \brief Open-addressing hash maps with integer keys, used on the tokenizer's hot path.
 
+#include <algorithm>
 #include <bit>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-#include <cstddef>
-#include <algorithm>
-#include <cstdint>
-#include <optional>
 #include <utility>
 #include <vector>
 
@@ -18,8 +18,7 @@ namespace limarp::text::detail {
 
 /// An insert-only open-addressing hash map from std::uint64_t keys to trivially copyable values.
 /// The key ~0 is reserved (never inserted). Lookups are a multiply, a shift and a short probe.
-template <class Value>
-class U64FlatMap {
+template <class Value> class U64FlatMap {
 public:
     /// Inserts or overwrites the value stored under `key`. \pre key != ~0
     void insert_or_assign(std::uint64_t key, const Value& value) {
@@ -100,8 +99,7 @@ inline std::uint64_t hash_bytes(std::string_view s) noexcept {
 class StringIdIndex {
 public:
     /// Inserts `key` -> `id` unless `key` is present; returns whether it was inserted.
-    template <class TextOf>
-    bool insert(std::string_view key, int id, const TextOf& text_of) {
+    template <class TextOf> bool insert(std::string_view key, int id, const TextOf& text_of) {
         if ((size_ + 1) * 2 > slots_.size()) grow();
         const std::uint64_t h = hash_bytes(key);
         std::size_t i = static_cast<std::size_t>(h) & mask_;
@@ -115,8 +113,7 @@ public:
     }
 
     /// The id stored under `key`, or -1.
-    template <class TextOf>
-    int find(std::string_view key, const TextOf& text_of) const {
+    template <class TextOf> int find(std::string_view key, const TextOf& text_of) const {
         if (slots_.empty()) return -1;
         const std::uint64_t h = hash_bytes(key);
         std::size_t i = static_cast<std::size_t>(h) & mask_;
@@ -166,7 +163,7 @@ private:
 class WordCache {
 public:
     static constexpr std::size_t kMaxEntries = 1u << 15;  ///< entries before the cache is cleared
-    static constexpr std::size_t kMaxWordBytes = 32;     ///< longer words are not cached
+    static constexpr std::size_t kMaxWordBytes = 32;      ///< longer words are not cached
 
     /// The cached ids of `word` for `owner` (`h` = hash_bytes(word)), or nullopt.
     std::optional<std::span<const int>> find(std::uint64_t owner, std::string_view word, std::uint64_t h) const {
@@ -190,8 +187,12 @@ public:
         }
         std::size_t i = static_cast<std::size_t>(h ^ owner) & mask_;
         while (slots_[i].ids_off != kEmpty) i = (i + 1) & mask_;
-        slots_[i] = Slot{h, owner, static_cast<std::uint32_t>(keys_.size()), static_cast<std::uint32_t>(word.size()),
-                         static_cast<std::uint32_t>(ids_.size()), static_cast<std::uint32_t>(ids.size())};
+        slots_[i] = Slot{h,
+                         owner,
+                         static_cast<std::uint32_t>(keys_.size()),
+                         static_cast<std::uint32_t>(word.size()),
+                         static_cast<std::uint32_t>(ids_.size()),
+                         static_cast<std::uint32_t>(ids.size())};
         keys_.append(word);
         ids_.insert(ids_.end(), ids.begin(), ids.end());
         ++size_;

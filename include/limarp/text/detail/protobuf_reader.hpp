@@ -22,10 +22,10 @@ enum class WireType : std::uint8_t {
 
 /// One field read from a message: its number, wire type and payload.
 struct WireField {
-    std::uint32_t number = 0;            ///< field number
-    WireType type = WireType::Varint;    ///< wire type
-    std::uint64_t varint = 0;            ///< payload of Varint, Fixed32 and Fixed64 fields
-    std::string_view bytes;              ///< payload of LengthDelimited fields (a view into the input)
+    std::uint32_t number = 0;          ///< field number
+    WireType type = WireType::Varint;  ///< wire type
+    std::uint64_t varint = 0;          ///< payload of Varint, Fixed32 and Fixed64 fields
+    std::string_view bytes;            ///< payload of LengthDelimited fields (a view into the input)
 
     /// The Fixed32 payload as a float.
     float as_float() const noexcept { return std::bit_cast<float>(static_cast<std::uint32_t>(varint)); }
@@ -57,7 +57,8 @@ public:
             case 2: {
                 f.type = WireType::LengthDelimited;
                 const std::uint64_t len = read_varint();
-                if (len > data_.size() - pos_) fail("length-delimited field " + std::to_string(f.number) + " runs past the end");
+                if (len > data_.size() - pos_)
+                    fail("length-delimited field " + std::to_string(f.number) + " runs past the end");
                 f.bytes = data_.substr(pos_, static_cast<std::size_t>(len));
                 pos_ += static_cast<std::size_t>(len);
                 break;
@@ -66,8 +67,7 @@ public:
                 f.type = WireType::Fixed32;
                 f.varint = read_fixed(4);
                 break;
-            default:
-                fail("unsupported wire type " + std::to_string(wt) + " for field " + std::to_string(f.number));
+            default: fail("unsupported wire type " + std::to_string(wt) + " for field " + std::to_string(f.number));
         }
         return true;
     }
@@ -101,7 +101,8 @@ private:
     std::uint64_t read_fixed(std::size_t n) {
         if (data_.size() - pos_ < n) fail("truncated fixed-size field");
         std::uint64_t v = 0;
-        for (std::size_t i = 0; i < n; ++i) v |= static_cast<std::uint64_t>(static_cast<unsigned char>(data_[pos_ + i])) << (8 * i);
+        for (std::size_t i = 0; i < n; ++i)
+            v |= static_cast<std::uint64_t>(static_cast<unsigned char>(data_[pos_ + i])) << (8 * i);
         pos_ += n;
         return v;
     }

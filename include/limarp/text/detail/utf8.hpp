@@ -17,9 +17,7 @@ inline constexpr std::string_view kSpaceSymbol = "\xE2\x96\x81";
 
 /// Length of the UTF-8 sequence announced by the lead byte `b` (1 for ASCII, continuation
 /// bytes and invalid lead bytes; 2, 3 or 4 otherwise). Never validates the sequence.
-inline constexpr int utf8_lead_length(unsigned char b) noexcept {
-    return "\1\1\1\1\1\1\1\1\1\1\1\1\2\2\3\4"[b >> 4];
-}
+inline constexpr int utf8_lead_length(unsigned char b) noexcept { return "\1\1\1\1\1\1\1\1\1\1\1\1\2\2\3\4"[b >> 4]; }
 
 /// Length in bytes of the valid UTF-8 character at the start of `s`, or 0 when `s` does not
 /// start with one. Valid means: ASCII, or a complete 2/3/4-byte sequence of continuation bytes
@@ -43,8 +41,7 @@ inline int utf8_valid_char_length(std::string_view s) noexcept {
     }
     if ((b0 & 0xF8) == 0xF0) {
         if (n < 4 || !trail(p[1]) || !trail(p[2]) || !trail(p[3])) return 0;
-        const std::uint32_t cp = ((b0 & 0x07u) << 18) | ((p[1] & 0x3Fu) << 12) |
-                                 ((p[2] & 0x3Fu) << 6) | (p[3] & 0x3Fu);
+        const std::uint32_t cp = ((b0 & 0x07u) << 18) | ((p[1] & 0x3Fu) << 12) | ((p[2] & 0x3Fu) << 6) | (p[3] & 0x3Fu);
         return (cp >= 0x10000 && cp <= 0x10FFFF) ? 4 : 0;
     }
     return 0;
@@ -63,7 +60,8 @@ inline constexpr int utf8_needed_length(unsigned char b) noexcept {
 /// Packs the bytes of one UTF-8 character (1..4 bytes) into an integer key, unique per byte string.
 inline std::uint32_t utf8_char_key(std::string_view ch) noexcept {
     std::uint32_t k = 0;
-    for (std::size_t i = 0; i < ch.size(); ++i) k |= static_cast<std::uint32_t>(static_cast<unsigned char>(ch[i])) << (8 * i);
+    for (std::size_t i = 0; i < ch.size(); ++i)
+        k |= static_cast<std::uint32_t>(static_cast<unsigned char>(ch[i])) << (8 * i);
     return k;
 }
 
