@@ -39,12 +39,15 @@ namespace {
 
 std::atomic<bool> g_interrupted{false};
 std::atomic<bool> g_generating{false};
+char g_prompt[128] = "> ";  // the input prompt, re-printed by the SIGINT handler
+std::size_t g_prompt_len = 2;
 
 extern "C" void on_sigint(int) {
     g_interrupted.store(true);
-    if (!g_generating.load()) {
+    if (!g_generating.load()) {  // only async-signal-safe calls here
         static const char msg[] = "\n(Ctrl-C stops a reply; type /quit or press Ctrl-D to leave)\n";
         [[maybe_unused]] auto n = ::write(STDOUT_FILENO, msg, sizeof msg - 1);
+        n = ::write(STDOUT_FILENO, g_prompt, g_prompt_len);
     }
 }
 
@@ -287,7 +290,10 @@ int main(int argc, char** argv) {
 
         std::string line;
         for (;;) {
-            out(session.setup.user_name + "> ");
+            const std::string prompt_text = session.setup.user_name + "> ";
+            g_prompt_len = std::min(prompt_text.size(), sizeof g_prompt - 1);
+            std::memcpy(g_prompt, prompt_text.data(), g_prompt_len);
+            out(prompt_text);
             if (!std::getline(std::cin, line)) {
                 out("\n");
                 return 0;
