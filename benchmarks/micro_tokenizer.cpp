@@ -129,7 +129,7 @@ const sentencepiece::SentencePieceProcessor* reference() {
         auto* p = new sentencepiece::SentencePieceProcessor();
         if (!p->Load(model_file()).ok()) {
             delete p;
-            return static_cast<sentencepiece::SentencePieceProcessor*>(nullptr);
+            return static_cast<const sentencepiece::SentencePieceProcessor*>(nullptr);
         }
         return static_cast<const sentencepiece::SentencePieceProcessor*>(p);
     }();
