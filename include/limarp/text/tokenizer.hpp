@@ -4,26 +4,36 @@
 /// `tokenizer.model`, a Hugging Face `tokenizer.json` (BPE) or a model folder, and encodes and
 /// decodes with exact parity with libsentencepiece.
 ///
-/// Encoding, SentencePiece model (the semantics of libsentencepiece 0.1.97 .. 0.2):
+/// Encoding, SentencePiece model (the semantics of libsentencepiece, checked id for id against
+/// Debian's 0.1.97 on generated mixed text and on model variants):
 ///  1. With EncodeOptions::parse_special the input is first split on special-token strings
-///     (control pieces such as `<s>`, the unknown piece, added tokens such as `<|im_end|>`);
-///     each match becomes its id. Otherwise those strings are plain text.
-///  2. Each remaining text segment is normalized: bytes that do not start a valid UTF-8
-///     character (overlong forms, surrogates, code points above U+10FFFF, truncated
-///     sequences, stray continuation bytes) are each replaced by U+FFFD, exactly as
-///     SentencePiece's normalizer does (one U+FFFD per invalid byte); with
-///     remove_extra_whitespaces leading, trailing and repeated spaces are removed; spaces
-///     become U+2581; a dummy U+2581 is prepended (see DummyPrefix).
+///     (control pieces such as `<s>`, the unknown piece, added tokens such as `<|im_end|>`;
+///     longest match first); each match becomes its id. Otherwise those strings are plain text.
+///  2. Each remaining text segment is normalized as SentencePiece's identity normalizer does:
+///     **invalid UTF-8**: every byte that does not start a valid UTF-8 character (stray
+///     continuation bytes, truncated sequences, overlong forms, surrogates U+D800..U+DFFF,
+///     code points above U+10FFFF, bytes F5..FF) is replaced by one U+FFFD, and tokenization
+///     goes on (Mistral has a U+FFFD piece, so `"\xff"` encodes to `▁` `�`; decode() then gives
+///     U+FFFD). With remove_extra_whitespaces leading, trailing and repeated spaces are
+///     removed (Mistral: off); spaces become U+2581; a dummy U+2581 is prepended (DummyPrefix).
 ///  3. BPE: start from characters (user-defined pieces matched greedily, longest first, and
 ///     never merged), repeatedly merge the adjacent pair whose concatenation is the piece with
 ///     the highest score, leftmost first on ties. Pieces of type UNUSED are split back.
 ///  4. Characters left without a piece become byte pieces `<0xXX>` (byte_fallback) or `<unk>`
 ///     (consecutive unknowns then share one `<unk>`).
 ///
-/// For speed the text is cut into words before BPE (a word = a run of U+2581 plus the text up
-/// to the next U+2581) and results are cached per word within a call; this is done only when
-/// the loaded vocabulary proves it cannot change the result (no piece contains U+2581 after a
-/// non-space character, no user-defined or unused pieces).
+/// A Hugging Face tokenizer.json follows the HF BPE rules instead: a pair merges only when it is
+/// in `merges` (lowest rank first, leftmost on ties), unknown characters become byte tokens (or
+/// `<unk>`, fused) before merging, and a Metaspace pre-tokenizer adds no prefix to text that
+/// already starts with a space. Added tokens' lstrip/rstrip/single_word flags are ignored.
+///
+/// Speed: the text is cut into words before BPE (a word = a run of U+2581 plus the text up to
+/// the next U+2581) only when the loaded vocabulary proves this cannot change the result (no
+/// producible piece contains U+2581 after another character; no user-defined or unused
+/// pieces). Word results are cached per thread (see Tokenizer::release_thread_cache()).
+///
+/// Thread safety: encode() and decode() are const and may run concurrently on one Tokenizer;
+/// add_special_token() and set_dummy_prefix() must not run concurrently with anything else.
 
 #include <algorithm>
 #include <array>
@@ -86,8 +96,13 @@ struct EncodeOptions {
 class StreamDecoder;
 
 /// A SentencePiece-BPE tokenizer with exact parity with libsentencepiece (see the file comment
-/// for the algorithm). Immutable after loading except for add_special_token(); encode() and
-/// decode() are const and safe to call from several threads at once.
+/// for the algorithm, the invalid UTF-8 rule and thread safety). Copyable; copies are independent.
+///
+/// \code
+/// auto tok = limarp::text::Tokenizer::from_dir("Mistral-7B-OpenOrca");  // + <|im_end|>, <|im_start|>
+/// std::vector<int> ids = tok.encode("Hello world");                   // {1, 22557, 1526}
+/// std::string text = tok.decode(ids);                                  // "Hello world"
+/// \endcode
 class Tokenizer {
 public:
     /// Loads a SentencePiece model file (`tokenizer.model`, a serialized ModelProto).
@@ -128,7 +143,10 @@ public:
     /// \throws ArgumentError for an empty text, a negative id, or an existing id with another piece.
     void add_special_token(std::string text, int id);
 
-    /// Encodes UTF-8 text (invalid bytes become U+FFFD, see the file comment) into ids.
+    /// Encodes UTF-8 text into ids: [bos] + pieces + [eos] as chosen by `opt`. Each byte that
+    /// does not start a valid UTF-8 character is read as U+FFFD (see the file comment).
+    /// \throws ArgumentError for text over 1 GiB, or (HF tokenizers without unk_token
+    /// nor byte_fallback) a character that has no token.
     std::vector<int> encode(std::string_view text, EncodeOptions opt = {}) const;
 
     /// Decodes ids into UTF-8 text as SentencePiece's DecodeIds does: U+2581 becomes a space,
@@ -1448,6 +1466,8 @@ inline void Tokenizer::encode_segment(std::string_view text, bool at_start, Work
 }
 
 inline std::vector<int> Tokenizer::encode(std::string_view text, EncodeOptions opt) const {
+    if (text.size() > (std::size_t{1} << 30))  // normalized text (<= 3x) must fit 32-bit offsets
+        throw ArgumentError("encode: text of " + std::to_string(text.size()) + " bytes; at most 1 GiB is supported");
     std::vector<int> out;
     out.reserve(text.size() / 3 + 4);
     if (opt.add_bos && bos_id_ >= 0) out.push_back(bos_id_);
