@@ -25,7 +25,8 @@
 /// A Hugging Face tokenizer.json follows the HF BPE rules instead: a pair merges only when it is
 /// in `merges` (lowest rank first, leftmost on ties), unknown characters become byte tokens (or
 /// `<unk>`, fused) before merging, and a Metaspace pre-tokenizer adds no prefix to text that
-/// already starts with a space. Added tokens' lstrip/rstrip/single_word flags are ignored.
+/// already starts with a space. Added tokens are matched on the raw text; their lstrip, rstrip,
+/// single_word and normalized flags are ignored. Decoding uses SentencePiece's rules for both.
 ///
 /// Speed: the text is cut into words before BPE (a word = a run of U+2581 plus the text up to
 /// the next U+2581) only when the loaded vocabulary proves this cannot change the result (no
