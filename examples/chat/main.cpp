@@ -16,12 +16,14 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include "common/model_dispatch.hpp"
 #include "common/program.hpp"
 #include "common/tokenizer_loading.hpp"
 #include "limarp/generate/generator.hpp"
@@ -61,19 +63,26 @@ struct SamplerFlags {
         p.min_p = 0.05f;
         p.repetition_penalty = 1.1f;
         p.penalty_range = 64;
-        app.add_option("--temperature", p.temperature, "0 = greedy; > 0 samples from softmax(logits / T)")->check(CLI::NonNegativeNumber)->capture_default_str();
+        app.add_option("--temperature", p.temperature, "0 = greedy; > 0 samples from softmax(logits / T)")
+            ->check(CLI::NonNegativeNumber)
+            ->capture_default_str();
         app.add_option("--top-k", p.top_k, "keep the K most likely tokens (0 = off)")->capture_default_str();
         app.add_option("--top-p", p.top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
         app.add_option("--min-p", p.min_p, "keep tokens with p >= MIN_P * p_max (0 = off)")->capture_default_str();
         app.add_option("--typical-p", p.typical_p, "locally typical sampling mass (1 = off)")->capture_default_str();
         app.add_option("--top-a", p.top_a, "keep tokens with p >= TOP_A * p_max^2 (0 = off)")->capture_default_str();
         app.add_option("--tfs", p.tfs, "tail-free sampling z (1 = off)")->capture_default_str();
-        app.add_option("--rep-pen", p.repetition_penalty, "repetition penalty (1 = off): positive logits / P, negative * P")->capture_default_str();
-        app.add_option("--rep-pen-range", p.penalty_range, "penalties look at the last N tokens (0 = off, -1 = all)")->capture_default_str();
-        app.add_option("--freq-pen", p.frequency_penalty, "frequency penalty per occurrence (0 = off)")->capture_default_str();
+        app.add_option("--rep-pen", p.repetition_penalty,
+                       "repetition penalty (1 = off): positive logits / P, negative * P")
+            ->capture_default_str();
+        app.add_option("--rep-pen-range", p.penalty_range, "penalties look at the last N tokens (0 = off, -1 = all)")
+            ->capture_default_str();
+        app.add_option("--freq-pen", p.frequency_penalty, "frequency penalty per occurrence (0 = off)")
+            ->capture_default_str();
         app.add_option("--presence-pen", p.presence_penalty, "presence penalty (0 = off)")->capture_default_str();
         app.add_option("--sampler-order", order,
-                       "stages in order, names or KoboldAI ids, e.g. \"rep_pen,top_k,top_p,min_p,temperature\" or \"6,0,1,3,4,2,5\" "
+                       "stages in order, names or KoboldAI ids, e.g. \"rep_pen,top_k,top_p,min_p,temperature\" or "
+                       "\"6,0,1,3,4,2,5\" "
                        "(default: rep_pen,freq_pen,presence_pen,top_k,top_a,tfs,typical_p,top_p,min_p,temperature)");
     }
     generate::SamplerParams params(std::uint64_t seed) const {
@@ -125,7 +134,8 @@ struct Session {
         for (const auto& t : *it) {
             if (!t.is_object()) throw FormatError(src + ": every turn must be an object {speaker, text}");
             const std::string sp = str(t, "speaker");
-            if (sp != "user" && sp != "char") throw FormatError(src + ": a turn's speaker must be \"user\" or \"char\", got \"" + sp + "\"");
+            if (sp != "user" && sp != "char")
+                throw FormatError(src + ": a turn's speaker must be \"user\" or \"char\", got \"" + sp + "\"");
             s.turns.push_back({sp == "user" ? text::Speaker::User : text::Speaker::Character, str(t, "text")});
         }
         return s;
@@ -138,8 +148,10 @@ void out(std::string_view s) {
 }
 
 std::string trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' || s.front() == '\n')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) s.remove_suffix(1);
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' || s.front() == '\n'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n'))
+        s.remove_suffix(1);
     return std::string(s);
 }
 
@@ -158,11 +170,12 @@ constexpr const char* kHelp =
 
 int main(int argc, char** argv) {
     return programs::run_main("limarp-chat", [&] {
-        CLI::App app{"limarp-chat: roleplay in the terminal with a Mistral model and the LimaRP prompt format.\n"
-                     "The character comes from --card (JSON or YAML: name, description/persona, scenario,\n"
-                     "first_mes; SillyTavern/TavernAI V2 cards; LimaRP data files) or from --char/--persona/\n"
-                     "--scenario/--first-message. Type a message and press Enter; commands start with '/'\n"
-                     "(/help lists them). Ctrl-C stops the reply being written, not the program."};
+        CLI::App app{
+            "limarp-chat: roleplay in the terminal with a Mistral model and the LimaRP prompt format.\n"
+            "The character comes from --card (JSON or YAML: name, description/persona, scenario,\n"
+            "first_mes; SillyTavern/TavernAI V2 cards; LimaRP data files) or from --char/--persona/\n"
+            "--scenario/--first-message. Type a message and press Enter; commands start with '/'\n"
+            "(/help lists them). Ctrl-C stops the reply being written, not the program."};
         std::string model_dir, tokenizer_path, card_path, convention = "hf", format = "alpaca", length = "medium";
         std::string char_name, persona, scenario, first_message, user_name, user_persona;
         int max_new = 300, threads = 0, delay_ms = 0;
@@ -170,8 +183,10 @@ int main(int argc, char** argv) {
         std::uint64_t seed = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
         bool show_prompt = false;
         SamplerFlags sf;
+        programs::ModelOptions mo;
         app.add_option("--model", model_dir, "model folder (config.json + *.safetensors)")->required();
-        app.add_option("--tokenizer", tokenizer_path, "tokenizer.model, tokenizer.json or a folder (default: the model folder)");
+        app.add_option("--tokenizer", tokenizer_path,
+                       "tokenizer.model, tokenizer.json or a folder (default: the model folder)");
         app.add_option("--card", card_path, "character card: JSON or YAML file");
         app.add_option("--char", char_name, "the character's name (overrides the card's)");
         app.add_option("--persona", persona, "the character's persona (overrides the card's)");
@@ -179,23 +194,35 @@ int main(int argc, char** argv) {
         app.add_option("--first-message", first_message, "the character's opening message (overrides the card's)");
         app.add_option("--user", user_name, "your character's name (default: the card's, or User)");
         app.add_option("--user-persona", user_persona, "your character's persona");
-        app.add_option("--length", length, "response length tag, or none to let the model choose")->capture_default_str();
-        app.add_option("--max-new", max_new, "at most this many tokens per reply")->check(CLI::PositiveNumber)->capture_default_str();
-        app.add_option("--context", context, "token budget of prompt + reply; the oldest messages are dropped to fit")->capture_default_str();
+        app.add_option("--length", length, "response length tag, or none to let the model choose")
+            ->capture_default_str();
+        app.add_option("--max-new", max_new, "at most this many tokens per reply")
+            ->check(CLI::PositiveNumber)
+            ->capture_default_str();
+        app.add_option("--context", context, "token budget of prompt + reply; the oldest messages are dropped to fit")
+            ->capture_default_str();
         app.add_option("--format", format, "prompt format: alpaca (LimaRP, default) or chatml (OpenOrca base)");
         sf.add(app);
         app.add_option("--seed", seed, "random seed (default: from the clock)");
         app.add_option("--window-convention", convention, "sliding window: hf (W keys, default) or mistral (W+1 keys)");
         app.add_option("--threads", threads, "worker threads (default: all cores; or LIMARP_THREADS)");
+        app.add_option("--quant", mo.quant, "none | int8 | q8_0 | auto (default: what the files hold)");
+        app.add_option("--activations", mo.activations, "quantized paths: int8 (default) or f32 (weight-only)");
+        app.add_option("--outlier-threshold", mo.outlier_threshold,
+                       "int8: |x| above which columns use f32 (default 6, 0 = off)");
+        app.add_option("--adapter", mo.adapters,
+                       "PEFT LoRA adapter folder (e.g. LimaRP-MistralOrca-7B), optionally :SCALE (repeatable)");
         app.add_flag("--show-prompt", show_prompt, "print each prompt to stderr before the reply");
-        app.add_option("--delay-ms", delay_ms, "pause after each token (demos and tests of streaming and Ctrl-C)")->check(CLI::NonNegativeNumber);
+        app.add_option("--delay-ms", delay_ms, "pause after each token (demos and tests of streaming and Ctrl-C)")
+            ->check(CLI::NonNegativeNumber);
         try {
             app.parse(argc, argv);
         } catch (const CLI::ParseError& e) {
             return app.exit(e);
         }
         if (threads > 0) setenv("LIMARP_THREADS", std::to_string(threads).c_str(), 1);
-        if (format != "alpaca" && format != "chatml") throw ArgumentError("--format: \"" + format + "\" is not one of alpaca, chatml");
+        if (format != "alpaca" && format != "chatml")
+            throw ArgumentError("--format: \"" + format + "\" is not one of alpaca, chatml");
         if (context <= max_new) throw ArgumentError("--context must be larger than --max-new");
 
         Session session;
@@ -214,153 +241,165 @@ int main(int argc, char** argv) {
         session.turns = card.opening_turns();
         generate::Sampler sampler(sf.params(seed));
 
-        const auto conv = programs::parse_window_convention(convention);
-        auto model = MistralModel<Cpu<>>::from_dir(model_dir, [&](MistralConfig& c, LoadContext&) { c.window_convention = conv; });
-        text::Tokenizer tok = !tokenizer_path.empty() ? programs::load_tokenizer(tokenizer_path) : text::Tokenizer::from_dir(model_dir);
-        if (tok.vocab_size() == 32000 && model.config().vocab == 32002) {  // Mistral-7B-OpenOrca's added tokens
-            tok.add_special_token("<|im_end|>", 32000);
-            tok.add_special_token("<|im_start|>", 32001);
-        }
-        if (format == "chatml") text::ChatMlPrompt::require_chatml_tokens(tok);
-        generate::Generator<MistralModel<Cpu<>>> gen(model, &tok, max_new + 64);
-
-        struct sigaction sa {};
-        sa.sa_handler = on_sigint;
-        sigemptyset(&sa.sa_mask);
-        sa.sa_flags = SA_RESTART;  // a Ctrl-C at the prompt must not end the line reader
-        sigaction(SIGINT, &sa, nullptr);
-
-        auto print_turn = [&](const text::Turn& t) {
-            const auto& s = session.setup;
-            const std::string body = text::substitute_placeholders(t.text, s.char_name, s.user_name);
-            out((t.speaker == text::Speaker::User ? s.user_name : s.char_name) + ": " + trim(body) + "\n");
-        };
-
-        // Generates the character's reply to the current turns and appends it.
-        auto reply = [&] {
-            const auto& s = session.setup;
-            const std::int64_t budget = context - max_new;
-            std::string prompt;
-            std::vector<std::int32_t> ids;
-            generate::GenerationOptions opt;
-            opt.max_new_tokens = max_new;
-            opt.eos_ids = generate::default_eos_ids(tok);
-            opt.cancel = &g_interrupted;
-            std::size_t dropped = 0;
-            if (format == "alpaca") {
-                const text::AlpacaPrompt fmt(s);
-                const auto fitted = fmt.fit(session.turns, session.length, budget, tok);
-                prompt = fitted.text;
-                dropped = fitted.first_turn;
-                opt.stop_strings = fmt.stop_strings();
-                for (int id : tok.encode(prompt)) ids.push_back(id);
-            } else {
-                const text::ChatMlPrompt fmt(s);
-                const auto fitted = fmt.fit(session.turns, budget, [&](std::string_view t) {
-                    return static_cast<std::int64_t>(tok.encode(t, {.add_bos = true, .add_eos = false, .parse_special = true}).size());
-                });
-                prompt = fitted.text;
-                dropped = fitted.first_turn;
-                opt.stop_strings = text::ChatMlPrompt::stop_strings();
-                for (int id : tok.encode(prompt, {.add_bos = true, .add_eos = false, .parse_special = true})) ids.push_back(id);
+        mo.convention = programs::parse_window_convention(convention);
+        mo.dir = model_dir;
+        return programs::with_model(mo, [&](auto& model) -> int {
+            text::Tokenizer tok = !tokenizer_path.empty() ? programs::load_tokenizer(tokenizer_path)
+                                                          : text::Tokenizer::from_dir(model_dir);
+            if (tok.vocab_size() == 32000 && model.config().vocab == 32002) {  // Mistral-7B-OpenOrca's added tokens
+                tok.add_special_token("<|im_end|>", 32000);
+                tok.add_special_token("<|im_start|>", 32001);
             }
-            if (show_prompt) std::fprintf(stderr, "----- prompt (%zu tokens, %zu oldest messages left out) -----\n%s\n----- end of prompt -----\n",
-                                          ids.size(), dropped, prompt.c_str());
-            out(s.char_name + ": ");
-            g_interrupted = false;
-            g_generating = true;
-            generate::GenerationResult r;
-            try {
-                r = gen.generate(ids, sampler, opt, [](std::string_view piece) { out(piece); },
-                                 [&](std::int32_t) {
-                                     if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
-                                 });
-            } catch (...) {
-                g_generating = false;
-                throw;
-            }
-            g_generating = false;
-            out(r.reason == generate::StopReason::Cancelled ? " [stopped]\n" : "\n");
-            session.turns.push_back({text::Speaker::Character, trim(r.text)});
-        };
+            if (format == "chatml") text::ChatMlPrompt::require_chatml_tokens(tok);
+            generate::Generator<std::remove_reference_t<decltype(model)>> gen(model, &tok, max_new + 64);
 
-        out("limarp-chat: you are " + session.setup.user_name + ", talking with " + session.setup.char_name +
-            ". /help lists the commands.\n");
-        for (const auto& t : session.turns) print_turn(t);
+            struct sigaction sa {};
+            sa.sa_handler = on_sigint;
+            sigemptyset(&sa.sa_mask);
+            sa.sa_flags = SA_RESTART;  // a Ctrl-C at the prompt must not end the line reader
+            sigaction(SIGINT, &sa, nullptr);
 
-        std::string line;
-        for (;;) {
-            const std::string prompt_text = session.setup.user_name + "> ";
-            g_prompt_len = std::min(prompt_text.size(), sizeof g_prompt - 1);
-            std::memcpy(g_prompt, prompt_text.data(), g_prompt_len);
-            out(prompt_text);
-            if (!std::getline(std::cin, line)) {
-                out("\n");
-                return 0;
-            }
-            g_interrupted = false;
-            line = trim(line);
-            if (line.empty()) continue;
-            if (line.front() != '/') {
-                session.turns.push_back({text::Speaker::User, line});
-                reply();
-                continue;
-            }
-            const auto sp = line.find(' ');
-            const std::string cmd = line.substr(0, sp);
-            const std::string arg = sp == std::string::npos ? "" : trim(std::string_view(line).substr(sp + 1));
-            try {
-                if (cmd == "/quit" || cmd == "/exit") {
-                    return 0;
-                } else if (cmd == "/help") {
-                    out(kHelp);
-                } else if (cmd == "/length") {
-                    if (arg.empty()) {
-                        out("(length: " + std::string(session.length ? text::to_string(*session.length) : "none") + ")\n");
-                    } else {
-                        session.length = text::parse_optional_length_tag(arg);
-                        out("(length set to " + std::string(session.length ? text::to_string(*session.length) : "none") + ")\n");
-                    }
-                } else if (cmd == "/undo") {
-                    std::size_t i = session.turns.size();
-                    while (i > 0 && session.turns[i - 1].speaker != text::Speaker::User) --i;
-                    if (i == 0) {
-                        out("(nothing to undo)\n");
-                    } else {
-                        session.turns.resize(i - 1);
-                        out("(removed your last message and its reply)\n");
-                    }
-                } else if (cmd == "/regen") {
-                    const bool has_user = std::any_of(session.turns.begin(), session.turns.end(),
-                                                      [](const text::Turn& t) { return t.speaker == text::Speaker::User; });
-                    if (!has_user) {
-                        out("(nothing to regenerate: send a message first)\n");
-                    } else {
-                        if (session.turns.back().speaker == text::Speaker::Character) session.turns.pop_back();
-                        reply();
-                    }
-                } else if (cmd == "/save") {
-                    if (arg.empty()) throw ArgumentError("/save needs a file name");
-                    const std::string data = session.to_json().dump(2) + "\n";
-                    std::ofstream f(arg, std::ios::binary);
-                    if (!(f << data) || !f.flush()) throw IoError(arg + ": cannot write: " + std::strerror(errno));
-                    out("(saved " + std::to_string(session.turns.size()) + " messages to " + arg + ")\n");
-                } else if (cmd == "/load") {
-                    if (arg.empty()) throw ArgumentError("/load needs a file name");
-                    std::ifstream f(arg, std::ios::binary);
-                    if (!f) throw IoError(arg + ": cannot open");
-                    std::ostringstream ss;
-                    ss << f.rdbuf();
-                    session = Session::from_json(io::detail::parse_json_strict(ss.str(), arg), arg);
-                    out("(loaded " + std::to_string(session.turns.size()) + " messages from " + arg + "; you are " +
-                        session.setup.user_name + ", talking with " + session.setup.char_name + ")\n");
-                    if (!session.turns.empty()) print_turn(session.turns.back());
+            auto print_turn = [&](const text::Turn& t) {
+                const auto& s = session.setup;
+                const std::string body = text::substitute_placeholders(t.text, s.char_name, s.user_name);
+                out((t.speaker == text::Speaker::User ? s.user_name : s.char_name) + ": " + trim(body) + "\n");
+            };
+
+            // Generates the character's reply to the current turns and appends it.
+            auto reply = [&] {
+                const auto& s = session.setup;
+                const std::int64_t budget = context - max_new;
+                std::string prompt;
+                std::vector<std::int32_t> ids;
+                generate::GenerationOptions opt;
+                opt.max_new_tokens = max_new;
+                opt.eos_ids = generate::default_eos_ids(tok);
+                opt.cancel = &g_interrupted;
+                std::size_t dropped = 0;
+                if (format == "alpaca") {
+                    const text::AlpacaPrompt fmt(s);
+                    const auto fitted = fmt.fit(session.turns, session.length, budget, tok);
+                    prompt = fitted.text;
+                    dropped = fitted.first_turn;
+                    opt.stop_strings = fmt.stop_strings();
+                    for (int id : tok.encode(prompt)) ids.push_back(id);
                 } else {
-                    out("(unknown command " + cmd + "; /help lists the commands)\n");
+                    const text::ChatMlPrompt fmt(s);
+                    const auto fitted = fmt.fit(session.turns, budget, [&](std::string_view t) {
+                        return static_cast<std::int64_t>(
+                            tok.encode(t, {.add_bos = true, .add_eos = false, .parse_special = true}).size());
+                    });
+                    prompt = fitted.text;
+                    dropped = fitted.first_turn;
+                    opt.stop_strings = text::ChatMlPrompt::stop_strings();
+                    for (int id : tok.encode(prompt, {.add_bos = true, .add_eos = false, .parse_special = true}))
+                        ids.push_back(id);
                 }
-            } catch (const Error& e) {
-                out(std::string("(error: ") + e.what() + ")\n");
+                if (show_prompt)
+                    std::fprintf(stderr,
+                                 "----- prompt (%zu tokens, %zu oldest messages left out) -----\n%s\n----- end of "
+                                 "prompt -----\n",
+                                 ids.size(), dropped, prompt.c_str());
+                out(s.char_name + ": ");
+                g_interrupted = false;
+                g_generating = true;
+                generate::GenerationResult r;
+                try {
+                    r = gen.generate(
+                        ids, sampler, opt, [](std::string_view piece) { out(piece); },
+                        [&](std::int32_t) {
+                            if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+                        });
+                } catch (...) {
+                    g_generating = false;
+                    throw;
+                }
+                g_generating = false;
+                out(r.reason == generate::StopReason::Cancelled ? " [stopped]\n" : "\n");
+                session.turns.push_back({text::Speaker::Character, trim(r.text)});
+            };
+
+            out("limarp-chat: you are " + session.setup.user_name + ", talking with " + session.setup.char_name +
+                ". /help lists the commands.\n");
+            for (const auto& t : session.turns) print_turn(t);
+
+            std::string line;
+            for (;;) {
+                const std::string prompt_text = session.setup.user_name + "> ";
+                g_prompt_len = std::min(prompt_text.size(), sizeof g_prompt - 1);
+                std::memcpy(g_prompt, prompt_text.data(), g_prompt_len);
+                out(prompt_text);
+                if (!std::getline(std::cin, line)) {
+                    out("\n");
+                    return 0;
+                }
+                g_interrupted = false;
+                line = trim(line);
+                if (line.empty()) continue;
+                if (line.front() != '/') {
+                    session.turns.push_back({text::Speaker::User, line});
+                    reply();
+                    continue;
+                }
+                const auto sp = line.find(' ');
+                const std::string cmd = line.substr(0, sp);
+                const std::string arg = sp == std::string::npos ? "" : trim(std::string_view(line).substr(sp + 1));
+                try {
+                    if (cmd == "/quit" || cmd == "/exit") {
+                        return 0;
+                    } else if (cmd == "/help") {
+                        out(kHelp);
+                    } else if (cmd == "/length") {
+                        if (arg.empty()) {
+                            out("(length: " + std::string(session.length ? text::to_string(*session.length) : "none") +
+                                ")\n");
+                        } else {
+                            session.length = text::parse_optional_length_tag(arg);
+                            out("(length set to " +
+                                std::string(session.length ? text::to_string(*session.length) : "none") + ")\n");
+                        }
+                    } else if (cmd == "/undo") {
+                        std::size_t i = session.turns.size();
+                        while (i > 0 && session.turns[i - 1].speaker != text::Speaker::User) --i;
+                        if (i == 0) {
+                            out("(nothing to undo)\n");
+                        } else {
+                            session.turns.resize(i - 1);
+                            out("(removed your last message and its reply)\n");
+                        }
+                    } else if (cmd == "/regen") {
+                        const bool has_user =
+                            std::any_of(session.turns.begin(), session.turns.end(),
+                                        [](const text::Turn& t) { return t.speaker == text::Speaker::User; });
+                        if (!has_user) {
+                            out("(nothing to regenerate: send a message first)\n");
+                        } else {
+                            if (session.turns.back().speaker == text::Speaker::Character) session.turns.pop_back();
+                            reply();
+                        }
+                    } else if (cmd == "/save") {
+                        if (arg.empty()) throw ArgumentError("/save needs a file name");
+                        const std::string data = session.to_json().dump(2) + "\n";
+                        std::ofstream f(arg, std::ios::binary);
+                        if (!(f << data) || !f.flush()) throw IoError(arg + ": cannot write: " + std::strerror(errno));
+                        out("(saved " + std::to_string(session.turns.size()) + " messages to " + arg + ")\n");
+                    } else if (cmd == "/load") {
+                        if (arg.empty()) throw ArgumentError("/load needs a file name");
+                        std::ifstream f(arg, std::ios::binary);
+                        if (!f) throw IoError(arg + ": cannot open");
+                        std::ostringstream ss;
+                        ss << f.rdbuf();
+                        session = Session::from_json(io::detail::parse_json_strict(ss.str(), arg), arg);
+                        out("(loaded " + std::to_string(session.turns.size()) + " messages from " + arg + "; you are " +
+                            session.setup.user_name + ", talking with " + session.setup.char_name + ")\n");
+                        if (!session.turns.empty()) print_turn(session.turns.back());
+                    } else {
+                        out("(unknown command " + cmd + "; /help lists the commands)\n");
+                    }
+                } catch (const Error& e) {
+                    out(std::string("(error: ") + e.what() + ")\n");
+                }
             }
-        }
+        });
     });
 }

@@ -33,22 +33,25 @@ BOOST_AUTO_TEST_CASE(sillytavern_v2_json) {
     const auto turns = c.opening_turns();
     BOOST_REQUIRE_EQUAL(turns.size(), 1u);
     const std::string prompt = AlpacaPrompt(setup).format(turns);
-    BOOST_CHECK_EQUAL(prompt,
-                      "\n### Instruction:\nAria's Persona: Aria is an elf ranger.\ncheerful, curious\n\nBob's Persona: A "
-                      "traveler.\n\nScenario: Bob is lost in Aria's forest.\n\nPlay the role of Aria. You must engage in a "
-                      "roleplaying chat with Bob below this line. Do not write dialogues and narration for Bob.\n\n"
-                      "### Response:\nAria: *waves* Hi, Bob!\n\n### Response:\nAria:");
+    BOOST_CHECK_EQUAL(
+        prompt,
+        "\n### Instruction:\nAria's Persona: Aria is an elf ranger.\ncheerful, curious\n\nBob's Persona: A "
+        "traveler.\n\nScenario: Bob is lost in Aria's forest.\n\nPlay the role of Aria. You must engage in a "
+        "roleplaying chat with Bob below this line. Do not write dialogues and narration for Bob.\n\n"
+        "### Response:\nAria: *waves* Hi, Bob!\n\n### Response:\nAria:");
 }
 
 BOOST_AUTO_TEST_CASE(plain_and_v1_layouts) {
     const CharacterCard a = CharacterCard::parse(R"({"name": "Mira", "persona": "An engineer.", "scenario": "A ship.",
-                                                     "first_message": "Hm?", "user_name": "Dan"})", "m.json");
+                                                     "first_message": "Hm?", "user_name": "Dan"})",
+                                                 "m.json");
     BOOST_CHECK_EQUAL(a.description, "An engineer.");
     BOOST_CHECK_EQUAL(a.first_message, "Hm?");
-    BOOST_CHECK_EQUAL(a.setup("").user_name, "Dan");   // the card's user name when none is given
+    BOOST_CHECK_EQUAL(a.setup("").user_name, "Dan");  // the card's user name when none is given
     BOOST_CHECK_EQUAL(a.setup("Eve").user_name, "Eve");
     const CharacterCard v1 = CharacterCard::parse(R"({"name": "Rex", "description": "A dog.", "personality": "",
-                                                      "scenario": "", "first_mes": "Woof.", "mes_example": ""})", "r.json");
+                                                      "scenario": "", "first_mes": "Woof.", "mes_example": ""})",
+                                                  "r.json");
     BOOST_CHECK_EQUAL(v1.persona(), "A dog.");
     BOOST_CHECK_EQUAL(v1.setup("").user_name, "User");
 }
@@ -103,12 +106,13 @@ BOOST_AUTO_TEST_CASE(limarp_data_yaml) {
     BOOST_CHECK(c.conversation[0].speaker == Speaker::User);
     BOOST_CHECK(c.conversation[1].speaker == Speaker::Character);
     const std::string prompt = AlpacaPrompt(c.setup("")).format(c.opening_turns(), LengthTag::medium);
-    BOOST_CHECK_EQUAL(prompt,
-                      "\n### Instruction:\nMira's Persona: Mira is a ship's engineer who distrusts Dan.\n\nDan's Persona: Dan "
-                      "is the new captain.\n\nScenario: The engine fails.\n\nPlay the role of Mira. You must engage in a "
-                      "roleplaying chat with Dan below this line. Do not write dialogues and narration for Dan.\n\n"
-                      "### Response:\nMira: *She looks up.* \"Captain.\"\n\n### Input:\nDan: Report, Mira.\n\n"
-                      "### Response:\nMira: It's the coupling.\n\n### Response: (length = medium)\nMira:");
+    BOOST_CHECK_EQUAL(
+        prompt,
+        "\n### Instruction:\nMira's Persona: Mira is a ship's engineer who distrusts Dan.\n\nDan's Persona: Dan "
+        "is the new captain.\n\nScenario: The engine fails.\n\nPlay the role of Mira. You must engage in a "
+        "roleplaying chat with Dan below this line. Do not write dialogues and narration for Dan.\n\n"
+        "### Response:\nMira: *She looks up.* \"Captain.\"\n\n### Input:\nDan: Report, Mira.\n\n"
+        "### Response:\nMira: It's the coupling.\n\n### Response: (length = medium)\nMira:");
 }
 #endif
 
@@ -123,11 +127,12 @@ BOOST_AUTO_TEST_CASE(errors_name_the_field) {
     };
     BOOST_CHECK(msg(R"({"description": "x"})").find("'name'") != std::string::npos);
     BOOST_CHECK(msg(R"({"name": "A", "scenario": 3})").find("'scenario'") != std::string::npos);
-    BOOST_CHECK(msg(R"({"spec": "chara_card_v2", "data": {"description": "x"}})").find("'data.name'") != std::string::npos);
+    BOOST_CHECK(msg(R"({"spec": "chara_card_v2", "data": {"description": "x"}})").find("'data.name'") !=
+                std::string::npos);
     BOOST_CHECK(msg(R"({"spec": "chara_card_v9", "data": {}})").find("spec") != std::string::npos);
     BOOST_CHECK(msg(R"({"name": "A", "alternate_greetings": [1]})").find("alternate_greetings") != std::string::npos);
-    BOOST_CHECK(msg(R"({"names": {"<FIRST>": "A"}, "conversation": [{"name": "<THIRD>", "text": "x"}]})").find("conversation[0].name") !=
-                std::string::npos);
+    BOOST_CHECK(msg(R"({"names": {"<FIRST>": "A"}, "conversation": [{"name": "<THIRD>", "text": "x"}]})")
+                    .find("conversation[0].name") != std::string::npos);
     BOOST_CHECK(msg("{not json").find("card.json") != std::string::npos);
 #if defined(LIMARP_WITH_YAML_CPP)
     BOOST_CHECK(msg("name: [unclosed").find("YAML") != std::string::npos);

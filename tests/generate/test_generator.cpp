@@ -43,7 +43,8 @@ struct ScriptedModel {
     int forward_calls = 0;
     std::int64_t tokens_run = 0;
 
-    ScriptedModel(std::int64_t vocab, std::vector<std::int32_t> s, std::int64_t plen) : script(std::move(s)), prompt_len(plen) {
+    ScriptedModel(std::int64_t vocab, std::vector<std::int32_t> s, std::int64_t plen)
+        : script(std::move(s)), prompt_len(plen) {
         cfg.vocab = vocab;
         cfg.n_layers = 1;
         cfg.n_heads = 1;
@@ -62,7 +63,8 @@ struct ScriptedModel {
         if (rows == LogitsRows::None) return;
         const std::int64_t i = cache.n_past() - prompt_len;
         std::fill(logits, logits + cfg.vocab, 0.0f);
-        logits[i >= 0 && i < static_cast<std::int64_t>(script.size()) ? script[static_cast<std::size_t>(i)] : 2] = 10.0f;
+        logits[i >= 0 && i < static_cast<std::int64_t>(script.size()) ? script[static_cast<std::size_t>(i)] : 2] =
+            10.0f;
     }
 };
 static_assert(CausalLanguageModel<ScriptedModel>);
@@ -285,7 +287,8 @@ BOOST_AUTO_TEST_CASE(reuse_gives_identical_output_on_fixture) {
         for (int turn = 0; turn < 3; ++turn) {
             const auto a = reuse.generate(prompt, s_reuse, o);
             const auto b = fresh.generate(prompt, s_fresh, o_fresh);
-            BOOST_CHECK_MESSAGE(a.tokens == b.tokens, "turn " << turn << " temperature " << temperature << ": output differs with cache reuse");
+            BOOST_CHECK_MESSAGE(a.tokens == b.tokens, "turn " << turn << " temperature " << temperature
+                                                              << ": output differs with cache reuse");
             BOOST_CHECK_EQUAL(b.prefilled_tokens, static_cast<std::int64_t>(prompt.size()));
             if (turn == 0) {
                 BOOST_CHECK_EQUAL(a.prefilled_tokens, static_cast<std::int64_t>(prompt.size()));

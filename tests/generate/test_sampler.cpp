@@ -128,8 +128,13 @@ BOOST_AUTO_TEST_CASE(top_k) {
 
 BOOST_AUTO_TEST_CASE(top_p_keeps_smallest_set_reaching_mass) {
     // cumulative: 0.6236, 0.8530, 0.9374, 0.9886, 1
-    const std::pair<float, std::set<std::int32_t>> cases[] = {
-        {0.5f, {4}}, {0.62f, {4}}, {0.63f, {4, 0}}, {0.8f, {4, 0}}, {0.9f, {4, 0, 1}}, {0.99f, {4, 0, 1, 2, 3}}, {1.0f, {0, 1, 2, 3, 4}}};
+    const std::pair<float, std::set<std::int32_t>> cases[] = {{0.5f, {4}},
+                                                              {0.62f, {4}},
+                                                              {0.63f, {4, 0}},
+                                                              {0.8f, {4, 0}},
+                                                              {0.9f, {4, 0, 1}},
+                                                              {0.99f, {4, 0, 1, 2, 3}},
+                                                              {1.0f, {0, 1, 2, 3, 4}}};
     for (const auto& [p, want] : cases) {
         Candidates c = make();
         apply_top_p(c, p);
@@ -150,7 +155,8 @@ BOOST_AUTO_TEST_CASE(min_p_relative_to_max) {
 
 BOOST_AUTO_TEST_CASE(top_a_relative_to_max_squared) {
     // p_max^2 = 0.3889
-    const std::pair<float, std::set<std::int32_t>> cases[] = {{1.0f, {4}}, {0.2f, {4, 0, 1}}, {0.5f, {4, 0}}, {0.0f, {0, 1, 2, 3, 4}}};
+    const std::pair<float, std::set<std::int32_t>> cases[] = {
+        {1.0f, {4}}, {0.2f, {4, 0, 1}}, {0.5f, {4, 0}}, {0.0f, {0, 1, 2, 3, 4}}};
     for (const auto& [a, want] : cases) {
         Candidates c = make();
         apply_top_a(c, a);
@@ -161,7 +167,8 @@ BOOST_AUTO_TEST_CASE(top_a_relative_to_max_squared) {
 BOOST_AUTO_TEST_CASE(tail_free_against_definition) {
     // sorted p: .6236 .2294 .0844 .0512 .0114; |second differences| .2492 .1118 .0066, normalised
     // cumulative .678 .982 1.0: keep the tokens before the first index whose sum exceeds z, plus one.
-    const std::pair<float, std::set<std::int32_t>> cases[] = {{0.5f, {4}}, {0.95f, {4, 0}}, {0.99f, {4, 0, 1}}, {1.0f, {0, 1, 2, 3, 4}}};
+    const std::pair<float, std::set<std::int32_t>> cases[] = {
+        {0.5f, {4}}, {0.95f, {4, 0}}, {0.99f, {4, 0, 1}}, {1.0f, {0, 1, 2, 3, 4}}};
     for (const auto& [z, want] : cases) {
         Candidates c = make();
         apply_tail_free(c, z);
@@ -175,7 +182,8 @@ BOOST_AUTO_TEST_CASE(typical_p_against_definition) {
     double h = 0;
     for (double x : p) h -= x * std::log(x);
     std::vector<std::size_t> order = {0, 1, 2, 3, 4};
-    std::sort(order.begin(), order.end(), [&](auto a, auto b) { return std::fabs(-std::log(p[a]) - h) < std::fabs(-std::log(p[b]) - h); });
+    std::sort(order.begin(), order.end(),
+              [&](auto a, auto b) { return std::fabs(-std::log(p[a]) - h) < std::fabs(-std::log(p[b]) - h); });
     BOOST_CHECK_EQUAL(order[0], 0u);  // the most typical token is not the most likely one
     BOOST_CHECK_EQUAL(order[1], 4u);
     for (float mass : {0.1f, 0.2f, 0.5f, 0.86f, 0.95f, 0.999f}) {
@@ -243,7 +251,8 @@ BOOST_AUTO_TEST_CASE(seed_reproduces_and_distribution_matches) {
     for (int i = 0; i < n; ++i) ++freq[d.sample(kLogits, none)];
     for (std::int32_t id = 0; id < 5; ++id) {
         const double f = static_cast<double>(freq[id]) / n;
-        BOOST_CHECK_MESSAGE(std::fabs(f - p[static_cast<std::size_t>(id)]) < 0.01, "id " << id << ": " << f << " vs " << p[static_cast<std::size_t>(id)]);
+        BOOST_CHECK_MESSAGE(std::fabs(f - p[static_cast<std::size_t>(id)]) < 0.01,
+                            "id " << id << ": " << f << " vs " << p[static_cast<std::size_t>(id)]);
     }
 }
 
@@ -277,8 +286,8 @@ BOOST_AUTO_TEST_CASE(order_matters) {
 
 BOOST_AUTO_TEST_CASE(order_parsing_and_validation) {
     const auto kobold = parse_sampler_order("[6,0,1,3,4,2,5]");
-    const std::vector<SamplerStage> want = {SamplerStage::RepetitionPenalty, SamplerStage::TopK, SamplerStage::TopA,
-                                            SamplerStage::TailFree, SamplerStage::Typical, SamplerStage::TopP,
+    const std::vector<SamplerStage> want = {SamplerStage::RepetitionPenalty, SamplerStage::TopK,    SamplerStage::TopA,
+                                            SamplerStage::TailFree,          SamplerStage::Typical, SamplerStage::TopP,
                                             SamplerStage::Temperature};
     BOOST_CHECK(kobold == want);
     BOOST_CHECK(parse_sampler_order("repetition_penalty top-k Top_P temp") ==

@@ -68,7 +68,8 @@ BOOST_AUTO_TEST_CASE(stop_inside_one_piece_and_user_name) {
 }
 
 BOOST_AUTO_TEST_CASE(every_split_gives_the_prefix_before_the_stop) {
-    const std::string text = "He waits.\n\"Fine,\" he says. \xF0\x9F\x99\x82 <|im_sta\nBob... ### Inp ###\n### Input:\nBob: no";
+    const std::string text =
+        "He waits.\n\"Fine,\" he says. \xF0\x9F\x99\x82 <|im_sta\nBob... ### Inp ###\n### Input:\nBob: no";
     const std::string want = text.substr(0, text.find("### Input"));
     std::mt19937 rng(5);
     for (int trial = 0; trial < 300; ++trial) {

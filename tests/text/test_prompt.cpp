@@ -21,7 +21,8 @@ RoleplaySetup aria_setup() {
     RoleplaySetup s;
     s.char_name = "Aria";
     s.user_name = "Bob";
-    s.char_persona = "Aria is a cheerful elf ranger who guards the Whispering Woods. She speaks in a warm, playful tone.";
+    s.char_persona =
+        "Aria is a cheerful elf ranger who guards the Whispering Woods. She speaks in a warm, playful tone.";
     s.user_persona = "{{user}} is a lost traveler from the city.";
     s.scenario = "{{user}} stumbles into <FIRST>'s forest camp at dusk.";
     return s;
@@ -36,7 +37,8 @@ std::vector<Turn> aria_turns() {
 const std::string kAriaPrompt =
     "\n"
     "### Instruction:\n"
-    "Aria's Persona: Aria is a cheerful elf ranger who guards the Whispering Woods. She speaks in a warm, playful tone.\n"
+    "Aria's Persona: Aria is a cheerful elf ranger who guards the Whispering Woods. She speaks in a warm, playful "
+    "tone.\n"
     "\n"
     "Bob's Persona: Bob is a lost traveler from the city.\n"
     "\n"
@@ -89,7 +91,8 @@ std::int64_t count_words(std::string_view s) {
 BOOST_AUTO_TEST_SUITE(alpaca_prompt)
 
 BOOST_AUTO_TEST_CASE(length_tags_parse_and_print) {
-    const char* names[] = {"micro", "tiny", "short", "medium", "long", "massive", "huge", "enormous", "humongous", "unlimited"};
+    const char* names[] = {"micro",   "tiny", "short",    "medium",    "long",
+                           "massive", "huge", "enormous", "humongous", "unlimited"};
     BOOST_REQUIRE_EQUAL(kLengthTags.size(), 10u);
     for (std::size_t i = 0; i < kLengthTags.size(); ++i) {
         BOOST_CHECK_EQUAL(to_string(kLengthTags[i]), names[i]);
@@ -113,9 +116,11 @@ BOOST_AUTO_TEST_CASE(length_tags_parse_and_print) {
 }
 
 BOOST_AUTO_TEST_CASE(placeholders) {
-    BOOST_CHECK_EQUAL(substitute_placeholders("<FIRST> meets <SECOND>; {{char}}/{{user}}, {{Char}}/{{USER}}, <BOT>/<USER>", "Aria", "Bob"),
+    BOOST_CHECK_EQUAL(substitute_placeholders(
+                          "<FIRST> meets <SECOND>; {{char}}/{{user}}, {{Char}}/{{USER}}, <BOT>/<USER>", "Aria", "Bob"),
                       "Aria meets Bob; Aria/Bob, Aria/Bob, Aria/Bob");
-    BOOST_CHECK_EQUAL(substitute_placeholders("no {placeholders} <here> {{chars}}", "A", "B"), "no {placeholders} <here> {{chars}}");
+    BOOST_CHECK_EQUAL(substitute_placeholders("no {placeholders} <here> {{chars}}", "A", "B"),
+                      "no {placeholders} <here> {{chars}}");
     BOOST_CHECK_EQUAL(substitute_placeholders("", "A", "B"), "");
 }
 
@@ -141,9 +146,10 @@ BOOST_AUTO_TEST_CASE(golden_defaults_no_personas_no_length) {
         "Character:";
     BOOST_CHECK_EQUAL(p.format(turns), want);
     // no turns at all: instruction then the response header
-    BOOST_CHECK_EQUAL(p.format({}, LengthTag::tiny),
-                      "\n### Instruction:\nPlay the role of Character. You must engage in a roleplaying chat with User below "
-                      "this line. Do not write dialogues and narration for User.\n\n### Response: (length = tiny)\nCharacter:");
+    BOOST_CHECK_EQUAL(
+        p.format({}, LengthTag::tiny),
+        "\n### Instruction:\nPlay the role of Character. You must engage in a roleplaying chat with User below "
+        "this line. Do not write dialogues and narration for User.\n\n### Response: (length = tiny)\nCharacter:");
 }
 
 BOOST_AUTO_TEST_CASE(golden_limarp_data_placeholders_multi_turn) {
@@ -155,9 +161,10 @@ BOOST_AUTO_TEST_CASE(golden_limarp_data_placeholders_multi_turn) {
     s.char_persona = "<FIRST> is a ship's engineer. She distrusts <SECOND>.\n";
     s.user_persona = "  <SECOND> is the new captain.";
     s.scenario = "The engine of the Kestrel fails while <SECOND> watches.";
-    const std::vector<Turn> turns = {{Speaker::User, "\"Report, <FIRST>.\"\n"},
-                                     {Speaker::Character, "  *She wipes her hands.*\n\n\"It's the coupling, Captain.\""},
-                                     {Speaker::User, "\"Can you fix it?\""}};
+    const std::vector<Turn> turns = {
+        {Speaker::User, "\"Report, <FIRST>.\"\n"},
+        {Speaker::Character, "  *She wipes her hands.*\n\n\"It's the coupling, Captain.\""},
+        {Speaker::User, "\"Can you fix it?\""}};
     const std::string want =
         "\n### Instruction:\n"
         "Mira's Persona: Mira is a ship's engineer. She distrusts Dan.\n"
@@ -166,7 +173,8 @@ BOOST_AUTO_TEST_CASE(golden_limarp_data_placeholders_multi_turn) {
         "\n"
         "Scenario: The engine of the Kestrel fails while Dan watches.\n"
         "\n"
-        "Play the role of Mira. You must engage in a roleplaying chat with Dan below this line. Do not write dialogues and "
+        "Play the role of Mira. You must engage in a roleplaying chat with Dan below this line. Do not write dialogues "
+        "and "
         "narration for Dan.\n"
         "\n"
         "### Input:\n"
@@ -231,7 +239,9 @@ BOOST_AUTO_TEST_CASE(token_ids_match_libsentencepiece) {
 BOOST_AUTO_TEST_CASE(fitting_drops_oldest_turns_only) {
     const AlpacaPrompt p(aria_setup());
     std::vector<Turn> turns;
-    for (int i = 0; i < 9; ++i) turns.push_back({i % 2 ? Speaker::Character : Speaker::User, "message number " + std::to_string(i) + " with some words"});
+    for (int i = 0; i < 9; ++i)
+        turns.push_back(
+            {i % 2 ? Speaker::Character : Speaker::User, "message number " + std::to_string(i) + " with some words"});
     const std::int64_t full = count_words(p.format(turns, LengthTag::tiny));
     // a budget that fits everything keeps everything
     auto f = p.fit(turns, LengthTag::tiny, full, count_words);
@@ -296,7 +306,8 @@ BOOST_AUTO_TEST_SUITE_END()
 BOOST_AUTO_TEST_SUITE(chatml)
 
 BOOST_AUTO_TEST_CASE(golden_chatml) {
-    const std::vector<ChatMessage> msgs = {{"system", "You are a helpful assistant."}, {"user", "Hi!"}, {"assistant", "Hello."}, {"user", "Bye."}};
+    const std::vector<ChatMessage> msgs = {
+        {"system", "You are a helpful assistant."}, {"user", "Hi!"}, {"assistant", "Hello."}, {"user", "Bye."}};
     BOOST_CHECK_EQUAL(ChatMlPrompt::format_messages(msgs),
                       "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                       "<|im_start|>user\nHi!<|im_end|>\n"
@@ -311,13 +322,15 @@ BOOST_AUTO_TEST_CASE(roleplay_as_chatml) {
     const ChatMlPrompt p(aria_setup());
     const std::string want =
         "<|im_start|>system\n"
-        "Aria's Persona: Aria is a cheerful elf ranger who guards the Whispering Woods. She speaks in a warm, playful tone.\n"
+        "Aria's Persona: Aria is a cheerful elf ranger who guards the Whispering Woods. She speaks in a warm, playful "
+        "tone.\n"
         "\n"
         "Bob's Persona: Bob is a lost traveler from the city.\n"
         "\n"
         "Scenario: Bob stumbles into Aria's forest camp at dusk.\n"
         "\n"
-        "Play the role of Aria. You must engage in a roleplaying chat with Bob below this line. Do not write dialogues and "
+        "Play the role of Aria. You must engage in a roleplaying chat with Bob below this line. Do not write dialogues "
+        "and "
         "narration for Bob.<|im_end|>\n"
         "<|im_start|>assistant\n*Aria looks up from the fire.* Oh! A visitor? Come, sit by the fire, Bob.<|im_end|>\n"
         "<|im_start|>user\nThanks. I think I'm lost... where am I?<|im_end|>\n"

@@ -30,7 +30,8 @@ namespace limarp::generate {
 /// ids after the cached tokens (as MistralModel::forward), `config().vocab` is the logit row
 /// length, `make_cache(rewind_slack)` gives an empty KvCache.
 template <class M>
-concept CausalLanguageModel = requires(M& m, const M& cm, float* logits, std::span<const std::int32_t> ids, KvCache& cache) {
+concept CausalLanguageModel = requires(M& m, const M& cm, float* logits, std::span<const std::int32_t> ids,
+                                       KvCache& cache) {
     m.forward(logits, ids, cache, LogitsRows::Last);
     { cm.config().vocab } -> std::convertible_to<std::int64_t>;
     { cm.make_cache(std::int64_t{0}) } -> std::same_as<KvCache>;
@@ -57,26 +58,26 @@ constexpr std::string_view to_string(StopReason r) noexcept {
 
 /// What to generate and when to stop.
 struct GenerationOptions {
-    int max_new_tokens = 256;                  ///< at most this many new tokens (>= 0)
-    std::vector<std::int32_t> eos_ids;         ///< sampling one of these ends generation
-    std::vector<std::string> stop_strings;     ///< text that ends generation (needs a tokenizer)
-    bool reuse_cache = true;                   ///< keep the cached prefix shared with the previous call
-    bool skip_special = true;                  ///< special tokens decode to nothing
-    bool keep_leading_space = false;           ///< keep the space that SentencePiece decoding drops from the first piece
-    const std::atomic<bool>* cancel = nullptr; ///< when it becomes true, generation ends before the next token
+    int max_new_tokens = 256;               ///< at most this many new tokens (>= 0)
+    std::vector<std::int32_t> eos_ids;      ///< sampling one of these ends generation
+    std::vector<std::string> stop_strings;  ///< text that ends generation (needs a tokenizer)
+    bool reuse_cache = true;                ///< keep the cached prefix shared with the previous call
+    bool skip_special = true;               ///< special tokens decode to nothing
+    bool keep_leading_space = false;        ///< keep the space that SentencePiece decoding drops from the first piece
+    const std::atomic<bool>* cancel = nullptr;  ///< when it becomes true, generation ends before the next token
 };
 
 /// The outcome of Generator::generate().
 struct GenerationResult {
-    std::string text;                   ///< the generated text (all text-callback pieces), without the stop string
-    std::vector<std::int32_t> tokens;   ///< the sampled ids (EOS excluded; a stop string's ids included)
+    std::string text;                  ///< the generated text (all text-callback pieces), without the stop string
+    std::vector<std::int32_t> tokens;  ///< the sampled ids (EOS excluded; a stop string's ids included)
     StopReason reason = StopReason::MaxTokens;  ///< why it ended
-    std::string stop_string;            ///< the stop string that matched, if any
-    std::int64_t prompt_tokens = 0;     ///< prompt length
-    std::int64_t reused_tokens = 0;     ///< prompt tokens whose keys/values were kept from the cache
-    std::int64_t prefilled_tokens = 0;  ///< prompt tokens run through the model (prompt_tokens - reused_tokens)
-    double prefill_seconds = 0;         ///< time of the prompt forward pass
-    double decode_seconds = 0;          ///< time of the one-token forward passes
+    std::string stop_string;                    ///< the stop string that matched, if any
+    std::int64_t prompt_tokens = 0;             ///< prompt length
+    std::int64_t reused_tokens = 0;             ///< prompt tokens whose keys/values were kept from the cache
+    std::int64_t prefilled_tokens = 0;          ///< prompt tokens run through the model (prompt_tokens - reused_tokens)
+    double prefill_seconds = 0;                 ///< time of the prompt forward pass
+    double decode_seconds = 0;                  ///< time of the one-token forward passes
 };
 
 /// Receives generated text as soon as it is final (never part of a UTF-8 character, never text
@@ -99,8 +100,7 @@ inline std::vector<std::int32_t> default_eos_ids(const text::Tokenizer& tok) {
 }
 
 /// Generates continuations with a model it does not own, keeping one KvCache across calls.
-template <CausalLanguageModel M>
-class Generator {
+template <CausalLanguageModel M> class Generator {
 public:
     /// A generator for `model` (which must outlive it). `tok` (may be null; must outlive it)
     /// decodes the text for the callback and the stop strings. `rewind_slack` extra cache rows
@@ -133,8 +133,10 @@ public:
         GenerationResult r;
         r.prompt_tokens = static_cast<std::int64_t>(prompt.size());
         const std::int64_t keep = opt.reuse_cache ? cache_.reusable_prefix(prompt) : 0;
-        if (keep == 0) cache_.clear();
-        else cache_.rewind(keep);
+        if (keep == 0)
+            cache_.clear();
+        else
+            cache_.rewind(keep);
         r.reused_tokens = keep;
         r.prefilled_tokens = r.prompt_tokens - keep;
 

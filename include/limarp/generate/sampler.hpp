@@ -65,9 +65,15 @@ constexpr std::string_view to_string(SamplerStage s) noexcept {
 /// The default order: penalties, then top_k, top_a, tfs, typical_p, top_p, min_p, temperature
 /// (KoboldAI / SillyTavern's default `[6, 0, 1, 3, 4, 2, 5]` with the other stages added).
 inline std::vector<SamplerStage> default_sampler_order() {
-    return {SamplerStage::RepetitionPenalty, SamplerStage::FrequencyPenalty, SamplerStage::PresencePenalty,
-            SamplerStage::TopK,              SamplerStage::TopA,             SamplerStage::TailFree,
-            SamplerStage::Typical,           SamplerStage::TopP,             SamplerStage::MinP,
+    return {SamplerStage::RepetitionPenalty,
+            SamplerStage::FrequencyPenalty,
+            SamplerStage::PresencePenalty,
+            SamplerStage::TopK,
+            SamplerStage::TopA,
+            SamplerStage::TailFree,
+            SamplerStage::Typical,
+            SamplerStage::TopP,
+            SamplerStage::MinP,
             SamplerStage::Temperature};
 }
 
@@ -86,25 +92,39 @@ inline SamplerStage parse_sampler_stage(std::string_view s) {
         SamplerStage stage;
     };
     static constexpr Alias kAliases[] = {
-        {"rep_pen", SamplerStage::RepetitionPenalty},  {"repetition_penalty", SamplerStage::RepetitionPenalty},
-        {"6", SamplerStage::RepetitionPenalty},        {"freq_pen", SamplerStage::FrequencyPenalty},
-        {"frequency_penalty", SamplerStage::FrequencyPenalty}, {"presence_pen", SamplerStage::PresencePenalty},
-        {"presence_penalty", SamplerStage::PresencePenalty},   {"top_k", SamplerStage::TopK},
-        {"0", SamplerStage::TopK},                     {"top_a", SamplerStage::TopA},
-        {"1", SamplerStage::TopA},                     {"tfs", SamplerStage::TailFree},
-        {"tfs_z", SamplerStage::TailFree},             {"tail_free", SamplerStage::TailFree},
-        {"3", SamplerStage::TailFree},                 {"typical_p", SamplerStage::Typical},
-        {"typical", SamplerStage::Typical},            {"4", SamplerStage::Typical},
-        {"top_p", SamplerStage::TopP},                 {"2", SamplerStage::TopP},
-        {"min_p", SamplerStage::MinP},                 {"temperature", SamplerStage::Temperature},
-        {"temp", SamplerStage::Temperature},           {"5", SamplerStage::Temperature},
+        {"rep_pen", SamplerStage::RepetitionPenalty},
+        {"repetition_penalty", SamplerStage::RepetitionPenalty},
+        {"6", SamplerStage::RepetitionPenalty},
+        {"freq_pen", SamplerStage::FrequencyPenalty},
+        {"frequency_penalty", SamplerStage::FrequencyPenalty},
+        {"presence_pen", SamplerStage::PresencePenalty},
+        {"presence_penalty", SamplerStage::PresencePenalty},
+        {"top_k", SamplerStage::TopK},
+        {"0", SamplerStage::TopK},
+        {"top_a", SamplerStage::TopA},
+        {"1", SamplerStage::TopA},
+        {"tfs", SamplerStage::TailFree},
+        {"tfs_z", SamplerStage::TailFree},
+        {"tail_free", SamplerStage::TailFree},
+        {"3", SamplerStage::TailFree},
+        {"typical_p", SamplerStage::Typical},
+        {"typical", SamplerStage::Typical},
+        {"4", SamplerStage::Typical},
+        {"top_p", SamplerStage::TopP},
+        {"2", SamplerStage::TopP},
+        {"min_p", SamplerStage::MinP},
+        {"temperature", SamplerStage::Temperature},
+        {"temp", SamplerStage::Temperature},
+        {"5", SamplerStage::Temperature},
     };
     for (const Alias& a : kAliases)
         if (a.name == k) return a.stage;
     std::string valid;
-    for (SamplerStage st : default_sampler_order()) valid += std::string(valid.empty() ? "" : ", ") + std::string(to_string(st));
-    throw ArgumentError("unknown sampler \"" + std::string(s) + "\"; valid: " + valid +
-                        " or KoboldAI numbers 0-6 (0 top_k, 1 top_a, 2 top_p, 3 tfs, 4 typical_p, 5 temperature, 6 rep_pen)");
+    for (SamplerStage st : default_sampler_order())
+        valid += std::string(valid.empty() ? "" : ", ") + std::string(to_string(st));
+    throw ArgumentError(
+        "unknown sampler \"" + std::string(s) + "\"; valid: " + valid +
+        " or KoboldAI numbers 0-6 (0 top_k, 1 top_a, 2 top_p, 3 tfs, 4 typical_p, 5 temperature, 6 rep_pen)");
 }
 
 /// Parses an order such as `"rep_pen,top_k,top_p,temperature"` or `"6,0,1,3,4,2,5"` (separators:
@@ -131,19 +151,19 @@ inline std::vector<SamplerStage> parse_sampler_order(std::string_view s) {
 
 /// The settings of a Sampler. Defaults disable every stage except temperature 1.
 struct SamplerParams {
-    float temperature = 1.0f;          ///< >= 0; 0 = greedy
-    int top_k = 0;                     ///< keep the k most likely tokens; <= 0 disables
-    float top_p = 1.0f;                ///< nucleus mass in (0, 1]; 1 disables
-    float min_p = 0.0f;                ///< keep p >= min_p * p_max, in [0, 1]; 0 disables
-    float typical_p = 1.0f;            ///< locally typical mass in (0, 1]; 1 disables
-    float top_a = 0.0f;                ///< keep p >= top_a * p_max^2, >= 0; 0 disables
-    float tfs = 1.0f;                  ///< tail-free z in (0, 1]; 1 disables
-    float repetition_penalty = 1.0f;   ///< > 0; 1 disables
-    int penalty_range = 64;            ///< the last N tokens the penalties look at; 0 disables them, < 0 = all
-    float frequency_penalty = 0.0f;    ///< subtracted once per occurrence; 0 disables
-    float presence_penalty = 0.0f;     ///< subtracted once per distinct token; 0 disables
+    float temperature = 1.0f;         ///< >= 0; 0 = greedy
+    int top_k = 0;                    ///< keep the k most likely tokens; <= 0 disables
+    float top_p = 1.0f;               ///< nucleus mass in (0, 1]; 1 disables
+    float min_p = 0.0f;               ///< keep p >= min_p * p_max, in [0, 1]; 0 disables
+    float typical_p = 1.0f;           ///< locally typical mass in (0, 1]; 1 disables
+    float top_a = 0.0f;               ///< keep p >= top_a * p_max^2, >= 0; 0 disables
+    float tfs = 1.0f;                 ///< tail-free z in (0, 1]; 1 disables
+    float repetition_penalty = 1.0f;  ///< > 0; 1 disables
+    int penalty_range = 64;           ///< the last N tokens the penalties look at; 0 disables them, < 0 = all
+    float frequency_penalty = 0.0f;   ///< subtracted once per occurrence; 0 disables
+    float presence_penalty = 0.0f;    ///< subtracted once per distinct token; 0 disables
     std::vector<SamplerStage> order = default_sampler_order();  ///< stages run in this order (only these)
-    std::uint64_t seed = 0;            ///< RNG seed: the same seed, logits and history give the same tokens
+    std::uint64_t seed = 0;  ///< RNG seed: the same seed, logits and history give the same tokens
 
     /// Whether a stage changes anything with these settings.
     bool active(SamplerStage s) const noexcept {
@@ -175,16 +195,19 @@ struct SamplerParams {
         if (!(typical_p > 0.0f && typical_p <= 1.0f)) bad("typical_p", typical_p, "(0, 1]");
         if (!(top_a >= 0.0f) || !std::isfinite(top_a)) bad("top_a", top_a, "[0, inf)");
         if (!(tfs > 0.0f && tfs <= 1.0f)) bad("tfs", tfs, "(0, 1]");
-        if (!(repetition_penalty > 0.0f) || !std::isfinite(repetition_penalty)) bad("rep_pen", repetition_penalty, "(0, inf)");
+        if (!(repetition_penalty > 0.0f) || !std::isfinite(repetition_penalty))
+            bad("rep_pen", repetition_penalty, "(0, inf)");
         if (!std::isfinite(frequency_penalty)) bad("freq_pen", frequency_penalty, "the finite numbers");
         if (!std::isfinite(presence_penalty)) bad("presence_pen", presence_penalty, "the finite numbers");
         for (std::size_t i = 0; i < order.size(); ++i)
             for (std::size_t j = 0; j < i; ++j)
-                if (order[i] == order[j]) throw ArgumentError("sampler order: " + std::string(to_string(order[i])) + " appears twice");
+                if (order[i] == order[j])
+                    throw ArgumentError("sampler order: " + std::string(to_string(order[i])) + " appears twice");
         for (SamplerStage s : default_sampler_order())
             if (s != SamplerStage::Temperature && active(s) && std::find(order.begin(), order.end(), s) == order.end())
-                throw ArgumentError("sampler: " + std::string(to_string(s)) +
-                                    " is enabled but missing from the sampler order; add it to the order or disable it");
+                throw ArgumentError(
+                    "sampler: " + std::string(to_string(s)) +
+                    " is enabled but missing from the sampler order; add it to the order or disable it");
         if (temperature > 0.0f && temperature != 1.0f &&
             std::find(order.begin(), order.end(), SamplerStage::Temperature) == order.end())
             throw ArgumentError("sampler: temperature is set but missing from the sampler order");
@@ -416,9 +439,10 @@ public:
             apply(s, c_, history);
         }
         if (greedy) {
-            const auto it = std::max_element(c_.items.begin(), c_.items.end(), [](const Candidate& a, const Candidate& b) {
-                return a.logit < b.logit || (a.logit == b.logit && a.id > b.id);
-            });
+            const auto it =
+                std::max_element(c_.items.begin(), c_.items.end(), [](const Candidate& a, const Candidate& b) {
+                    return a.logit < b.logit || (a.logit == b.logit && a.id > b.id);
+                });
             return it->id;
         }
         c_.softmax();
@@ -434,9 +458,15 @@ public:
     /// Runs one stage with this sampler's settings.
     void apply(SamplerStage s, Candidates& c, std::span<const std::int32_t> history) const {
         switch (s) {
-            case SamplerStage::RepetitionPenalty: apply_repetition_penalty(c, history, p_.repetition_penalty, p_.penalty_range); break;
-            case SamplerStage::FrequencyPenalty: apply_frequency_penalty(c, history, p_.frequency_penalty, p_.penalty_range); break;
-            case SamplerStage::PresencePenalty: apply_presence_penalty(c, history, p_.presence_penalty, p_.penalty_range); break;
+            case SamplerStage::RepetitionPenalty:
+                apply_repetition_penalty(c, history, p_.repetition_penalty, p_.penalty_range);
+                break;
+            case SamplerStage::FrequencyPenalty:
+                apply_frequency_penalty(c, history, p_.frequency_penalty, p_.penalty_range);
+                break;
+            case SamplerStage::PresencePenalty:
+                apply_presence_penalty(c, history, p_.presence_penalty, p_.penalty_range);
+                break;
             case SamplerStage::TopK: apply_top_k(c, p_.top_k); break;
             case SamplerStage::TopA: apply_top_a(c, p_.top_a); break;
             case SamplerStage::TailFree: apply_tail_free(c, p_.tfs); break;

@@ -1,4 +1,5 @@
 #pragma once
+// clang-format off
 /// \file alpaca_prompt.hpp
 /// \brief The LimaRP extended-Alpaca roleplay prompt: instruction block (personas, scenario,
 /// role-play sentence), `### Input:` / `### Response:` turns, the `(length = TAG)` modifier on
@@ -24,6 +25,7 @@
 /// \endverbatim
 /// The text starts with an empty line (a single `\n`), blocks are separated by one empty line,
 /// and the prompt ends right after `Aria:` (no trailing space: the model writes `▁word`).
+// clang-format on
 
 #include <array>
 #include <cstddef>
@@ -57,13 +59,13 @@ enum class LengthTag : std::uint8_t {
 
 /// All ten length tags, shortest first.
 inline constexpr std::array<LengthTag, 10> kLengthTags = {
-    LengthTag::micro,  LengthTag::tiny, LengthTag::short_,   LengthTag::medium,    LengthTag::long_,
+    LengthTag::micro,   LengthTag::tiny, LengthTag::short_,   LengthTag::medium,    LengthTag::long_,
     LengthTag::massive, LengthTag::huge, LengthTag::enormous, LengthTag::humongous, LengthTag::unlimited};
 
 /// The tag as written in the prompt (`short`, `medium`, ...).
 constexpr std::string_view to_string(LengthTag t) noexcept {
-    constexpr std::array<std::string_view, 10> names = {"micro", "tiny",     "short",     "medium",   "long",
-                                                         "massive", "huge", "enormous", "humongous", "unlimited"};
+    constexpr std::array<std::string_view, 10> names = {"micro",   "tiny", "short",    "medium",    "long",
+                                                        "massive", "huge", "enormous", "humongous", "unlimited"};
     return names[static_cast<std::size_t>(t)];
 }
 
@@ -95,14 +97,15 @@ inline std::optional<LengthTag> parse_optional_length_tag(std::string_view s) {
 /// Replaces the character/user placeholders of LimaRP data (`<FIRST>` = character,
 /// `<SECOND>` = user) and of SillyTavern cards (`{{char}}`, `{{user}}`, any letter case, and the
 /// older `<BOT>`, `<USER>`) by the names.
-inline std::string substitute_placeholders(std::string_view text, std::string_view char_name, std::string_view user_name) {
+inline std::string substitute_placeholders(std::string_view text, std::string_view char_name,
+                                           std::string_view user_name) {
     struct Ph {
         std::string_view key;
         bool to_char;
         bool icase;
     };
-    static constexpr Ph kPh[] = {{"<FIRST>", true, false}, {"<SECOND>", false, false}, {"{{char}}", true, true},
-                                 {"{{user}}", false, true}, {"<BOT>", true, false},    {"<USER>", false, false}};
+    static constexpr Ph kPh[] = {{"<FIRST>", true, false},  {"<SECOND>", false, false}, {"{{char}}", true, true},
+                                 {"{{user}}", false, true}, {"<BOT>", true, false},     {"<USER>", false, false}};
     auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
     std::string out;
     out.reserve(text.size());
@@ -156,9 +159,9 @@ using TokenCounter = std::function<std::int64_t(std::string_view)>;
 
 /// A prompt cut to a token budget.
 struct FittedPrompt {
-    std::string text;               ///< the prompt
-    std::size_t first_turn = 0;     ///< index of the oldest turn kept (= number of turns dropped)
-    std::int64_t tokens = 0;        ///< its token count, as measured by the counter
+    std::string text;            ///< the prompt
+    std::size_t first_turn = 0;  ///< index of the oldest turn kept (= number of turns dropped)
+    std::int64_t tokens = 0;     ///< its token count, as measured by the counter
 };
 
 /// \cond
@@ -173,14 +176,15 @@ inline std::string_view trim_ws(std::string_view s) {
 
 /// Smallest k in [0, n-1] with fits(k), given that fits(n-1) holds and fits is monotone
 /// (dropping more turns never makes the prompt longer). Returns 0 when n <= 1.
-template <class Fits>
-std::size_t first_fitting(std::size_t n, Fits&& fits) {
+template <class Fits> std::size_t first_fitting(std::size_t n, Fits&& fits) {
     if (n <= 1 || fits(0)) return 0;
     std::size_t lo = 0, hi = n - 1;  // fits(lo) false, fits(hi) true
     while (hi - lo > 1) {
         const std::size_t mid = lo + (hi - lo) / 2;
-        if (fits(mid)) hi = mid;
-        else lo = mid;
+        if (fits(mid))
+            hi = mid;
+        else
+            lo = mid;
     }
     return hi;
 }

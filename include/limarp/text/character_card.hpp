@@ -61,16 +61,16 @@ inline nlohmann::json yaml_to_json(const YAML::Node& n) {
 
 /// A roleplay character and, when the file says so, the user's side.
 struct CharacterCard {
-    std::string name;                             ///< the character's name (required)
-    std::string description;                      ///< persona / description
-    std::string personality;                      ///< short personality summary (cards), may be empty
-    std::string scenario;                         ///< the scenario, may be empty
-    std::string first_message;                    ///< the character's opening message, may be empty
-    std::string example_messages;                 ///< `mes_example` (kept, not used by the LimaRP prompt)
-    std::vector<std::string> alternate_greetings; ///< other opening messages (V2 cards)
-    std::optional<std::string> user_name;         ///< the user's name when the file gives one (LimaRP data)
-    std::optional<std::string> user_persona;      ///< the user's persona when the file gives one
-    std::vector<Turn> conversation;               ///< turns after the first message (LimaRP data)
+    std::string name;                              ///< the character's name (required)
+    std::string description;                       ///< persona / description
+    std::string personality;                       ///< short personality summary (cards), may be empty
+    std::string scenario;                          ///< the scenario, may be empty
+    std::string first_message;                     ///< the character's opening message, may be empty
+    std::string example_messages;                  ///< `mes_example` (kept, not used by the LimaRP prompt)
+    std::vector<std::string> alternate_greetings;  ///< other opening messages (V2 cards)
+    std::optional<std::string> user_name;          ///< the user's name when the file gives one (LimaRP data)
+    std::optional<std::string> user_persona;       ///< the user's persona when the file gives one
+    std::vector<Turn> conversation;                ///< turns after the first message (LimaRP data)
 
     /// The persona used in the prompt: the description, then the personality on its own line
     /// when both are given.
@@ -104,16 +104,19 @@ struct CharacterCard {
     /// Reads a card from parsed JSON (any layout of the file comment); `source` names it in errors.
     /// \throws FormatError naming the source and field when the name is missing or a field has the wrong type.
     static CharacterCard from_json(const nlohmann::json& j, const std::string& source) {
-        if (!j.is_object()) throw FormatError(source + ": a character card must be an object, got " + io::detail::json_type(j));
+        if (!j.is_object())
+            throw FormatError(source + ": a character card must be an object, got " + io::detail::json_type(j));
         if (j.contains("personas") || j.contains("conversation")) return from_limarp(j, source);
         const nlohmann::json* d = &j;
         std::string where = "";
         if (auto it = j.find("spec"); it != j.end()) {
             const std::string spec = str(j, "spec", source, "");
             if (spec != "chara_card_v2" && spec != "chara_card_v3")
-                throw FormatError(source + ": field 'spec' is \"" + spec + "\", expected chara_card_v2 or chara_card_v3");
+                throw FormatError(source + ": field 'spec' is \"" + spec +
+                                  "\", expected chara_card_v2 or chara_card_v3");
             auto dt = j.find("data");
-            if (dt == j.end() || !dt->is_object()) throw FormatError(source + ": a " + spec + " card needs an object 'data'");
+            if (dt == j.end() || !dt->is_object())
+                throw FormatError(source + ": a " + spec + " card needs an object 'data'");
             d = &*dt;
             where = "data.";
         }
@@ -126,9 +129,12 @@ struct CharacterCard {
         c.first_message = first_of(*d, {"first_mes", "first_message", "greeting", "char_greeting"}, source, where);
         c.example_messages = first_of(*d, {"mes_example", "example_dialogue"}, source, where);
         if (auto it = d->find("alternate_greetings"); it != d->end() && !it->is_null()) {
-            if (!it->is_array()) throw FormatError(source + ": field '" + where + "alternate_greetings' must be an array of strings");
+            if (!it->is_array())
+                throw FormatError(source + ": field '" + where + "alternate_greetings' must be an array of strings");
             for (const auto& g : *it) {
-                if (!g.is_string()) throw FormatError(source + ": field '" + where + "alternate_greetings' must be an array of strings");
+                if (!g.is_string())
+                    throw FormatError(source + ": field '" + where +
+                                      "alternate_greetings' must be an array of strings");
                 c.alternate_greetings.push_back(g.get<std::string>());
             }
         }
@@ -142,7 +148,8 @@ struct CharacterCard {
     static CharacterCard parse(std::string_view text, const std::string& source) {
         std::size_t i = 0;
         while (i < text.size() && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r')) ++i;
-        if (i < text.size() && text[i] == '{') return from_json(io::detail::parse_json_strict(std::string(text), source), source);
+        if (i < text.size() && text[i] == '{')
+            return from_json(io::detail::parse_json_strict(std::string(text), source), source);
 #if defined(LIMARP_WITH_YAML_CPP)
         nlohmann::json j;
         try {
@@ -152,7 +159,8 @@ struct CharacterCard {
         }
         return from_json(j, source);
 #else
-        throw UnsupportedError(source + ": not JSON; reading YAML cards needs yaml-cpp (define LIMARP_WITH_YAML_CPP and link yaml-cpp)");
+        throw UnsupportedError(
+            source + ": not JSON; reading YAML cards needs yaml-cpp (define LIMARP_WITH_YAML_CPP and link yaml-cpp)");
 #endif
     }
 
@@ -167,15 +175,17 @@ struct CharacterCard {
     }
 
 private:
-    static std::string str(const nlohmann::json& o, const char* key, const std::string& source, const std::string& where) {
+    static std::string str(const nlohmann::json& o, const char* key, const std::string& source,
+                           const std::string& where) {
         auto it = o.find(key);
         if (it == o.end() || it->is_null()) return {};
         if (!it->is_string())
-            throw FormatError(source + ": field '" + where + key + "' is " + io::detail::json_type(*it) + ", expected a string");
+            throw FormatError(source + ": field '" + where + key + "' is " + io::detail::json_type(*it) +
+                              ", expected a string");
         return it->get<std::string>();
     }
-    static std::string first_of(const nlohmann::json& o, std::initializer_list<const char*> keys, const std::string& source,
-                                const std::string& where) {
+    static std::string first_of(const nlohmann::json& o, std::initializer_list<const char*> keys,
+                                const std::string& source, const std::string& where) {
         for (const char* k : keys)
             if (o.contains(k) && !o.at(k).is_null()) return str(o, k, source, where);
         return {};
@@ -183,7 +193,8 @@ private:
     static CharacterCard from_limarp(const nlohmann::json& j, const std::string& source) {
         auto obj = [&](const char* key) -> const nlohmann::json& {
             auto it = j.find(key);
-            if (it == j.end() || !it->is_object()) throw FormatError(source + ": LimaRP data needs an object '" + key + "' with <FIRST> and <SECOND>");
+            if (it == j.end() || !it->is_object())
+                throw FormatError(source + ": LimaRP data needs an object '" + key + "' with <FIRST> and <SECOND>");
             return *it;
         };
         const nlohmann::json& names = obj("names");
@@ -204,12 +215,18 @@ private:
             std::size_t i = 0;
             for (const auto& m : *it) {
                 const std::string at = "conversation[" + std::to_string(i++) + "].";
-                if (!m.is_object()) throw FormatError(source + ": field '" + at.substr(0, at.size() - 1) + "' must be an object {name, text}");
+                if (!m.is_object())
+                    throw FormatError(source + ": field '" + at.substr(0, at.size() - 1) +
+                                      "' must be an object {name, text}");
                 const std::string who = str(m, "name", source, at);
                 Speaker s;
-                if (who == "<FIRST>" || who == c.name) s = Speaker::Character;
-                else if (who == "<SECOND>" || (c.user_name && who == *c.user_name)) s = Speaker::User;
-                else throw FormatError(source + ": field '" + at + "name' is \"" + who + "\", expected <FIRST> or <SECOND>");
+                if (who == "<FIRST>" || who == c.name)
+                    s = Speaker::Character;
+                else if (who == "<SECOND>" || (c.user_name && who == *c.user_name))
+                    s = Speaker::User;
+                else
+                    throw FormatError(source + ": field '" + at + "name' is \"" + who +
+                                      "\", expected <FIRST> or <SECOND>");
                 c.conversation.push_back({s, str(m, "text", source, at)});
             }
         }

@@ -85,7 +85,8 @@ public:
     /// turn) until the prompt has at most `budget` tokens. \throws ArgumentError as AlpacaPrompt::fit().
     FittedPrompt fit(std::span<const Turn> turns, std::int64_t budget, const TokenCounter& count) const {
         return detail::fit_turns(
-            turns.size(), budget, count, [&](std::size_t k) { return format(turns.subspan(k)); }, "ChatML prompt fitting");
+            turns.size(), budget, count, [&](std::size_t k) { return format(turns.subspan(k)); },
+            "ChatML prompt fitting");
     }
 
     /// The ChatML stop strings: `<|im_end|>`, `<|im_start|>`.
