@@ -2,13 +2,15 @@
 /// \file character_card.hpp
 /// \brief `CharacterCard`: the character of a roleplay (name, persona, scenario, first
 /// message), read from a JSON or YAML file in one of these layouts:
-///  - plain: `{name, persona | description, personality, scenario, first_mes | first_message | greeting,
-///    user_name, user_persona}`;
-///  - TavernAI V1 (`name, description, personality, scenario, first_mes, mes_example`);
-///  - SillyTavern / TavernAI V2 and V3: `{spec: "chara_card_v2" | "chara_card_v3", data: {name,
-///    description, personality, scenario, first_mes, mes_example, alternate_greetings, ...}}`;
-///  - LimaRP data: `{personas: {<FIRST>, <SECOND>}, names: {<FIRST>, <SECOND>}, scenario,
-///    conversation: [{name: <FIRST> | <SECOND>, text}]}` (<FIRST> is the character).
+///  - plain: fields `name`, `persona` or `description`, `personality`, `scenario`, `first_mes`
+///    or `first_message` or `greeting`, `user_name`, `user_persona`;
+///  - TavernAI V1: `name`, `description`, `personality`, `scenario`, `first_mes`, `mes_example`;
+///  - SillyTavern / TavernAI V2 and V3: `spec` = `chara_card_v2` or `chara_card_v3`, and `data`
+///    holding `name`, `description`, `personality`, `scenario`, `first_mes`, `mes_example`,
+///    `alternate_greetings`, ...;
+///  - LimaRP data: `personas` and `names` (maps with keys `<FIRST>` and `<SECOND>`), `scenario`,
+///    `conversation` (a list of `name`, `text` with name `<FIRST>` or `<SECOND>`); `<FIRST>` is
+///    the character.
 ///
 /// YAML needs yaml-cpp: define `LIMARP_WITH_YAML_CPP` and link `yaml-cpp` (a YAML document is
 /// converted to JSON, every scalar as a string). Without it, YAML files give UnsupportedError.
