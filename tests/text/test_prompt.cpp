@@ -12,6 +12,10 @@
 #include "limarp/text/chatml.hpp"
 #include "limarp/text/tokenizer.hpp"
 
+#if LIMARP_HAVE_SENTENCEPIECE
+#include <sentencepiece_processor.h>
+#endif
+
 using namespace limarp;
 using namespace limarp::text;
 
@@ -72,7 +76,12 @@ const std::vector<int> kAriaIds = {
     315,   1073,  315,   28742, 28719, 3654,  1101,  970,   837,   315,   28804, 13,    13,    27332, 12107, 28747,
     325,   2143,  327,   10312, 28731, 13,    28741, 3931,  28747};
 
-std::filesystem::path tokenizer_path() { return std::filesystem::path(LIMARP_CACHE_DIR) / "mistral-tokenizer.model"; }
+// The real Mistral tokenizer (scripts/setup.sh downloads it); a missing file fails the test.
+std::filesystem::path tokenizer_path() {
+    const auto p = std::filesystem::path(LIMARP_CACHE_DIR) / "mistral-tokenizer.model";
+    BOOST_REQUIRE_MESSAGE(std::filesystem::exists(p), p.string() << " is missing: run scripts/setup.sh");
+    return p;
+}
 
 // Words separated by spaces/newlines: a crude but monotone token counter for fitting tests.
 std::int64_t count_words(std::string_view s) {
@@ -225,15 +234,33 @@ BOOST_AUTO_TEST_CASE(golden_scenario_only_and_character_last) {
 
 BOOST_AUTO_TEST_CASE(token_ids_match_libsentencepiece) {
     const auto path = tokenizer_path();
-    if (!std::filesystem::exists(path)) {
-        BOOST_TEST_MESSAGE("skipped: " << path << " is missing (scripts/setup.sh downloads it)");
-        return;
-    }
     const Tokenizer tok = Tokenizer::from_sentencepiece(path);
     const std::string prompt = AlpacaPrompt(aria_setup()).format(aria_turns(), LengthTag::medium);
     const std::vector<int> got = tok.encode(prompt);
     BOOST_CHECK_EQUAL_COLLECTIONS(got.begin(), got.end(), kAriaIds.begin(), kAriaIds.end());
     BOOST_CHECK_EQUAL(tok.decode(got), prompt);
+#if LIMARP_HAVE_SENTENCEPIECE
+    // The same against the library itself, for this and other conversations.
+    sentencepiece::SentencePieceProcessor sp;
+    BOOST_REQUIRE(sp.Load(path.string()).ok());
+    RoleplaySetup other;
+    other.char_name = "Mira";
+    other.user_name = "Dan";
+    other.char_persona = "<FIRST> is a ship's engineer. Ünïcode — “quotes” 🚀\n\n  spaced   out";
+    other.scenario = "Code: `for (int i = 0; i < n; ++i) {}`\tand a tab.";
+    const std::vector<Turn> other_turns = {
+        {Speaker::User, "Hi!"}, {Speaker::Character, "*nods*\n\"Yes.\""}, {Speaker::User, "日本語で？"}};
+    const std::string prompts[] = {prompt, AlpacaPrompt(other).format(other_turns, LengthTag::humongous),
+                                   AlpacaPrompt().format({}, std::nullopt)};
+    for (const auto& text : prompts) {
+        std::vector<int> want;
+        BOOST_REQUIRE(sp.Encode(text, &want).ok());
+        want.insert(want.begin(), 1);
+        const auto mine = tok.encode(text);
+        BOOST_CHECK_EQUAL_COLLECTIONS(mine.begin(), mine.end(), want.begin(), want.end());
+        if (text == prompt) BOOST_CHECK_EQUAL_COLLECTIONS(want.begin(), want.end(), kAriaIds.begin(), kAriaIds.end());
+    }
+#endif
 }
 
 BOOST_AUTO_TEST_CASE(fitting_drops_oldest_turns_only) {
@@ -283,7 +310,6 @@ BOOST_AUTO_TEST_CASE(fitting_drops_oldest_turns_only) {
 
 BOOST_AUTO_TEST_CASE(fitting_with_the_tokenizer) {
     const auto path = tokenizer_path();
-    if (!std::filesystem::exists(path)) return;
     const Tokenizer tok = Tokenizer::from_sentencepiece(path);
     const AlpacaPrompt p(aria_setup());
     const auto turns = aria_turns();
@@ -346,7 +372,6 @@ BOOST_AUTO_TEST_CASE(roleplay_as_chatml) {
 
 BOOST_AUTO_TEST_CASE(chatml_token_ids) {
     const auto path = tokenizer_path();
-    if (!std::filesystem::exists(path)) return;
     Tokenizer tok = Tokenizer::from_sentencepiece(path);
     const ChatMlPrompt p(aria_setup());
     BOOST_CHECK_THROW(p.encode(tok, aria_turns()), ArgumentError);  // base Mistral tokenizer: no ChatML tokens
