@@ -17,6 +17,8 @@
 using namespace limarp;
 using Bk = Cpu<>;
 
+LIMARP_CPU_KERNELS_BEGIN  // GCC 12 AVX-512 false positives, see limarp/backend/cpu/detail/simd.hpp
+
 namespace {
 
 std::vector<float> random_floats(std::size_t n, float lo = -1.0f, float hi = 1.0f) {
@@ -215,5 +217,7 @@ void BM_CrossEntropy(benchmark::State& state) {
 BENCHMARK(BM_CrossEntropy)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
+
+LIMARP_CPU_KERNELS_END
 
 BENCHMARK_MAIN();

@@ -11,6 +11,8 @@
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/core/thread_pool.hpp"
 
+LIMARP_CPU_KERNELS_BEGIN
+
 namespace limarp::ops {
 
 /// \cond
@@ -76,3 +78,5 @@ void add_inplace(Cpu<A>, float* y /*[n]*/, const float* x /*[n]*/, std::int64_t 
 }
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END

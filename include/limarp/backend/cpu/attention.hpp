@@ -24,6 +24,8 @@
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/core/thread_pool.hpp"
 
+LIMARP_CPU_KERNELS_BEGIN
+
 namespace limarp::ops {
 
 /// Head layout and window of an attention call.
@@ -243,3 +245,5 @@ void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, cons
 }
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END

@@ -12,6 +12,8 @@
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/core/thread_pool.hpp"
 
+LIMARP_CPU_KERNELS_BEGIN
+
 namespace limarp::ops {
 
 /// Embedding lookup: y[t] = table[ids[t]] (bf16 widened exactly to f32).
@@ -45,3 +47,5 @@ void embedding_gather(Cpu<A>, float* y /*[T, d]*/, const W* table /*[vocab, d]*/
 }
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END

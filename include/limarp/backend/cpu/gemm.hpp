@@ -18,14 +18,16 @@
 #include <cstdint>
 #include <cstring>
 
-#include <Eigen/Core>
 #include <xsimd/xsimd.hpp>
 
 #include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/detail/eigen.hpp"
 #include "limarp/backend/cpu/detail/gemm_kernel.hpp"
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/core/dtype.hpp"
 #include "limarp/core/thread_pool.hpp"
+
+LIMARP_CPU_KERNELS_BEGIN
 
 namespace limarp::ops {
 
@@ -242,3 +244,5 @@ void matmul(Cpu<A>, float* y /*[T, n]*/, const float* x /*[T, k]*/, const float*
 }
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END

@@ -13,6 +13,8 @@
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/core/thread_pool.hpp"
 
+LIMARP_CPU_KERNELS_BEGIN
+
 namespace limarp::ops {
 
 /// \cond
@@ -83,3 +85,5 @@ double cross_entropy_rows(Cpu<A>, const float* logits /*[T, vocab]*/, const std:
 }
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END

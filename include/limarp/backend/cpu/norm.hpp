@@ -12,6 +12,8 @@
 #include "limarp/core/dtype.hpp"
 #include "limarp/core/thread_pool.hpp"
 
+LIMARP_CPU_KERNELS_BEGIN
+
 namespace limarp::ops {
 
 /// RMSNorm of every row: y = weight * (x * (1 / sqrt(mean(x²) + eps))), all in f32 and in
@@ -113,3 +115,5 @@ void rms_norm_backward(Cpu<A>, float* dx /*[T, d]*/, const float* dy /*[T, d]*/,
 }
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END

@@ -17,6 +17,8 @@
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/core/thread_pool.hpp"
 
+LIMARP_CPU_KERNELS_BEGIN
+
 namespace limarp::ops {
 
 /// The RoPE inverse frequency of pair `i`, as PyTorch computes it in f32:
@@ -166,3 +168,5 @@ void rope_rotate_half(Cpu<A>, float* x /*[T, n_heads, head_dim]*/, const std::in
 }
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END

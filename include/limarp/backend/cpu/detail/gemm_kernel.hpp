@@ -11,6 +11,8 @@
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/core/dtype.hpp"
 
+LIMARP_CPU_KERNELS_BEGIN
+
 namespace limarp::ops {
 
 /// \cond
@@ -163,3 +165,5 @@ inline void micro_kernel_dispatch(int m, const float* x, std::int64_t ldx, const
 /// \endcond
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END

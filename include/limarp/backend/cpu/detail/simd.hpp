@@ -20,6 +20,20 @@
 #include <immintrin.h>
 #endif
 
+// GCC 12.2's AVX-512 intrinsics headers trigger false -Wmaybe-uninitialized warnings (GCC PR105593,
+// `_mm512_undefined_*`) in every inlined AVX-512 intrinsic, xsimd's included. The CPU kernel
+// headers wrap their code in these macros to keep -march=native/x86-64-v4 builds warning-free.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#define LIMARP_CPU_KERNELS_BEGIN \
+    _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define LIMARP_CPU_KERNELS_END _Pragma("GCC diagnostic pop")
+#else
+#define LIMARP_CPU_KERNELS_BEGIN
+#define LIMARP_CPU_KERNELS_END
+#endif
+
+LIMARP_CPU_KERNELS_BEGIN
+
 namespace limarp::ops {
 
 /// Element types a CPU kernel accepts for weights: f32, or bf16 widened to f32 in registers.
@@ -164,3 +178,5 @@ void parallel_rows(ThreadPool& pool, std::int64_t n, double cost_per_item, Fn&& 
 /// \endcond
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END
