@@ -1,5 +1,6 @@
 // limarp-score: run a Mistral model over a token sequence, print loss/perplexity as one JSON line,
-// optionally dump float32 logits [T, vocab] to .npy and show the most likely next tokens.
+// optionally dump float32 logits [T, vocab] to .npy and show the most likely next tokens; with
+// --grads-out, write the gradients of the loss with respect to the adapter's LoRA factors.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -9,6 +10,8 @@
 #include <filesystem>
 #include <numeric>
 #include <optional>
+#include <set>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -19,6 +22,7 @@
 #include "limarp/io/npy.hpp"
 #include "limarp/model/mistral_model.hpp"
 #include "limarp/text/tokenizer.hpp"
+#include "limarp/train/grad.hpp"
 
 using namespace limarp;
 
@@ -27,7 +31,7 @@ int main(int argc, char** argv) {
         CLI::App app{"limarp-score: score a token sequence with a Mistral model (Hugging Face folder).\n"
                      "Prints one JSON line: {\"tokens\", \"loss\" (mean cross-entropy of the T-1 next-token "
                      "predictions), \"ppl\"} plus \"next\" (top next tokens) with --top."};
-        std::string model_dir, ids_str, text, tokenizer_path, logits_out, convention = "hf";
+        std::string model_dir, ids_str, text, tokenizer_path, logits_out, grads_out, convention = "hf";
         int top = 0, threads = 0;
         std::int64_t chunk = 256;
         bool no_bos = false;
@@ -38,6 +42,9 @@ int main(int argc, char** argv) {
         app.add_option("--tokenizer", tokenizer_path, "tokenizer.model, tokenizer.json or a folder with one");
         app.add_flag("--no-bos", no_bos, "with --text: do not prepend BOS");
         app.add_option("--logits-out", logits_out, "write float32 logits [T, vocab] to this .npy file");
+        app.add_option("--grads-out", grads_out,
+                       "with one --adapter: write d loss / d lora_A, lora_B (dropout off) to this .safetensors file, "
+                       "under PEFT's tensor names without the adapter name");
         app.add_option("--top", top, "also print the K most likely next tokens after the sequence")->check(CLI::Range(0, 1000));
         app.add_option("--window-convention", convention, "sliding window: hf (W keys, default) or mistral (W+1 keys)");
         app.add_option("--quant", mo.quant, "none | int8 | q8_0 | auto (default: what the files hold)");
@@ -65,6 +72,9 @@ int main(int argc, char** argv) {
             throw ArgumentError("give --ids or --text");
         }
         if (ids.empty()) throw ArgumentError("the sequence is empty");
+        if (!grads_out.empty() && mo.adapters.size() != 1)
+            throw ArgumentError("--grads-out needs exactly one --adapter (PEFT's names do not carry the adapter name)");
+        if (!grads_out.empty() && ids.size() < 2) throw ArgumentError("--grads-out needs at least 2 tokens");
         mo.convention = programs::parse_window_convention(convention);
         mo.dir = model_dir;
 
@@ -101,6 +111,24 @@ int main(int argc, char** argv) {
                 nlohmann::json e{{"id", idx[i]}, {"prob", std::exp(static_cast<double>(last[idx[i]] - mx)) / z}};
                 if (tok && idx[i] < tok->vocab_size()) e["piece"] = std::string(tok->piece(idx[i]));
                 out["next"].push_back(e);
+            }
+        }
+        if (!grads_out.empty()) {
+            using Model = std::remove_reference_t<decltype(model)>;
+            if constexpr (train::supports_lora_grads_v<Model>) {
+                std::set<std::string> names;
+                for_each_projection(model, [&](auto& p) {
+                    for (const auto& f : p.adapters()) names.insert(f.adapter);
+                });
+                if (names.size() != 1) throw ArgumentError("--grads-out: the adapter targets no projection of this model");
+                const auto tg0 = std::chrono::steady_clock::now();
+                const train::LossResult r = train::loss_and_lora_grads(model, ids);
+                out["grads_loss"] = r.loss;
+                out["grad_tensors"] = train::save_lora_grads(model, *names.begin(), grads_out);
+                out["grads_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - tg0).count();
+            } else {
+                throw UnsupportedError("--grads-out needs projections with a backward pass: use --quant none "
+                                       "(int8 / q8_0 projections have no input gradient yet)");
             }
         }
         out["load_s"] = std::chrono::duration<double>(t1 - t0).count();

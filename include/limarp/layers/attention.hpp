@@ -77,6 +77,76 @@ public:
         o_.forward(y, o_buf_.data(), T);
     }
 
+    /// What `forward_train` keeps for `backward`, and the backward's scratch: one block's
+    /// attention working set (reused from call to call).
+    struct Saved {
+        Tensor<float> q;    ///< [T, n_heads * head_dim] queries after RoPE, then their gradient
+        Tensor<float> k;    ///< [T, n_kv_heads * head_dim] keys after RoPE, then their gradient
+        Tensor<float> v;    ///< [T, n_kv_heads * head_dim] values
+        Tensor<float> o;    ///< [T, n_heads * head_dim] attention output (input of o_proj)
+        Tensor<float> lse;  ///< [T, n_heads] log-sum-exp of every score row
+        Tensor<float> d_o;  ///< [T, n_heads * head_dim] gradient of o
+        Tensor<float> dq;   ///< [T, n_heads * head_dim] gradient of the rotated queries
+        Tensor<float> dk;   ///< [T, n_kv_heads * head_dim] gradient of the rotated keys
+        Tensor<float> dv;   ///< [T, n_kv_heads * head_dim] gradient of the values
+        Tensor<float> dx;   ///< [T, d_model] scratch of the input gradient
+    };
+
+    /// Training forward over a whole sequence (positions 0..T-1 in `positions`, no cache):
+    /// projections through `forward_train`, RoPE, sliding-window attention that also keeps the
+    /// log-sum-exp rows (`ops::attention_sliding_window_lse`), o_proj. Keeps q, k, v, o and lse
+    /// in `s`. y must not alias x.
+    void forward_train(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T,
+                       const std::int64_t* positions /*[T]*/, Saved& s)
+        requires TrainableLinear<Proj>
+    {
+        const std::int64_t qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
+        if (s.q.size() < T * qd) {
+            s.q = Tensor<float>({T, qd});
+            s.o = Tensor<float>({T, qd});
+            s.k = Tensor<float>({T, kvd});
+            s.v = Tensor<float>({T, kvd});
+            s.lse = Tensor<float>({T, shape_.n_heads});
+        }
+        q_.forward_train(s.q.data(), x, T);
+        k_.forward_train(s.k.data(), x, T);
+        v_.forward_train(s.v.data(), x, T);
+        rope_.forward(s.q.data(), positions, T, shape_.n_heads);
+        rope_.forward(s.k.data(), positions, T, shape_.n_kv_heads);
+        ops::attention_sliding_window_lse(B{}, s.o.data(), s.lse.data(), s.q.data(), s.k.data(), s.v.data(), T, shape_,
+                                          score_scale());
+        o_.forward_train(y, s.o.data(), T);
+    }
+
+    /// Backward of `forward_train` on the same x and positions: writes dx [T, d_model] from dy
+    /// and adds the projections' parameter gradients (flash-attention-style backward, inverse
+    /// RoPE). Consumes `s`. dx must not alias dy or x.
+    void backward(float* dx /*[T, d_model]*/, const float* dy /*[T, d_model]*/, const float* x /*[T, d_model]*/,
+                  std::int64_t T, const std::int64_t* positions /*[T]*/, Saved& s)
+        requires TrainableLinear<Proj>
+    {
+        const std::int64_t qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
+        const std::int64_t d = q_.in_features();
+        if (s.d_o.size() < T * qd) {
+            s.d_o = Tensor<float>({T, qd});
+            s.dq = Tensor<float>({T, qd});
+            s.dk = Tensor<float>({T, kvd});
+            s.dv = Tensor<float>({T, kvd});
+        }
+        if (s.dx.size() < T * d) s.dx = Tensor<float>({T, d});
+        o_.backward(s.d_o.data(), dy, s.o.data(), T);
+        ops::attention_sliding_window_backward(B{}, s.dq.data(), s.dk.data(), s.dv.data(), s.d_o.data(), s.q.data(),
+                                               s.k.data(), s.v.data(), s.o.data(), s.lse.data(), T, shape_,
+                                               score_scale());
+        rope_.backward(s.dq.data(), positions, T, shape_.n_heads);
+        rope_.backward(s.dk.data(), positions, T, shape_.n_kv_heads);
+        q_.backward(dx, s.dq.data(), x, T);
+        k_.backward(s.dx.data(), s.dk.data(), x, T);
+        ops::add_inplace(B{}, dx, s.dx.data(), T * d);
+        v_.backward(s.dx.data(), s.dv.data(), x, T);
+        ops::add_inplace(B{}, dx, s.dx.data(), T * d);
+    }
+
     /// The q projection.
     Proj& q_proj() noexcept { return q_; }
     /// The k projection.
@@ -89,6 +159,8 @@ public:
     const ops::AttentionShape& shape() const noexcept { return shape_; }
 
 private:
+    float score_scale() const noexcept { return 1.0f / std::sqrt(static_cast<float>(shape_.head_dim)); }
+
     Proj q_, k_, v_, o_;
     Rotary<B> rope_;
     ops::AttentionShape shape_{};

@@ -32,6 +32,18 @@ concept Linear = requires(L& l, const L& cl, float* y, const float* x, std::int6
     { L::load(ctx, name, std::int64_t{}, std::int64_t{}) } -> std::same_as<L>;
 };
 
+/// A `Linear` that can be trained through (gradient rule: parameter grads `+=`, activation grads `=`):
+/// - `l.forward_train(y, x, T)` is the training forward (e.g. with dropout; the same as `forward`
+///   for a frozen layer);
+/// - `l.backward(dx, dy, x, T)` writes the input gradient dx [T, in] from the output gradient
+///   dy [T, out] and the forward's input x [T, in], and adds the gradients of its trainable
+///   parameters (if any) into its own gradient buffers. dx must not alias dy or x.
+template <class L>
+concept TrainableLinear = Linear<L> && requires(L& l, float* y, const float* x, std::int64_t T) {
+    l.forward_train(y, x, T);
+    l.backward(y, x, x, T);
+};
+
 /// A normalisation over the last dimension: `n.forward(y, x, T)` with y, x [T, d]; y may alias x.
 /// `N::load(ctx, name, d, eps)` builds it from the weight at `name`.
 template <class N>

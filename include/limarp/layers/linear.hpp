@@ -8,6 +8,7 @@
 #include <string>
 
 #include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/gemm_backward.hpp"
 #include "limarp/backend/cpu/ops.hpp"
 #include "limarp/layers/weight.hpp"
 
@@ -44,6 +45,17 @@ public:
         visit_weight(w_, [&](const auto* w) {
             ops::matmul_wt(B{}, y, x, w, T, in_features(), out_features(), accumulate);
         });
+    }
+
+    /// Training forward: the same as `forward` (a frozen layer keeps nothing for the backward).
+    void forward_train(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T) { forward(y, x, T); }
+
+    /// Backward of the frozen projection: dx = dy · W, with W (f32 or bf16) used in place; no
+    /// parameter gradient. `x` is not needed (accepted for the `TrainableLinear` interface).
+    /// \pre dx does not overlap dy.
+    void backward(float* dx /*[T, n_in]*/, const float* dy /*[T, n_out]*/, const float* /*x [T, n_in]*/,
+                  std::int64_t T) const {
+        visit_weight(w_, [&](const auto* w) { ops::matmul_w(B{}, dx, dy, w, T, out_features(), in_features()); });
     }
 
     /// W += alpha · delta, keeping the weight's dtype (a mapped weight is first copied into owned

@@ -5,10 +5,17 @@
 /// Several adapters can be active at once, each with its own scale; they are attached, detached
 /// and rescaled at run time without reloading the base (hot swap), and can be merged into the
 /// base weight (and unmerged) when the base supports `add_delta`.
+///
+/// Training (when the base is a `TrainableLinear`): `forward_train` applies PEFT's dropout to
+/// each adapter's input, y = base(x) + Σ scale · B (A dropout(x)), with a mask that is a pure
+/// function of (seed, module, adapter, element index), so that `backward` (and a recomputed
+/// forward under gradient checkpointing) sees the same mask. `backward` adds dA and dB into
+/// per-adapter gradient buffers (`grads()`) and writes dx.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +53,31 @@ struct MergeReport {
     double max_abs_change = 0;   ///< max |scale · B A| over the weight
     double max_abs_error = 0;    ///< max rounding error of storing W + delta in the base's format
 };
+
+/// Gradients of one adapter's factors, accumulated (+=) by `Lora::backward`.
+struct LoraGrads {
+    std::string adapter;  ///< adapter name
+    Tensor<float> A;      ///< [r, in] d loss / d lora_A
+    Tensor<float> B;      ///< [out, r] d loss / d lora_B
+};
+
+/// \cond
+namespace detail {
+/// SplitMix64 finaliser: a well-mixed 64-bit hash of `x`.
+inline std::uint64_t lora_mix64(std::uint64_t x) noexcept {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+/// FNV-1a hash of a string.
+inline std::uint64_t lora_hash(std::string_view s) noexcept {
+    std::uint64_t h = 1469598103934665603ull;
+    for (char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    return h;
+}
+}  // namespace detail
+/// \endcond
 
 /// LoRA wrapper around a `Linear` base (dense, quantized or user-defined).
 template <Linear Base>
@@ -110,6 +142,17 @@ public:
         factors_.push_back(std::move(f));
         return true;
     }
+    /// Attaches in-memory factors (A [r, in], B [out, r]; e.g. a trainer's parameters).
+    /// \throws ArgumentError when the name is taken, ShapeError when the shapes do not fit.
+    void attach(LoraFactors f) {
+        if (find(f.adapter)) throw ArgumentError("adapter \"" + f.adapter + "\" is already attached to " + module_);
+        if (f.A.shape.size() != 2 || f.B.shape.size() != 2 || f.A.shape[1] != in_features() ||
+            f.B.shape[0] != out_features() || f.B.shape[1] != f.A.shape[0])
+            throw ShapeError(module_ + ": LoRA factors " + shape_str(f.A.shape) + " / " + shape_str(f.B.shape) +
+                             " do not fit a " + std::to_string(out_features()) + "x" + std::to_string(in_features()) +
+                             " projection");
+        factors_.push_back(std::move(f));
+    }
     /// Detaches adapter `name` (unmerging it first if merged). Returns whether it was attached.
     bool detach(const std::string& name) {
         auto* f = find(name);
@@ -143,6 +186,111 @@ public:
     MergeReport merge(const std::string& name) { return fold(name, +1.0f, true); }
     /// Takes a merged adapter back out of the base weight.
     MergeReport unmerge(const std::string& name) { return fold(name, -1.0f, false); }
+
+    // ---- training ------------------------------------------------------------------------
+
+    /// Sets the dropout probability `p` (PEFT's lora_dropout; 0 = off) of the adapter inputs in
+    /// `forward_train` / `backward`, and the seed of its masks. Use a new seed for every step;
+    /// keep it for the forward, any recomputation and the backward of that step.
+    /// \throws ArgumentError unless 0 <= p < 1.
+    void set_dropout(float p, std::uint64_t seed) {
+        if (!(p >= 0.0f && p < 1.0f)) throw ArgumentError(module_ + ": LoRA dropout must be in [0, 1)");
+        dropout_p_ = p;
+        dropout_seed_ = seed;
+    }
+    /// The dropout probability of `forward_train` / `backward`.
+    float dropout() const noexcept { return dropout_p_; }
+    /// True when element `i` (= t * in + j) of adapter `adapter`'s dropout mask keeps its input
+    /// (probability 1 - dropout()); kept inputs are scaled by 1 / (1 - dropout()).
+    bool dropout_keeps(const std::string& adapter, std::int64_t i) const noexcept {
+        return keeps(mask_seed(adapter), i);
+    }
+
+    /// Training forward: y = base.forward_train(x) + Σ scale · (dropout(x) Aᵀ) Bᵀ over the
+    /// attached, unmerged adapters (see `set_dropout`). Without dropout it equals `forward`.
+    void forward_train(float* y /*[T, out]*/, const float* x /*[T, in]*/, std::int64_t T)
+        requires TrainableLinear<Base>
+    {
+        base_.forward_train(y, x, T);
+        for (auto& f : factors_) {
+            if (f.merged || f.scale() == 0.0f) continue;
+            const std::int64_t r = f.A.shape[0];
+            const float* xin = dropped_input(f, x, T);
+            if (z_.size() < T * r) z_ = Tensor<float>({T, r});
+            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z_.data(), xin, a, T, in_features(), r); });
+            const float s = f.scale();
+            for (std::int64_t i = 0; i < T * r; ++i) z_[i] *= s;
+            visit_weight(f.B, [&](const auto* b) {
+                ops::matmul_wt(backend_type{}, y, z_.data(), b, T, r, out_features(), /*accumulate=*/true);
+            });
+        }
+    }
+
+    /// Backward: dx = base.backward(dy) + Σ scale · mask ∘ ((dy B) A), and for every attached,
+    /// unmerged adapter dB += scale · dyᵀ (dropout(x) Aᵀ), dA += scale · (dy B)ᵀ dropout(x)
+    /// (added into `grads()`). Merged adapters are part of the frozen base: no gradient.
+    /// \pre x is the input of the matching `forward_train` (same dropout seed); dx does not
+    ///      overlap dy or x.
+    void backward(float* dx /*[T, in]*/, const float* dy /*[T, out]*/, const float* x /*[T, in]*/, std::int64_t T)
+        requires TrainableLinear<Base>
+    {
+        base_.backward(dx, dy, x, T);
+        const std::int64_t n_in = in_features(), n_out = out_features();
+        for (auto& f : factors_) {
+            if (f.merged) continue;
+            const std::int64_t r = f.A.shape[0];
+            LoraGrads& g = grads_of(f);
+            const float s = f.scale();
+            if (s == 0.0f) continue;
+            const float* xin = dropped_input(f, x, T);
+            if (z_.size() < T * r) z_ = Tensor<float>({T, r});
+            if (dz_.size() < T * r) dz_ = Tensor<float>({T, r});
+            // z = s · dropout(x) Aᵀ; dB += dyᵀ z
+            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z_.data(), xin, a, T, n_in, r); });
+            for (std::int64_t i = 0; i < T * r; ++i) z_[i] *= s;
+            ops::matmul_at_b(backend_type{}, g.B.data(), dy, z_.data(), T, n_out, r, /*accumulate=*/true);
+            // dz = s · dy B; dA += dzᵀ dropout(x)
+            visit_weight(f.B, [&](const auto* b) { ops::matmul_w(backend_type{}, dz_.data(), dy, b, T, n_out, r); });
+            for (std::int64_t i = 0; i < T * r; ++i) dz_[i] *= s;
+            ops::matmul_at_b(backend_type{}, g.A.data(), dz_.data(), xin, T, r, n_in, /*accumulate=*/true);
+            // dx += mask ∘ (dz A)
+            if (dropout_p_ == 0.0f) {
+                visit_weight(f.A, [&](const auto* a) {
+                    ops::matmul_w(backend_type{}, dx, dz_.data(), a, T, r, n_in, /*accumulate=*/true);
+                });
+            } else {
+                float* t = xd_.data();  // the dropped input is no longer needed
+                visit_weight(f.A, [&](const auto* a) { ops::matmul_w(backend_type{}, t, dz_.data(), a, T, r, n_in); });
+                const std::uint64_t seed = mask_seed(f.adapter);
+                const float inv = 1.0f / (1.0f - dropout_p_);
+                for (std::int64_t i = 0; i < T * n_in; ++i)
+                    if (keeps(seed, i)) dx[i] += t[i] * inv;
+            }
+        }
+    }
+
+    /// The gradient buffers, one per adapter that went through `backward` since the last
+    /// `zero_grad` (in the order they were first needed).
+    const std::vector<LoraGrads>& grads() const noexcept { return grads_; }
+    /// The gradients of adapter `name`, or nullptr when it has none.
+    const LoraGrads* grad(const std::string& name) const {
+        for (const auto& g : grads_)
+            if (g.adapter == name) return &g;
+        return nullptr;
+    }
+    /// Mutable gradients of adapter `name` (e.g. for clipping), or nullptr when it has none.
+    LoraGrads* grad(const std::string& name) {
+        for (auto& g : grads_)
+            if (g.adapter == name) return &g;
+        return nullptr;
+    }
+    /// Sets every gradient buffer to zero (keeping the allocations).
+    void zero_grad() {
+        for (auto& g : grads_) {
+            std::fill(g.A.data(), g.A.data() + g.A.size(), 0.0f);
+            std::fill(g.B.data(), g.B.data() + g.B.size(), 0.0f);
+        }
+    }
 
 private:
     MergeReport fold(const std::string& name, float sign, bool merging) {
@@ -182,10 +330,46 @@ private:
         return w;
     }
 
+    // The gradient buffers of `f`, created (zero) on first use; reallocated if its shapes changed.
+    LoraGrads& grads_of(const LoraFactors& f) {
+        LoraGrads* g = grad(f.adapter);
+        if (!g) {
+            grads_.push_back(LoraGrads{f.adapter, Tensor<float>(f.A.shape), Tensor<float>(f.B.shape)});
+            return grads_.back();
+        }
+        if (g->A.shape() != f.A.shape) g->A = Tensor<float>(f.A.shape);
+        if (g->B.shape() != f.B.shape) g->B = Tensor<float>(f.B.shape);
+        return *g;
+    }
+    // Seed of the dropout mask of adapter `adapter` in this module.
+    std::uint64_t mask_seed(const std::string& adapter) const noexcept {
+        return detail::lora_mix64(dropout_seed_ ^ detail::lora_mix64(detail::lora_hash(module_) ^
+                                                                      detail::lora_mix64(detail::lora_hash(adapter))));
+    }
+    // Whether mask element i keeps its input: a uniform 24-bit draw >= p.
+    bool keeps(std::uint64_t seed, std::int64_t i) const noexcept {
+        const std::uint64_t h = detail::lora_mix64(seed + static_cast<std::uint64_t>(i));
+        return static_cast<float>(h >> 40) * (1.0f / 16777216.0f) >= dropout_p_;
+    }
+    // x itself without dropout; otherwise dropout(x) in xd_.
+    const float* dropped_input(const LoraFactors& f, const float* x, std::int64_t T) {
+        if (dropout_p_ == 0.0f) return x;
+        const std::int64_t n = T * in_features();
+        if (xd_.size() < n) xd_ = Tensor<float>({T, in_features()});
+        const std::uint64_t seed = mask_seed(f.adapter);
+        const float inv = 1.0f / (1.0f - dropout_p_);
+        for (std::int64_t i = 0; i < n; ++i) xd_[i] = keeps(seed, i) ? x[i] * inv : 0.0f;
+        return xd_.data();
+    }
+
     Base base_;
     std::string module_;
     std::vector<LoraFactors> factors_;
     Tensor<float> tmp_;
+    std::vector<LoraGrads> grads_;
+    float dropout_p_ = 0.0f;
+    std::uint64_t dropout_seed_ = 0;
+    Tensor<float> z_, dz_, xd_;
 };
 
 }  // namespace limarp

@@ -35,6 +35,14 @@ public:
         visit_weight(w_, [&](const auto* w) { ops::rms_norm(B{}, y, x, w, T, dim(), static_cast<float>(eps_)); });
     }
 
+    /// Backward with the weight frozen: dx from dy and the forward's input x (see
+    /// `ops::rms_norm_backward`). dx may alias dy, not x.
+    void backward(float* dx /*[T, d]*/, const float* dy /*[T, d]*/, const float* x /*[T, d]*/, std::int64_t T) const {
+        visit_weight(w_, [&](const auto* w) {
+            ops::rms_norm_backward(B{}, dx, dy, x, w, T, dim(), static_cast<float>(eps_));
+        });
+    }
+
 private:
     Weight w_;
     double eps_ = 1e-5;

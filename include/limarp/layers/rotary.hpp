@@ -28,6 +28,12 @@ public:
         ops::rope_rotate_half(B{}, x, positions, T, n_heads, head_dim_, theta_);
     }
 
+    /// Backward: rotates the gradient `dx` back in place (the inverse rotation of `forward`).
+    void backward(float* dx /*[T, n_heads, head_dim]*/, const std::int64_t* positions /*[T]*/, std::int64_t T,
+                  std::int64_t n_heads) const {
+        ops::rope_rotate_half_backward(B{}, dx, positions, T, n_heads, head_dim_, theta_);
+    }
+
 private:
     std::int64_t head_dim_ = 0;
     double theta_ = 10000.0;

@@ -44,6 +44,50 @@ public:
         ops::swiglu(B{}, g_.data(), g_.data(), u_.data(), T * d_ff);
         down_.forward(y, g_.data(), T);
     }
+    /// What `forward_train` keeps for `backward`, and the backward's scratch: one block's
+    /// feed-forward working set (reused from call to call).
+    struct Saved {
+        Tensor<float> gate;   ///< [T, d_ff] gate(x), then its gradient
+        Tensor<float> up;     ///< [T, d_ff] up(x), then its gradient
+        Tensor<float> act;    ///< [T, d_ff] silu(gate) * up, the input of down
+        Tensor<float> d_act;  ///< [T, d_ff] gradient of act
+        Tensor<float> dx;     ///< [T, d_model] scratch of the input gradient
+    };
+
+    /// Training forward: y = down(silu(gate(x)) * up(x)) through the projections'
+    /// `forward_train`, keeping gate, up and act in `s`. y must not alias x.
+    void forward_train(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T, Saved& s)
+        requires TrainableLinear<Proj>
+    {
+        const std::int64_t d_ff = gate_.out_features();
+        if (s.gate.size() < T * d_ff) {
+            s.gate = Tensor<float>({T, d_ff});
+            s.up = Tensor<float>({T, d_ff});
+            s.act = Tensor<float>({T, d_ff});
+        }
+        gate_.forward_train(s.gate.data(), x, T);
+        up_.forward_train(s.up.data(), x, T);
+        ops::swiglu(B{}, s.act.data(), s.gate.data(), s.up.data(), T * d_ff);
+        down_.forward_train(y, s.act.data(), T);
+    }
+
+    /// Backward of `forward_train` on the same x: writes dx [T, d_model] from dy and adds the
+    /// projections' parameter gradients. Consumes `s` (gate and up are overwritten by their
+    /// gradients). dx must not alias dy or x.
+    void backward(float* dx /*[T, d_model]*/, const float* dy /*[T, d_model]*/, const float* x /*[T, d_model]*/,
+                  std::int64_t T, Saved& s)
+        requires TrainableLinear<Proj>
+    {
+        const std::int64_t d_ff = gate_.out_features(), d = gate_.in_features();
+        if (s.d_act.size() < T * d_ff) s.d_act = Tensor<float>({T, d_ff});
+        if (s.dx.size() < T * d) s.dx = Tensor<float>({T, d});
+        down_.backward(s.d_act.data(), dy, s.act.data(), T);
+        ops::swiglu_backward(B{}, s.gate.data(), s.up.data(), s.d_act.data(), s.gate.data(), s.up.data(), T * d_ff);
+        gate_.backward(dx, s.gate.data(), x, T);
+        up_.backward(s.dx.data(), s.up.data(), x, T);
+        ops::add_inplace(B{}, dx, s.dx.data(), T * d);
+    }
+
     /// The gate projection.
     Proj& gate() noexcept { return gate_; }
     /// The up projection.

@@ -2,6 +2,7 @@
 /// \file mistral_block.hpp
 /// \brief `MistralBlock<B, Proj, MlpT, NormT>`: one pre-norm decoder layer.
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -54,6 +55,58 @@ public:
         norm2_.forward(h_.data(), x, T);
         mlp_.forward(a_.data(), h_.data(), T);
         ops::add_inplace(B{}, x, a_.data(), T * d);
+    }
+
+    /// One block's training working set: what `forward_train` keeps for `backward` plus the
+    /// backward's scratch (reused from block to block and call to call, so that training holds
+    /// one working set however many blocks the model has).
+    struct Saved {
+        Tensor<float> h1;     ///< [T, d_model] input_layernorm(x)
+        Tensor<float> x_mid;  ///< [T, d_model] residual stream after attention
+        Tensor<float> h2;     ///< [T, d_model] post_attention_layernorm(x_mid)
+        Tensor<float> a;      ///< [T, d_model] branch output, then scratch
+        Tensor<float> dh;     ///< [T, d_model] gradient of a norm's output
+        typename attention_type::Saved attn;  ///< the attention's part
+        typename MlpT::Saved mlp;             ///< the feed-forward part
+    };
+
+    /// Training forward of a whole sequence (positions 0..T-1, no cache): updates the residual
+    /// stream `x` in place through the layers' `forward_train`, keeping what `backward` needs in
+    /// `s`. The block's input is not kept: the caller keeps it (a gradient checkpoint).
+    void forward_train(float* x /*[T, d_model]*/, std::int64_t T, const std::int64_t* positions /*[T]*/, Saved& s) {
+        static_assert(TrainableLinear<Proj>, "MistralBlock::forward_train needs trainable projections (TrainableLinear: "
+                                             "DenseLinear, Lora<DenseLinear>, or a type with forward_train/backward)");
+        const std::int64_t d = attn_.o_proj().out_features();
+        if (s.h1.size() < T * d) {
+            s.h1 = Tensor<float>({T, d});
+            s.x_mid = Tensor<float>({T, d});
+            s.h2 = Tensor<float>({T, d});
+            s.a = Tensor<float>({T, d});
+            s.dh = Tensor<float>({T, d});
+        }
+        norm1_.forward(s.h1.data(), x, T);
+        attn_.forward_train(s.a.data(), s.h1.data(), T, positions, s.attn);
+        ops::add_inplace(B{}, x, s.a.data(), T * d);
+        std::copy_n(x, T * d, s.x_mid.data());
+        norm2_.forward(s.h2.data(), x, T);
+        mlp_.forward_train(s.a.data(), s.h2.data(), T, s.mlp);
+        ops::add_inplace(B{}, x, s.a.data(), T * d);
+    }
+
+    /// Backward of `forward_train`: on entry `dx` is the gradient of the block's output, on exit
+    /// that of its input `x_in` (the same x `forward_train` was last called with, before it
+    /// changed it); adds the parameter gradients of the projections. Consumes `s`.
+    void backward(float* dx /*[T, d_model]*/, const float* x_in /*[T, d_model]*/, std::int64_t T,
+                  const std::int64_t* positions /*[T]*/, Saved& s) {
+        const std::int64_t d = attn_.o_proj().out_features();
+        // x_out = x_mid + mlp(norm2(x_mid))
+        mlp_.backward(s.dh.data(), dx, s.h2.data(), T, s.mlp);
+        norm2_.backward(s.a.data(), s.dh.data(), s.x_mid.data(), T);
+        ops::add_inplace(B{}, dx, s.a.data(), T * d);
+        // x_mid = x_in + attn(norm1(x_in))
+        attn_.backward(s.dh.data(), dx, s.h1.data(), T, positions, s.attn);
+        norm1_.backward(s.a.data(), s.dh.data(), x_in, T);
+        ops::add_inplace(B{}, dx, s.a.data(), T * d);
     }
 
     /// The self-attention.

@@ -77,6 +77,46 @@ void add_inplace(Cpu<A>, float* y /*[n]*/, const float* x /*[n]*/, std::int64_t 
     });
 }
 
+/// Backward of `swiglu`: with s = sigmoid(g) = 1 / (1 + exp(-g)),
+/// dgate = dh · up · s · (1 + g · (1 - s)) and dup = dh · g · s. f32, vectorised exp.
+///
+/// \param dgate [n] gradient of the gate projection (overwritten); may be the same pointer as gate
+/// \param dup   [n] gradient of the up projection (overwritten); may be the same pointer as up
+/// \param dh    [n] gradient of the output h; may be the same pointer as dgate or dup
+/// \param gate  [n] the forward's gate input
+/// \param up    [n] the forward's up input
+/// \param n     number of elements (T * d_ff)
+/// \param pool  thread pool (nullptr: ThreadPool::global())
+/// \pre n >= 0; apart from the aliasing allowed above, the arrays do not overlap.
+template <class A>
+void swiglu_backward(Cpu<A>, float* dgate /*[n]*/, float* dup /*[n]*/, const float* dh /*[n]*/,
+                     const float* gate /*[n]*/, const float* up /*[n]*/, std::int64_t n, ThreadPool* pool = nullptr) {
+    using B = cpu_detail::fbatch<A>;
+    constexpr std::int64_t L = cpu_detail::lanes<A>;
+    auto range = [&](std::int64_t b, std::int64_t e) {
+        std::int64_t i = b;
+        const B one(1.0f);
+        for (; i + L <= e; i += L) {
+            const B g = B::load_unaligned(gate + i), u = B::load_unaligned(up + i), d = B::load_unaligned(dh + i);
+            const B sg = one / (one + xsimd::exp(-g));
+            const B gs = g * sg;
+            (d * u * sg * (one + g * (one - sg))).store_unaligned(dgate + i);
+            (d * gs).store_unaligned(dup + i);
+        }
+        for (; i < e; ++i) {
+            const float g = gate[i], u = up[i], d = dh[i];
+            const float sg = 1.0f / (1.0f + std::exp(-g));
+            dgate[i] = d * u * sg * (1.0f + g * (1.0f - sg));
+            dup[i] = d * (g * sg);
+        }
+    };
+    ThreadPool& p = cpu_detail::pool_or_global(pool);
+    const std::int64_t n_vec = (n + L - 1) / L;
+    cpu_detail::parallel_rows(p, n_vec, 30.0 * L, [&](std::int64_t b, std::int64_t e) {
+        range(b * L, std::min(n, e * L));
+    });
+}
+
 }  // namespace limarp::ops
 
 LIMARP_CPU_KERNELS_END

@@ -13,13 +13,15 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
-
-#include <Eigen/Core>
+#include <utility>
 
 #include "limarp/backend/backend.hpp"
+#include "limarp/backend/cpu/detail/eigen.hpp"
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/core/dtype.hpp"
 #include "limarp/core/thread_pool.hpp"
+
+LIMARP_CPU_KERNELS_BEGIN
 
 namespace limarp::ops {
 
@@ -163,3 +165,5 @@ void matmul_at_b(Cpu<A>, float* c /*[m, n]*/, const float* a /*[T, m]*/, const f
 }
 
 }  // namespace limarp::ops
+
+LIMARP_CPU_KERNELS_END

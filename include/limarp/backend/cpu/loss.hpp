@@ -1,6 +1,7 @@
 #pragma once
 /// \file loss.hpp
-/// \brief CPU cross-entropy of logits rows against target ids (numerically stable, double sums).
+/// \brief CPU cross-entropy of logits rows against target ids (numerically stable, double sums),
+/// its gradient, and the fused, chunked lm_head + cross-entropy forward/backward of training.
 
 #include <algorithm>
 #include <cmath>
@@ -11,6 +12,8 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/detail/simd.hpp"
+#include "limarp/backend/cpu/gemm.hpp"
+#include "limarp/backend/cpu/gemm_backward.hpp"
 #include "limarp/core/thread_pool.hpp"
 
 LIMARP_CPU_KERNELS_BEGIN
@@ -81,6 +84,87 @@ double cross_entropy_rows(Cpu<A>, const float* logits /*[T, vocab]*/, const std:
     cpu_detail::parallel_rows(cpu_detail::pool_or_global(pool), T, 20.0 * static_cast<double>(vocab), rows);
     double total = 0.0;
     for (double v : row_loss) total += v;
+    return total;
+}
+
+/// Cross-entropy of one row and its gradient: returns logsumexp(x) - x[target] (double) and
+/// writes dlogits = grad_scale * (softmax(x) - onehot(target)).
+///
+/// \param dlogits    [vocab] gradient (overwritten); may be the same pointer as logits
+/// \param logits     [vocab] unnormalised scores
+/// \param target     target id
+/// \param vocab      row length
+/// \param grad_scale factor of the gradient (e.g. 1 / number of counted rows for a mean)
+/// \return           the row's loss
+/// \pre 0 <= target < vocab; vocab > 0; logits finite.
+template <class A>
+double cross_entropy_row_backward(Cpu<A>, float* dlogits /*[vocab]*/, const float* logits /*[vocab]*/,
+                                  std::int32_t target, std::int64_t vocab, float grad_scale) noexcept {
+    using B = cpu_detail::fbatch<A>;
+    constexpr std::int64_t L = cpu_detail::lanes<A>;
+    const double lse = logsumexp_row(Cpu<A>{}, logits, vocab);
+    const double loss = lse - static_cast<double>(logits[target]);
+    const float flse = static_cast<float>(lse);
+    const B vl(flse), vs(grad_scale);
+    std::int64_t i = 0;
+    for (; i + L <= vocab; i += L)
+        (xsimd::exp(B::load_unaligned(logits + i) - vl) * vs).store_unaligned(dlogits + i);
+    for (; i < vocab; ++i) dlogits[i] = std::exp(logits[i] - flse) * grad_scale;
+    dlogits[target] -= grad_scale;
+    return loss;
+}
+
+/// Fused lm_head + cross-entropy of training, chunked over the rows so that at most
+/// `chunk_rows` x vocab logits exist at once (never [T, vocab] for a long sequence):
+/// per chunk, logits = h · wᵀ (`matmul_wt`), the row losses, dlogits = grad_scale ·
+/// (softmax - onehot), then dh = dlogits · w (`matmul_w`). Rows whose target is negative
+/// (ignore index, e.g. -100) count nothing and get dh = 0. Deterministic: the row losses are
+/// summed in row order in double.
+///
+/// \param dh         [T, d] gradient of h (overwritten), or nullptr for the loss only
+/// \param h          [T, d] hidden states after the final norm
+/// \param w          [vocab, d] lm_head weight (f32 or bf16, used in place)
+/// \param targets    [T] target id of every row; < 0: not counted
+/// \param T          number of rows
+/// \param d          hidden width (d_model)
+/// \param vocab      vocabulary size
+/// \param grad_scale factor of the gradient (1 / number of counted rows for a mean loss)
+/// \param chunk_rows rows of logits computed at once (>= 1)
+/// \param pool       thread pool (nullptr: ThreadPool::global())
+/// \return           the sum of the counted rows' losses
+/// \pre targets[t] < vocab; d, vocab > 0; dh does not overlap h or w.
+template <class A, class W>
+    requires CpuWeight<W>
+double lm_head_cross_entropy(Cpu<A>, float* dh /*[T, d]*/, const float* h /*[T, d]*/, const W* w /*[vocab, d]*/,
+                             const std::int32_t* targets /*[T]*/, std::int64_t T, std::int64_t d, std::int64_t vocab,
+                             float grad_scale, std::int64_t chunk_rows = 256, ThreadPool* pool = nullptr) {
+    if (T <= 0) return 0.0;
+    chunk_rows = std::max<std::int64_t>(1, std::min(chunk_rows, T));
+    ThreadPool& p = cpu_detail::pool_or_global(pool);
+    cpu_detail::AlignedFloats logits(static_cast<std::size_t>(chunk_rows * vocab));
+    std::vector<double> row_loss(static_cast<std::size_t>(chunk_rows));
+    double total = 0.0;
+    for (std::int64_t c0 = 0; c0 < T; c0 += chunk_rows) {
+        const std::int64_t n = std::min(chunk_rows, T - c0);
+        matmul_wt(Cpu<A>{}, logits.data(), h + c0 * d, w, n, d, vocab, false, &p);
+        cpu_detail::parallel_rows(p, n, 25.0 * static_cast<double>(vocab), [&](std::int64_t r0, std::int64_t r1) {
+            for (std::int64_t r = r0; r < r1; ++r) {
+                float* x = logits.data() + r * vocab;
+                const std::int32_t tgt = targets[c0 + r];
+                double& loss = row_loss[static_cast<std::size_t>(r)];
+                if (tgt < 0) {
+                    loss = 0.0;
+                    if (dh) std::fill(x, x + vocab, 0.0f);
+                } else if (dh) {
+                    loss = cross_entropy_row_backward(Cpu<A>{}, x, x, tgt, vocab, grad_scale);
+                } else {
+                    loss = logsumexp_row(Cpu<A>{}, x, vocab) - static_cast<double>(x[tgt]);
+                }
+            }
+        });
+        for (std::int64_t r = 0; r < n; ++r) total += row_loss[static_cast<std::size_t>(r)];
+        if (dh) matmul_w(Cpu<A>{}, dh + c0 * d, logits.data(), w, n, vocab, d, false, &p);
+    }
     return total;
 }
 

@@ -6,6 +6,7 @@
 #include "limarp/backend/cpu/attention.hpp"
 #include "limarp/backend/cpu/embedding.hpp"
 #include "limarp/backend/cpu/gemm.hpp"
+#include "limarp/backend/cpu/gemm_backward.hpp"
 #include "limarp/backend/cpu/loss.hpp"
 #include "limarp/backend/cpu/norm.hpp"
 #include "limarp/backend/cpu/rope.hpp"

@@ -167,6 +167,69 @@ void rope_rotate_half(Cpu<A>, float* x /*[T, n_heads, head_dim]*/, const std::in
     cpu_detail::parallel_rows(cpu_detail::pool_or_global(pool), T, static_cast<double>(n_heads * head_dim), rows);
 }
 
+/// Backward of `rope_rotate_half`: RoPE is a rotation per (token, head, pair), so the input
+/// gradient is the output gradient rotated back by the same angle:
+/// (g_i, g_{i+h/2}) -> (g_i cos + g_{i+h/2} sin, g_{i+h/2} cos - g_i sin). In place.
+///
+/// \param dx        [T, n_heads, head_dim] on entry the gradient of the rotated tensor, on exit
+///                  the gradient of the tensor before rotation
+/// \param positions [T] absolute position of every token (as in the forward)
+/// \param T         number of tokens
+/// \param n_heads   heads per token
+/// \param head_dim  head dimension
+/// \param theta     RoPE base (rope_theta)
+/// \param pool      thread pool (nullptr: ThreadPool::global())
+/// \pre head_dim > 0 even, positions[t] >= 0, theta > 0.
+template <class A>
+void rope_rotate_half_backward(Cpu<A>, float* dx /*[T, n_heads, head_dim]*/, const std::int64_t* positions /*[T]*/,
+                               std::int64_t T, std::int64_t n_heads, std::int64_t head_dim, double theta,
+                               ThreadPool* pool = nullptr) {
+    const std::int64_t half = head_dim / 2;
+    std::vector<float> inv(static_cast<std::size_t>(half));
+    for (std::int64_t i = 0; i < half; ++i) inv[static_cast<std::size_t>(i)] = rope_inv_freq(i, head_dim, theta);
+    auto rows = [&](std::int64_t t0, std::int64_t t1) {
+        float* cs = cpu_detail::scratch<1>(static_cast<std::size_t>(2 * half));
+        for (std::int64_t t = t0; t < t1; ++t) {
+            const float pos = static_cast<float>(positions[t]);
+            for (std::int64_t i = 0; i < half; ++i) {
+                const double angle = static_cast<double>(pos * inv[static_cast<std::size_t>(i)]);
+                cs[i] = static_cast<float>(std::cos(angle));
+                cs[half + i] = -static_cast<float>(std::sin(angle));  // rotation by -angle
+            }
+            cpu_detail::rope_apply_token<A>(dx + t * n_heads * head_dim, cs, cs + half, n_heads, head_dim);
+        }
+    };
+    cpu_detail::parallel_rows(cpu_detail::pool_or_global(pool), T, static_cast<double>(n_heads * head_dim + 20 * half),
+                              rows);
+}
+
+/// Backward of the table overload of `rope_rotate_half` (see the overload taking `theta`).
+///
+/// \param dx        [T, n_heads, head_dim] gradient, rotated back in place
+/// \param positions [T] absolute position of every token
+/// \param T         number of tokens
+/// \param n_heads   heads per token
+/// \param head_dim  head dimension
+/// \param table     precomputed cos/sin
+/// \param pool      thread pool (nullptr: ThreadPool::global())
+/// \pre table.head_dim() == head_dim, 0 <= positions[t] < table.n_positions().
+template <class A>
+void rope_rotate_half_backward(Cpu<A>, float* dx /*[T, n_heads, head_dim]*/, const std::int64_t* positions /*[T]*/,
+                               std::int64_t T, std::int64_t n_heads, std::int64_t head_dim, const RopeTable& table,
+                               ThreadPool* pool = nullptr) {
+    const std::int64_t half = head_dim / 2;
+    auto rows = [&](std::int64_t t0, std::int64_t t1) {
+        float* ns = cpu_detail::scratch<1>(static_cast<std::size_t>(half));
+        for (std::int64_t t = t0; t < t1; ++t) {
+            const float* s = table.sin(positions[t]);
+            for (std::int64_t i = 0; i < half; ++i) ns[i] = -s[i];
+            cpu_detail::rope_apply_token<A>(dx + t * n_heads * head_dim, table.cos(positions[t]), ns, n_heads,
+                                            head_dim);
+        }
+    };
+    cpu_detail::parallel_rows(cpu_detail::pool_or_global(pool), T, static_cast<double>(n_heads * head_dim), rows);
+}
+
 }  // namespace limarp::ops
 
 LIMARP_CPU_KERNELS_END
