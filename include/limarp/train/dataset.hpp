@@ -35,10 +35,10 @@
 /// \endverbatim
 /// Rules (both formats; any violation is a FormatError naming the file, the line and the field,
 /// e.g. `data/a.yaml:14: field 'conversation[3].text': the message is empty`):
-/// `names` is a map with non-empty string `<FIRST>` and `<SECOND>`; `personas` is a map whose
+/// `names` is a map with non-empty strings \<FIRST\> and \<SECOND\>; `personas` is a map whose
 /// two entries are strings or null/absent (= no persona line); `scenario` must be present
 /// (a string, or null = none); `conversation` is a non-empty list of maps with a string `name`
-/// (`<FIRST>`, `<SECOND>`, or one of the two names literally) and a non-blank string `text`;
+/// (\<FIRST\>, \<SECOND\>, or one of the two names literally) and a non-blank string `text`;
 /// at least one message is the character's. Other keys are ignored (LimaRP files may carry
 /// metadata). In YAML every scalar is text (`text: 42` is "42"); in JSON values must be strings.
 ///

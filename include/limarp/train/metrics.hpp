@@ -39,7 +39,9 @@
 #include "limarp/core/error.hpp"
 #include "limarp/io/detail/posix_file.hpp"
 
-extern char** environ;
+/// \cond
+extern char** environ;  // POSIX: the environment passed to posix_spawnp
+/// \endcond
 
 namespace limarp::train {
 

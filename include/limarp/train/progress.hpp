@@ -54,7 +54,7 @@ struct ProgressOptions {
     std::string label = "train";   ///< first word of the line
     int bar_width = 24;            ///< characters of the bar (terminal and plain lines)
     double min_interval_s = 0.1;   ///< terminal only: at most one redraw per interval (the last update always draws at finish())
-    std::optional<bool> tty;       ///< force terminal / plain mode (default: isatty of stderr when the stream is std::cerr/std::clog, else plain)
+    std::optional<bool> tty;       ///< force terminal / plain mode (default: isatty(2) when the stream is `std::cerr` or `std::clog`, else plain)
     std::function<double()> clock; ///< seconds, monotonic (default: std::chrono::steady_clock); for tests
 };
 
