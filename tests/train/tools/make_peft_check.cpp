@@ -3,8 +3,7 @@
 //
 //   g++ -std=c++20 -O1 -I include tests/train/tools/make_peft_check.cpp -o /tmp/make_peft_check
 //   /tmp/make_peft_check tests/golden/swa_long /tmp/peft_check
-//   python3 tests/train/tools/check_peft_load.py tests/golden/swa_long /tmp/peft_check/rewritten_all7 \
-//       /tmp/peft_check/checkpoint-1
+//   python3 tests/train/tools/check_peft_load.py tests/golden/swa_long /tmp/peft_check/rewritten_all7 /tmp/peft_check/checkpoint-1
 //
 // rewritten_all7: the all7 fixture adapter read with read_lora_parameters() and written back with
 // write_peft_adapter(); checkpoint-1: a write_checkpoint() folder (rsLoRA, r 4, random factors,
@@ -13,6 +12,10 @@
 #include <iostream>
 using namespace limarp; using namespace limarp::train;
 int main(int argc, char** argv) {
+    if (argc != 3) {
+        std::cerr << "usage: make_peft_check FIXTURE_DIR OUT_DIR\n";
+        return 2;
+    }
     const std::filesystem::path fix = argv[1], out = argv[2];
     AdapterInfo info;
     auto params = read_lora_parameters(fix / "adapters/all7", &info);
