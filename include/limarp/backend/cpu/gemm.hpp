@@ -167,7 +167,7 @@ void matmul_wt_gemm(float* y, const float* x, const W* w, std::int64_t T, std::i
 /// \endcond
 
 /// Rows of x up to which matmul_wt streams weights with dot products; more rows use the packed GEMM.
-inline constexpr std::int64_t kGemvMaxRows = 12;
+inline constexpr std::int64_t kGemvMaxRows = 16;
 
 /// y (=|+=) x · wᵀ: the Linear layer product with weights stored [n_out, n_in] (as in PyTorch
 /// and safetensors). f32 compute and FMA accumulation; bf16 weights are widened in registers

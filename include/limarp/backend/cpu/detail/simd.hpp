@@ -134,7 +134,9 @@ inline float hmax(const fbatch<A>& v) noexcept {
 using AlignedFloats = std::vector<float, xsimd::aligned_allocator<float, 64>>;
 
 /// A per-thread scratch buffer of at least `n` floats (contents unspecified).
-/// `slot` distinguishes buffers used at the same time by one thread.
+/// `Slot` distinguishes buffers used at the same time by one thread; a kernel must not call
+/// another kernel that uses the same slot while it holds the pointer. Slots in use: 0 the
+/// matmul_wt weight panels, 1 rope cos/sin, 2 attention tiles.
 template <int Slot>
 inline float* scratch(std::size_t n) {
     static thread_local AlignedFloats buf;
