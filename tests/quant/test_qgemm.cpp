@@ -72,7 +72,10 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(int8_x_int8_matches_reference, A, Archs) {
         for (std::int64_t n_out : kOuts) {
             const auto w = QuantizedWeight<Int8Rowwise>::quantize(random_weight(n_out, n_in, 11u + n_in + n_out), &p1);
             for (std::int64_t T : kTs) {
-                const auto x = test::random_floats(static_cast<std::size_t>(T * n_in), 7u + T, -2.0f, 2.0f);
+                auto x = test::random_floats(static_cast<std::size_t>(T * n_in), 7u + T, -2.0f, 2.0f);
+                // a few outlier columns (|x| >= 6) for the thr = 6 runs
+                x[static_cast<std::size_t>((T - 1) * n_in + n_in / 3)] = 9.0f;
+                x[static_cast<std::size_t>(n_in - 1)] = -6.5f;
                 for (float thr : {0.0f, 6.0f}) {
                     const auto ref = test::ref_int8(x.data(), T, w, thr);
                     for (ThreadPool* p : {&p1, &p2}) {
@@ -90,7 +93,7 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(int8_x_int8_matches_reference, A, Archs) {
 
 BOOST_AUTO_TEST_CASE_TEMPLATE(int8_outlier_columns, A, Archs) {
     ThreadPool p2(2);
-    const std::int64_t n_in = 300, n_out = 37;
+    const std::int64_t n_in = 1200, n_out = 37;  // T * n_in large enough to quantize x in parallel
     const auto w = QuantizedWeight<Int8Rowwise>::quantize(random_weight(n_out, n_in, 5u), &p2);
     const Tensor<float> wf = w.dequantize();
     for (std::int64_t T : {1, 3, 9, 40}) {

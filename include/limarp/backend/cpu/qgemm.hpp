@@ -122,22 +122,24 @@ void qmatmul_wt(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, c
     }
     const float thr = opt.outlier_threshold;
     if (I == QIsa::Scalar || T <= kQGemvMaxRows) {
-        const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, thr, XFormat::S8, p);
+        const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, thr, XFormat::S8, 0, p);
         gemv_i8<I>(y, xq, w, T, accumulate, p);
         return;
     }
 #if LIMARP_QGEMM_VNNI
     if constexpr (I == QIsa::Avx512Vnni) {
-        const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, thr, XFormat::U8, p);
-        GemmI8Vnni<12, 2> k{y, xq, w, accumulate};
+        using K = GemmI8Vnni<12, 2>;
+        const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, thr, XFormat::U8, K::MR, p);
+        K k{y, xq, w, accumulate};
         packed_gemm(k, T, n_out, n_in, p);
         return;
     }
 #endif
 #if LIMARP_QGEMM_AVX2
     if constexpr (I == QIsa::Avx2) {
-        const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, thr, XFormat::I16, p);
-        GemmI8Avx2<6, 2> k{y, xq, w, accumulate};
+        using K = GemmI8Avx2<6, 2>;
+        const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, thr, XFormat::I16, K::MR, p);
+        K k{y, xq, w, accumulate};
         packed_gemm(k, T, n_out, n_in, p);
         return;
     }
@@ -176,22 +178,24 @@ void qmatmul_wt(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, c
         return;
     }
     if (I == QIsa::Scalar || T <= kQGemvMaxRows) {
-        const XQuant xq = quantize_x_q8_0<I>(x, T, n_in, XFormat::S8, p);
+        const XQuant xq = quantize_x_q8_0<I>(x, T, n_in, XFormat::S8, 0, p);
         gemv_q8<I>(y, xq, w, T, accumulate, p);
         return;
     }
 #if LIMARP_QGEMM_VNNI
     if constexpr (I == QIsa::Avx512Vnni) {
-        const XQuant xq = quantize_x_q8_0<I>(x, T, n_in, XFormat::U8, p);
-        GemmQ8Vnni<6, 2> k{y, xq, w, accumulate};
+        using K = GemmQ8Vnni<6, 2>;
+        const XQuant xq = quantize_x_q8_0<I>(x, T, n_in, XFormat::U8, K::MR, p);
+        K k{y, xq, w, accumulate};
         packed_gemm(k, T, n_out, n_in, p);
         return;
     }
 #endif
 #if LIMARP_QGEMM_AVX2
     if constexpr (I == QIsa::Avx2) {
-        const XQuant xq = quantize_x_q8_0<I>(x, T, n_in, XFormat::I16, p);
-        GemmQ8Avx2<3, 2> k{y, xq, w, accumulate};
+        using K = GemmQ8Avx2<4, 2>;
+        const XQuant xq = quantize_x_q8_0<I>(x, T, n_in, XFormat::I16, K::MR, p);
+        K k{y, xq, w, accumulate};
         packed_gemm(k, T, n_out, n_in, p);
         return;
     }

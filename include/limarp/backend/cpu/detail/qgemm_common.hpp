@@ -36,6 +36,14 @@
 #define LIMARP_QGEMM_DIAG_PUSH
 #define LIMARP_QGEMM_DIAG_POP
 #endif
+// Full unrolling of the small register-tile loops (keeps the accumulator arrays in registers).
+#if defined(__clang__)
+#define LIMARP_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define LIMARP_UNROLL _Pragma("GCC unroll 32")
+#else
+#define LIMARP_UNROLL
+#endif
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define LIMARP_QGEMM_VNNI 1
 #else
@@ -123,6 +131,45 @@ inline std::int32_t load_i32(const void* p) noexcept {
     std::int32_t v;
     std::memcpy(&v, p, 4);
     return v;
+}
+
+/// Software prefetch of the GEMV weight streams: 0 none, 1 `LIMARP_QGEMV_PF_DIST` bytes ahead in
+/// the same row, 2 the same offset in the row one tile-group ahead (the rows the thread reads next).
+#ifndef LIMARP_QGEMV_PREFETCH
+#define LIMARP_QGEMV_PREFETCH 2
+#endif
+#ifndef LIMARP_QGEMV_PF_DIST
+#define LIMARP_QGEMV_PF_DIST 1024
+#endif
+
+/// Prefetches for a GEMV weight stream at `p` (row stride `row_bytes`, `group` rows per tile).
+inline void gemv_prefetch(const void* p, std::int64_t row_bytes, std::int64_t group) noexcept {
+#if LIMARP_QGEMV_PREFETCH == 1 && (LIMARP_QGEMM_AVX2 || LIMARP_QGEMM_VNNI)
+    (void)row_bytes;
+    (void)group;
+    _mm_prefetch(static_cast<const char*>(p) + LIMARP_QGEMV_PF_DIST, _MM_HINT_T0);
+#elif LIMARP_QGEMV_PREFETCH == 2 && (LIMARP_QGEMM_AVX2 || LIMARP_QGEMM_VNNI)
+    _mm_prefetch(static_cast<const char*>(p) + row_bytes * group, _MM_HINT_T0);
+#else
+    (void)p;
+    (void)row_bytes;
+    (void)group;
+#endif
+}
+
+/// sum_i a[i] * b[i] over int8 values in plain C++ (the scalar kernels and tails).
+/// GCC 12 compiles this loop with -mavx512vnni / -mavxvnni into vpdpbusd, which multiplies
+/// *unsigned* bytes of one operand with signed bytes of the other: wrong for int8 x int8. An empty
+/// asm statement on the accumulator keeps the loop scalar there.
+inline std::int32_t scalar_dot_i8(const std::int8_t* a, const std::int8_t* b, std::int64_t n) noexcept {
+    std::int32_t d = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        d += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(b[i]);
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__AVX512VNNI__) || defined(__AVXVNNI__))
+        __asm__("" : "+r"(d));
+#endif
+    }
+    return d;
 }
 
 /// Runs `fn(i)` for i in [0, n) on `pool`, handing indices out dynamically; inline with one thread.
@@ -248,47 +295,66 @@ enum class XFormat : std::uint8_t {
 /// Bytes per element of an XFormat.
 constexpr std::int64_t xformat_size(XFormat f) noexcept { return f == XFormat::I16 ? 2 : 1; }
 
-/// Activations quantized for an int8 x int8 product. Row t holds `ld` elements (the values of
-/// row t, then zeros up to ld; for U8 the padding is 0x80 = a zero value) in format `fmt`.
+/// Activations quantized for an int8 x int8 product, in format `fmt`.
+/// Layout of `data`: with tile == 0, row t holds `ld` elements (the n values of row t, then zeros
+/// up to ld; for U8 the padding is 0x80, i.e. the value 0). With tile > 0 (packed GEMM), rows are
+/// grouped by `tile` (the micro-kernel's MR; T is padded with zero rows to a multiple) and
+/// interleaved in 4-byte units: element k of row t lies at
+///   tile_base(t) + ((k / G) * tile + t % tile) * 4 bytes + (k % G) * element size, G = 4 / size,
+/// so that a micro-kernel broadcasts the 4 bytes of consecutive rows from one pointer.
 struct XQuant {
     XFormat fmt = XFormat::S8;       ///< element format of `data`
     std::int64_t T = 0;              ///< rows
     std::int64_t n = 0;              ///< values per row
-    std::int64_t ld = 0;             ///< elements per row in `data` (multiple of 64)
-    const void* data = nullptr;      ///< [T, ld] values
+    std::int64_t ld = 0;             ///< elements per row (multiple of 64)
+    std::int64_t tile = 0;           ///< rows per interleaved tile, 0 = row-major
+    const void* data = nullptr;      ///< the values
     const float* scale = nullptr;    ///< int8 row-wise: [T] row scales; q8_0: [T, n / 32] block scales
     const std::int32_t* cols = nullptr;  ///< int8 row-wise: the outlier columns, ascending [n_outl]
     std::int64_t n_outl = 0;         ///< number of outlier columns
     const float* xo = nullptr;       ///< [T, n_outl]: x at the outlier columns (f32)
 
-    /// Row t as int8. \pre fmt == S8.
+    /// Row t as int8. \pre fmt == S8, tile == 0.
     const std::int8_t* s8(std::int64_t t) const noexcept { return static_cast<const std::int8_t*>(data) + t * ld; }
-    /// Row t as uint8. \pre fmt == U8.
-    const std::uint8_t* u8(std::int64_t t) const noexcept { return static_cast<const std::uint8_t*>(data) + t * ld; }
-    /// Row t as int16. \pre fmt == I16.
-    const std::int16_t* i16(std::int64_t t) const noexcept { return static_cast<const std::int16_t*>(data) + t * ld; }
+    /// First byte of the tile holding row t (tile > 0).
+    const std::byte* tile_base(std::int64_t t) const noexcept {
+        return static_cast<const std::byte*>(data) + (t / tile) * tile * ld * xformat_size(fmt);
+    }
 };
 
-/// Writes the n int8 values `q` (padded with zeros to ld) into row `dst` in format `fmt`.
-inline void store_xrow(XFormat fmt, void* dst, const std::int8_t* q, std::int64_t n, std::int64_t ld) noexcept {
-    switch (fmt) {
-        case XFormat::S8: {
-            auto* d = static_cast<std::int8_t*>(dst);
-            if (d != q) std::memcpy(d, q, static_cast<std::size_t>(n));
+/// Writes row t (n int8 values `q`, zero padded to ld; q may be null when n == 0) into `base`
+/// in format `fmt` and the layout of `XQuant` (row-major for tile == 0, else interleaved).
+inline void store_xrow(XFormat fmt, void* base, std::int64_t t, std::int64_t ld, std::int64_t tile,
+                       const std::int8_t* q, std::int64_t n) noexcept {
+    const std::int64_t es = xformat_size(fmt);
+    auto put = [fmt](std::byte* d, std::int8_t v) {
+        switch (fmt) {
+            case XFormat::S8: *reinterpret_cast<std::int8_t*>(d) = v; break;
+            case XFormat::U8: *reinterpret_cast<std::uint8_t*>(d) = static_cast<std::uint8_t>(v ^ 0x80); break;
+            case XFormat::I16: {
+                const std::int16_t w = v;
+                std::memcpy(d, &w, 2);
+                break;
+            }
+        }
+    };
+    if (tile == 0) {
+        std::byte* d = static_cast<std::byte*>(base) + t * ld * es;
+        if (fmt == XFormat::S8) {
+            if (n) std::memcpy(d, q, static_cast<std::size_t>(n));
             std::memset(d + n, 0, static_cast<std::size_t>(ld - n));
-            break;
+            return;
         }
-        case XFormat::U8: {
-            auto* d = static_cast<std::uint8_t*>(dst);
-            for (std::int64_t k = 0; k < n; ++k) d[k] = static_cast<std::uint8_t>(q[k] ^ 0x80);
-            std::memset(d + n, 0x80, static_cast<std::size_t>(ld - n));
-            break;
-        }
-        case XFormat::I16: {
-            auto* d = static_cast<std::int16_t*>(dst);
-            for (std::int64_t k = 0; k < n; ++k) d[k] = q[k];
-            std::fill(d + n, d + ld, std::int16_t{0});
-            break;
+        for (std::int64_t k = 0; k < ld; ++k) put(d + k * es, k < n ? q[k] : std::int8_t{0});
+        return;
+    }
+    const std::int64_t G = 4 / es;
+    std::byte* tb = static_cast<std::byte*>(base) + (t / tile) * tile * ld * es + (t % tile) * 4;
+    for (std::int64_t g = 0; g < ld / G; ++g) {
+        std::byte* d = tb + g * tile * 4;
+        for (std::int64_t j = 0; j < G; ++j) {
+            const std::int64_t k = g * G + j;
+            put(d + j * es, k < n ? q[k] : std::int8_t{0});
         }
     }
 }
@@ -315,10 +381,11 @@ void find_outlier_columns(std::vector<std::int32_t>& cols, const float* x, std::
 
 /// Quantizes x [T, n] row-wise to int8 for the int8 row-wise kernels: outlier columns (some
 /// |x| >= thr; none for thr <= 0) are zeroed before the row absmax and their f32 values gathered
-/// into xo. Buffers are the calling thread's scratch (slots 1-3), valid until the next call.
+/// into xo. Layout `fmt`/`tile` as in XQuant. Buffers are the calling thread's scratch (slots
+/// 1-2), valid until the next call from that thread.
 template <class A, QIsa I>
 XQuant quantize_x_int8(const float* x /*[T, n]*/, std::int64_t T, std::int64_t n, float thr, XFormat fmt,
-                       ThreadPool& pool) {
+                       std::int64_t tile, ThreadPool& pool) {
     static thread_local std::vector<std::int32_t> cols;
     find_outlier_columns<A>(cols, x, T, n, thr);
     XQuant q;
@@ -326,27 +393,32 @@ XQuant quantize_x_int8(const float* x /*[T, n]*/, std::int64_t T, std::int64_t n
     q.T = T;
     q.n = n;
     q.ld = round_up(n, 64);
+    q.tile = tile;
     const std::int64_t n_outl = static_cast<std::int64_t>(cols.size());
-    void* data = qscratch<1>(static_cast<std::size_t>(T * q.ld * xformat_size(fmt)));
+    const std::int64_t T_pad = tile ? round_up(T, tile) : T;
+    void* data = qscratch<1>(static_cast<std::size_t>(T_pad * q.ld * xformat_size(fmt)));
     float* scale = qscratch_as<2, float>(T + T * n_outl);
     float* xo = scale + T;
+    for (std::int64_t t = T; t < T_pad; ++t) store_xrow(fmt, data, t, q.ld, tile, nullptr, 0);
+    // `cols` is this thread's thread_local: the workers must read it through a pointer.
+    const std::int32_t* col = cols.data();
     for_each_range(pool, T, static_cast<double>(n) * 4.0, [&](std::int64_t b, std::int64_t e) {
         float* tmp = n_outl ? qscratch_as<4, float>(n) : nullptr;
-        std::int8_t* qt = fmt == XFormat::S8 ? nullptr : qscratch_as<5, std::int8_t>(n);
+        const bool direct = fmt == XFormat::S8 && tile == 0;
+        std::int8_t* qt = direct ? nullptr : qscratch_as<5, std::int8_t>(n);
         for (std::int64_t t = b; t < e; ++t) {
             const float* r = x + t * n;
             if (n_outl) {
                 std::memcpy(tmp, r, static_cast<std::size_t>(n) * sizeof(float));
                 for (std::int64_t j = 0; j < n_outl; ++j) {
-                    xo[t * n_outl + j] = r[cols[static_cast<std::size_t>(j)]];
-                    tmp[cols[static_cast<std::size_t>(j)]] = 0.0f;
+                    xo[t * n_outl + j] = r[col[j]];
+                    tmp[col[j]] = 0.0f;
                 }
                 r = tmp;
             }
-            void* dst = static_cast<std::byte*>(data) + t * q.ld * xformat_size(fmt);
-            std::int8_t* qr = fmt == XFormat::S8 ? static_cast<std::int8_t*>(dst) : qt;
+            std::int8_t* qr = direct ? static_cast<std::int8_t*>(data) + t * q.ld : qt;
             scale[t] = quantize_row<I>(r, n, qr);
-            store_xrow(fmt, dst, qr, n, q.ld);
+            store_xrow(fmt, data, t, q.ld, tile, qr, n);
         }
     });
     q.data = data;
@@ -360,22 +432,26 @@ XQuant quantize_x_int8(const float* x /*[T, n]*/, std::int64_t T, std::int64_t n
 /// Quantizes x [T, n] (n a multiple of 32) to q8_0 blocks for the Q8_0 kernels: per block of 32,
 /// d = absmax / 127 (kept in f32) and q = round-half-even(x / d). Scratch slots 1-2.
 template <QIsa I>
-XQuant quantize_x_q8_0(const float* x /*[T, n]*/, std::int64_t T, std::int64_t n, XFormat fmt, ThreadPool& pool) {
+XQuant quantize_x_q8_0(const float* x /*[T, n]*/, std::int64_t T, std::int64_t n, XFormat fmt, std::int64_t tile,
+                       ThreadPool& pool) {
     XQuant q;
     q.fmt = fmt;
     q.T = T;
     q.n = n;
     q.ld = round_up(n, 64);
+    q.tile = tile;
     const std::int64_t nb = n / 32;
-    void* data = qscratch<1>(static_cast<std::size_t>(T * q.ld * xformat_size(fmt)));
+    const std::int64_t T_pad = tile ? round_up(T, tile) : T;
+    void* data = qscratch<1>(static_cast<std::size_t>(T_pad * q.ld * xformat_size(fmt)));
     float* scale = qscratch_as<2, float>(T * nb);
+    for (std::int64_t t = T; t < T_pad; ++t) store_xrow(fmt, data, t, q.ld, tile, nullptr, 0);
     for_each_range(pool, T, static_cast<double>(n) * 4.0, [&](std::int64_t b, std::int64_t e) {
-        std::int8_t* qt = fmt == XFormat::S8 ? nullptr : qscratch_as<5, std::int8_t>(n);
+        const bool direct = fmt == XFormat::S8 && tile == 0;
+        std::int8_t* qt = direct ? nullptr : qscratch_as<5, std::int8_t>(n);
         for (std::int64_t t = b; t < e; ++t) {
-            void* dst = static_cast<std::byte*>(data) + t * q.ld * xformat_size(fmt);
-            std::int8_t* qr = fmt == XFormat::S8 ? static_cast<std::int8_t*>(dst) : qt;
+            std::int8_t* qr = direct ? static_cast<std::int8_t*>(data) + t * q.ld : qt;
             for (std::int64_t j = 0; j < nb; ++j) scale[t * nb + j] = quantize_row<I>(x + t * n + 32 * j, 32, qr + 32 * j);
-            store_xrow(fmt, dst, qr, n, q.ld);
+            store_xrow(fmt, data, t, q.ld, tile, qr, n);
         }
     });
     q.data = data;

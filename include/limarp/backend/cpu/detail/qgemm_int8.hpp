@@ -61,68 +61,94 @@ inline void dots_i8(std::int32_t (&dot)[RX][G], const XQuant& xq, std::int64_t t
                     std::int64_t o0) noexcept {
     const std::int64_t n = w.n_in();
     const std::int8_t* wr[G];
+    LIMARP_UNROLL
     for (int g = 0; g < G; ++g) wr[g] = w.row(o0 + g);
     const std::int8_t* xr[RX];
+    LIMARP_UNROLL
     for (int r = 0; r < RX; ++r) xr[r] = xq.s8(t0 + r);
     std::int64_t k = 0;
 #if LIMARP_QGEMM_VNNI
     if constexpr (I == QIsa::Avx512Vnni) {
         __m512i acc[RX][G];
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_si512();
         const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
         for (; k + 64 <= n; k += 64) {
             __m512i wv[G];
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) {
                 wv[g] = _mm512_loadu_si512(wr[g] + k);
-                _mm_prefetch(reinterpret_cast<const char*>(wr[g] + k) + 1024, _MM_HINT_T0);
+                gemv_prefetch(wr[g] + k, n, G);
             }
+            LIMARP_UNROLL
             for (int r = 0; r < RX; ++r) {
                 const __m512i xv = _mm512_xor_si512(_mm512_loadu_si512(xr[r] + k), flip);
+                LIMARP_UNROLL
                 for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbusd_epi32(acc[r][g], xv, wv[g]);
             }
         }
         if (k < n) {  // masked tail: weights beyond the row read as 0
             const __mmask64 m = (~0ull) >> (64 - (n - k));
             __m512i wv[G];
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) wv[g] = _mm512_maskz_loadu_epi8(m, wr[g] + k);
+            LIMARP_UNROLL
             for (int r = 0; r < RX; ++r) {
                 const __m512i xv = _mm512_xor_si512(_mm512_loadu_si512(xr[r] + k), flip);
+                LIMARP_UNROLL
                 for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbusd_epi32(acc[r][g], xv, wv[g]);
             }
         }
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) dot[r][g] = _mm512_reduce_add_epi32(acc[r][g]) - 128 * w.row_sums()[o0 + g];
         return;
     }
 #endif
+    LIMARP_UNROLL
     for (int r = 0; r < RX; ++r)
+        LIMARP_UNROLL
         for (int g = 0; g < G; ++g) dot[r][g] = 0;
 #if LIMARP_QGEMM_AVX2
     if constexpr (I == QIsa::Avx2) {
         __m256i acc[RX][G];
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_si256();
         const __m256i ones = _mm256_set1_epi16(1);
         for (; k + 32 <= n; k += 32) {
             __m256i wv[G];
-            for (int g = 0; g < G; ++g) wv[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[g] + k));
+            LIMARP_UNROLL
+            for (int g = 0; g < G; ++g) {
+                wv[g] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr[g] + k));
+                if (k % 64 == 0) gemv_prefetch(wr[g] + k, n, G);
+            }
+            LIMARP_UNROLL
             for (int r = 0; r < RX; ++r) {
                 const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[r] + k));
                 const __m256i ax = _mm256_sign_epi8(xv, xv);
+                LIMARP_UNROLL
                 for (int g = 0; g < G; ++g) {
                     const __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv[g], xv));
                     acc[r][g] = _mm256_add_epi32(acc[r][g], _mm256_madd_epi16(p, ones));
                 }
             }
         }
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) dot[r][g] = hsum_i32(acc[r][g]);
     }
 #endif
-    for (; k < n; ++k)
+    if (k < n)
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
-            for (int g = 0; g < G; ++g) dot[r][g] += static_cast<std::int32_t>(xr[r][k]) * wr[g][k];
+            LIMARP_UNROLL
+            for (int g = 0; g < G; ++g) dot[r][g] += scalar_dot_i8(xr[r] + k, wr[g] + k, n - k);
 }
 
 /// y[t0 + r, o0 + g] (=|+=) int8 x int8 product for an RX x G tile.
@@ -131,7 +157,9 @@ inline void gemv_i8_tile(float* y, std::int64_t ldy, const XQuant& xq, std::int6
                          std::int64_t o0, bool accumulate) noexcept {
     std::int32_t dot[RX][G];
     dots_i8<I, RX, G>(dot, xq, t0, w, o0);
+    LIMARP_UNROLL
     for (int r = 0; r < RX; ++r)
+        LIMARP_UNROLL
         for (int g = 0; g < G; ++g) {
             const float v = int8_output(xq, w, t0 + r, o0 + g, dot[r][g]);
             float& out = y[(t0 + r) * ldy + o0 + g];
@@ -145,64 +173,89 @@ inline void gemv_i8w_tile(float* y, std::int64_t ldy, const float* x, std::int64
                           const I8Weight& w, std::int64_t o0, bool accumulate) noexcept {
     const std::int64_t n = w.n_in();
     const std::int8_t* wr[G];
+    LIMARP_UNROLL
     for (int g = 0; g < G; ++g) wr[g] = w.row(o0 + g);
     const float* xr[RX];
+    LIMARP_UNROLL
     for (int r = 0; r < RX; ++r) xr[r] = x + (t0 + r) * ldx;
     float s[RX][G];
     std::int64_t k = 0;
 #if LIMARP_QGEMM_VNNI
     if constexpr (I == QIsa::Avx512Vnni) {
         __m512 acc[RX][G];
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
         for (; k < n; k += 16) {
             const bool tail = k + 16 > n;
             const __mmask16 m = tail ? static_cast<__mmask16>((1u << (n - k)) - 1u) : static_cast<__mmask16>(0xffff);
             __m512 wv[G];
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) {
+                if (k % 64 == 0) gemv_prefetch(wr[g] + k, n, G);
                 const __m128i b = tail ? _mm_maskz_loadu_epi8(m, wr[g] + k)
                                        : _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr[g] + k));
                 wv[g] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
             }
+            LIMARP_UNROLL
             for (int r = 0; r < RX; ++r) {
                 const __m512 xv = tail ? _mm512_maskz_loadu_ps(m, xr[r] + k) : _mm512_loadu_ps(xr[r] + k);
+                LIMARP_UNROLL
                 for (int g = 0; g < G; ++g) acc[r][g] = _mm512_fmadd_ps(xv, wv[g], acc[r][g]);
             }
         }
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) s[r][g] = _mm512_reduce_add_ps(acc[r][g]);
     } else
 #endif
     {
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) s[r][g] = 0.0f;
 #if LIMARP_QGEMM_AVX2
         if constexpr (I == QIsa::Avx2) {
             __m256 acc[RX][G];
+            LIMARP_UNROLL
             for (int r = 0; r < RX; ++r)
+                LIMARP_UNROLL
                 for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
             for (; k + 8 <= n; k += 8) {
                 __m256 wv[G];
-                for (int g = 0; g < G; ++g)
+                LIMARP_UNROLL
+                for (int g = 0; g < G; ++g) {
+                    if (k % 64 == 0) gemv_prefetch(wr[g] + k, n, G);
                     wv[g] = _mm256_cvtepi32_ps(
                         _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(wr[g] + k))));
+                }
+                LIMARP_UNROLL
                 for (int r = 0; r < RX; ++r) {
                     const __m256 xv = _mm256_loadu_ps(xr[r] + k);
+                    LIMARP_UNROLL
                     for (int g = 0; g < G; ++g) acc[r][g] = _mm256_fmadd_ps(xv, wv[g], acc[r][g]);
                 }
             }
+            LIMARP_UNROLL
             for (int r = 0; r < RX; ++r)
+                LIMARP_UNROLL
                 for (int g = 0; g < G; ++g) s[r][g] = hsum_f32(acc[r][g]);
         }
 #endif
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) {
                 float t = 0.0f;
                 for (std::int64_t kk = k; kk < n; ++kk) t += xr[r][kk] * static_cast<float>(wr[g][kk]);
                 s[r][g] += t;
             }
     }
+    LIMARP_UNROLL
     for (int r = 0; r < RX; ++r)
+        LIMARP_UNROLL
         for (int g = 0; g < G; ++g) {
             const float v = w.scales()[o0 + g] * s[r][g];
             float& out = y[(t0 + r) * ldy + o0 + g];
@@ -290,13 +343,20 @@ void gemv_i8w(float* y, const float* x, const I8Weight& w, std::int64_t T, bool 
 inline void epilogue_i8(float* y, std::int64_t n_out, const XQuant& xq, const I8Weight& w, bool accumulate,
                         std::int32_t offset, const std::int32_t* acc, std::int64_t NR, std::int64_t t0,
                         std::int64_t t1, std::int64_t o0, std::int64_t rows) noexcept {
+    const float* sw = w.scales() + o0;
+    const std::int32_t* rs = w.row_sums() + o0;
+    alignas(64) float v[64];
     for (std::int64_t t = t0; t < t1; ++t) {
         const std::int32_t* a = acc + (t - t0) * NR;
         float* yr = y + t * n_out + o0;
-        for (std::int64_t r = 0; r < rows; ++r) {
-            const float v = int8_output(xq, w, t, o0 + r, a[r] - offset * w.row_sums()[o0 + r]);
-            yr[r] = accumulate ? yr[r] + v : v;
-        }
+        const float sx = xq.scale[t];
+        for (std::int64_t r = 0; r < rows; ++r) v[r] = (sx * sw[r]) * static_cast<float>(a[r] - offset * rs[r]);
+        if (xq.n_outl)
+            for (std::int64_t r = 0; r < rows; ++r) v[r] += sw[r] * outlier_dot(xq, t, w.row(o0 + r));
+        if (accumulate)
+            for (std::int64_t r = 0; r < rows; ++r) yr[r] += v[r];
+        else
+            for (std::int64_t r = 0; r < rows; ++r) yr[r] = v[r];
     }
 }
 
@@ -339,22 +399,28 @@ struct GemmI8Vnni {
     void micro_m(std::int64_t t, std::int64_t k0, std::int64_t kc, const std::byte* packed, std::int32_t* acc,
                  bool first) const noexcept {
         __m512i c[M][NV];
+        LIMARP_UNROLL
         for (int r = 0; r < M; ++r)
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v)
                 c[r][v] = first ? _mm512_setzero_si512() : _mm512_loadu_si512(acc + r * NR + 16 * v);
-        const std::uint8_t* xr[M];
-        for (int r = 0; r < M; ++r) xr[r] = xq.u8(t + r) + k0;
+        const std::byte* xp = xq.tile_base(t) + k0 * MR;  // [kg][MR][4] u8
         const auto* p = reinterpret_cast<const std::int32_t*>(packed);
         const std::int64_t kg = (kc + 3) / 4;
         for (std::int64_t g = 0; g < kg; ++g) {
             __m512i b[NV];
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v) b[v] = _mm512_load_si512(p + g * NR + 16 * v);
+            LIMARP_UNROLL
             for (int r = 0; r < M; ++r) {
-                const __m512i a = _mm512_set1_epi32(load_i32(xr[r] + 4 * g));
+                const __m512i a = _mm512_set1_epi32(load_i32(xp + (g * MR + r) * 4));
+                LIMARP_UNROLL
                 for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbusd_epi32(c[r][v], a, b[v]);
             }
         }
+        LIMARP_UNROLL
         for (int r = 0; r < M; ++r)
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v) _mm512_storeu_si512(acc + r * NR + 16 * v, c[r][v]);
     }
 
@@ -411,23 +477,29 @@ struct GemmI8Avx2 {
     void micro_m(std::int64_t t, std::int64_t k0, std::int64_t kc, const std::byte* packed, std::int32_t* acc,
                  bool first) const noexcept {
         __m256i c[M][NV];
+        LIMARP_UNROLL
         for (int r = 0; r < M; ++r)
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v)
                 c[r][v] = first ? _mm256_setzero_si256()
                                 : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + r * NR + 8 * v));
-        const std::int16_t* xr[M];
-        for (int r = 0; r < M; ++r) xr[r] = xq.i16(t + r) + k0;
+        const std::byte* xp = xq.tile_base(t) + k0 * MR * 2;  // [kg][MR][2] i16
         const auto* p = reinterpret_cast<const std::int32_t*>(packed);
         const std::int64_t kg = (kc + 1) / 2;
         for (std::int64_t g = 0; g < kg; ++g) {
             __m256i b[NV];
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v) b[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + g * NR + 8 * v));
+            LIMARP_UNROLL
             for (int r = 0; r < M; ++r) {
-                const __m256i a = _mm256_set1_epi32(load_i32(xr[r] + 2 * g));
+                const __m256i a = _mm256_set1_epi32(load_i32(xp + (g * MR + r) * 4));
+                LIMARP_UNROLL
                 for (int v = 0; v < NV; ++v) c[r][v] = _mm256_add_epi32(c[r][v], _mm256_madd_epi16(a, b[v]));
             }
         }
+        LIMARP_UNROLL
         for (int r = 0; r < M; ++r)
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v) _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * NR + 8 * v), c[r][v]);
     }
 

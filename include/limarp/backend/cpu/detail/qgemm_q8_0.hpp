@@ -33,63 +33,119 @@ inline void gemv_q8_tile(float* y, std::int64_t ldy, const XQuant& xq, std::int6
                          std::int64_t o0, bool accumulate) noexcept {
     const std::int64_t nb = w.blocks_per_row();
     const std::uint8_t* wr[G];
+    LIMARP_UNROLL
     for (int g = 0; g < G; ++g) wr[g] = w.row(o0 + g);
     const std::int8_t* xr[RX];
     const float* dx[RX];
+    LIMARP_UNROLL
     for (int r = 0; r < RX; ++r) {
         xr[r] = xq.s8(t0 + r);
         dx[r] = xq.scale + (t0 + r) * nb;
     }
     float s[RX][G];
-#if LIMARP_QGEMM_AVX2 || LIMARP_QGEMM_VNNI
-    if constexpr (I == QIsa::Avx2 || I == QIsa::Avx512Vnni) {
-        __m256 acc[RX][G];
+    const std::int64_t rb = nb * kQ8Bytes;
+#if LIMARP_QGEMM_VNNI
+    if constexpr (I == QIsa::Avx512Vnni) {
+        // Two blocks per zmm: |x| (u8) x sign(w, x) (s8) with vpdpbusd; the sign comes from a
+        // mask of the negative x bytes (AVX-512 has no vpsignb on zmm).
+        __m512 acc[RX][G];
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
+            for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
+        const __m512i zero = _mm512_setzero_si512();
+        const __m512i lane_block = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        for (std::int64_t b = 0; b < nb; b += 2) {
+            const bool pair = b + 1 < nb;
+            __m512i ax[RX];
+            __mmask64 neg[RX];
+            __m128 dxp[RX];
+            LIMARP_UNROLL
+            for (int r = 0; r < RX; ++r) {
+                const __m512i xv = _mm512_loadu_si512(xr[r] + 32 * b);  // within ld: the row is padded to 64
+                ax[r] = _mm512_abs_epi8(xv);
+                neg[r] = _mm512_movepi8_mask(xv);
+                dxp[r] = pair ? _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(dx[r] + b)))
+                              : _mm_load_ss(dx[r] + b);
+            }
+            LIMARP_UNROLL
+            for (int g = 0; g < G; ++g) {
+                const std::uint8_t* p = wr[g] + b * kQ8Bytes;
+                gemv_prefetch(p, rb, G);
+                const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+                const __m512i wv = pair ? _mm512_inserti64x4(_mm512_castsi256_si512(lo),
+                                                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 36)), 1)
+                                        : _mm512_zextsi256_si512(lo);
+                __m128i h = _mm_cvtsi32_si128(load_u16(p));
+                if (pair) h = _mm_insert_epi16(h, load_u16(p + kQ8Bytes), 1);
+                const __m128 dw = _mm_cvtph_ps(h);
+                LIMARP_UNROLL
+                for (int r = 0; r < RX; ++r) {
+                    const __m512i sw = _mm512_mask_sub_epi8(wv, neg[r], zero, wv);
+                    const __m512i dot = _mm512_dpbusd_epi32(zero, ax[r], sw);
+                    const __m512 sc = _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(_mm_mul_ps(dw, dxp[r])));
+                    acc[r][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r][g]);
+                }
+            }
+        }
+        LIMARP_UNROLL
+        for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
+            for (int g = 0; g < G; ++g) s[r][g] = _mm512_reduce_add_ps(acc[r][g]);
+    } else
+#endif
+#if LIMARP_QGEMM_AVX2
+    if constexpr (I == QIsa::Avx2) {
+        __m256 acc[RX][G];
+        LIMARP_UNROLL
+        for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
-        [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
+        const __m256i ones = _mm256_set1_epi16(1);
         for (std::int64_t b = 0; b < nb; ++b) {
             __m256i xv[RX], ax[RX];
+            LIMARP_UNROLL
             for (int r = 0; r < RX; ++r) {
                 xv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[r] + 32 * b));
                 ax[r] = _mm256_sign_epi8(xv[r], xv[r]);
             }
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) {
                 const std::uint8_t* p = wr[g] + b * kQ8Bytes;
-                _mm_prefetch(reinterpret_cast<const char*>(p) + 1024, _MM_HINT_T0);
+                if (b % 2 == 0) gemv_prefetch(p, rb, G);
                 const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
                 const float dw = half_to_float(load_u16(p));
+                LIMARP_UNROLL
                 for (int r = 0; r < RX; ++r) {
-                    const __m256i sw = _mm256_sign_epi8(wv, xv[r]);
-                    __m256i dot;
-#if LIMARP_QGEMM_VNNI
-                    if constexpr (I == QIsa::Avx512Vnni)
-                        dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax[r], sw);
-                    else
-#endif
-                        dot = _mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], sw), ones);
+                    const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(ax[r], _mm256_sign_epi8(wv, xv[r])), ones);
                     acc[r][g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dw * dx[r][b]), acc[r][g]);
                 }
             }
         }
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) s[r][g] = hsum_f32(acc[r][g]);
     } else
 #endif
     {
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) {
                 float a = 0.0f;
                 for (std::int64_t b = 0; b < nb; ++b) {
                     const std::uint8_t* p = wr[g] + b * kQ8Bytes;
-                    std::int32_t dot = 0;
-                    for (int i = 0; i < 32; ++i)
-                        dot += static_cast<std::int32_t>(xr[r][32 * b + i]) * static_cast<std::int8_t>(p[2 + i]);
+                    const std::int32_t dot =
+                        scalar_dot_i8(xr[r] + 32 * b, reinterpret_cast<const std::int8_t*>(p + 2), 32);
                     a += (half_to_float(load_u16(p)) * dx[r][b]) * static_cast<float>(dot);
                 }
                 s[r][g] = a;
             }
     }
+    LIMARP_UNROLL
     for (int r = 0; r < RX; ++r)
+        LIMARP_UNROLL
         for (int g = 0; g < G; ++g) {
             float& out = y[(t0 + r) * ldy + o0 + g];
             out = accumulate ? out + s[r][g] : s[r][g];
@@ -102,51 +158,67 @@ inline void gemv_q8w_tile(float* y, std::int64_t ldy, const float* x, std::int64
                           const Q8Weight& w, std::int64_t o0, bool accumulate) noexcept {
     const std::int64_t nb = w.blocks_per_row();
     const std::uint8_t* wr[G];
+    LIMARP_UNROLL
     for (int g = 0; g < G; ++g) wr[g] = w.row(o0 + g);
     const float* xr[RX];
+    LIMARP_UNROLL
     for (int r = 0; r < RX; ++r) xr[r] = x + (t0 + r) * ldx;
     float s[RX][G];
 #if LIMARP_QGEMM_VNNI
     if constexpr (I == QIsa::Avx512Vnni) {
         __m512 acc[RX][G];
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
         for (std::int64_t b = 0; b < nb; ++b) {
             __m512 x0[RX], x1[RX];
+            LIMARP_UNROLL
             for (int r = 0; r < RX; ++r) {
                 x0[r] = _mm512_loadu_ps(xr[r] + 32 * b);
                 x1[r] = _mm512_loadu_ps(xr[r] + 32 * b + 16);
             }
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) {
                 const std::uint8_t* p = wr[g] + b * kQ8Bytes;
+                gemv_prefetch(p, nb * kQ8Bytes, G);
                 const __m512 w0 =
                     _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2))));
                 const __m512 w1 =
                     _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 18))));
                 const __m512 dw = _mm512_set1_ps(half_to_float(load_u16(p)));
+                LIMARP_UNROLL
                 for (int r = 0; r < RX; ++r) {
                     const __m512 t = _mm512_fmadd_ps(x1[r], w1, _mm512_mul_ps(x0[r], w0));
                     acc[r][g] = _mm512_fmadd_ps(t, dw, acc[r][g]);
                 }
             }
         }
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) s[r][g] = _mm512_reduce_add_ps(acc[r][g]);
     } else
 #endif
 #if LIMARP_QGEMM_AVX2
         if constexpr (I == QIsa::Avx2) {
         __m256 acc[RX][G];
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
         for (std::int64_t b = 0; b < nb; ++b) {
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) {
                 const std::uint8_t* p = wr[g] + b * kQ8Bytes;
+                if (b % 2 == 0) gemv_prefetch(p, nb * kQ8Bytes, G);
                 __m256 wv[4];
+                LIMARP_UNROLL
                 for (int j = 0; j < 4; ++j)
                     wv[j] = _mm256_cvtepi32_ps(
                         _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 2 + 8 * j))));
                 const __m256 dw = _mm256_set1_ps(half_to_float(load_u16(p)));
+                LIMARP_UNROLL
                 for (int r = 0; r < RX; ++r) {
                     const float* xb = xr[r] + 32 * b;
                     __m256 t = _mm256_mul_ps(_mm256_loadu_ps(xb), wv[0]);
@@ -157,12 +229,16 @@ inline void gemv_q8w_tile(float* y, std::int64_t ldy, const float* x, std::int64
                 }
             }
         }
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) s[r][g] = hsum_f32(acc[r][g]);
     } else
 #endif
     {
+        LIMARP_UNROLL
         for (int r = 0; r < RX; ++r)
+            LIMARP_UNROLL
             for (int g = 0; g < G; ++g) {
                 float a = 0.0f;
                 for (std::int64_t b = 0; b < nb; ++b) {
@@ -174,7 +250,9 @@ inline void gemv_q8w_tile(float* y, std::int64_t ldy, const float* x, std::int64
                 s[r][g] = a;
             }
     }
+    LIMARP_UNROLL
     for (int r = 0; r < RX; ++r)
+        LIMARP_UNROLL
         for (int g = 0; g < G; ++g) {
             float& out = y[(t0 + r) * ldy + o0 + g];
             out = accumulate ? out + s[r][g] : s[r][g];
@@ -276,6 +354,7 @@ struct GemmQ8Vnni {
             auto* corr = reinterpret_cast<std::int32_t*>(blk + 36 * NR);
             for (std::int64_t r = 0; r < NR; ++r) {
                 if (r >= rows) {
+                    LIMARP_UNROLL
                     for (int g = 0; g < 8; ++g) q[g * NR + r] = 0;
                     dw[r] = 0.0f;
                     corr[r] = 0;
@@ -286,6 +365,7 @@ struct GemmQ8Vnni {
                 std::int32_t sum = 0;
                 for (int i = 0; i < 32; ++i) sum += static_cast<std::int8_t>(p[2 + i]);
                 corr[r] = -128 * sum;
+                LIMARP_UNROLL
                 for (int g = 0; g < 8; ++g) q[g * NR + r] = load_i32(p + 2 + 4 * g);
             }
         }
@@ -295,40 +375,51 @@ struct GemmQ8Vnni {
     void micro_m(std::int64_t t, std::int64_t k0, std::int64_t kc, const std::byte* packed, float* acc,
                  bool first) const noexcept {
         __m512 f[M][NV];
+        LIMARP_UNROLL
         for (int r = 0; r < M; ++r)
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v) f[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + r * NR + 16 * v);
         const std::int64_t nb = w.blocks_per_row(), nbk = kc / 32, b0 = k0 / 32;
-        const std::uint8_t* xr[M];
+        const std::byte* xp = xq.tile_base(t) + k0 * MR;  // [k/4][MR][4] u8
         const float* dx[M];
-        for (int r = 0; r < M; ++r) {
-            xr[r] = xq.u8(t + r) + k0;
-            dx[r] = xq.scale + (t + r) * nb + b0;
-        }
+        LIMARP_UNROLL
+        for (int r = 0; r < M; ++r) dx[r] = xq.scale + (t + r) * nb + b0;
         for (std::int64_t b = 0; b < nbk; ++b) {
             const std::byte* blk = packed + b * kBlock;
             const auto* q = reinterpret_cast<const std::int32_t*>(blk);
             __m512i c[M][NV];
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v) {
                 const __m512i corr = _mm512_load_si512(blk + 36 * NR + 64 * v);
+                LIMARP_UNROLL
                 for (int r = 0; r < M; ++r) c[r][v] = corr;
             }
+            LIMARP_UNROLL
             for (int g = 0; g < 8; ++g) {
                 __m512i bv[NV];
+                LIMARP_UNROLL
                 for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_si512(q + g * NR + 16 * v);
+                LIMARP_UNROLL
                 for (int r = 0; r < M; ++r) {
-                    const __m512i a = _mm512_set1_epi32(load_i32(xr[r] + 32 * b + 4 * g));
+                    const __m512i a = _mm512_set1_epi32(load_i32(xp + ((8 * b + g) * MR + r) * 4));
+                    LIMARP_UNROLL
                     for (int v = 0; v < NV; ++v) c[r][v] = _mm512_dpbusd_epi32(c[r][v], a, bv[v]);
                 }
             }
             __m512 dw[NV];
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v) dw[v] = _mm512_load_ps(reinterpret_cast<const float*>(blk + 32 * NR) + 16 * v);
+            LIMARP_UNROLL
             for (int r = 0; r < M; ++r) {
                 const __m512 d = _mm512_set1_ps(dx[r][b]);
+                LIMARP_UNROLL
                 for (int v = 0; v < NV; ++v)
                     f[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c[r][v]), _mm512_mul_ps(dw[v], d), f[r][v]);
             }
         }
+        LIMARP_UNROLL
         for (int r = 0; r < M; ++r)
+            LIMARP_UNROLL
             for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + r * NR + 16 * v, f[r][v]);
     }
 
@@ -384,43 +475,48 @@ struct GemmQ8Avx2 {
         }
     }
 
+    // The f32 sums live in the tile buffer `acc` (L1): AVX2 has too few registers for both the
+    // int32 block sums and the f32 sums of a 4 x 16 tile.
     template <int M>
     void micro_m(std::int64_t t, std::int64_t k0, std::int64_t kc, const std::byte* packed, float* acc,
                  bool first) const noexcept {
-        __m256 f[M][NV];
-        for (int r = 0; r < M; ++r)
-            for (int v = 0; v < NV; ++v) f[r][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc + r * NR + 8 * v);
+        if (first) std::fill(acc, acc + M * NR, 0.0f);
         const std::int64_t nb = w.blocks_per_row(), nbk = kc / 32, b0 = k0 / 32;
-        const std::int16_t* xr[M];
+        const std::byte* xp = xq.tile_base(t) + k0 * MR * 2;  // [k/2][MR][2] i16
         const float* dx[M];
-        for (int r = 0; r < M; ++r) {
-            xr[r] = xq.i16(t + r) + k0;
-            dx[r] = xq.scale + (t + r) * nb + b0;
-        }
+        LIMARP_UNROLL
+        for (int r = 0; r < M; ++r) dx[r] = xq.scale + (t + r) * nb + b0;
         for (std::int64_t b = 0; b < nbk; ++b) {
             const std::byte* blk = packed + b * kBlock;
             const auto* q = reinterpret_cast<const std::int32_t*>(blk);
             __m256i c[M][NV];
+            LIMARP_UNROLL
             for (int r = 0; r < M; ++r)
+                LIMARP_UNROLL
                 for (int v = 0; v < NV; ++v) c[r][v] = _mm256_setzero_si256();
-            for (int g = 0; g < 16; ++g) {
+            for (int g = 0; g < 16; ++g) {  // not unrolled: GCC would hoist all loads and spill
                 __m256i bv[NV];
+                LIMARP_UNROLL
                 for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(q + g * NR + 8 * v));
+                LIMARP_UNROLL
                 for (int r = 0; r < M; ++r) {
-                    const __m256i a = _mm256_set1_epi32(load_i32(xr[r] + 32 * b + 2 * g));
+                    const __m256i a = _mm256_set1_epi32(load_i32(xp + ((16 * b + g) * MR + r) * 4));
+                    LIMARP_UNROLL
                     for (int v = 0; v < NV; ++v) c[r][v] = _mm256_add_epi32(c[r][v], _mm256_madd_epi16(a, bv[v]));
                 }
             }
+            const float* dwp = reinterpret_cast<const float*>(blk + 64 * NR);
+            LIMARP_UNROLL
             for (int r = 0; r < M; ++r) {
                 const __m256 d = _mm256_set1_ps(dx[r][b]);
+                LIMARP_UNROLL
                 for (int v = 0; v < NV; ++v) {
-                    const __m256 dw = _mm256_load_ps(reinterpret_cast<const float*>(blk + 64 * NR) + 8 * v);
-                    f[r][v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(c[r][v]), _mm256_mul_ps(dw, d), f[r][v]);
+                    float* fp = acc + r * NR + 8 * v;
+                    const __m256 sc = _mm256_mul_ps(_mm256_load_ps(dwp + 8 * v), d);
+                    _mm256_storeu_ps(fp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c[r][v]), sc, _mm256_loadu_ps(fp)));
                 }
             }
         }
-        for (int r = 0; r < M; ++r)
-            for (int v = 0; v < NV; ++v) _mm256_storeu_ps(acc + r * NR + 8 * v, f[r][v]);
     }
 
     template <int M = MR_>
