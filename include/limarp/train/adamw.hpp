@@ -167,12 +167,15 @@ public:
     /// Adds the state to `w`: per tensor `PREFIX<name>.exp_avg`, `PREFIX<name>.exp_avg_sq` (F32,
     /// [size]) and `PREFIX<name>.step` (I64, []), and the options and tensor order as metadata
     /// `PREFIXoptions` / `PREFIXorder` (JSON). Bit-exact: load() restores the same bits.
+    /// The moments are borrowed, not copied (a 7B adapter's m and v are gigabytes).
+    /// \pre the optimizer is neither stepped nor destroyed before `w` has written its file.
     void save(io::SafeTensorsWriter& w, std::string_view prefix = "adamw.") const {
         const std::string p(prefix);
         nlohmann::json order = nlohmann::json::array();
         for (const auto& s : state_) {
-            w.add(p + s.name + ".exp_avg", s.exp_avg);
-            w.add(p + s.name + ".exp_avg_sq", s.exp_avg_sq);
+            const auto bytes = static_cast<std::size_t>(s.exp_avg.size()) * sizeof(float);
+            w.add_borrowed(p + s.name + ".exp_avg", DType::F32, s.exp_avg.shape(), s.exp_avg.data(), bytes);
+            w.add_borrowed(p + s.name + ".exp_avg_sq", DType::F32, s.exp_avg_sq.shape(), s.exp_avg_sq.data(), bytes);
             const std::int64_t step = s.step;
             w.add(p + s.name + ".step", DType::I64, Shape{}, &step, sizeof(step));
             order.push_back(s.name);
