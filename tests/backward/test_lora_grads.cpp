@@ -1,6 +1,6 @@
 // Model-level loss and LoRA gradients (limarp/train/grad.hpp) against PEFT fixtures: loss and
 // every lora_A / lora_B gradient of tests/golden/swa_long with adapters all7 and rslora_regex,
-// 5 AdamW steps (torch.optim.AdamW semantics), and limarp-score --grads-out.
+// 5 AdamW steps (train::AdamW, torch.optim.AdamW semantics), and limarp-score --grads-out.
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
@@ -20,6 +20,7 @@
 #include "limarp/io/safetensors.hpp"
 #include "limarp/model/adapters.hpp"
 #include "limarp/model/mistral_model.hpp"
+#include "limarp/train/adamw.hpp"
 #include "limarp/train/grad.hpp"
 
 using namespace limarp;
@@ -137,40 +138,36 @@ BOOST_AUTO_TEST_CASE(loss_mask_and_dropout) {
 BOOST_AUTO_TEST_CASE(five_adamw_steps_match_torch) {
     const auto ids = fixture_ids();
     const auto ref = ref_json("all7").at("adamw");
-    const double lr = ref.at("lr").get<double>(), wd = ref.at("weight_decay").get<double>();
-    const double b1 = ref.at("betas")[0].get<double>(), b2 = ref.at("betas")[1].get<double>();
-    const double eps = ref.at("eps").get<double>();
+    train::AdamWOptions o;
+    o.lr = ref.at("lr").get<double>();
+    o.weight_decay = ref.at("weight_decay").get<double>();
+    o.beta1 = ref.at("betas")[0].get<double>();
+    o.beta2 = ref.at("betas")[1].get<double>();
+    o.eps = ref.at("eps").get<double>();
     const auto ref_losses = ref.at("losses").get<std::vector<double>>();
     // The base model with the adapter's factors as owned f32 tensors (the trainable parameters).
     LoraModel m = LoraModel::from_dir(base_dir());
     const auto adapter = io::PeftAdapter::open(adapter_dir("all7"));
-    struct Param {
-        float* value;
-        std::string module;
-        char factor;
-        std::vector<float> m, v;
-    };
-    std::vector<Param> params;
+    std::vector<train::ParamSlot> slots;  // grad pointers filled after the first backward
     for_each_projection(m, [&](LoraProj& p) {
         const auto mod = adapter.module(p.module(), p.in_features(), p.out_features());
         if (!mod) return;
-        auto owned = [&](const io::TensorInfo& t, char factor) {
+        auto owned = [&](const io::TensorInfo& t) {
             Tensor<float> f(t.shape);
             for (std::int64_t i = 0; i < f.size(); ++i) f[i] = load_as_f32(t.data, t.dtype, static_cast<std::size_t>(i));
             Weight w = Weight::owned(std::move(f), t.name);
-            params.push_back({const_cast<float*>(w.as<float>()), p.module(), factor,
-                              std::vector<float>(static_cast<std::size_t>(w.size()), 0.0f),
-                              std::vector<float>(static_cast<std::size_t>(w.size()), 0.0f)});
+            slots.push_back({t.name, const_cast<float*>(w.as<float>()), nullptr, w.size()});
             return w;
         };
         LoraFactors f;
         f.adapter = "all7";
-        f.A = owned(mod->A, 'A');
-        f.B = owned(mod->B, 'B');
+        f.A = owned(mod->A);
+        f.B = owned(mod->B);
         f.file_scale = static_cast<float>(mod->scale);
         p.attach(std::move(f));
     });
-    BOOST_REQUIRE_EQUAL(params.size(), 28u);
+    BOOST_REQUIRE_EQUAL(slots.size(), 28u);
+    train::AdamW opt(o);
     train::LossWorkspace<LoraModel> ws;
     for (int step = 1; step <= 5; ++step) {
         train::zero_lora_grads(m);
@@ -179,26 +176,13 @@ BOOST_AUTO_TEST_CASE(five_adamw_steps_match_torch) {
         BOOST_TEST_MESSAGE("AdamW step " << step << ": loss " << r.loss << " torch " << want << " |diff| "
                                          << std::fabs(r.loss - want));
         BOOST_CHECK_LE(std::fabs(r.loss - want), 1e-4);
-        // torch.optim.AdamW, single-tensor path, f32 tensors
-        const double bc1 = 1 - std::pow(b1, step), bc2 = 1 - std::pow(b2, step);
-        const float step_size = static_cast<float>(lr / bc1), bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-        for (auto& p : params) {
-            const LoraGrads* g = nullptr;
-            for_each_projection(m, [&](LoraProj& q) {
-                if (q.module() == p.module) g = std::as_const(q).grad("all7");
-            });
-            BOOST_REQUIRE(g);
-            const Tensor<float>& grad = p.factor == 'A' ? g->A : g->B;
-            for (std::int64_t i = 0; i < grad.size(); ++i) {
-                float& x = p.value[i];
-                x *= static_cast<float>(1 - lr * wd);
-                float& mi = p.m[static_cast<std::size_t>(i)];
-                float& vi = p.v[static_cast<std::size_t>(i)];
-                mi += static_cast<float>(1 - b1) * (grad[i] - mi);
-                vi = vi * static_cast<float>(b2) + static_cast<float>(1 - b2) * grad[i] * grad[i];
-                x -= step_size * mi / (std::sqrt(vi) / bc2_sqrt + static_cast<float>(eps));
-            }
+        const auto grads = train::lora_grad_tensors(m, "all7");  // same order as slots: A, B per projection
+        BOOST_REQUIRE_EQUAL(grads.size(), slots.size());
+        for (std::size_t i = 0; i < slots.size(); ++i) {
+            BOOST_REQUIRE_EQUAL(grads[i].first, slots[i].name);
+            slots[i].grad = const_cast<float*>(grads[i].second->data());
         }
+        opt.step(slots, o.lr);
     }
 }
 

@@ -10,7 +10,9 @@
 /// each adapter's input, y = base(x) + Σ scale · B (A dropout(x)), with a mask that is a pure
 /// function of (seed, module, adapter, element index), so that `backward` (and a recomputed
 /// forward under gradient checkpointing) sees the same mask. `backward` adds dA and dB into
-/// per-adapter gradient buffers (`grads()`) and writes dx.
+/// per-adapter gradient buffers (`grads()`) and writes dx. The training activations (x Aᵀ, its
+/// gradient, the dropped input) live in per-thread scratch shared by all `Lora` layers, not in
+/// the layers, so a model's memory holds only one layer's worth of them.
 
 #include <algorithm>
 #include <cmath>
@@ -201,9 +203,9 @@ public:
     /// The dropout probability of `forward_train` / `backward`.
     float dropout() const noexcept { return dropout_p_; }
     /// True when element `i` (= t * in + j) of adapter `adapter`'s dropout mask keeps its input
-    /// (probability 1 - dropout()); kept inputs are scaled by 1 / (1 - dropout()).
+    /// (probability 1 - dropout(), see `ops::dropout`); kept inputs are scaled by 1 / (1 - dropout()).
     bool dropout_keeps(const std::string& adapter, std::int64_t i) const noexcept {
-        return keeps(mask_seed(adapter), i);
+        return ops::dropout_keeps(mask_seed(adapter), i, ops::dropout_threshold(dropout_p_));
     }
 
     /// Training forward: y = base.forward_train(x) + Σ scale · (dropout(x) Aᵀ) Bᵀ over the
@@ -216,12 +218,12 @@ public:
             if (f.merged || f.scale() == 0.0f) continue;
             const std::int64_t r = f.A.shape[0];
             const float* xin = dropped_input(f, x, T);
-            if (z_.size() < T * r) z_ = Tensor<float>({T, r});
-            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z_.data(), xin, a, T, in_features(), r); });
+            float* z = scratch(0, T * r);
+            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z, xin, a, T, in_features(), r); });
             const float s = f.scale();
-            for (std::int64_t i = 0; i < T * r; ++i) z_[i] *= s;
+            for (std::int64_t i = 0; i < T * r; ++i) z[i] *= s;
             visit_weight(f.B, [&](const auto* b) {
-                ops::matmul_wt(backend_type{}, y, z_.data(), b, T, r, out_features(), /*accumulate=*/true);
+                ops::matmul_wt(backend_type{}, y, z, b, T, r, out_features(), /*accumulate=*/true);
             });
         }
     }
@@ -243,28 +245,25 @@ public:
             const float s = f.scale();
             if (s == 0.0f) continue;
             const float* xin = dropped_input(f, x, T);
-            if (z_.size() < T * r) z_ = Tensor<float>({T, r});
-            if (dz_.size() < T * r) dz_ = Tensor<float>({T, r});
+            float* z = scratch(0, T * r);
+            float* dz = scratch(1, T * r);
             // z = s · dropout(x) Aᵀ; dB += dyᵀ z
-            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z_.data(), xin, a, T, n_in, r); });
-            for (std::int64_t i = 0; i < T * r; ++i) z_[i] *= s;
-            ops::matmul_at_b(backend_type{}, g.B.data(), dy, z_.data(), T, n_out, r, /*accumulate=*/true);
+            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z, xin, a, T, n_in, r); });
+            for (std::int64_t i = 0; i < T * r; ++i) z[i] *= s;
+            ops::matmul_at_b(backend_type{}, g.B.data(), dy, z, T, n_out, r, /*accumulate=*/true);
             // dz = s · dy B; dA += dzᵀ dropout(x)
-            visit_weight(f.B, [&](const auto* b) { ops::matmul_w(backend_type{}, dz_.data(), dy, b, T, n_out, r); });
-            for (std::int64_t i = 0; i < T * r; ++i) dz_[i] *= s;
-            ops::matmul_at_b(backend_type{}, g.A.data(), dz_.data(), xin, T, r, n_in, /*accumulate=*/true);
-            // dx += mask ∘ (dz A)
+            visit_weight(f.B, [&](const auto* b) { ops::matmul_w(backend_type{}, dz, dy, b, T, n_out, r); });
+            for (std::int64_t i = 0; i < T * r; ++i) dz[i] *= s;
+            ops::matmul_at_b(backend_type{}, g.A.data(), dz, xin, T, r, n_in, /*accumulate=*/true);
+            // dx += mask ∘ (dz A) / (1 - p)
             if (dropout_p_ == 0.0f) {
                 visit_weight(f.A, [&](const auto* a) {
-                    ops::matmul_w(backend_type{}, dx, dz_.data(), a, T, r, n_in, /*accumulate=*/true);
+                    ops::matmul_w(backend_type{}, dx, dz, a, T, r, n_in, /*accumulate=*/true);
                 });
             } else {
-                float* t = xd_.data();  // the dropped input is no longer needed
-                visit_weight(f.A, [&](const auto* a) { ops::matmul_w(backend_type{}, t, dz_.data(), a, T, r, n_in); });
-                const std::uint64_t seed = mask_seed(f.adapter);
-                const float inv = 1.0f / (1.0f - dropout_p_);
-                for (std::int64_t i = 0; i < T * n_in; ++i)
-                    if (keeps(seed, i)) dx[i] += t[i] * inv;
+                float* t = scratch(2, T * n_in);  // the dropped input is no longer needed
+                visit_weight(f.A, [&](const auto* a) { ops::matmul_w(backend_type{}, t, dz, a, T, r, n_in); });
+                ops::dropout(backend_type{}, dx, t, T * n_in, dropout_p_, mask_seed(f.adapter), /*accumulate=*/true);
             }
         }
     }
@@ -346,20 +345,22 @@ private:
         return detail::lora_mix64(dropout_seed_ ^ detail::lora_mix64(detail::lora_hash(module_) ^
                                                                       detail::lora_mix64(detail::lora_hash(adapter))));
     }
-    // Whether mask element i keeps its input: a uniform 24-bit draw >= p.
-    bool keeps(std::uint64_t seed, std::int64_t i) const noexcept {
-        const std::uint64_t h = detail::lora_mix64(seed + static_cast<std::uint64_t>(i));
-        return static_cast<float>(h >> 40) * (1.0f / 16777216.0f) >= dropout_p_;
+    // Per-thread training scratch shared by every Lora layer (layers run one at a time), so that
+    // a model's LoRA layers hold no activation buffers of their own: slot 0 z [T, r], 1 dz [T, r],
+    // 2 the dropped input [T, in].
+    static float* scratch(int slot, std::int64_t n) {
+        static thread_local Tensor<float> bufs[3];
+        Tensor<float>& b = bufs[slot];
+        if (b.size() < n) b = Tensor<float>({n});
+        return b.data();
     }
-    // x itself without dropout; otherwise dropout(x) in xd_.
+    // x itself without dropout; otherwise dropout(x) in scratch slot 2.
     const float* dropped_input(const LoraFactors& f, const float* x, std::int64_t T) {
         if (dropout_p_ == 0.0f) return x;
         const std::int64_t n = T * in_features();
-        if (xd_.size() < n) xd_ = Tensor<float>({T, in_features()});
-        const std::uint64_t seed = mask_seed(f.adapter);
-        const float inv = 1.0f / (1.0f - dropout_p_);
-        for (std::int64_t i = 0; i < n; ++i) xd_[i] = keeps(seed, i) ? x[i] * inv : 0.0f;
-        return xd_.data();
+        float* xd = scratch(2, n);
+        ops::dropout(backend_type{}, xd, x, n, dropout_p_, mask_seed(f.adapter));
+        return xd;
     }
 
     Base base_;
@@ -369,7 +370,6 @@ private:
     std::vector<LoraGrads> grads_;
     float dropout_p_ = 0.0f;
     std::uint64_t dropout_seed_ = 0;
-    Tensor<float> z_, dz_, xd_;
 };
 
 }  // namespace limarp

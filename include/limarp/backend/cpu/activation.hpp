@@ -1,7 +1,9 @@
 #pragma once
 /// \file activation.hpp
-/// \brief CPU element-wise kernels: SwiGLU (silu(gate) * up) and the residual add.
+/// \brief CPU element-wise kernels: SwiGLU (silu(gate) * up) and its backward, the residual add,
+/// and inverted dropout with a counter-based (reproducible) mask.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -115,6 +117,50 @@ void swiglu_backward(Cpu<A>, float* dgate /*[n]*/, float* dup /*[n]*/, const flo
     cpu_detail::parallel_rows(p, n_vec, 30.0 * L, [&](std::int64_t b, std::int64_t e) {
         range(b * L, std::min(n, e * L));
     });
+}
+
+/// Counter-based dropout mask: element i is kept when 16 bits of SplitMix64(seed + i / 4)
+/// (lane i % 4) are >= `threshold` (see `dropout_threshold`). A pure function of (seed, i), so a
+/// forward, its recomputation and its backward draw the same mask.
+inline bool dropout_keeps(std::uint64_t seed, std::int64_t i, std::uint32_t threshold) noexcept {
+    std::uint64_t x = seed + static_cast<std::uint64_t>(i >> 2) + 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    return static_cast<std::uint32_t>((x >> (16 * (i & 3))) & 0xFFFFu) >= threshold;
+}
+
+/// The threshold of `dropout_keeps` for drop probability p: round(p * 65536), so the drop
+/// probability is p rounded to a multiple of 1/65536.
+inline std::uint32_t dropout_threshold(float p) noexcept {
+    return static_cast<std::uint32_t>(std::lround(static_cast<double>(p) * 65536.0));
+}
+
+/// Inverted dropout with the counter-based mask of `dropout_keeps`: y = keep ? x / (1 - p) : 0
+/// (as torch.nn.Dropout in training mode, with its own random stream), or y += that.
+///
+/// \param y          [n] output; may be the same pointer as x
+/// \param x          [n] input
+/// \param n          number of elements
+/// \param p          drop probability, 0 <= p < 1
+/// \param seed       mask seed
+/// \param accumulate false: y = dropout(x); true: y += dropout(x)
+/// \param pool       thread pool (nullptr: ThreadPool::global())
+/// \pre 0 <= p < 1; y and x are the same pointer or do not overlap.
+template <class A>
+void dropout(Cpu<A>, float* y /*[n]*/, const float* x /*[n]*/, std::int64_t n, float p, std::uint64_t seed,
+             bool accumulate = false, ThreadPool* pool = nullptr) {
+    const std::uint32_t thr = dropout_threshold(p);
+    const float inv = 1.0f / (1.0f - p);
+    constexpr std::int64_t kChunk = 4096;  // elements per work item (a multiple of 4)
+    cpu_detail::parallel_rows(cpu_detail::pool_or_global(pool), (n + kChunk - 1) / kChunk, 4.0 * kChunk,
+                              [&](std::int64_t c0, std::int64_t c1) {
+                                  const std::int64_t e = std::min(n, c1 * kChunk);
+                                  for (std::int64_t i = c0 * kChunk; i < e; ++i) {
+                                      const float v = dropout_keeps(seed, i, thr) ? x[i] * inv : 0.0f;
+                                      y[i] = accumulate ? y[i] + v : v;
+                                  }
+                              });
 }
 
 }  // namespace limarp::ops
