@@ -7,11 +7,20 @@
 // AdamW with gradient accumulation, global-norm clipping and an LR schedule with warmup.
 // Writes into output_dir: config.yaml, metrics.csv / metrics.jsonl, checkpoint-N/ (PEFT adapter
 // + training_state.safetensors, atomic), adapter/ (the final PEFT adapter) and loss.png.
-// `--resume` continues bit-for-bit from the newest checkpoint.
+// `--resume` continues bit-for-bit from the newest checkpoint (SIGINT / SIGTERM write one and
+// stop after the current update).
+//
+// Batching: the examples of a micro-batch are run one at a time (no padding); each one's
+// gradient is scaled by its loss targets / the batch's targets / gradient_accumulation_steps,
+// so an update uses the token-weighted mean loss of each micro-batch, averaged over the
+// micro-batches, as the Hugging Face Trainer. An update never spans two epochs (the last one of
+// an epoch may have fewer micro-batches). Dropout masks are seeded from (seed, example slot),
+// so a resumed run sees the same masks. Eval loss: token-weighted mean over the eval split.
 #include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -59,6 +68,16 @@ struct RunOptions {
 /// A model of projection type `Proj` with LoRA wrappers.
 template <class Proj>
 using TrainModel = MistralModel<Cpu<>, MistralBlock<Cpu<>, Lora<Proj>>>;
+
+/// Set by SIGINT / SIGTERM: the run stops after the current update with a checkpoint.
+volatile std::sig_atomic_t g_stop = 0;
+
+/// First SIGINT / SIGTERM: ask for a checkpoint and a clean stop; a second one kills at once
+/// (safe too: checkpoints are written atomically).
+extern "C" void on_stop_signal(int sig) {
+    g_stop = 1;
+    std::signal(sig, SIG_DFL);
+}
 
 /// SplitMix64: the dropout seed of micro-batch example `k` of the run (independent of resumes).
 std::uint64_t mix64(std::uint64_t x) {
@@ -231,6 +250,8 @@ int train_run(const train::TrainConfig& cfg, const RunOptions& ro) {
     std::uint64_t tokens_done = 0, tokens_since_log = 0;
     auto t_log = std::chrono::steady_clock::now();
     std::int64_t step = st.step;
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
     double last_loss = std::nan("");
     while (step < total) {
         // ---- one optimizer update: gradient_accumulation_steps micro-batches
@@ -319,10 +340,20 @@ int train_run(const train::TrainConfig& cfg, const RunOptions& ro) {
             t_log = std::chrono::steady_clock::now();
         }
         const bool do_save = last || (cfg.save_steps > 0 ? step % cfg.save_steps == 0 : epoch_end);
-        if (do_save) save(step);
+        if (do_save || g_stop) save(step);
         char extra[64];
         std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e", last_loss, lr);
         bar.update(static_cast<std::uint64_t>(step), tokens_done, extra);
+        if (g_stop && !last) {
+            bar.finish();
+            std::fprintf(stderr, "limarp-train: interrupted: saved %s; continue with --resume\n",
+                         train::checkpoint_dir(out_dir, step).c_str());
+            std::printf("%s\n", nlohmann::json{{"steps", step}, {"interrupted", true},
+                                               {"checkpoint", train::checkpoint_dir(out_dir, step).string()}}
+                                     .dump()
+                                     .c_str());
+            return 130;
+        }
     }
     bar.finish();
     train::write_peft_adapter(out_dir / "adapter", params, info);
@@ -388,9 +419,10 @@ std::string keys_help() {
 int main(int argc, char** argv) {
     return programs::run_main("limarp-train", [&] {
         CLI::App app{"limarp-train: LoRA fine-tuning of a Mistral model on the CPU (Axolotl-style YAML config).\n"
-                     "Usage: limarp-train [CONFIG.yaml] [KEY=VALUE | --KEY=VALUE ...] [options]\n"
+                     "Form: limarp-train [CONFIG.yaml] [KEY=VALUE | --KEY=VALUE ...] [options]\n"
                      "Writes into output_dir: config.yaml, metrics.csv, metrics.jsonl, checkpoint-N/ (PEFT adapter + "
-                     "optimizer state), adapter/ (final PEFT adapter), loss.png; prints one JSON summary line."};
+                     "optimizer state), adapter/ (final PEFT adapter), loss.png; prints one JSON summary line.\n"
+                     "Ctrl-C (SIGINT/SIGTERM) stops after the current update with a checkpoint (exit 130)."};
         std::string config_path;
         std::vector<std::string> overrides;
         RunOptions ro;
