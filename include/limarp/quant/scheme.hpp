@@ -9,6 +9,8 @@
 /// `QuantizedLinear` receives at load (from the `LoadContext` options "quant.*") and which every
 /// `ops::qmatmul_wt` call takes.
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <limits>
@@ -97,6 +99,24 @@ inline QuantOptions parse_quant_options(std::string_view activations, std::strin
         o.outlier_threshold = v;
     }
     return o;
+}
+
+/// Absmax int8 quantization of `n` values: d = max|x| / 127, q[i] = round(x[i] * (1/d)) with
+/// ties to even (the rounding of `std::nearbyint` in the default mode and of the SIMD float->int
+/// conversions), clamped to [-127, 127]; an all-zero row gives d = 0 and q = 0. The reciprocal
+/// 1/d is computed once in f32 and the products are rounded in f32, so SIMD and scalar code that
+/// follow this recipe produce the same bytes. Returns d.
+/// \pre `x` holds `n` finite values, `q` has room for `n`.
+inline float quantize_row_int8(const float* x /*[n]*/, std::int64_t n, std::int8_t* q /*[n]*/) noexcept {
+    float amax = 0.0f;
+    for (std::int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (std::int64_t i = 0; i < n; ++i) {
+        const float r = std::nearbyint(x[i] * id);
+        q[i] = static_cast<std::int8_t>(std::min(127.0f, std::max(-127.0f, r)));
+    }
+    return d;
 }
 
 /// Quantized weights of a linear layer [n_out, n_in] in the storage format of `Scheme`.
