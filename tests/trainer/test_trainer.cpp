@@ -3,7 +3,8 @@
 // (LIMARP_CACHE_DIR/mistral-tokenizer.model, from scripts/setup.sh) and tests/train/data.
 // Checks: the loss decreases; a checkpoint is a PEFT adapter that io::PeftAdapter opens and
 // that limarp-score --adapter scores to the logged eval loss; --resume after step k gives the
-// same metrics and the same final adapter, bit for bit, as an uninterrupted run; a malformed
+// same metrics and the same final adapter, bit for bit, as an uninterrupted run; SIGINT stops a
+// run with a checkpoint of the current step and exit code 130; a malformed
 // dataset or config stops the program with exit code 1 before anything is written.
 #include <boost/test/unit_test.hpp>
 
@@ -16,6 +17,12 @@
 #include <string>
 #include <vector>
 
+#include <csignal>
+#include <chrono>
+#include <thread>
+
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -139,6 +146,7 @@ BOOST_AUTO_TEST_CASE(loss_decreases_and_outputs_exist) {
     BOOST_CHECK_CLOSE(*rows[1].lr, 0.01, 1e-9);
     BOOST_CHECK_LT(*rows[11].lr, *rows[5].lr);
     for (const auto& r : rows) BOOST_CHECK(r.grad_norm && std::isfinite(*r.grad_norm));
+    if (sh("command -v gnuplot") == 0) BOOST_CHECK(fs::exists(out / "loss.png"));
 }
 
 BOOST_AUTO_TEST_CASE(checkpoint_is_a_peft_adapter_scored_like_the_eval_loss) {
@@ -199,6 +207,41 @@ BOOST_AUTO_TEST_CASE(resume_reproduces_the_uninterrupted_run) {
         BOOST_CHECK(std::equal(a[i].A.data(), a[i].A.data() + a[i].A.size(), b[i].A.data()));
         BOOST_CHECK(std::equal(a[i].B.data(), a[i].B.data() + a[i].B.size(), b[i].B.data()));
     }
+}
+
+BOOST_AUTO_TEST_CASE(sigint_saves_a_checkpoint_and_exits_130) {
+    REQUIRE_SETUP();
+    const fs::path out = work().dir / "interrupted";
+    const std::string cmd = "exec " + train_cmd(out, "num_epochs=200 --no-plot") + " > " + (work().dir / "int.out").string() +
+                            " 2> " + (work().dir / "int.err").string();
+    pid_t pid = 0;
+    const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
+    BOOST_REQUIRE_EQUAL(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+    // Wait for the second checkpoint, then interrupt.
+    const auto t0 = std::chrono::steady_clock::now();
+    while (!fs::exists(train::checkpoint_dir(out, 2)) && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(120))
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ::kill(pid, SIGINT);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0) {}
+    BOOST_REQUIRE(WIFEXITED(status));
+    BOOST_CHECK_EQUAL(WEXITSTATUS(status), 130);
+    std::ifstream f(work().dir / "int.out");
+    std::string line;
+    std::getline(f, line);
+    BOOST_TEST_MESSAGE("interrupted run: " << line);
+    const auto j = nlohmann::json::parse(line);
+    BOOST_CHECK(j.at("interrupted").get<bool>());
+    const std::int64_t step = j.at("steps").get<std::int64_t>();
+    BOOST_CHECK_GE(step, 2);
+    BOOST_CHECK_LT(step, 600);
+    // The newest checkpoint is the one of the interrupted step; the log ends there.
+    const auto latest = train::latest_checkpoint(out);
+    BOOST_REQUIRE(latest.has_value());
+    BOOST_CHECK_EQUAL(latest->filename().string(), train::checkpoint_dir(out, step).filename().string());
+    const auto rows = train::read_metrics_jsonl(out / "metrics.jsonl");
+    BOOST_REQUIRE(!rows.empty());
+    BOOST_CHECK_EQUAL(rows.back().step, step);
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_exits_1_before_training) {
