@@ -10,7 +10,8 @@
 //   come from memory, not from the last-level cache. "4096x14336" is the down_proj shape
 //   (n_in 14336 -> n_out 4096 is written 14336x4096 here: n_in x n_out).
 // - Gemm/<scheme>/<n_in>x<n_out>/T:512/threads:N (prefill): "GFLOP/s" = 2 T n_in n_out / time.
-// Weights are random (no download); activations are uniform in [-1, 1] (no outlier columns).
+// Weights are random (no download); activations are uniform in [-1, 1] (no outlier columns, except
+// in Gemm/int8_8_outlier_columns: 8 columns hold one value of 20).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -157,12 +158,15 @@ void gemv(benchmark::State& state, std::int64_t n_in, std::int64_t n_out, QuantO
 }
 
 template <class Scheme>
-void gemm(benchmark::State& state, std::int64_t n_in, std::int64_t n_out, std::int64_t T, QuantOptions opt) {
+void gemm(benchmark::State& state, std::int64_t n_in, std::int64_t n_out, std::int64_t T, QuantOptions opt,
+          std::int64_t n_outliers = 0) {
     const unsigned threads = static_cast<unsigned>(state.range(0));
     static std::map<std::pair<std::int64_t, std::int64_t>, std::vector<QuantizedWeight<Scheme>>> cache;
     auto& ws = cache[{n_in, n_out}];
     if (ws.empty()) ws = weight_copies<Scheme>(n_out, n_in, false);
-    const auto x = random_x(T * n_in, 2u);
+    auto x = random_x(T * n_in, 2u);
+    for (std::int64_t j = 0; j < n_outliers; ++j)  // outlier columns: one large value each
+        x[static_cast<std::size_t>((j * 37 % T) * n_in + (j * 997 + 13) % n_in)] = 20.0f;
     std::vector<float> y(static_cast<std::size_t>(T * n_out));
     ThreadPool& p = pool_of(threads);
     for (auto _ : state) {
@@ -174,7 +178,29 @@ void gemm(benchmark::State& state, std::int64_t n_in, std::int64_t n_out, std::i
                                                    benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Quantization at load of a bf16 weight [n_out, n_in] (what QuantizedLinear::load does without a
+// pre-quantized checkpoint); "Melem/s" counts weight elements.
+template <class Scheme>
+void quantize_at_load(benchmark::State& state, std::int64_t n_in, std::int64_t n_out) {
+    static const Weight w = [&] {
+        Tensor<bf16> t({n_out, n_in});
+        for (std::int64_t i = 0; i < t.size(); ++i) t[i].bits = f32_to_bf16(static_cast<float>((i * 7919) % 1000) * 1e-3f - 0.5f);
+        return Weight::owned(std::move(t), "bench.weight");
+    }();
+    ThreadPool& p = pool_of(static_cast<unsigned>(state.range(0)));
+    for (auto _ : state) {
+        auto q = QuantizedWeight<Scheme>::quantize(w, &p);
+        benchmark::DoNotOptimize(q.data());
+    }
+    state.counters["Melem/s"] =
+        benchmark::Counter(static_cast<double>(n_in * n_out) * 1e-6, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void register_all() {
+    benchmark::RegisterBenchmark("Quantize/int8/bf16_4096x14336", [](benchmark::State& st) { quantize_at_load<Int8Rowwise>(st, 4096, 14336); })
+        ->ArgName("threads")->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark("Quantize/q8_0/bf16_4096x14336", [](benchmark::State& st) { quantize_at_load<Q8_0>(st, 4096, 14336); })
+        ->ArgName("threads")->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark("ReadBandwidth/1GiB", read_bandwidth)
         ->ArgName("threads")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
     struct Shape {
@@ -198,6 +224,9 @@ void register_all() {
         benchmark::RegisterBenchmark(("Gemm/q8_0/" + dims).c_str(), [s](benchmark::State& st) { gemm<Q8_0>(st, s.n_in, s.n_out, 512, QuantOptions{}); })
             ->ArgName("threads")->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
         benchmark::RegisterBenchmark(("Gemm/int8/" + dims).c_str(), [s](benchmark::State& st) { gemm<Int8Rowwise>(st, s.n_in, s.n_out, 512, QuantOptions{}); })
+            ->ArgName("threads")->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("Gemm/int8_8_outlier_columns/" + dims).c_str(),
+                                     [s](benchmark::State& st) { gemm<Int8Rowwise>(st, s.n_in, s.n_out, 512, QuantOptions{}, 8); })
             ->ArgName("threads")->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
     }
 }

@@ -346,13 +346,30 @@ inline void epilogue_i8(float* y, std::int64_t n_out, const XQuant& xq, const I8
     const float* sw = w.scales() + o0;
     const std::int32_t* rs = w.row_sums() + o0;
     alignas(64) float v[64];
+    // The panel's weights at the outlier columns as f32 [n_outl][64].
+    float* wo = nullptr;
+    if (xq.n_outl) {
+        wo = qscratch_as<12, float>(xq.n_outl * 64);
+        for (std::int64_t j = 0; j < xq.n_outl; ++j)
+            for (std::int64_t r = 0; r < 64; ++r)
+                wo[j * 64 + r] = r < rows ? static_cast<float>(w.row(o0 + r)[xq.cols[j]]) : 0.0f;
+    }
     for (std::int64_t t = t0; t < t1; ++t) {
         const std::int32_t* a = acc + (t - t0) * NR;
         float* yr = y + t * n_out + o0;
         const float sx = xq.scale[t];
         for (std::int64_t r = 0; r < rows; ++r) v[r] = (sx * sw[r]) * static_cast<float>(a[r] - offset * rs[r]);
-        if (xq.n_outl)
-            for (std::int64_t r = 0; r < rows; ++r) v[r] += sw[r] * outlier_dot(xq, t, w.row(o0 + r));
+        if (xq.n_outl) {
+            // sw * sum_j xo[t, j] * W[o, cols[j]], vectorized over the panel's rows (j ascending,
+            // as outlier_dot)
+            alignas(64) float od[64] = {};
+            const float* xo = xq.xo + t * xq.n_outl;
+            for (std::int64_t j = 0; j < xq.n_outl; ++j) {
+                const float* wj = wo + j * 64;
+                for (std::int64_t r = 0; r < 64; ++r) od[r] += xo[j] * wj[r];
+            }
+            for (std::int64_t r = 0; r < rows; ++r) v[r] += sw[r] * od[r];
+        }
         if (accumulate)
             for (std::int64_t r = 0; r < rows; ++r) yr[r] += v[r];
         else
