@@ -11,8 +11,8 @@
 #    4 test         ctest, without the labels cuda (needs a GPU) and heavy
 #    5 consumer     cmake --install into $BUILD/install, then tests/consumer built against it
 #    6 docs         doxygen Doxyfile into $BUILD/docs; any warning fails
-#    7 avx2-build   $BUILD-avx2: -march=x86-64-v3, no CUDA, tests only (the portable SIMD path)
-#    8 avx2-test    its ctest
+#    7 avx2-build   $BUILD-avx2: -march=x86-64-v3, no CUDA, the SIMD kernel tests (core, ops, quant)
+#    8 avx2-test    their ctest (the portable AVX2 path)
 #    9 fuzz-build   $BUILD-fuzz with clang++ and LIMARP_FUZZ=ON (skipped without clang++ or target)
 #   10 fuzz-run     fuzz_safetensors for $LIMARP_FUZZ_SECONDS seconds on tests/fuzz/corpus
 # A failed step fails the run (exit 1) and skips the steps that need it; independent steps
@@ -24,6 +24,7 @@
 #   LIMARP_FUZZ_SECONDS=60      fuzzing time
 #   LIMARP_SKIP_SETUP=1         do not run scripts/setup.sh
 #   LIMARP_CMAKE_ARGS="..."     extra arguments for the main configure
+#   LIMARP_BENCHMARKS=ON        also build the benchmarks (off in this script)
 #   LIMARP_VERBOSE=1            show every step's output as it runs
 #   LIMARP_LOG_TAIL=60          lines of a failed step's log to show (300 when CI is set)
 #   (the GPU tests run on a GPU machine with: ctest --test-dir build -L cuda --output-on-failure)
@@ -136,9 +137,14 @@ generator_args() {
 # ---- the steps -------------------------------------------------------------------------------
 do_setup() { bash scripts/setup.sh; }
 
+# CI builds -O2 (templates compile markedly faster than at -O3; the tests are not timed) and no
+# benchmarks (they measure, they do not test): LIMARP_BENCHMARKS=ON builds them too.
+RELEASE_FLAGS="-O2 -DNDEBUG"
 do_configure() {
     # shellcheck disable=SC2046
-    cmake -S . -B "$BUILD" $(generator_args "$BUILD") -DCMAKE_BUILD_TYPE=Release "${EXTRA_CMAKE_ARGS[@]}"
+    cmake -S . -B "$BUILD" $(generator_args "$BUILD") -DCMAKE_BUILD_TYPE=Release \
+        -DCMAKE_CXX_FLAGS_RELEASE="$RELEASE_FLAGS" -DLIMARP_BUILD_BENCHMARKS="${LIMARP_BENCHMARKS:-OFF}" \
+        "${EXTRA_CMAKE_ARGS[@]}"
 }
 
 do_build() { cmake --build "$BUILD" -j "$JOBS"; }
@@ -175,17 +181,22 @@ do_docs() {
 
 do_avx2_build() {
     # shellcheck disable=SC2046
+    # Only the areas with SIMD kernels: the rest of the library is arch-independent code that
+    # the main build already tests.
     cmake -S . -B "$AVX2" $(generator_args "$AVX2") -DCMAKE_BUILD_TYPE=Release -DLIMARP_ARCH=x86-64-v3 \
+        -DCMAKE_CXX_FLAGS_RELEASE="$RELEASE_FLAGS" \
         -DLIMARP_CUDA=OFF -DLIMARP_BUILD_EXAMPLES=OFF -DLIMARP_BUILD_BENCHMARKS=OFF
-    cmake --build "$AVX2" -j "$JOBS"
+    cmake --build "$AVX2" -j "$JOBS" --target $AVX2_TESTS
 }
+AVX2_TESTS="test_core test_ops test_quant"
+AVX2_LABELS='^(core|ops|quant)$'
 
 do_avx2_test() {
     if [[ "$(uname -m)" == x86_64 ]] && ! grep -qw avx2 /proc/cpuinfo; then
         echo "this CPU has no AVX2: built, not run"
         exit 77
     fi
-    ctest --test-dir "$AVX2" --output-on-failure -j "$JOBS" -LE "$EXCLUDE_LABELS"
+    ctest --test-dir "$AVX2" --output-on-failure -j "$JOBS" -L "$AVX2_LABELS" -LE "$EXCLUDE_LABELS"
 }
 
 do_fuzz_build() {
@@ -241,7 +252,7 @@ step test build 'tests passed|tests failed|\(Failed\)|\(Timeout\)|Not Run' \
     "ctest --test-dir $BUILD -LE '$EXCLUDE_LABELS'" do_test
 step consumer configure 'limarp consumer' "install to $BUILD/install, build and run tests/consumer" do_consumer
 step docs - '^doxygen' "doxygen Doxyfile (warnings are errors)" do_docs
-step avx2-build - '' "$AVX2: -DLIMARP_ARCH=x86-64-v3, no CUDA, tests only" do_avx2_build
+step avx2-build - '' "$AVX2: -DLIMARP_ARCH=x86-64-v3, no CUDA, SIMD kernel tests" do_avx2_build
 step avx2-test avx2-build 'tests passed|tests failed|\(Failed\)|\(Timeout\)|Not Run' \
     "ctest --test-dir $AVX2 -LE '$EXCLUDE_LABELS'" do_avx2_test
 step fuzz-build - '' "$FUZZ: clang++ -DLIMARP_FUZZ=ON, target fuzz_safetensors" do_fuzz_build
