@@ -13,14 +13,18 @@
 ///
 /// Shapes and paths:
 /// - T <= kQGemvMaxRows (decode): a GEMV that streams every weight row once from memory, 4 rows
-///   at a time, parallel over contiguous ranges of output rows (one per thread), with software
-///   prefetch; memory bound for weights larger than the caches.
-/// - T > kQGemvMaxRows (prefill, scoring): a packed GEMM. x is quantized once; each task packs a
-///   panel of weight rows (NR = 32 with AVX-512, 16 with AVX2) for a chunk of inputs into an
-///   interleaved layout and reuses it for every tile of MR x rows; the micro-kernel broadcasts 4
-///   (VNNI) or 2 (AVX2) inputs of one x row and multiplies them with 16 or 8 weight rows at once.
-///   Weight-only products with T > kQGemvMaxRows dequantize blocks of weight rows to f32 and run
-///   `ops::matmul_wt`.
+///   at a time (q8_0 with AVX-512: two blocks per zmm), parallel over contiguous ranges of output
+///   rows (one per thread), prefetching the same offset of the next group of 4 rows; memory
+///   bound for weights larger than the caches.
+/// - T > kQGemvMaxRows (prefill, scoring): a packed GEMM. x is quantized once into tiles of MR
+///   rows interleaved in 4-byte groups; each task packs a panel of weight rows (NR = 32 with
+///   AVX-512, 16 with AVX2) for a chunk of inputs (KC = 2048 / 1024) into [k/4][NR][4] (VNNI) or
+///   [k/2][NR][2] int16 (AVX2) and reuses it for every x tile; the MR x NR micro-kernel
+///   (12 x 32 int8 / 6 x 32 q8_0 with VNNI, 6 x 16 / 4 x 16 with AVX2) broadcasts 4 (VNNI) or 2
+///   (AVX2) inputs of one x row and multiplies them with 16 or 8 weight rows per instruction,
+///   accumulating in registers (int32 over the whole row for int8, per block of 32 then f32 for
+///   q8_0). Weight-only products with T > kQGemvMaxRows dequantize blocks of 32 weight rows to
+///   f32 and run the dense `ops::matmul_wt`.
 ///
 /// Instruction sets: with AVX-512 F/BW/VL + VNNI enabled at build time (-march) and an AVX-512
 /// arch tag, integer dots use `vpdpbusd` (u8 x s8: int8 row-wise activations are offset by +128
