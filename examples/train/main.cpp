@@ -377,29 +377,14 @@ int train_run(const train::TrainConfig& cfg, const RunOptions& ro) {
 
 /// Picks the projection type (the one dispatch table of this program):
 ///   none   Lora<DenseLinear<Cpu<>>>                    f32/bf16/f16 base as stored
-///   int8   Lora<QuantizedLinear<Int8Rowwise, Cpu<>>>   when that layer has a backward pass
-///   q8_0   Lora<QuantizedLinear<Q8_0, Cpu<>>>          when that layer has a backward pass
-/// With no --quant, load_in_8bit: true asks for int8 and falls back to the dense base (with a
-/// warning) while the int8 layer has no backward pass.
+///   int8   Lora<QuantizedLinear<Int8Rowwise, Cpu<>>>   quantized at load (or pre-quantized)
+///   q8_0   Lora<QuantizedLinear<Q8_0, Cpu<>>>          quantized at load (or pre-quantized)
+/// With no --quant, load_in_8bit: true (the seed's recipe) picks int8, else none.
 int dispatch(const train::TrainConfig& cfg, const RunOptions& ro) {
-    std::string q = ro.quant.empty() ? (cfg.load_in_8bit ? "int8" : "none") : ro.quant;
-    constexpr bool int8_ok = train::supports_lora_grads_v<TrainModel<QuantizedLinear<Int8Rowwise, Cpu<>>>>;
-    constexpr bool q8_ok = train::supports_lora_grads_v<TrainModel<QuantizedLinear<Q8_0, Cpu<>>>>;
-    if (q == "int8" && !int8_ok) {
-        if (!ro.quant.empty())
-            throw UnsupportedError("--quant int8: the int8 projection has no backward pass yet (use --quant none)");
-        std::fprintf(stderr, "limarp-train: warning: load_in_8bit: the int8 projection has no backward pass yet, "
-                             "training on the base as stored\n");
-        q = "none";
-    }
+    const std::string q = ro.quant.empty() ? (cfg.load_in_8bit ? "int8" : "none") : ro.quant;
     if (q == "none") return train_run<DenseLinear<Cpu<>>>(cfg, ro);
-    if (q == "int8") {
-        if constexpr (int8_ok) return train_run<QuantizedLinear<Int8Rowwise, Cpu<>>>(cfg, ro);
-    }
-    if (q == "q8_0") {
-        if constexpr (q8_ok) return train_run<QuantizedLinear<Q8_0, Cpu<>>>(cfg, ro);
-        throw UnsupportedError("--quant q8_0: the Q8_0 projection has no backward pass yet (use --quant none)");
-    }
+    if (q == "int8") return train_run<QuantizedLinear<Int8Rowwise, Cpu<>>>(cfg, ro);
+    if (q == "q8_0") return train_run<QuantizedLinear<Q8_0, Cpu<>>>(cfg, ro);
     throw ArgumentError("--quant: \"" + q + "\" is not one of none, int8, q8_0");
 }
 
@@ -431,8 +416,7 @@ int main(int argc, char** argv) {
         app.add_option("config", config_path, "YAML config file (Axolotl field names)");
         app.add_option("--tokenizer", ro.tokenizer, "tokenizer.model, tokenizer.json or a folder (default: base_model)");
         app.add_option("--quant", ro.quant,
-                       "frozen base: none | int8 | q8_0 (default: int8 when load_in_8bit, which falls back to the base "
-                       "as stored while int8 has no backward pass)");
+                       "frozen base: none | int8 | q8_0 (default: int8 when load_in_8bit, the default, else none)");
         app.add_flag("--resume", resume, "continue from the newest checkpoint-N in output_dir (resume_from_checkpoint=auto)");
         app.add_flag("--print-config", print_config, "print the effective config as YAML and exit");
         app.add_flag("--quiet", ro.quiet, "no progress bar");

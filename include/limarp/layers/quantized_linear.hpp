@@ -26,6 +26,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/qgemm.hpp"
+#include "limarp/backend/cpu/qgemm_backward.hpp"
 #include "limarp/core/error.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/io/safetensors.hpp"
@@ -120,6 +121,20 @@ public:
     /// y = x · Wᵀ, or y += x · Wᵀ when `accumulate`.
     void forward(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T, bool accumulate = false) {
         ops::qmatmul_wt(B{}, y, x, w_, T, accumulate, opt_);
+    }
+
+    /// Training forward: the same as `forward` (the layer is frozen and keeps nothing).
+    void forward_train(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T) { forward(y, x, T); }
+
+    /// Backward of the frozen projection: dx = dy · W computed from the 8-bit weights
+    /// (`ops::qmatmul_w`: dequantized a block at a time, never the whole f32 matrix); no
+    /// parameter gradient. `x` is not needed (accepted for the `TrainableLinear` interface).
+    /// The gradient is that of the dequantized weights (the straight-through view of a frozen
+    /// quantized layer, as bitsandbytes' 8-bit layers compute it).
+    /// \pre dx does not overlap dy.
+    void backward(float* dx /*[T, n_in]*/, const float* dy /*[T, n_out]*/, const float* /*x [T, n_in]*/,
+                  std::int64_t T) const {
+        ops::qmatmul_w(B{}, dx, dy, w_, T);
     }
 
 private:

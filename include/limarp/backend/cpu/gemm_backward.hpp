@@ -60,24 +60,15 @@ void bwd_run_tasks(ThreadPool& pool, std::int64_t n, double work, Fn&& fn) {
 }  // namespace cpu_detail
 /// \endcond
 
-/// y (=|+=) x · w with `w` stored [k, n] (f32, or bf16 widened exactly in f32): the input
-/// gradient of `matmul_wt`. For a linear map y = x · Wᵀ with W [n_out, n_in], the gradient of
-/// the input is dx = dy · W, i.e. `matmul_w(dx, dy, W, T, n_out, n_in)`.
-///
-/// \param y          [T, n] output; overwritten, or added to when `accumulate`
-/// \param x          [T, k] left operand (e.g. dy)
-/// \param w          [k, n] right operand, row-major (e.g. a frozen weight [n_out, n_in] in place)
-/// \param T          rows of x and y
-/// \param k          inner dimension (rows of w)
-/// \param n          columns of w and y
-/// \param accumulate false: y = x · w; true: y += x · w
-/// \param pool       thread pool (nullptr: ThreadPool::global())
-/// \pre T, k, n >= 0; y does not overlap x or w; all pointers row-major contiguous.
-template <class A, class W>
-    requires CpuWeight<W>
-void matmul_w(Cpu<A>, float* y /*[T, n]*/, const float* x /*[T, k]*/, const W* w /*[k, n]*/, std::int64_t T,
-              std::int64_t k, std::int64_t n, bool accumulate = false, ThreadPool* pool = nullptr) {
-    using namespace cpu_detail;
+/// \cond
+namespace cpu_detail {
+
+/// y (=|+=) x · w for a [k, n] right operand that is not f32 in memory: `widen(row, c0, cw, dst)`
+/// writes w[row, c0 .. c0 + cw) as f32 into dst. Blocks of kBwdKBlock x kBwdColBlock are widened
+/// into a per-thread buffer and multiplied by Eigen; c0 is always a multiple of kBwdColBlock.
+template <class Widen>
+void matmul_w_widened(float* y, const float* x, const Widen& widen, std::int64_t T, std::int64_t k, std::int64_t n,
+                      bool accumulate, ThreadPool* pool) {
     if (T <= 0 || n <= 0) return;
     if (k <= 0) {
         if (!accumulate) std::fill(y, y + T * n, 0.0f);
@@ -96,34 +87,76 @@ void matmul_w(Cpu<A>, float* y /*[T, n]*/, const float* x /*[T, k]*/, const W* w
         const auto [r0, r1] = bwd_row_range(T, row_chunks, rc);
         if (r1 <= r0) return;
         BwdMap Y(y + r0 * n + c0, r1 - r0, cw, Eigen::OuterStride<>(n));
-        if constexpr (std::is_same_v<W, float>) {
+        float* wf = scratch<8>(static_cast<std::size_t>(kBwdKBlock * kBwdColBlock));
+        for (std::int64_t k0 = 0; k0 < k; k0 += kBwdKBlock) {
+            const std::int64_t kb = std::min(kBwdKBlock, k - k0);
+            for (std::int64_t i = 0; i < kb; ++i) widen(k0 + i, c0, cw, wf + i * cw);
+            const BwdCMap X(x + r0 * k + k0, r1 - r0, kb, Eigen::OuterStride<>(k));
+            const BwdCMap Wm(wf, kb, cw, Eigen::OuterStride<>(cw));
+            if (accumulate || k0 > 0)
+                Y.noalias() += X * Wm;
+            else
+                Y.noalias() = X * Wm;
+        }
+    });
+}
+
+}  // namespace cpu_detail
+/// \endcond
+
+/// y (=|+=) x · w with `w` stored [k, n] (f32, or bf16 widened exactly in f32): the input
+/// gradient of `matmul_wt`. For a linear map y = x · Wᵀ with W [n_out, n_in], the gradient of
+/// the input is dx = dy · W, i.e. `matmul_w(dx, dy, W, T, n_out, n_in)`.
+///
+/// \param y          [T, n] output; overwritten, or added to when `accumulate`
+/// \param x          [T, k] left operand (e.g. dy)
+/// \param w          [k, n] right operand, row-major (e.g. a frozen weight [n_out, n_in] in place)
+/// \param T          rows of x and y
+/// \param k          inner dimension (rows of w)
+/// \param n          columns of w and y
+/// \param accumulate false: y = x · w; true: y += x · w
+/// \param pool       thread pool (nullptr: ThreadPool::global())
+/// \pre T, k, n >= 0; y does not overlap x or w; all pointers row-major contiguous.
+template <class A, class W>
+    requires CpuWeight<W>
+void matmul_w(Cpu<A>, float* y /*[T, n]*/, const float* x /*[T, k]*/, const W* w /*[k, n]*/, std::int64_t T,
+              std::int64_t k, std::int64_t n, bool accumulate = false, ThreadPool* pool = nullptr) {
+    using namespace cpu_detail;
+    if constexpr (std::is_same_v<W, float>) {
+        if (T <= 0 || n <= 0) return;
+        if (k <= 0) {
+            if (!accumulate) std::fill(y, y + T * n, 0.0f);
+            return;
+        }
+        ThreadPool& p = pool_or_global(pool);
+        const std::int64_t n_cblocks = (n + kBwdColBlock - 1) / kBwdColBlock;
+        const std::int64_t threads = static_cast<std::int64_t>(p.size());
+        const std::int64_t row_chunks =
+            std::clamp<std::int64_t>((threads + n_cblocks - 1) / n_cblocks, 1, std::max<std::int64_t>(1, T / 16));
+        const double work = static_cast<double>(T) * static_cast<double>(k) * static_cast<double>(n);
+        bwd_run_tasks(p, n_cblocks * row_chunks, work, [&](std::int64_t task) {
+            const std::int64_t cb = task / row_chunks, rc = task % row_chunks;
+            const std::int64_t c0 = cb * kBwdColBlock, cw = std::min(kBwdColBlock, n - c0);
+            const auto [r0, r1] = bwd_row_range(T, row_chunks, rc);
+            if (r1 <= r0) return;
+            BwdMap Y(y + r0 * n + c0, r1 - r0, cw, Eigen::OuterStride<>(n));
             const BwdCMap X(x + r0 * k, r1 - r0, k, Eigen::OuterStride<>(k));
             const BwdCMap Wm(w + c0, k, cw, Eigen::OuterStride<>(n));
             if (accumulate)
                 Y.noalias() += X * Wm;
             else
                 Y.noalias() = X * Wm;
-        } else {
-            float* wf = scratch<8>(static_cast<std::size_t>(kBwdKBlock * kBwdColBlock));
-            for (std::int64_t k0 = 0; k0 < k; k0 += kBwdKBlock) {
-                const std::int64_t kb = std::min(kBwdKBlock, k - k0);
-                for (std::int64_t i = 0; i < kb; ++i) {
-                    const W* src = w + (k0 + i) * n + c0;
-                    float* dst = wf + i * cw;
-                    std::int64_t j = 0;
-                    constexpr std::int64_t L = lanes<A>;
-                    for (; j + L <= cw; j += L) load_f32<A>(src + j).store_unaligned(dst + j);
-                    for (; j < cw; ++j) dst[j] = to_f32(src[j]);
-                }
-                const BwdCMap X(x + r0 * k + k0, r1 - r0, kb, Eigen::OuterStride<>(k));
-                const BwdCMap Wm(wf, kb, cw, Eigen::OuterStride<>(cw));
-                if (accumulate || k0 > 0)
-                    Y.noalias() += X * Wm;
-                else
-                    Y.noalias() = X * Wm;
-            }
-        }
-    });
+        });
+    } else {
+        const auto widen = [w, n](std::int64_t row, std::int64_t c0, std::int64_t cw, float* dst) {
+            const W* src = w + row * n + c0;
+            std::int64_t j = 0;
+            constexpr std::int64_t L = lanes<A>;
+            for (; j + L <= cw; j += L) load_f32<A>(src + j).store_unaligned(dst + j);
+            for (; j < cw; ++j) dst[j] = to_f32(src[j]);
+        };
+        matmul_w_widened(y, x, widen, T, k, n, accumulate, pool);
+    }
 }
 
 /// c (=|+=) aᵀ · b, summing over the T rows of a and b: the weight gradient of a linear map.
