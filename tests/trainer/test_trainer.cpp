@@ -182,6 +182,34 @@ BOOST_AUTO_TEST_CASE(checkpoint_is_a_peft_adapter_scored_like_the_eval_loss) {
         BOOST_CHECK(std::equal(fin[i].B.data(), fin[i].B.data() + fin[i].B.size(), cks[i].B.data()));
 }
 
+BOOST_AUTO_TEST_CASE(trains_on_an_int8_base) {
+    // The seed's recipe: LoRA over a frozen int8 base (load_in_8bit). The eval loss falls and the
+    // final adapter, scored by limarp-score on the same int8 base, gives the logged eval loss.
+    REQUIRE_SETUP();
+    const fs::path out = work().dir / "int8";
+    BOOST_REQUIRE_EQUAL(sh(train_cmd(out, "--quant int8 num_epochs=2 save_steps=0")), 0);
+    const auto rows = train::read_metrics_jsonl(out / "metrics.jsonl");
+    std::vector<double> evals;
+    for (const auto& r : rows)
+        if (r.eval_loss) evals.push_back(*r.eval_loss);
+    BOOST_REQUIRE_EQUAL(evals.size(), 2u);
+    BOOST_TEST_MESSAGE("int8 base: eval loss " << evals.front() << " -> " << evals.back());
+    BOOST_CHECK_LT(evals.back(), evals.front());
+    train::TrainConfig cfg = train::load_train_config(work().config);
+    const text::Tokenizer tok = text::Tokenizer::from_sentencepiece(tokenizer_path());
+    const auto data = train::Dataset::load(cfg.datasets, tok, cfg.dataset_options());
+    std::string ids;
+    for (int id : data.eval()[0].tokens) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+    if (!fs::exists(bin("limarp-score"))) return;
+    std::string score_out;
+    BOOST_REQUIRE_EQUAL(sh(bin("limarp-score").string() + " --quant int8 --threads 2 --model " + work().model.string() +
+                               " --adapter " + (out / "adapter").string() + " --ids " + ids,
+                           &score_out),
+                        0);
+    const double scored = nlohmann::json::parse(score_out).at("loss").get<double>();
+    BOOST_CHECK_LE(std::fabs(scored - evals.back()), 1e-4);
+}
+
 BOOST_AUTO_TEST_CASE(resume_reproduces_the_uninterrupted_run) {
     REQUIRE_SETUP();
     const auto& rows = reference_run();

@@ -33,20 +33,40 @@ enum class LogitsRows : std::uint8_t {
     None,  ///< no logits (prefill only)
 };
 
+/// \cond
+namespace detail {
+template <class Block, class Fallback>
+struct block_norm {
+    using type = Fallback;
+};
+template <class Block, class Fallback>
+    requires requires { typename Block::norm_type; }
+struct block_norm<Block, Fallback> {
+    using type = typename Block::norm_type;
+};
+}  // namespace detail
+/// \endcond
+
 /// A Mistral causal language model composed of `Block`s (default: dense bf16/f32 projections).
-template <Backend B, class Block = MistralBlock<B>, Linear Head = DenseLinear<B>>
+/// The final norm has the blocks' norm type (`Block::norm_type`, else `RmsNorm<B>`); `Head` is the
+/// output projection and `Embed` the token-embedding layer (e.g. the trained layers of
+/// layers/trainable.hpp for full-parameter training).
+template <Backend B, class Block = MistralBlock<B>, Linear Head = DenseLinear<B>, class Embed = Embedding<B>>
 class MistralModel {
 public:
     using backend_type = B;   ///< backend tag
     using block_type = Block; ///< decoder block type
+    using head_type = Head;   ///< output projection type
+    using embedding_type = Embed;  ///< token-embedding type
+    using norm_type = typename detail::block_norm<Block, RmsNorm<B>>::type;  ///< final-norm type
 
     /// Builds the model from `ctx` (weights named as Hugging Face's MistralForCausalLM).
     /// \throws FormatError / ShapeError naming the tensor when a weight is missing or mis-shaped.
     MistralModel(const MistralConfig& cfg, const LoadContext& ctx) : cfg_(cfg) {
-        embed_ = Embedding<B>::load(ctx, "model.embed_tokens", cfg.vocab, cfg.d_model);
+        embed_ = Embed::load(ctx, "model.embed_tokens", cfg.vocab, cfg.d_model);
         blocks_.reserve(static_cast<std::size_t>(cfg.n_layers));
         for (std::int64_t l = 0; l < cfg.n_layers; ++l) blocks_.push_back(Block::load(ctx, cfg, l));
-        norm_ = RmsNorm<B>::load(ctx, "model.norm", cfg.d_model, cfg.rms_norm_eps);
+        norm_ = norm_type::load(ctx, "model.norm", cfg.d_model, cfg.rms_norm_eps);
         if (!cfg.tie_word_embeddings || ctx.has("lm_head.weight"))
             head_ = Head::load(ctx, "lm_head", cfg.d_model, cfg.vocab);
         else
@@ -109,9 +129,9 @@ public:
     /// The decoder blocks.
     std::vector<Block>& blocks() noexcept { return blocks_; }
     /// The token embeddings.
-    Embedding<B>& embedding() noexcept { return embed_; }
+    Embed& embedding() noexcept { return embed_; }
     /// The final norm.
-    RmsNorm<B>& final_norm() noexcept { return norm_; }
+    norm_type& final_norm() noexcept { return norm_; }
     /// The output projection.
     Head& lm_head() noexcept { return head_; }
 
@@ -134,9 +154,9 @@ private:
     }
 
     MistralConfig cfg_;
-    Embedding<B> embed_;
+    Embed embed_;
     std::vector<Block> blocks_;
-    RmsNorm<B> norm_;
+    norm_type norm_;
     Head head_;
     std::int64_t chunk_ = 256;
     Tensor<float> x_;

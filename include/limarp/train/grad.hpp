@@ -56,6 +56,11 @@ template <class Model>
 inline constexpr bool supports_lora_grads_v =
     is_lora_v<typename Model::block_type::proj_type> && TrainableLinear<typename Model::block_type::proj_type>;
 
+/// True when `loss_and_grads` can train `Model`: its projections are `TrainableLinear` (LoRA
+/// wrappers over a trainable base, or layers that train their own weights such as `FullLinear`).
+template <class Model>
+inline constexpr bool supports_training_v = TrainableLinear<typename Model::block_type::proj_type>;
+
 /// Buffers of `loss_and_lora_grads`, reusable across calls (one per model type): the block
 /// checkpoints [n_layers, T, d_model], the residual stream and its gradient, and one block's
 /// working set.
@@ -117,10 +122,19 @@ void forward_blocks(Model& model, std::span<const std::int32_t> ids, LossWorkspa
 
 template <class Model>
 void check_model() {
-    static_assert(supports_lora_grads_v<Model>,
-                  "loss_and_lora_grads: build the model with trainable Lora projections, e.g. "
+    static_assert(supports_training_v<Model>,
+                  "loss_and_grads: build the model with trainable projections, e.g. "
                   "MistralModel<Cpu<>, MistralBlock<Cpu<>, Lora<DenseLinear<Cpu<>>>>> (the base must provide "
-                  "forward_train/backward: see the TrainableLinear concept)");
+                  "forward_train/backward: see the TrainableLinear concept) or FullLinear (layers/trainable.hpp)");
+}
+
+/// The lm_head's weight gradient buffer when the head trains its weight (`param()`), else null.
+template <class Head>
+float* head_grad(Head& head) {
+    if constexpr (requires { head.param().grad.data(); })
+        return head.param().grad.data();
+    else
+        return nullptr;
 }
 
 }  // namespace detail
@@ -130,13 +144,15 @@ void check_model() {
 /// (each module and adapter derives its own mask from `seed`).
 template <class Model>
 void set_lora_dropout(Model& model, float p, std::uint64_t seed) {
-    for_each_projection(model, [&](auto& proj) { proj.set_dropout(p, seed); });
+    if constexpr (is_lora_v<typename Model::block_type::proj_type>)
+        for_each_projection(model, [&](auto& proj) { proj.set_dropout(p, seed); });
 }
 
 /// Zeroes the LoRA gradient buffers of every projection.
 template <class Model>
 void zero_lora_grads(Model& model) {
-    for_each_projection(model, [&](auto& proj) { proj.zero_grad(); });
+    if constexpr (is_lora_v<typename Model::block_type::proj_type>)
+        for_each_projection(model, [&](auto& proj) { proj.zero_grad(); });
 }
 
 /// The causal-LM loss of `ids` and its gradient with respect to every attached, unmerged LoRA
@@ -176,7 +192,7 @@ LossResult loss_and_lora_grads(Model& model, std::span<const std::int32_t> ids, 
     const float gscale = static_cast<float>(static_cast<double>(opt.grad_scale) / static_cast<double>(res.n_targets));
     visit_weight(model.lm_head().weight(), [&](const auto* w) {
         res.loss_sum = ops::lm_head_cross_entropy(B{}, ws.dh.data(), ws.h.data(), w, ws.targets.data(), T - 1, d, vocab,
-                                                  gscale, opt.loss_chunk);
+                                                  gscale, opt.loss_chunk, nullptr, detail::head_grad(model.lm_head()));
     });
     std::fill(ws.dh.data() + (T - 1) * d, ws.dh.data() + T * d, 0.0f);  // the last token predicts nothing
     res.loss = res.loss_sum / static_cast<double>(res.n_targets);
@@ -191,7 +207,19 @@ LossResult loss_and_lora_grads(Model& model, std::span<const std::int32_t> ids, 
         }
         block.backward(ws.dx.data(), x_in, T, ws.positions.data(), ws.saved);
     }
+    if constexpr (requires { model.embedding().backward(ws.dx.data(), ids.data(), T); })
+        model.embedding().backward(ws.dx.data(), ids.data(), T);  // a trained embedding table
     return res;
+}
+
+/// The causal-LM loss of `ids` and the gradients of every trained parameter: the LoRA factors
+/// of `Lora` projections and the weights of layers that train their own (layers/trainable.hpp:
+/// projections, norms, embedding table, lm_head), added (+=) into the layers' gradient buffers.
+/// The same computation as `loss_and_lora_grads` (which handles both).
+template <class Model>
+LossResult loss_and_grads(Model& model, std::span<const std::int32_t> ids, const LossOptions& opt,
+                          LossWorkspace<Model>& ws) {
+    return loss_and_lora_grads(model, ids, opt, ws);
 }
 
 /// `loss_and_lora_grads` with temporary buffers.

@@ -131,13 +131,16 @@ double cross_entropy_row_backward(Cpu<A>, float* dlogits /*[vocab]*/, const floa
 /// \param grad_scale factor of the gradient (1 / number of counted rows for a mean loss)
 /// \param chunk_rows rows of logits computed at once (>= 1)
 /// \param pool       thread pool (nullptr: ThreadPool::global())
+/// \param dw         [vocab, d] gradient of w, added to (dw += dlogitsᵀ · h, chunk by chunk), or
+///                   nullptr when w is frozen; needs dh
 /// \return           the sum of the counted rows' losses
-/// \pre targets[t] < vocab; d, vocab > 0; dh does not overlap h or w.
+/// \pre targets[t] < vocab; d, vocab > 0; dh and dw do not overlap h or w.
 template <class A, class W>
     requires CpuWeight<W>
 double lm_head_cross_entropy(Cpu<A>, float* dh /*[T, d]*/, const float* h /*[T, d]*/, const W* w /*[vocab, d]*/,
                              const std::int32_t* targets /*[T]*/, std::int64_t T, std::int64_t d, std::int64_t vocab,
-                             float grad_scale, std::int64_t chunk_rows = 256, ThreadPool* pool = nullptr) {
+                             float grad_scale, std::int64_t chunk_rows = 256, ThreadPool* pool = nullptr,
+                             float* dw = nullptr /*[vocab, d]*/) {
     if (T <= 0) return 0.0;
     chunk_rows = std::max<std::int64_t>(1, std::min(chunk_rows, T));
     ThreadPool& p = cpu_detail::pool_or_global(pool);
@@ -164,6 +167,7 @@ double lm_head_cross_entropy(Cpu<A>, float* dh /*[T, d]*/, const float* h /*[T, 
         });
         for (std::int64_t r = 0; r < n; ++r) total += row_loss[static_cast<std::size_t>(r)];
         if (dh) matmul_w(Cpu<A>{}, dh + c0 * d, logits.data(), w, n, vocab, d, false, &p);
+        if (dh && dw) matmul_at_b(Cpu<A>{}, dw, logits.data(), h + c0 * d, n, vocab, d, true, &p);
     }
     return total;
 }
