@@ -16,7 +16,10 @@
 // `train::loss_and_lora_grads` on random token ids + one AdamW update of the LoRA factors.
 // B = 0 at the first step does not change the work: every LoRA product is still computed.
 //
-// One JSON line per sequence length on stdout; progress on stderr. Memory:
+// One JSON line per sequence length on stdout; progress on stderr. Clean memory figures come from
+// one sequence length per process:
+//   for t in 512 1024 2048; do bench_train_cpu --layers 2 --seq $t --quant int8 --steps 2; done
+// Memory (the *_gb fields are GiB, as in bench_model_cpu):
 //   peak_rss_gb      getrusage high-water mark of the process (cumulative over --seq values)
 //   seq_peak_rss_gb  VmHWM after resetting it (/proc/self/clear_refs) just before this sequence
 //                    length; rss_delta_gb = seq_peak_rss_gb - model_rss_gb (the RSS once the
