@@ -25,6 +25,7 @@
 
 #include "common/model_dispatch.hpp"
 #include "common/program.hpp"
+#include "common/sampler_flags.hpp"
 #include "common/tokenizer_loading.hpp"
 #include "limarp/generate/generator.hpp"
 #include "limarp/generate/sampler.hpp"
@@ -52,46 +53,6 @@ extern "C" void on_sigint(int) {
         n = ::write(STDOUT_FILENO, g_prompt, g_prompt_len);
     }
 }
-
-// Sampler flags (the same set as limarp-generate), bound to a SamplerParams.
-struct SamplerFlags {
-    generate::SamplerParams p;
-    std::string order;
-    void add(CLI::App& app) {
-        // LimaRP's model card: low temperature, high repetition penalty, short penalty range.
-        p.temperature = 0.7f;
-        p.min_p = 0.05f;
-        p.repetition_penalty = 1.1f;
-        p.penalty_range = 64;
-        app.add_option("--temperature", p.temperature, "0 = greedy; > 0 samples from softmax(logits / T)")
-            ->check(CLI::NonNegativeNumber)
-            ->capture_default_str();
-        app.add_option("--top-k", p.top_k, "keep the K most likely tokens (0 = off)")->capture_default_str();
-        app.add_option("--top-p", p.top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
-        app.add_option("--min-p", p.min_p, "keep tokens with p >= MIN_P * p_max (0 = off)")->capture_default_str();
-        app.add_option("--typical-p", p.typical_p, "locally typical sampling mass (1 = off)")->capture_default_str();
-        app.add_option("--top-a", p.top_a, "keep tokens with p >= TOP_A * p_max^2 (0 = off)")->capture_default_str();
-        app.add_option("--tfs", p.tfs, "tail-free sampling z (1 = off)")->capture_default_str();
-        app.add_option("--rep-pen", p.repetition_penalty,
-                       "repetition penalty (1 = off): positive logits / P, negative * P")
-            ->capture_default_str();
-        app.add_option("--rep-pen-range", p.penalty_range, "penalties look at the last N tokens (0 = off, -1 = all)")
-            ->capture_default_str();
-        app.add_option("--freq-pen", p.frequency_penalty, "frequency penalty per occurrence (0 = off)")
-            ->capture_default_str();
-        app.add_option("--presence-pen", p.presence_penalty, "presence penalty (0 = off)")->capture_default_str();
-        app.add_option("--sampler-order", order,
-                       "stages in order, names or KoboldAI ids, e.g. \"rep_pen,top_k,top_p,min_p,temperature\" or "
-                       "\"6,0,1,3,4,2,5\" "
-                       "(default: rep_pen,freq_pen,presence_pen,top_k,top_a,tfs,typical_p,top_p,min_p,temperature)");
-    }
-    generate::SamplerParams params(std::uint64_t seed) const {
-        generate::SamplerParams q = p;
-        if (!order.empty()) q.order = generate::parse_sampler_order(order);
-        q.seed = seed;
-        return q;
-    }
-};
 
 // The conversation state that /save and /load keep.
 struct Session {
@@ -182,7 +143,12 @@ int main(int argc, char** argv) {
         std::int64_t context = 4096;
         std::uint64_t seed = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
         bool show_prompt = false;
-        SamplerFlags sf;
+        programs::SamplerFlags sf;
+        // LimaRP's model card: low temperature, high repetition penalty, short penalty range.
+        sf.p.temperature = 0.7f;
+        sf.p.min_p = 0.05f;
+        sf.p.repetition_penalty = 1.1f;
+        sf.p.penalty_range = 64;
         programs::ModelOptions mo;
         app.add_option("--model", model_dir, "model folder (config.json + *.safetensors)")->required();
         app.add_option("--tokenizer", tokenizer_path,

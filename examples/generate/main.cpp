@@ -13,6 +13,7 @@
 
 #include "common/model_dispatch.hpp"
 #include "common/program.hpp"
+#include "common/sampler_flags.hpp"
 #include "common/tokenizer_loading.hpp"
 #include "limarp/generate/generator.hpp"
 #include "limarp/generate/sampler.hpp"
@@ -24,42 +25,6 @@
 using namespace limarp;
 
 namespace {
-
-// Sampler flags (the same set as limarp-chat), bound to a SamplerParams.
-struct SamplerFlags {
-    generate::SamplerParams p;
-    std::string order;
-    void add(CLI::App& app, float default_temperature) {
-        p.temperature = default_temperature;
-        app.add_option("--temperature", p.temperature, "0 = greedy; > 0 samples from softmax(logits / T)")
-            ->check(CLI::NonNegativeNumber)
-            ->capture_default_str();
-        app.add_option("--top-k", p.top_k, "keep the K most likely tokens (0 = off)")->capture_default_str();
-        app.add_option("--top-p", p.top_p, "nucleus sampling mass (1 = off)")->capture_default_str();
-        app.add_option("--min-p", p.min_p, "keep tokens with p >= MIN_P * p_max (0 = off)")->capture_default_str();
-        app.add_option("--typical-p", p.typical_p, "locally typical sampling mass (1 = off)")->capture_default_str();
-        app.add_option("--top-a", p.top_a, "keep tokens with p >= TOP_A * p_max^2 (0 = off)")->capture_default_str();
-        app.add_option("--tfs", p.tfs, "tail-free sampling z (1 = off)")->capture_default_str();
-        app.add_option("--rep-pen", p.repetition_penalty,
-                       "repetition penalty (1 = off): positive logits / P, negative * P")
-            ->capture_default_str();
-        app.add_option("--rep-pen-range", p.penalty_range, "penalties look at the last N tokens (0 = off, -1 = all)")
-            ->capture_default_str();
-        app.add_option("--freq-pen", p.frequency_penalty, "frequency penalty per occurrence (0 = off)")
-            ->capture_default_str();
-        app.add_option("--presence-pen", p.presence_penalty, "presence penalty (0 = off)")->capture_default_str();
-        app.add_option("--sampler-order", order,
-                       "stages in order, names or KoboldAI ids, e.g. \"rep_pen,top_k,top_p,min_p,temperature\" or "
-                       "\"6,0,1,3,4,2,5\" "
-                       "(default: rep_pen,freq_pen,presence_pen,top_k,top_a,tfs,typical_p,top_p,min_p,temperature)");
-    }
-    generate::SamplerParams params(std::uint64_t seed) const {
-        generate::SamplerParams q = p;
-        if (!order.empty()) q.order = generate::parse_sampler_order(order);
-        q.seed = seed;
-        return q;
-    }
-};
 
 std::string read_text_file(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
@@ -88,7 +53,8 @@ int main(int argc, char** argv) {
         std::int64_t context = 0;
         std::uint64_t seed = 0;
         bool print_ids = false, stats = false, no_bos = false, show_prompt = false, no_stop = false;
-        SamplerFlags sf;
+        programs::SamplerFlags sf;
+        sf.p.temperature = 0.0f;  // greedy unless asked
         programs::ModelOptions mo;
         app.add_option("--model", model_dir, "model folder (config.json + *.safetensors)")->required();
         auto* ids_opt = app.add_option("--ids", ids_str, "prompt token ids, e.g. \"1,2,3\"");
@@ -97,7 +63,7 @@ int main(int argc, char** argv) {
         app.add_option("--tokenizer", tokenizer_path,
                        "tokenizer.model, tokenizer.json or a folder (default: the model folder)");
         app.add_option("--max-new", max_new, "number of new tokens")->check(CLI::NonNegativeNumber);
-        sf.add(app, 0.0f);
+        sf.add(app);
         app.add_option("--seed", seed, "random seed for sampling");
         app.add_option("--eos", eos,
                        "stop after this id (default: none for --ids, the tokenizer's EOS ids otherwise; -1 = none)");
