@@ -1,0 +1,278 @@
+#pragma once
+/// \file qgemv.cuh
+/// \brief `ops::qgemv_int8`: the decode-time (batch 1) product with an int8 row-wise weight on
+/// CUDA, weight-only: y[o] (=|+=) scale[o] * sum_k q[o, k] * x[k], x f32 or bf16, y f32.
+///
+/// The kernel (`gemv_int8_rowwise_kernel<R, X>`) is memory bound: it streams each weight byte once.
+/// - A block of `kQGemvWarps` (4) warps owns R consecutive output rows (R = 8, 4, 2 or 1, the
+///   largest that still gives at least two blocks per multiprocessor). The row is cut into steps
+///   of 512 bytes (32 lanes x 16 bytes); warp w takes steps w, w + 4, w + 8, ..., so small n_out
+///   still spreads over many warps (split-K inside the block, no atomics, deterministic).
+/// - Per step a lane issues R independent 16-byte loads of int8 weights
+///   (`ld.global.nc.L1::no_allocate`: read-only, not kept in L1, L2 prefetch of 256 bytes), and
+///   reads its 16 x values (four 16-byte loads for f32, two for bf16) through L1, where x
+///   (at most 256 KB) stays resident for all the warps of the SM. A warp issues the loads of
+///   U = `kQGemvUnroll<R>` steps before their arithmetic (U * R = 8 weight loads per lane for
+///   R >= 2), so enough bytes are in flight to cover the memory latency.
+/// - int8 -> f32 without the slow I2F unit: bias the byte by 128 (xor 0x80), place it in the low
+///   mantissa byte of 2^23 with one byte permute, subtract 2^23 + 128 (exact); then one FMA with x.
+/// - Reduction: warp shuffles per row, then the 4 warps' partials through shared memory; the
+///   scale is applied once per row at the end.
+/// - Tails: rows are stored with a stride padded to 16 bytes with zero weights
+///   (`DeviceInt8Weight`), so only x needs a guard: the one 16-value chunk that crosses n_in
+///   is read element by element with zeros past the end.
+/// Summation order (per lane over its steps, shuffle tree, then warps 0..3) is fixed: results are
+/// bitwise reproducible run to run on the same device and grid; they differ from the CPU
+/// `ops::qmatmul_wt` by f32 rounding only.
+///
+/// Floor and measurements: benchmarks/NOTES.md ("CUDA int8 GEMV"), `bench_cuda_qgemv`.
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cuda/check.cuh"
+#include "limarp/backend/cuda/device_buffer.cuh"
+#include "limarp/backend/cuda/device_int8_weight.cuh"
+#include "limarp/core/error.hpp"
+
+namespace limarp {
+
+/// \cond
+namespace cuda_detail {
+
+inline constexpr int kQGemvWarps = 4;                  // warps per block (they split each row's steps)
+inline constexpr int kQGemvThreads = 32 * kQGemvWarps;  // threads per block
+inline constexpr int kQGemvStep = 32 * 16;              // int8 weights per warp step (16 per lane)
+
+// 16 int8 weights, read once: no L1 allocation (they are never re-read), 256-byte L2 prefetch.
+__device__ __forceinline__ uint4 load_weights_streaming(const std::int8_t* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+// x[k0 .. k0+15] as f32, all in range: four (f32) or two (bf16) 16-byte loads through L1.
+// x is 16-byte aligned and k0 % 16 == 0.
+__device__ __forceinline__ void load_x16(float (&xv)[16], const float* __restrict__ x, int k0) {
+    const float4* p = reinterpret_cast<const float4*>(x + k0);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const float4 v = __ldg(p + j);
+        xv[4 * j + 0] = v.x;
+        xv[4 * j + 1] = v.y;
+        xv[4 * j + 2] = v.z;
+        xv[4 * j + 3] = v.w;
+    }
+}
+
+__device__ __forceinline__ void load_x16(float (&xv)[16], const __nv_bfloat16* __restrict__ x, int k0) {
+    const uint4* p = reinterpret_cast<const uint4*>(x + k0);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        const uint4 v = __ldg(p + j);
+        const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {  // bf16 -> f32 is exact: the bf16 bits are the high half
+            xv[8 * j + 2 * i + 0] = __uint_as_float(u[i] << 16);
+            xv[8 * j + 2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+        }
+    }
+}
+
+// The same for the chunk that may cross n_in: element by element, 0 at and past n_in.
+__device__ __forceinline__ void load_x16_tail(float (&xv)[16], const float* __restrict__ x, int k0, int n_in) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) xv[i] = k0 + i < n_in ? __ldg(x + k0 + i) : 0.f;
+}
+
+__device__ __forceinline__ void load_x16_tail(float (&xv)[16], const __nv_bfloat16* __restrict__ x, int k0,
+                                              int n_in) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) xv[i] = k0 + i < n_in ? __bfloat162float(x[k0 + i]) : 0.f;
+}
+
+// acc + sum_i float(int8 w_i) * xv[i] over the 16 int8 weights in w (little-endian byte order).
+__device__ __forceinline__ float dot16_int8(uint4 w, const float (&xv)[16], float acc) {
+    const unsigned words[4] = {w.x ^ 0x80808080u, w.y ^ 0x80808080u, w.z ^ 0x80808080u, w.w ^ 0x80808080u};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            // bits 0x4B0000bb = 2^23 + bb with bb = w + 128; minus (2^23 + 128) gives w exactly
+            const float wf = __uint_as_float(__byte_perm(words[j], 0x4B000000u, 0x7540u + i)) - 8388736.0f;
+            acc = fmaf(wf, xv[4 * j + i], acc);
+        }
+    }
+    return acc;
+}
+
+/// Steps (of 512 weights) that one warp keeps in flight: U * R 16-byte weight loads per lane,
+/// 128 bytes for R >= 2 (64 for R = 1, where the x registers would grow too many).
+template <int R>
+inline constexpr int kQGemvUnroll = R >= 8 ? 1 : (R >= 4 ? 2 : 4);
+
+// y[o] (=|+=) scale[o] * sum_k q[o, k] x[k] for the R rows o = blockIdx.x * R + r < n_out.
+template <int R, class X>
+__global__ void __launch_bounds__(kQGemvThreads)
+    gemv_int8_rowwise_kernel(float* __restrict__ y /*[n_out]*/, const X* __restrict__ x /*[n_in]*/,
+                             const std::int8_t* __restrict__ q /*[n_out, ld]*/, const float* __restrict__ scale,
+                             int n_out, int n_in, int ld, bool accumulate) {
+    constexpr int U = kQGemvUnroll<R>;
+    constexpr int W = kQGemvWarps;
+    __shared__ float partial[W][R];
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int row0 = static_cast<int>(blockIdx.x) * R;
+    // Rows past n_out (last block) re-read row n_out - 1: no divergent loads; their sums are dropped.
+    const std::int8_t* rows = q + static_cast<long long>(row0) * ld + lane * 16;
+    long long row_off[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) row_off[r] = static_cast<long long>(min(r, n_out - 1 - row0)) * ld;
+
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.f;
+
+    // Steps 0 .. n_full-1 lie wholly inside n_in; a last step n_full exists when n_in % 512 != 0.
+    const int n_full = n_in / kQGemvStep;
+    const int n_steps = (ld + kQGemvStep - 1) / kQGemvStep;
+    int s = warp;
+    for (; s + (U - 1) * W < n_full; s += U * W) {  // U steps at once: all loads, then the arithmetic
+        uint4 wq[U][R];
+        float xv[U][16];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int r = 0; r < R; ++r) wq[u][r] = load_weights_streaming(rows + row_off[r] + (s + u * W) * kQGemvStep);
+#pragma unroll
+        for (int u = 0; u < U; ++u) load_x16(xv[u], x, (s + u * W) * kQGemvStep + lane * 16);
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[u][r], xv[u], acc[r]);
+    }
+    for (; s < n_full; s += W) {  // the remaining whole steps of this warp, one at a time
+        uint4 wq[R];
+        float xv[16];
+#pragma unroll
+        for (int r = 0; r < R; ++r) wq[r] = load_weights_streaming(rows + row_off[r] + s * kQGemvStep);
+        load_x16(xv, x, s * kQGemvStep + lane * 16);
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[r], xv, acc[r]);
+    }
+    if (s < n_steps) {  // s == n_full: the step that crosses n_in (weights zero-padded up to ld)
+        const int k0 = s * kQGemvStep + lane * 16;
+        if (k0 < ld) {
+            uint4 wq[R];
+            float xv[16];
+#pragma unroll
+            for (int r = 0; r < R; ++r) wq[r] = load_weights_streaming(rows + row_off[r] + s * kQGemvStep);
+            load_x16_tail(xv, x, k0, n_in);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[r], xv, acc[r]);
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) partial[warp][r] = acc[r];
+    }
+    __syncthreads();
+    if (threadIdx.x < R) {
+        const int r = static_cast<int>(threadIdx.x);
+        const int o = row0 + r;
+        if (o < n_out) {
+            float sum = 0.f;
+#pragma unroll
+            for (int w = 0; w < W; ++w) sum += partial[w][r];
+            const float v = scale[o] * sum;
+            y[o] = accumulate ? y[o] + v : v;
+        }
+    }
+}
+
+/// Rows per block that `qgemv_int8` picks for `n_out` output rows on a device with `sm_count`
+/// multiprocessors: the largest of 8, 4, 2, 1 that still gives at least 2 * sm_count blocks.
+inline int qgemv_rows_per_block(std::int64_t n_out, int sm_count) {
+    for (int r : {8, 4, 2})
+        if ((n_out + r - 1) / r >= 2 * static_cast<std::int64_t>(sm_count)) return r;
+    return 1;
+}
+
+/// Launches the kernel with R rows per block (1, 2, 4 or 8) on `stream` and checks the launch.
+/// The benchmark calls it directly to compare R; everything else goes through `ops::qgemv_int8`.
+template <class X>
+void launch_qgemv_int8(int rows_per_block, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
+                       cudaStream_t stream) {
+    const int n_out = static_cast<int>(w.n_out()), n_in = static_cast<int>(w.n_in()), ld = static_cast<int>(w.ld());
+    const auto grid = [&](int r) { return static_cast<unsigned>((n_out + r - 1) / r); };
+    switch (rows_per_block) {
+        case 8:
+            gemv_int8_rowwise_kernel<8, X><<<grid(8), kQGemvThreads, 0, stream>>>(y, x, w.data(), w.scales(), n_out,
+                                                                                   n_in, ld, accumulate);
+            break;
+        case 4:
+            gemv_int8_rowwise_kernel<4, X><<<grid(4), kQGemvThreads, 0, stream>>>(y, x, w.data(), w.scales(), n_out,
+                                                                                   n_in, ld, accumulate);
+            break;
+        case 2:
+            gemv_int8_rowwise_kernel<2, X><<<grid(2), kQGemvThreads, 0, stream>>>(y, x, w.data(), w.scales(), n_out,
+                                                                                   n_in, ld, accumulate);
+            break;
+        case 1:
+            gemv_int8_rowwise_kernel<1, X><<<grid(1), kQGemvThreads, 0, stream>>>(y, x, w.data(), w.scales(), n_out,
+                                                                                   n_in, ld, accumulate);
+            break;
+        default:
+            throw ArgumentError("qgemv_int8: rows per block must be 1, 2, 4 or 8, got " +
+                                std::to_string(rows_per_block));
+    }
+    LIMARP_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace cuda_detail
+/// \endcond
+
+namespace ops {
+
+/// y (=|+=) x · Wᵀ for one token with an int8 row-wise weight on the GPU, weight-only:
+///   y[o] = scale[o] * sum_k q[o, k] * x[k]   (f32 products and sums; bf16 x is widened exactly).
+/// Asynchronous on `stream`; the launch is checked (`LIMARP_CUDA_CHECK_LAUNCH`), errors inside
+/// the kernel show at the next synchronizing call.
+///
+/// \tparam Sm  compute capability of the `Cuda<Sm>` tag (the kernel itself runs on sm_80 and up)
+/// \tparam X   float or __nv_bfloat16
+/// \param y          [n_out] device f32 output; overwritten, or added to when `accumulate`
+/// \param x          [n_in] device input, 16-byte aligned (as cudaMalloc returns)
+/// \param w          the weight [n_out, n_in] on the current device
+/// \param accumulate false: y = x · Wᵀ; true: y += x · Wᵀ (e.g. the residual add of o_proj / down_proj)
+/// \param stream     CUDA stream (default: the legacy default stream)
+/// \pre y does not overlap x; x holds finite values; y, x and w live on the current device.
+/// \throws ArgumentError when x is not 16-byte aligned or w is empty; CudaError when the launch fails
+template <int Sm, class X>
+    requires(std::is_same_v<X, float> || std::is_same_v<X, __nv_bfloat16>)
+void qgemv_int8(Cuda<Sm>, float* y /*[n_out]*/, const X* x /*[n_in]*/, const DeviceInt8Weight& w,
+                bool accumulate = false, cudaStream_t stream = nullptr) {
+    static_assert(Sm >= 80, "ops::qgemv_int8 needs Cuda<Sm> with Sm >= 80 (ld.global.nc.L1::no_allocate.L2::256B)");
+    if (w.empty()) throw ArgumentError("qgemv_int8: the weight is empty");
+    if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0)
+        throw ArgumentError("qgemv_int8 with " + w.name() + ": x must be 16-byte aligned (got a pointer offset by " +
+                            std::to_string(reinterpret_cast<std::uintptr_t>(x) % 16) + " bytes)");
+    const int rows = cuda_detail::qgemv_rows_per_block(w.n_out(), device_info().sm_count);
+    cuda_detail::launch_qgemv_int8(rows, y, x, w, accumulate, stream);
+}
+
+}  // namespace ops
+}  // namespace limarp

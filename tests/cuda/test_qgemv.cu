@@ -1,0 +1,283 @@
+// Tests of limarp/backend/cuda/qgemv.cuh (ops::qgemv_int8), device_int8_weight.cuh and
+// device_buffer.cuh: the GPU GEMV against the CPU ops::qmatmul_wt (weight-only, T = 1) and a
+// float64 sum, on random weights of odd and Mistral shapes, every rows-per-block variant, f32 and
+// bf16 x, overwrite and accumulate; the device layout; and the errors.
+//
+// Tolerances (METHOD.md: f32 arithmetic lands far under 1e-3): per element
+// |y - y64| <= kTolF32 * sum_k |scale q x| (+ tiny), and ||y - y_cpu|| / ||y_cpu|| <= kTolF32, with
+// kTolF32 = 1e-5. The bf16 x cases compare against references computed from the same bf16 values
+// widened to f32 (the widening is exact), so the same band applies.
+#include <boost/test/unit_test.hpp>
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "limarp/backend/cuda/device_buffer.cuh"
+#include "limarp/backend/cuda/device_int8_weight.cuh"
+#include "limarp/backend/cuda/qgemv.cuh"
+#include "limarp/core/error.hpp"
+#include "qgemv_reference.hpp"
+
+namespace {
+
+using limarp::DeviceBuffer;
+using limarp::DeviceInt8Weight;
+using limarp::Int8Rowwise;
+using limarp::QuantizedWeight;
+
+constexpr double kTolF32 = 1e-5;
+
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// A random int8 weight with its host storage.
+struct HostWeight {
+    std::vector<std::int8_t> q;
+    std::vector<float> scale;
+    QuantizedWeight<Int8Rowwise> w;
+    HostWeight(std::int64_t n_out, std::int64_t n_in, std::uint32_t seed)
+        : q(static_cast<std::size_t>(n_out * n_in)), scale(static_cast<std::size_t>(n_out)) {
+        std::mt19937 g(seed);
+        std::uniform_int_distribution<int> qd(-127, 127);
+        std::uniform_real_distribution<float> sd(0.001f, 0.02f);
+        for (auto& v : q) v = static_cast<std::int8_t>(qd(g));
+        for (auto& s : scale) s = sd(g);
+        w = QuantizedWeight<Int8Rowwise>(q.data(), scale.data(), n_out, n_in,
+                                         "test.w" + std::to_string(n_out) + "x" + std::to_string(n_in), nullptr);
+    }
+};
+
+std::vector<float> random_vec(std::size_t n, std::uint32_t seed, float lo, float hi) {
+    std::mt19937 g(seed);
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& e : v) e = d(g);
+    return v;
+}
+
+// y0 + W x in float64, and sum |terms| per row (for the per-element tolerance).
+void ref_f64(const HostWeight& hw, const std::vector<float>& x, const std::vector<float>* y0, std::vector<double>& y,
+             std::vector<double>& mag) {
+    const std::int64_t n_out = hw.w.n_out(), n_in = hw.w.n_in();
+    y.assign(static_cast<std::size_t>(n_out), 0.0);
+    mag.assign(static_cast<std::size_t>(n_out), 0.0);
+    for (std::int64_t o = 0; o < n_out; ++o) {
+        const std::int8_t* r = hw.w.row(o);
+        double s = 0, m = 0;
+        for (std::int64_t k = 0; k < n_in; ++k) {
+            const double t = static_cast<double>(r[k]) * x[static_cast<std::size_t>(k)];
+            s += t;
+            m += std::fabs(t);
+        }
+        const double sc = hw.scale[static_cast<std::size_t>(o)];
+        y[static_cast<std::size_t>(o)] = sc * s + (y0 ? (*y0)[static_cast<std::size_t>(o)] : 0.0);
+        mag[static_cast<std::size_t>(o)] = sc * m + (y0 ? std::fabs((*y0)[static_cast<std::size_t>(o)]) : 0.0);
+    }
+}
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        const double d = static_cast<double>(a[i]) - b[i];
+        num += d * d;
+        den += static_cast<double>(b[i]) * b[i];
+    }
+    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// Checks y against the CPU kernel (relative L2) and the float64 sum (per element); every element
+// must have been written (finite: y starts as NaN unless accumulating).
+void check_result(const std::vector<float>& y, const std::vector<float>& y_cpu, const std::vector<double>& y64,
+                  const std::vector<double>& mag, const std::string& what) {
+    BOOST_TEST_CONTEXT(what) {
+        std::size_t bad = 0, non_finite = 0;
+        double worst = 0;
+        for (std::size_t o = 0; o < y.size(); ++o) {
+            if (!std::isfinite(y[o])) {
+                ++non_finite;
+                continue;
+            }
+            const double err = std::fabs(static_cast<double>(y[o]) - y64[o]);
+            const double tol = kTolF32 * mag[o] + 1e-30;
+            worst = std::max(worst, err / tol);
+            bad += err > tol;
+        }
+        BOOST_TEST(non_finite == 0u);
+        BOOST_TEST(bad == 0u, bad << " elements outside the f32 band (worst at " << worst << " x the tolerance)");
+        const double e = rel_l2(y, y_cpu);
+        BOOST_TEST(e <= kTolF32, "relative L2 error vs CPU qmatmul_wt " << e);
+    }
+}
+
+struct Shape {
+    std::int64_t n_out, n_in;
+};
+
+// n_in: 1, under a chunk, not a multiple of 16, one step +- 1, the Mistral widths, the largest
+// (kMaxIn-ish) with a tail; n_out: 1 row, fewer rows than a block, not a multiple of 8, many
+// blocks of a short row (14336 x 33). Split in two cases so that the slow compute-sanitizer
+// tools can run the small ones alone (--run_test=cuda_qgemv/matches_cpu_qmatmul_wt_small_shapes).
+const Shape kSmallShapes[] = {{1, 1},     {1, 17},   {3, 37},   {5, 511},    {7, 513},  {8, 1024},
+                              {9, 1000},  {33, 4099}, {100, 16}, {257, 14336}, {14336, 33}, {6, 60001}};
+// The Mistral-7B shapes (q/o, k/v, down) and one with n_out not a multiple of 8.
+const Shape kMistralShapes[] = {{1024, 4096}, {4096, 4096}, {4096, 14336}, {4099, 4096}};
+
+template <class X>
+void run_case(const HostWeight& hw, const DeviceInt8Weight& dw, std::uint32_t seed, bool accumulate) {
+    const std::int64_t n_out = hw.w.n_out(), n_in = hw.w.n_in();
+    auto x = random_vec(static_cast<std::size_t>(n_in), seed, -2.f, 2.f);
+    std::vector<X> xd(x.size());
+    for (std::size_t k = 0; k < x.size(); ++k) {
+        if constexpr (std::is_same_v<X, float>) {
+            xd[k] = x[k];
+        } else {
+            xd[k] = __float2bfloat16(x[k]);
+            x[k] = __bfloat162float(xd[k]);  // the reference sees the same (rounded) inputs
+        }
+    }
+    const auto y0 = random_vec(static_cast<std::size_t>(n_out), seed + 1, -1.f, 1.f);
+    std::vector<float> y_cpu(y0);
+    limarp::test::cpu_qgemv_weight_only(y_cpu.data(), x.data(), hw.w, accumulate);
+    std::vector<double> y64, mag;
+    ref_f64(hw, x, accumulate ? &y0 : nullptr, y64, mag);
+
+    DeviceBuffer<X> dx(xd.size(), "x");
+    dx.upload(xd.data(), xd.size());
+    DeviceBuffer<float> dy(static_cast<std::size_t>(n_out), "y");
+    const std::vector<float> poison(static_cast<std::size_t>(n_out), std::numeric_limits<float>::quiet_NaN());
+    const std::string base = dw.name() + (std::is_same_v<X, float> ? " x f32" : " x bf16") +
+                             (accumulate ? " accumulate" : " overwrite");
+    std::vector<float> first;
+    for (int rows : {0, 1, 2, 4, 8}) {  // 0: the public entry point's own choice
+        dy.upload(accumulate ? y0.data() : poison.data(), static_cast<std::size_t>(n_out));
+        if (rows == 0)
+            limarp::ops::qgemv_int8(limarp::Cuda<90>{}, dy.data(), dx.data(), dw, accumulate);
+        else
+            limarp::cuda_detail::launch_qgemv_int8(rows, dy.data(), dx.data(), dw, accumulate, nullptr);
+        LIMARP_CUDA_CHECK(cudaDeviceSynchronize());
+        std::vector<float> y(static_cast<std::size_t>(n_out));
+        dy.download(y.data(), y.size());
+        check_result(y, y_cpu, y64, mag, base + " rows/block " + std::to_string(rows));
+        if (rows == 0) {
+            first = y;
+            // same launch again: bitwise the same (fixed summation order, no atomics)
+            dy.upload(accumulate ? y0.data() : poison.data(), static_cast<std::size_t>(n_out));
+            limarp::ops::qgemv_int8(limarp::Cuda<90>{}, dy.data(), dx.data(), dw, accumulate);
+            dy.download(y.data(), y.size());
+            BOOST_TEST((std::memcmp(y.data(), first.data(), y.size() * sizeof(float)) == 0),
+                       base << ": a second identical launch gave different bits");
+        }
+    }
+}
+
+void check_shapes(const Shape* shapes, std::size_t n, std::uint32_t seed) {
+    for (std::size_t i = 0; i < n; ++i) {
+        const HostWeight hw(shapes[i].n_out, shapes[i].n_in, seed++);
+        const DeviceInt8Weight dw(hw.w);
+        run_case<float>(hw, dw, seed++, false);
+        run_case<float>(hw, dw, seed++, true);
+        run_case<__nv_bfloat16>(hw, dw, seed++, false);
+        run_case<__nv_bfloat16>(hw, dw, seed++, true);
+    }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(cuda_qgemv)
+
+BOOST_AUTO_TEST_CASE(matches_cpu_qmatmul_wt_small_shapes) {
+    check_shapes(kSmallShapes, std::size(kSmallShapes), 100);
+}
+
+BOOST_AUTO_TEST_CASE(matches_cpu_qmatmul_wt_mistral_shapes) {
+    check_shapes(kMistralShapes, std::size(kMistralShapes), 500);
+}
+
+BOOST_AUTO_TEST_CASE(device_layout_pads_rows_with_zeros) {
+    for (const Shape s : {Shape{5, 37}, Shape{3, 64}}) {
+        const HostWeight hw(s.n_out, s.n_in, 7);
+        const DeviceInt8Weight dw(hw.w);
+        const std::int64_t ld = (s.n_in + 15) / 16 * 16;
+        BOOST_TEST(dw.ld() == ld);
+        BOOST_TEST(dw.n_out() == s.n_out);
+        BOOST_TEST(dw.n_in() == s.n_in);
+        BOOST_TEST(dw.nbytes() == static_cast<std::size_t>(s.n_out * s.n_in + 4 * s.n_out));
+        BOOST_TEST(reinterpret_cast<std::uintptr_t>(dw.data()) % 16 == 0u);
+        std::vector<std::int8_t> q(static_cast<std::size_t>(s.n_out * ld));
+        LIMARP_CUDA_CHECK(cudaMemcpy(q.data(), dw.data(), q.size(), cudaMemcpyDeviceToHost));
+        std::vector<float> sc(static_cast<std::size_t>(s.n_out));
+        LIMARP_CUDA_CHECK(cudaMemcpy(sc.data(), dw.scales(), sc.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        int wrong = 0;
+        for (std::int64_t o = 0; o < s.n_out; ++o) {
+            for (std::int64_t k = 0; k < ld; ++k)
+                wrong += q[static_cast<std::size_t>(o * ld + k)] != (k < s.n_in ? hw.w.row(o)[k] : 0);
+            wrong += sc[static_cast<std::size_t>(o)] != hw.scale[static_cast<std::size_t>(o)];
+        }
+        BOOST_TEST(wrong == 0);
+    }
+    DeviceInt8Weight moved(HostWeight(2, 3, 1).w);
+    DeviceInt8Weight to(std::move(moved));
+    BOOST_TEST(moved.empty());
+    BOOST_TEST(!to.empty());
+}
+
+BOOST_AUTO_TEST_CASE(errors_name_the_call_and_the_tensor) {
+    // out of device memory: CudaError naming the buffer and the bytes
+    try {
+        DeviceBuffer<float> huge(std::size_t{1} << 48, "layers.0.mlp.down_proj.weight (int8 values)");
+        BOOST_FAIL("allocating 1 PiB did not throw");
+    } catch (const limarp::CudaError& e) {
+        const std::string msg = e.what();
+        BOOST_TEST_MESSAGE("message: " << msg);
+        BOOST_TEST(has(msg, "cudaMalloc of " + std::to_string(std::size_t{4} << 48) + " bytes"));
+        BOOST_TEST(has(msg, "\"layers.0.mlp.down_proj.weight (int8 values)\""));
+        BOOST_TEST(has(msg, "out of memory"));
+    }
+    BOOST_TEST(cudaGetLastError() == cudaSuccess);
+    // a byte count that overflows size_t
+    BOOST_CHECK_THROW(DeviceBuffer<float>(std::numeric_limits<std::size_t>::max() / 2, "overflow"),
+                      limarp::ArgumentError);
+
+    // a failed copy names the call and the source line
+    DeviceBuffer<float> small(16, "small");
+    std::vector<float> host(32, 1.f);
+    try {
+        LIMARP_CUDA_CHECK(cudaMemcpy(nullptr, host.data(), 64, cudaMemcpyHostToDevice));
+        BOOST_FAIL("a copy to a null pointer did not throw");
+    } catch (const limarp::CudaError& e) {
+        const std::string msg = e.what();
+        BOOST_TEST_MESSAGE("message: " << msg);
+        BOOST_TEST(has(msg, "cudaMemcpy(nullptr, host.data(), 64, cudaMemcpyHostToDevice)"));
+        BOOST_TEST(has(msg, "test_qgemv.cu:"));
+    }
+    (void)cudaGetLastError();
+
+    // host-side misuse is an argument / shape error, caught before any launch
+    BOOST_CHECK_THROW(small.upload(host.data(), 32), limarp::ShapeError);
+    const HostWeight hw(4, 32, 3);
+    const DeviceInt8Weight dw(hw.w);
+    DeviceBuffer<float> y(4, "y");
+    try {
+        limarp::ops::qgemv_int8(limarp::Cuda<90>{}, y.data(), small.data() + 1, dw);  // 4-byte offset
+        BOOST_FAIL("a misaligned x did not throw");
+    } catch (const limarp::ArgumentError& e) {
+        BOOST_TEST_MESSAGE("message: " << e.what());
+        BOOST_TEST(has(e.what(), "16-byte aligned"));
+        BOOST_TEST(has(e.what(), dw.name()));
+    }
+    BOOST_CHECK_THROW(limarp::ops::qgemv_int8(limarp::Cuda<90>{}, y.data(), small.data(), DeviceInt8Weight{}),
+                      limarp::ArgumentError);
+    BOOST_CHECK_THROW(limarp::cuda_detail::launch_qgemv_int8(3, y.data(), small.data(), dw, false, nullptr),
+                      limarp::ArgumentError);
+    BOOST_TEST(cudaDeviceSynchronize() == cudaSuccess);  // nothing above reached the device in a bad state
+}
+
+BOOST_AUTO_TEST_SUITE_END()
