@@ -21,7 +21,7 @@
 #
 # Environment: LIMARP_BUILD_DIR (default build), LIMARP_JOBS (default nproc), LIMARP_SKIP_SETUP=1
 # to skip setup, LIMARP_DEMO_OUT, LIMARP_DEMO_PRETRAIN_STEPS (default 170),
-# LIMARP_DEMO_EPOCHS (default 2), LIMARP_DEMO_SAMPLES (default 4), LIMARP_THREADS.
+# LIMARP_DEMO_EPOCHS (default 3), LIMARP_DEMO_SAMPLES (default 6), LIMARP_THREADS.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,8 +30,8 @@ BUILD="${LIMARP_BUILD_DIR:-build}"
 JOBS="${LIMARP_JOBS:-$(nproc)}"
 OUT="${LIMARP_DEMO_OUT:-demo-out}"
 PRETRAIN_STEPS="${LIMARP_DEMO_PRETRAIN_STEPS:-170}"
-EPOCHS="${LIMARP_DEMO_EPOCHS:-2}"
-SAMPLES="${LIMARP_DEMO_SAMPLES:-4}"
+EPOCHS="${LIMARP_DEMO_EPOCHS:-3}"
+SAMPLES="${LIMARP_DEMO_SAMPLES:-6}"
 THREADS="${LIMARP_THREADS:-$(nproc)}"
 TOK=".cache/mistral-tokenizer.model"
 NOVEL=".cache/moby-dick"
@@ -58,7 +58,7 @@ say "build ${PROGRAMS[*]}"
 cmake --build "$BUILD" -j "$JOBS" --target "${PROGRAMS[@]}"
 
 T0=$(date +%s)
-mkdir -p "$OUT"
+mkdir -p "$OUT/base" "$OUT/lora"
 say "[1/4] data: Moby-Dick prose -> corpus, dialogue -> LimaRP roleplay set ($OUT/data)"
 "$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data"
 
@@ -83,12 +83,12 @@ train_on_inputs: true
 lora_r: 32
 lora_alpha: 64
 lora_dropout: 0.05
-learning_rate: 0.002
+learning_rate: 0.005
 lr_scheduler: cosine
 warmup_steps: 4
 num_epochs: $EPOCHS
 micro_batch_size: 1
-gradient_accumulation_steps: 4
+gradient_accumulation_steps: 2
 max_grad_norm: 1.0
 output_dir: $OUT/lora
 seed: 42
@@ -97,10 +97,11 @@ t=$(date +%s)
 "$BUILD/bin/limarp-train" "$OUT/lora.yaml" --tokenizer "$TOK" --threads "$THREADS" | tee "$OUT/lora-summary.json"
 echo "fine-tuning took $(elapsed "$t")"
 
-say "[4/4] one roleplay prompt, $SAMPLES replies per length tag (temperature 0.8)"
+say "[4/4] one roleplay prompt, $SAMPLES replies per length tag (temperature 0.8, min-p 0.02)"
 t=$(date +%s)
 "$BUILD/bin/limarp-length-table" --model "$OUT/base" --adapter "$OUT/lora/adapter" --tokenizer "$TOK" \
-    --quant int8 --samples "$SAMPLES" --max-tokens 300 --lengths micro,tiny,short,medium,long,massive \
+    --quant int8 --samples "$SAMPLES" --max-tokens 200 --temperature 0.8 --min-p 0.02 \
+    --lengths micro,tiny,short,medium,long,massive \
     --json "$OUT/lengths.json" --transcript "$OUT/transcript.txt" --threads "$THREADS" | tee "$OUT/lengths.md"
 echo "generation took $(elapsed "$t")"
 
