@@ -18,6 +18,8 @@
 /// - "quant.outlier_threshold": default "6.0"; "0" turns the outlier columns off (Int8Rowwise).
 /// Invalid values throw ArgumentError naming the option.
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -121,6 +123,23 @@ public:
     /// y = x · Wᵀ, or y += x · Wᵀ when `accumulate`.
     void forward(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T, bool accumulate = false) {
         ops::qmatmul_wt(B{}, y, x, w_, T, accumulate, opt_);
+    }
+
+    /// W += alpha · delta in the 8-bit format (an in-memory LoRA merge into a quantized base):
+    /// dequantize, add in f32, quantize again with fresh scales (the layer then owns its bytes;
+    /// a mapped checkpoint is not touched). Returns the largest |stored - exact| of the result,
+    /// the requantization error. Merging then unmerging does not restore the original bytes
+    /// exactly: each call requantizes.
+    double add_delta(const float* delta /*[n_out, n_in]*/, float alpha) {
+        Tensor<float> w = w_.dequantize();
+        const std::int64_t n = w.size();
+        for (std::int64_t i = 0; i < n; ++i) w[i] += alpha * delta[i];
+        weight_type q = weight_type::quantize(Weight::owned(Tensor<float>(w), w_.name()));
+        const Tensor<float> back = q.dequantize();
+        double err = 0;
+        for (std::int64_t i = 0; i < n; ++i) err = std::max(err, static_cast<double>(std::fabs(back[i] - w[i])));
+        w_ = std::move(q);
+        return err;
     }
 
     /// Training forward: the same as `forward` (the layer is frozen and keeps nothing).
