@@ -8,9 +8,12 @@
 // launch reads its weight from HBM. Timing: CUDA events around --iters launches (default 200),
 // median of --reps repetitions (default 15), after a warm-up; once as plain stream launches (the
 // launch gaps included) and once replaying the same launches from a CUDA graph. Variants: the
-// public entry point (`auto`: its rows-per-block choice), each rows-per-block value 1/2/4/8 with
-// f32 x, and `auto` with bf16 x. Every variant's result is checked against a float64 host sum first
-// (exit status 1 when one is outside the f32 band).
+// public entry point (`auto`: its default configuration; `auto-bf16`: the same with bf16 x), the
+// cp.async path at the default rows per block with programmatic dependent launch (`async-pdl`:
+// each launch overlaps the previous one's tail), and every configuration of both weight load paths
+// (`regs-rN`: registers, `async-rN`: cp.async ring) with N = 1/2/4/8 rows per block, f32 x.
+// Every variant's result is checked against a float64 host sum first (exit status 1 when one is
+// outside the f32 band).
 //
 // Bytes per launch = n_out * n_in (int8) + 4 n_out (scales) + n_in * sizeof(x) + 4 n_out (y).
 // copy bandwidth = 2 * bytes / time of a 1 GiB cudaMemcpyAsync device-to-device (read + write).
@@ -213,7 +216,8 @@ int main(int argc, char** argv) try {
         std::vector<std::int8_t> q(nq);
         std::vector<float> scale(static_cast<std::size_t>(sh.n_out));
         fill_random_int8(q.data(), nq, static_cast<std::uint64_t>(sh.n_out) * 131 + sh.n_in);
-        for (int o = 0; o < sh.n_out; ++o) scale[static_cast<std::size_t>(o)] = 0.001f + 0.01f * ((o * 37) % 101) / 101.f;
+        for (int o = 0; o < sh.n_out; ++o)
+            scale[static_cast<std::size_t>(o)] = 0.001f + 0.01f * static_cast<float>((o * 37) % 101) / 101.f;
         const QuantizedWeight<Int8Rowwise> hw(q.data(), scale.data(), sh.n_out, sh.n_in, sh.module, nullptr);
         const int copies =
             std::max(2, static_cast<int>(std::ceil(rotate_mb * 1e6 / static_cast<double>(hw.nbytes()))));
@@ -248,21 +252,32 @@ int main(int argc, char** argv) try {
         }
 
         struct Variant {
-            const char* name;
-            int rows;  // 0: ops::qgemv_int8 chooses
-            bool bf16;
+            std::string name;
+            bool entry;   // true: ops::qgemv_int8 (its own configuration), false: `config`
+            bool pdl;     // programmatic dependent launch (config.programmatic; for the report)
+            bool bf16;    // x in bf16 (entry only)
+            cuda_detail::QGemvConfig config;
         };
-        const Variant variants[] = {{"auto", 0, false}, {"rows1", 1, false}, {"rows2", 2, false},
-                                    {"rows4", 4, false}, {"rows8", 8, false}, {"auto-bf16", 0, true}};
+        cuda_detail::QGemvConfig pdl = cuda_detail::qgemv_default_config(sh.n_out, info.sm_count);
+        pdl.load = cuda_detail::QGemvLoad::CpAsync;
+        pdl.programmatic = true;
+        std::vector<Variant> variants{{"auto", true, false, false, {}},
+                                      {"async-pdl", false, true, false, pdl},
+                                      {"auto-bf16", true, false, true, {}}};
+        for (auto load : {cuda_detail::QGemvLoad::Registers, cuda_detail::QGemvLoad::CpAsync})
+            for (int rows : {1, 2, 4, 8})
+                variants.push_back({std::string(load == cuda_detail::QGemvLoad::Registers ? "regs-r" : "async-r") +
+                                        std::to_string(rows),
+                                    false, false, false, cuda_detail::QGemvConfig{rows, load, false}});
         for (const Variant& var : variants) {
             const auto launch = [&](int c) {
+                const DeviceInt8Weight& wc = dw[static_cast<std::size_t>(c)];
                 if (var.bf16)
-                    ops::qgemv_int8(Cuda<90>{}, dy.data(), dxb.data(), dw[static_cast<std::size_t>(c)], false, stream);
-                else if (var.rows == 0)
-                    ops::qgemv_int8(Cuda<90>{}, dy.data(), dx.data(), dw[static_cast<std::size_t>(c)], false, stream);
+                    ops::qgemv_int8(Cuda<90>{}, dy.data(), dxb.data(), wc, false, stream);
+                else if (var.entry)
+                    ops::qgemv_int8(Cuda<90>{}, dy.data(), dx.data(), wc, false, stream);
                 else
-                    cuda_detail::launch_qgemv_int8(var.rows, dy.data(), dx.data(), dw[static_cast<std::size_t>(c)],
-                                                   false, stream);
+                    cuda_detail::launch_qgemv_int8(var.config, dy.data(), dx.data(), wc, false, stream);
             };
             // correctness first: poison, run on copy 1, compare with float64
             LIMARP_CUDA_CHECK(cudaMemsetAsync(dy.data(), 0xff, dy.bytes(), stream));  // NaN
@@ -282,23 +297,26 @@ int main(int argc, char** argv) try {
             const double bytes = static_cast<double>(hw.nbytes()) + (var.bf16 ? 2.0 : 4.0) * sh.n_in + 4.0 * sh.n_out;
             const double floor_us = bytes / (copy_gbs * 1e9) * 1e6;
             const double gbs_s = bytes / (t.stream_us * 1e-6) / 1e9, gbs_g = bytes / (t.graph_us * 1e-6) / 1e9;
-            const int rows_used =
-                var.rows ? var.rows : cuda_detail::qgemv_rows_per_block(sh.n_out, info.sm_count);
+            const cuda_detail::QGemvConfig used =
+                var.entry ? cuda_detail::qgemv_default_config(sh.n_out, info.sm_count) : var.config;
             char shape[32];
             std::snprintf(shape, sizeof shape, "%dx%d", sh.n_out, sh.n_in);
             std::printf("%-18s %-13s %-9s %6d %9.2f %9.2f %8.0f %8.3f %9.2f %8.0f %8.3f%s\n", sh.module, shape,
-                        var.name, copies, floor_us, t.stream_us, gbs_s, gbs_s / copy_gbs, t.graph_us, gbs_g,
+                        var.name.c_str(), copies, floor_us, t.stream_us, gbs_s, gbs_s / copy_gbs, t.graph_us, gbs_g,
                         gbs_g / copy_gbs, ok ? "" : "  WRONG RESULT");
-            char buf[640];
+            char buf[768];
             std::snprintf(buf, sizeof buf,
                           "%s    {\"module\": \"%s\", \"n_out\": %d, \"n_in\": %d, \"variant\": \"%s\", "
-                          "\"rows_per_block\": %d, \"x\": \"%s\", \"copies\": %d, \"bytes\": %.0f, "
+                          "\"rows_per_block\": %d, \"load\": \"%s\", \"programmatic\": %s, \"x\": \"%s\", "
+                          "\"copies\": %d, \"bytes\": %.0f, "
                           "\"floor_us\": %.3f, \"stream_us\": %.3f, \"graph_us\": %.3f, \"stream_gbs\": %.1f, "
                           "\"graph_gbs\": %.1f, \"stream_of_copy\": %.4f, \"graph_of_copy\": %.4f, "
                           "\"graph_of_read\": %.4f, \"max_err_over_tol\": %.4g, \"ok\": %s}",
-                          first_json ? "" : ",\n", sh.module, sh.n_out, sh.n_in, var.name, rows_used,
-                          var.bf16 ? "bf16" : "f32", copies, bytes, floor_us, t.stream_us, t.graph_us, gbs_s, gbs_g,
-                          gbs_s / copy_gbs, gbs_g / copy_gbs, gbs_g / read_gbs, worst, ok ? "true" : "false");
+                          first_json ? "" : ",\n", sh.module, sh.n_out, sh.n_in, var.name.c_str(), used.rows,
+                          used.load == cuda_detail::QGemvLoad::Registers ? "registers" : "cp.async",
+                          var.pdl ? "true" : "false", var.bf16 ? "bf16" : "f32", copies, bytes, floor_us, t.stream_us,
+                          t.graph_us, gbs_s, gbs_g, gbs_s / copy_gbs, gbs_g / copy_gbs, gbs_g / read_gbs, worst,
+                          ok ? "true" : "false");
             json += buf;
             first_json = false;
         }

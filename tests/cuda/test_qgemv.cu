@@ -1,7 +1,9 @@
 // Tests of limarp/backend/cuda/qgemv.cuh (ops::qgemv_int8), device_int8_weight.cuh and
 // device_buffer.cuh: the GPU GEMV against the CPU ops::qmatmul_wt (weight-only, T = 1) and a
-// float64 sum, on random weights of odd and Mistral shapes, every rows-per-block variant, f32 and
-// bf16 x, overwrite and accumulate; the device layout; and the errors.
+// float64 sum, on random weights of odd and Mistral shapes, every configuration (both weight load
+// paths x rows per block 1/2/4/8, the default, the cp.async path with programmatic launch), f32
+// and bf16 x, overwrite and accumulate; a programmatic launch that reads the previous kernel's
+// output; the device layout; and the errors.
 //
 // Tolerances (METHOD.md: f32 arithmetic lands far under 1e-3): per element
 // |y - y64| <= kTolF32 * sum_k |scale q x| (+ tiny), and ||y - y_cpu|| / ||y_cpu|| <= kTolF32, with
@@ -155,18 +157,32 @@ void run_case(const HostWeight& hw, const DeviceInt8Weight& dw, std::uint32_t se
     const std::vector<float> poison(static_cast<std::size_t>(n_out), std::numeric_limits<float>::quiet_NaN());
     const std::string base = dw.name() + (std::is_same_v<X, float> ? " x f32" : " x bf16") +
                              (accumulate ? " accumulate" : " overwrite");
+    // Every configuration: the public entry point (its own choice), the cp.async path at the same
+    // rows per block with programmatic launch, then both load paths with each rows-per-block value.
+    namespace cd = limarp::cuda_detail;
+    cd::QGemvConfig pdl = cd::qgemv_default_config(n_out, limarp::device_info().sm_count);
+    pdl.load = cd::QGemvLoad::CpAsync;
+    pdl.programmatic = true;
+    std::vector<std::string> names{"ops::qgemv_int8", "cp.async programmatic rows/block " + std::to_string(pdl.rows)};
+    std::vector<cd::QGemvConfig> configs{{}, pdl};
+    for (auto load : {limarp::cuda_detail::QGemvLoad::Registers, limarp::cuda_detail::QGemvLoad::CpAsync})
+        for (int rows : {1, 2, 4, 8}) {
+            configs.push_back({rows, load, false});
+            names.push_back(std::string(load == limarp::cuda_detail::QGemvLoad::Registers ? "registers" : "cp.async") +
+                            " rows/block " + std::to_string(rows));
+        }
     std::vector<float> first;
-    for (int rows : {0, 1, 2, 4, 8}) {  // 0: the public entry point's own choice
+    for (std::size_t v = 0; v < configs.size(); ++v) {
         dy.upload(accumulate ? y0.data() : poison.data(), static_cast<std::size_t>(n_out));
-        if (rows == 0)
+        if (v == 0)
             limarp::ops::qgemv_int8(limarp::Cuda<90>{}, dy.data(), dx.data(), dw, accumulate);
         else
-            limarp::cuda_detail::launch_qgemv_int8(rows, dy.data(), dx.data(), dw, accumulate, nullptr);
+            limarp::cuda_detail::launch_qgemv_int8(configs[v], dy.data(), dx.data(), dw, accumulate, nullptr);
         LIMARP_CUDA_CHECK(cudaDeviceSynchronize());
         std::vector<float> y(static_cast<std::size_t>(n_out));
         dy.download(y.data(), y.size());
-        check_result(y, y_cpu, y64, mag, base + " rows/block " + std::to_string(rows));
-        if (rows == 0) {
+        check_result(y, y_cpu, y64, mag, base + " " + names[v]);
+        if (v == 0) {
             first = y;
             // same launch again: bitwise the same (fixed summation order, no atomics)
             dy.upload(accumulate ? y0.data() : poison.data(), static_cast<std::size_t>(n_out));
@@ -199,6 +215,39 @@ BOOST_AUTO_TEST_CASE(matches_cpu_qmatmul_wt_small_shapes) {
 
 BOOST_AUTO_TEST_CASE(matches_cpu_qmatmul_wt_mistral_shapes) {
     check_shapes(kMistralShapes, std::size(kMistralShapes), 500);
+}
+
+BOOST_AUTO_TEST_CASE(programmatic_launch_waits_for_the_previous_kernel) {
+    // y1 = W1 x (a long kernel), then y2 = W2 y1 launched programmatically (the cp.async path, the
+    // one that streams weights before griddepcontrol.wait): W2's weights stream early, but y1 must
+    // be read only after the first kernel wrote it (y1 starts as NaN each time).
+    const HostWeight h1(4096, 14336, 41), h2(1027, 4096, 42);
+    const DeviceInt8Weight w1(h1.w), w2(h2.w);
+    const auto x = random_vec(14336, 43, -1.f, 1.f);
+    DeviceBuffer<float> dx(x.size(), "x"), y1(4096, "y1"), y2(1027, "y2");
+    dx.upload(x.data(), x.size());
+    cudaStream_t stream{};
+    LIMARP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    for (int rep = 0; rep < 5; ++rep) {
+        LIMARP_CUDA_CHECK(cudaMemsetAsync(y1.data(), 0xff, y1.bytes(), stream));  // NaN
+        LIMARP_CUDA_CHECK(cudaMemsetAsync(y2.data(), 0xff, y2.bytes(), stream));
+        namespace cd = limarp::cuda_detail;
+        cd::launch_qgemv_int8(cd::QGemvConfig{4, cd::QGemvLoad::CpAsync, rep % 2 == 1}, y1.data(), dx.data(), w1,
+                              false, stream);
+        cd::launch_qgemv_int8(cd::QGemvConfig{2, cd::QGemvLoad::CpAsync, true}, y2.data(), y1.data(), w2, false,
+                              stream);
+        LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
+        std::vector<float> h_y1(4096), h_y2(1027);
+        y1.download(h_y1.data(), h_y1.size());
+        y2.download(h_y2.data(), h_y2.size());
+        std::vector<double> ref, mag;
+        ref_f64(h2, h_y1, nullptr, ref, mag);
+        std::size_t bad = 0;
+        for (std::size_t o = 0; o < h_y2.size(); ++o)
+            bad += !(std::fabs(h_y2[o] - ref[o]) <= kTolF32 * mag[o] + 1e-30);  // NaN counts as bad
+        BOOST_TEST(bad == 0u, "rep " << rep << ": " << bad << " outputs of the second GEMV are wrong");
+    }
+    LIMARP_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 BOOST_AUTO_TEST_CASE(device_layout_pads_rows_with_zeros) {
@@ -275,7 +324,8 @@ BOOST_AUTO_TEST_CASE(errors_name_the_call_and_the_tensor) {
     }
     BOOST_CHECK_THROW(limarp::ops::qgemv_int8(limarp::Cuda<90>{}, y.data(), small.data(), DeviceInt8Weight{}),
                       limarp::ArgumentError);
-    BOOST_CHECK_THROW(limarp::cuda_detail::launch_qgemv_int8(3, y.data(), small.data(), dw, false, nullptr),
+    BOOST_CHECK_THROW(limarp::cuda_detail::launch_qgemv_int8(limarp::cuda_detail::QGemvConfig{3}, y.data(),
+                                                             small.data(), dw, false, nullptr),
                       limarp::ArgumentError);
     BOOST_TEST(cudaDeviceSynchronize() == cudaSuccess);  // nothing above reached the device in a bad state
 }

@@ -3,17 +3,27 @@
 /// \brief `ops::qgemv_int8`: the decode-time (batch 1) product with an int8 row-wise weight on
 /// CUDA, weight-only: y[o] (=|+=) scale[o] * sum_k q[o, k] * x[k], x f32 or bf16, y f32.
 ///
-/// The kernel (`gemv_int8_rowwise_kernel<R, X>`) is memory bound: it streams each weight byte once.
-/// - A block of `kQGemvWarps` (4) warps owns R consecutive output rows (R = 8, 4, 2 or 1, the
-///   largest that still gives at least two blocks per multiprocessor). The row is cut into steps
-///   of 512 bytes (32 lanes x 16 bytes); warp w takes steps w, w + 4, w + 8, ..., so small n_out
-///   still spreads over many warps (split-K inside the block, no atomics, deterministic).
-/// - Per step a lane issues R independent 16-byte loads of int8 weights
-///   (`ld.global.nc.L1::no_allocate`: read-only, not kept in L1, L2 prefetch of 256 bytes), and
-///   reads its 16 x values (four 16-byte loads for f32, two for bf16) through L1, where x
-///   (at most 256 KB) stays resident for all the warps of the SM. A warp issues the loads of
-///   U = `kQGemvUnroll<R>` steps before their arithmetic (U * R = 8 weight loads per lane for
-///   R >= 2), so enough bytes are in flight to cover the memory latency.
+/// The kernel (`gemv_int8_rowwise_kernel<R, X, L>`) is memory bound: it streams each weight byte once.
+/// - A block of `kQGemvWarps` (4) warps owns R consecutive output rows (`qgemv_default_config`:
+///   R = 4, or 2 or 1 when fewer rows would leave under two blocks per multiprocessor; the
+///   fastest choice per shape in the H100 measurements). The row is cut into steps of 512 bytes
+///   (32 lanes x 16 bytes); warp w takes steps w, w + 4, w + 8, ..., so small n_out still spreads
+///   over many warps (split-K inside the block, no atomics, deterministic).
+/// - Weights (`QGemvLoad::Registers`, the default): per step a lane issues R 16-byte loads
+///   (`ld.global.nc.L1::no_allocate.L2::256B`: read-only, not kept in L1, 256-byte L2 prefetch)
+///   and the warp batches U = `kQGemvUnroll<R>` steps before their arithmetic in the source. In
+///   the machine code ptxas interleaves these loads with the arithmetic (two or so loads in
+///   flight per warp at a time), so the bandwidth comes from occupancy: 0.89-0.98 of the copy
+///   bandwidth for the large Mistral shapes on an H100 (benchmarks/NOTES.md).
+/// - `QGemvLoad::CpAsync` (measured slower, kept for the next step): `cp.async.cg` copies into a
+///   per-warp ring of P shared-memory stages, (P - 1) * R * 512 bytes per warp in flight whatever
+///   ptxas schedules, read back when their group has landed. Because the copies need no
+///   registers, this path issues its first stages before `griddepcontrol.wait` under programmatic
+///   dependent launch (`QGemvConfig::programmatic`), which took 1.7-2.8 us off each launch in a
+///   chain of the larger shapes on the H100; but the path itself was 8-25% slower than Registers
+///   there at R = 2 and 4 (twice as slow at R = 1).
+/// - x: a lane reads its 16 x values (four 16-byte loads for f32, two for bf16) through L1, where
+///   x (at most 256 KB) stays resident for all the warps of the SM.
 /// - int8 -> f32 without the slow I2F unit: bias the byte by 128 (xor 0x80), place it in the low
 ///   mantissa byte of 2^23 with one byte permute, subtract 2^23 + 128 (exact); then one FMA with x.
 /// - Reduction: warp shuffles per row, then the 4 warps' partials through shared memory; the
@@ -22,7 +32,7 @@
 ///   (`DeviceInt8Weight`), so only x needs a guard: the one 16-value chunk that crosses n_in
 ///   is read element by element with zeros past the end.
 /// Summation order (per lane over its steps, shuffle tree, then warps 0..3) is fixed: results are
-/// bitwise reproducible run to run on the same device and grid; they differ from the CPU
+/// bitwise reproducible run to run on the same device and configuration; they differ from the CPU
 /// `ops::qmatmul_wt` by f32 rounding only.
 ///
 /// Floor and measurements: benchmarks/NOTES.md ("CUDA int8 GEMV"), `bench_cuda_qgemv`.
@@ -113,23 +123,73 @@ __device__ __forceinline__ float dot16_int8(uint4 w, const float (&xv)[16], floa
     return acc;
 }
 
-/// Steps (of 512 weights) that one warp keeps in flight: U * R 16-byte weight loads per lane,
-/// 128 bytes for R >= 2 (64 for R = 1, where the x registers would grow too many).
+/// How the kernel brings the weights in (`QGemvConfig::load`).
+enum class QGemvLoad {
+    /// 16-byte loads into registers, U steps issued before their arithmetic (the order of loads
+    /// and arithmetic in the machine code is then up to ptxas). The default: fastest measured.
+    Registers,
+    /// 16-byte `cp.async` copies into a per-warp ring of shared memory, P stages deep: a warp
+    /// keeps (P - 1) * R * 512 bytes in flight whatever ptxas schedules, then reads its own
+    /// chunks back (conflict-free 16-byte shared loads). Streams its first stages before
+    /// `griddepcontrol.wait` under programmatic launch.
+    CpAsync,
+};
+
+/// One launch configuration of the GEMV kernel.
+struct QGemvConfig {
+    int rows = 4;                            ///< output rows per block: 1, 2, 4 or 8
+    QGemvLoad load = QGemvLoad::Registers;   ///< weight load path
+    /// Programmatic dependent launch (sm_90): the kernel may start while the previous kernel in the
+    /// stream runs; it waits (`griddepcontrol.wait`) for that kernel's writes before reading x or
+    /// y, so the previous kernel must not write the weight. Tested and measured with CpAsync only.
+    bool programmatic = false;
+};
+
+/// Steps (of 512 weights) that one warp batches with `QGemvLoad::Registers`: U * R 16-byte weight
+/// loads per lane, 128 bytes for R >= 2 (64 for R = 1, where the x registers would grow too many).
 template <int R>
 inline constexpr int kQGemvUnroll = R >= 8 ? 1 : (R >= 4 ? 2 : 4);
+/// Shared-memory stages per warp with `QGemvLoad::CpAsync`: (P - 1) * R = 8 steps' chunks in
+/// flight, i.e. 128 bytes per lane (P = 2, 3, 5, 9 for R = 8, 4, 2, 1).
+template <int R>
+inline constexpr int kQGemvStages = 8 / R + 1;
+
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Programmatic dependent launch (sm_90): let the next kernel in the stream start launching, and
+// wait until the previous kernel's memory is visible. Both are no-ops without the launch attribute.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 
 // y[o] (=|+=) scale[o] * sum_k q[o, k] x[k] for the R rows o = blockIdx.x * R + r < n_out.
-template <int R, class X>
+template <int R, class X, QGemvLoad L>
 __global__ void __launch_bounds__(kQGemvThreads)
     gemv_int8_rowwise_kernel(float* __restrict__ y /*[n_out]*/, const X* __restrict__ x /*[n_in]*/,
                              const std::int8_t* __restrict__ q /*[n_out, ld]*/, const float* __restrict__ scale,
                              int n_out, int n_in, int ld, bool accumulate) {
-    constexpr int U = kQGemvUnroll<R>;
     constexpr int W = kQGemvWarps;
     __shared__ float partial[W][R];
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int lane = static_cast<int>(threadIdx.x) % 32;
     const int row0 = static_cast<int>(blockIdx.x) * R;
+    pdl_launch_dependents();
     // Rows past n_out (last block) re-read row n_out - 1: no divergent loads; their sums are dropped.
     const std::int8_t* rows = q + static_cast<long long>(row0) * ld + lane * 16;
     long long row_off[R];
@@ -143,40 +203,80 @@ __global__ void __launch_bounds__(kQGemvThreads)
     // Steps 0 .. n_full-1 lie wholly inside n_in; a last step n_full exists when n_in % 512 != 0.
     const int n_full = n_in / kQGemvStep;
     const int n_steps = (ld + kQGemvStep - 1) / kQGemvStep;
-    int s = warp;
-    for (; s + (U - 1) * W < n_full; s += U * W) {  // U steps at once: all loads, then the arithmetic
-        uint4 wq[U][R];
-        float xv[U][16];
+
+    if constexpr (L == QGemvLoad::Registers) {
+        constexpr int U = kQGemvUnroll<R>;
+        pdl_wait();
+        int s = warp;
+        for (; s + (U - 1) * W < n_full; s += U * W) {  // U steps at once: all loads, then the arithmetic
+            uint4 wq[U][R];
+            float xv[U][16];
 #pragma unroll
-        for (int u = 0; u < U; ++u)
+            for (int u = 0; u < U; ++u)
 #pragma unroll
-            for (int r = 0; r < R; ++r) wq[u][r] = load_weights_streaming(rows + row_off[r] + (s + u * W) * kQGemvStep);
+                for (int r = 0; r < R; ++r)
+                    wq[u][r] = load_weights_streaming(rows + row_off[r] + (s + u * W) * kQGemvStep);
 #pragma unroll
-        for (int u = 0; u < U; ++u) load_x16(xv[u], x, (s + u * W) * kQGemvStep + lane * 16);
+            for (int u = 0; u < U; ++u) load_x16(xv[u], x, (s + u * W) * kQGemvStep + lane * 16);
 #pragma unroll
-        for (int u = 0; u < U; ++u)
+            for (int u = 0; u < U; ++u)
 #pragma unroll
-            for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[u][r], xv[u], acc[r]);
-    }
-    for (; s < n_full; s += W) {  // the remaining whole steps of this warp, one at a time
-        uint4 wq[R];
-        float xv[16];
-#pragma unroll
-        for (int r = 0; r < R; ++r) wq[r] = load_weights_streaming(rows + row_off[r] + s * kQGemvStep);
-        load_x16(xv, x, s * kQGemvStep + lane * 16);
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[r], xv, acc[r]);
-    }
-    if (s < n_steps) {  // s == n_full: the step that crosses n_in (weights zero-padded up to ld)
-        const int k0 = s * kQGemvStep + lane * 16;
-        if (k0 < ld) {
+                for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[u][r], xv[u], acc[r]);
+        }
+        for (; s < n_full; s += W) {  // the remaining whole steps of this warp, one at a time
             uint4 wq[R];
             float xv[16];
 #pragma unroll
             for (int r = 0; r < R; ++r) wq[r] = load_weights_streaming(rows + row_off[r] + s * kQGemvStep);
-            load_x16_tail(xv, x, k0, n_in);
+            load_x16(xv, x, s * kQGemvStep + lane * 16);
 #pragma unroll
             for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[r], xv, acc[r]);
+        }
+        if (s < n_steps) {  // s == n_full: the step that crosses n_in (weights zero-padded up to ld)
+            const int k0 = s * kQGemvStep + lane * 16;
+            if (k0 < ld) {
+                uint4 wq[R];
+                float xv[16];
+#pragma unroll
+                for (int r = 0; r < R; ++r) wq[r] = load_weights_streaming(rows + row_off[r] + s * kQGemvStep);
+                load_x16_tail(xv, x, k0, n_in);
+#pragma unroll
+                for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[r], xv, acc[r]);
+            }
+        }
+    } else {
+        constexpr int P = kQGemvStages<R>;
+        __shared__ uint4 ring[W][P][R][32];  // [warp][stage][row][lane]: each lane reads back its own chunks
+        // This warp's steps: warp, warp + W, ...; n_mine of them.
+        const int n_mine = warp < n_steps ? (n_steps - warp + W - 1) / W : 0;
+        const auto issue = [&](int i) {  // copy step i of this warp into stage i % P
+            const int s = warp + i * W;
+            const bool in_row = s * kQGemvStep + lane * 16 < ld;  // false only in the last step
+#pragma unroll
+            for (int r = 0; r < R; ++r)  // past ld: 0 source bytes, the chunk is zero-filled
+                cp_async_16(&ring[warp][i % P][r][lane], rows + row_off[r] + (in_row ? s * kQGemvStep : 0),
+                            in_row ? 16 : 0);
+        };
+        // Weights never depend on the previous kernel: start streaming them before waiting for it.
+#pragma unroll
+        for (int i = 0; i < P - 1; ++i) {
+            if (i < n_mine) issue(i);
+            cp_async_commit();  // one group per step, empty ones included, so the wait count is fixed
+        }
+        pdl_wait();
+        for (int i = 0; i < n_mine; ++i) {
+            if (i + P - 1 < n_mine) issue(i + P - 1);
+            cp_async_commit();
+            cp_async_wait<P - 1>();  // step i's group has landed (each lane waits for its own copies)
+            const int s = warp + i * W;
+            const int k0 = s * kQGemvStep + lane * 16;
+            float xv[16];
+            if (s < n_full)
+                load_x16(xv, x, k0);
+            else
+                load_x16_tail(xv, x, k0, n_in);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r] = dot16_int8(ring[warp][i % P][r][lane], xv, acc[r]);
         }
     }
 
@@ -203,43 +303,66 @@ __global__ void __launch_bounds__(kQGemvThreads)
     }
 }
 
-/// Rows per block that `qgemv_int8` picks for `n_out` output rows on a device with `sm_count`
-/// multiprocessors: the largest of 8, 4, 2, 1 that still gives at least 2 * sm_count blocks.
-inline int qgemv_rows_per_block(std::int64_t n_out, int sm_count) {
-    for (int r : {8, 4, 2})
-        if ((n_out + r - 1) / r >= 2 * static_cast<std::int64_t>(sm_count)) return r;
-    return 1;
+/// The configuration `ops::qgemv_int8` uses for `n_out` output rows on a device with `sm_count`
+/// multiprocessors: `QGemvLoad::Registers` with the largest R of 4, 2, 1 that still gives at least
+/// 2 * sm_count blocks (on the H100: R = 4 for n_out >= 1056, R = 2 for k/v's 1024 rows). Picked
+/// from the H100 measurements in benchmarks/NOTES.md, where it was the fastest configuration for
+/// every Mistral shape (R = 2 and 4 within 1% for gate/up).
+inline QGemvConfig qgemv_default_config(std::int64_t n_out, int sm_count) {
+    QGemvConfig c;
+    c.load = QGemvLoad::Registers;
+    c.rows = 1;
+    for (int r : {4, 2})
+        if ((n_out + r - 1) / r >= 2 * static_cast<std::int64_t>(sm_count)) {
+            c.rows = r;
+            break;
+        }
+    return c;
 }
 
-/// Launches the kernel with R rows per block (1, 2, 4 or 8) on `stream` and checks the launch.
-/// The benchmark calls it directly to compare R; everything else goes through `ops::qgemv_int8`.
-template <class X>
-void launch_qgemv_int8(int rows_per_block, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
-                       cudaStream_t stream) {
+template <int R, class X, QGemvLoad L>
+void launch_qgemv_int8_kernel(bool programmatic, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
+                              cudaStream_t stream) {
     const int n_out = static_cast<int>(w.n_out()), n_in = static_cast<int>(w.n_in()), ld = static_cast<int>(w.ld());
-    const auto grid = [&](int r) { return static_cast<unsigned>((n_out + r - 1) / r); };
-    switch (rows_per_block) {
-        case 8:
-            gemv_int8_rowwise_kernel<8, X><<<grid(8), kQGemvThreads, 0, stream>>>(y, x, w.data(), w.scales(), n_out,
-                                                                                   n_in, ld, accumulate);
-            break;
-        case 4:
-            gemv_int8_rowwise_kernel<4, X><<<grid(4), kQGemvThreads, 0, stream>>>(y, x, w.data(), w.scales(), n_out,
-                                                                                   n_in, ld, accumulate);
-            break;
-        case 2:
-            gemv_int8_rowwise_kernel<2, X><<<grid(2), kQGemvThreads, 0, stream>>>(y, x, w.data(), w.scales(), n_out,
-                                                                                   n_in, ld, accumulate);
-            break;
-        case 1:
-            gemv_int8_rowwise_kernel<1, X><<<grid(1), kQGemvThreads, 0, stream>>>(y, x, w.data(), w.scales(), n_out,
-                                                                                   n_in, ld, accumulate);
-            break;
-        default:
-            throw ArgumentError("qgemv_int8: rows per block must be 1, 2, 4 or 8, got " +
-                                std::to_string(rows_per_block));
-    }
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(static_cast<unsigned>((n_out + R - 1) / R));
+    cfg.blockDim = dim3(kQGemvThreads);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1]{};
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = programmatic && device_info().compute_capability >= 90 ? 1 : 0;  // sm_90 feature
+    LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L>, y, x, w.data(), w.scales(), n_out,
+                                         n_in, ld, accumulate));
     LIMARP_CUDA_CHECK_LAUNCH();
+}
+
+template <class X, QGemvLoad L>
+void launch_qgemv_int8_rows(const QGemvConfig& c, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
+                            cudaStream_t stream) {
+    switch (c.rows) {
+        case 8: return launch_qgemv_int8_kernel<8, X, L>(c.programmatic, y, x, w, accumulate, stream);
+        case 4: return launch_qgemv_int8_kernel<4, X, L>(c.programmatic, y, x, w, accumulate, stream);
+        case 2: return launch_qgemv_int8_kernel<2, X, L>(c.programmatic, y, x, w, accumulate, stream);
+        case 1: return launch_qgemv_int8_kernel<1, X, L>(c.programmatic, y, x, w, accumulate, stream);
+        default:
+            throw ArgumentError("qgemv_int8: rows per block must be 1, 2, 4 or 8, got " + std::to_string(c.rows));
+    }
+}
+
+/// Launches the GEMV kernel in configuration `c` on `stream` and checks the launch. The tests and
+/// the benchmark call it to cover and compare every configuration; everything else goes through
+/// `ops::qgemv_int8`.
+/// \throws ArgumentError for rows not in {1, 2, 4, 8}; CudaError when the launch fails
+template <class X>
+void launch_qgemv_int8(const QGemvConfig& c, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
+                       cudaStream_t stream) {
+    if (c.load == QGemvLoad::Registers)
+        launch_qgemv_int8_rows<X, QGemvLoad::Registers>(c, y, x, w, accumulate, stream);
+    else
+        launch_qgemv_int8_rows<X, QGemvLoad::CpAsync>(c, y, x, w, accumulate, stream);
 }
 
 }  // namespace cuda_detail
@@ -249,8 +372,8 @@ namespace ops {
 
 /// y (=|+=) x · Wᵀ for one token with an int8 row-wise weight on the GPU, weight-only:
 ///   y[o] = scale[o] * sum_k q[o, k] * x[k]   (f32 products and sums; bf16 x is widened exactly).
-/// Asynchronous on `stream`; the launch is checked (`LIMARP_CUDA_CHECK_LAUNCH`), errors inside
-/// the kernel show at the next synchronizing call.
+/// Runs `cuda_detail::qgemv_default_config`. Asynchronous on `stream`; the launch is checked
+/// (`LIMARP_CUDA_CHECK_LAUNCH`), errors inside the kernel show at the next synchronizing call.
 ///
 /// \tparam Sm  compute capability of the `Cuda<Sm>` tag (the kernel itself runs on sm_80 and up)
 /// \tparam X   float or __nv_bfloat16
@@ -265,13 +388,13 @@ template <int Sm, class X>
     requires(std::is_same_v<X, float> || std::is_same_v<X, __nv_bfloat16>)
 void qgemv_int8(Cuda<Sm>, float* y /*[n_out]*/, const X* x /*[n_in]*/, const DeviceInt8Weight& w,
                 bool accumulate = false, cudaStream_t stream = nullptr) {
-    static_assert(Sm >= 80, "ops::qgemv_int8 needs Cuda<Sm> with Sm >= 80 (ld.global.nc.L1::no_allocate.L2::256B)");
+    static_assert(Sm >= 80, "ops::qgemv_int8 needs Cuda<Sm> with Sm >= 80 (cp.async, L2 prefetch hints)");
     if (w.empty()) throw ArgumentError("qgemv_int8: the weight is empty");
     if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0)
         throw ArgumentError("qgemv_int8 with " + w.name() + ": x must be 16-byte aligned (got a pointer offset by " +
                             std::to_string(reinterpret_cast<std::uintptr_t>(x) % 16) + " bytes)");
-    const int rows = cuda_detail::qgemv_rows_per_block(w.n_out(), device_info().sm_count);
-    cuda_detail::launch_qgemv_int8(rows, y, x, w, accumulate, stream);
+    const auto c = cuda_detail::qgemv_default_config(w.n_out(), device_info().sm_count);
+    cuda_detail::launch_qgemv_int8(c, y, x, w, accumulate, stream);
 }
 
 }  // namespace ops
