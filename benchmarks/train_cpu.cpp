@@ -48,6 +48,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "random_weights.hpp"
+
 #include "limarp/core/thread_pool.hpp"
 #include "limarp/layers/lora.hpp"
 #include "limarp/layers/quantized_linear.hpp"
@@ -57,30 +59,10 @@
 #include "limarp/train/grad.hpp"
 
 using namespace limarp;
+using limarp::bench::peak_rss_gb;
+using limarp::bench::random_weight;
 
 namespace {
-// Random bf16 weights ~ U(-a, a) with a = sqrt(3)/sqrt(fan_in); norms = 1 (as bench_model_cpu).
-Weight random_weight(const std::string& name, const Shape& shape) {
-    Tensor<bf16> t(shape);
-    const std::int64_t n = t.size();
-    const bool norm = shape.size() == 1;
-    const float a = norm ? 0.f : 1.7320508f / std::sqrt(static_cast<float>(shape.back()));
-    ThreadPool::global().parallel_for(0, n, [&](std::int64_t b, std::int64_t e, unsigned) {
-        std::uint64_t s = 0x9E3779B97F4A7C15ull * static_cast<std::uint64_t>(b + 1) ^ std::hash<std::string>{}(name);
-        for (std::int64_t i = b; i < e; ++i) {
-            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-            const float u = static_cast<float>(s >> 40) * (1.0f / 16777216.0f) * 2.f - 1.f;
-            t[i].bits = f32_to_bf16(norm ? 1.f : u * a);
-        }
-    }, 1 << 16);
-    return Weight::owned(std::move(t), name);
-}
-
-double peak_rss_gb() {
-    rusage r{};
-    getrusage(RUSAGE_SELF, &r);
-    return static_cast<double>(r.ru_maxrss) / (1024.0 * 1024.0);
-}
 // A "VmRSS:" / "VmHWM:" field of /proc/self/status in GB (GiB), or -1.
 double proc_status_gb(const char* field) {
     std::ifstream f("/proc/self/status");

@@ -63,12 +63,12 @@ void bwd_run_tasks(ThreadPool& pool, std::int64_t n, double work, Fn&& fn) {
 /// \cond
 namespace cpu_detail {
 
-/// y (=|+=) x · w for a [k, n] right operand that is not f32 in memory: `widen(row, c0, cw, dst)`
-/// writes w[row, c0 .. c0 + cw) as f32 into dst. Blocks of kBwdKBlock x kBwdColBlock are widened
-/// into a per-thread buffer and multiplied by Eigen; c0 is always a multiple of kBwdColBlock.
-template <class Widen>
-void matmul_w_widened(float* y, const float* x, const Widen& widen, std::int64_t T, std::int64_t k, std::int64_t n,
-                      bool accumulate, ThreadPool* pool) {
+/// Splits the output y [T, n] of y = x · w (inner dimension k) into tasks of kBwdColBlock
+/// columns (and row chunks when there are fewer column blocks than threads) and runs
+/// fn(Y, r0, r1, c0, cw) for each, in parallel; Y maps y[r0:r1, c0:c0+cw]. Handles the empty cases.
+template <class Fn>
+void matmul_w_tasks(float* y, std::int64_t T, std::int64_t k, std::int64_t n, bool accumulate, ThreadPool* pool,
+                    Fn&& fn) {
     if (T <= 0 || n <= 0) return;
     if (k <= 0) {
         if (!accumulate) std::fill(y, y + T * n, 0.0f);
@@ -77,7 +77,6 @@ void matmul_w_widened(float* y, const float* x, const Widen& widen, std::int64_t
     ThreadPool& p = pool_or_global(pool);
     const std::int64_t n_cblocks = (n + kBwdColBlock - 1) / kBwdColBlock;
     const std::int64_t threads = static_cast<std::int64_t>(p.size());
-    // Split the rows too when there are fewer column blocks than threads.
     const std::int64_t row_chunks =
         std::clamp<std::int64_t>((threads + n_cblocks - 1) / n_cblocks, 1, std::max<std::int64_t>(1, T / 16));
     const double work = static_cast<double>(T) * static_cast<double>(k) * static_cast<double>(n);
@@ -87,6 +86,18 @@ void matmul_w_widened(float* y, const float* x, const Widen& widen, std::int64_t
         const auto [r0, r1] = bwd_row_range(T, row_chunks, rc);
         if (r1 <= r0) return;
         BwdMap Y(y + r0 * n + c0, r1 - r0, cw, Eigen::OuterStride<>(n));
+        fn(Y, r0, r1, c0, cw);
+    });
+}
+
+/// y (=|+=) x · w for a [k, n] right operand that is not f32 in memory: `widen(row, c0, cw, dst)`
+/// writes w[row, c0 .. c0 + cw) as f32 into dst. Blocks of kBwdKBlock x kBwdColBlock are widened
+/// into a per-thread buffer and multiplied by Eigen; c0 is always a multiple of kBwdColBlock.
+template <class Widen>
+void matmul_w_widened(float* y, const float* x, const Widen& widen, std::int64_t T, std::int64_t k, std::int64_t n,
+                      bool accumulate, ThreadPool* pool) {
+    matmul_w_tasks(y, T, k, n, accumulate, pool, [&](BwdMap& Y, std::int64_t r0, std::int64_t r1, std::int64_t c0,
+                                                     std::int64_t cw) {
         float* wf = scratch<8>(static_cast<std::size_t>(kBwdKBlock * kBwdColBlock));
         for (std::int64_t k0 = 0; k0 < k; k0 += kBwdKBlock) {
             const std::int64_t kb = std::min(kBwdKBlock, k - k0);
@@ -123,23 +134,8 @@ void matmul_w(Cpu<A>, float* y /*[T, n]*/, const float* x /*[T, k]*/, const W* w
               std::int64_t k, std::int64_t n, bool accumulate = false, ThreadPool* pool = nullptr) {
     using namespace cpu_detail;
     if constexpr (std::is_same_v<W, float>) {
-        if (T <= 0 || n <= 0) return;
-        if (k <= 0) {
-            if (!accumulate) std::fill(y, y + T * n, 0.0f);
-            return;
-        }
-        ThreadPool& p = pool_or_global(pool);
-        const std::int64_t n_cblocks = (n + kBwdColBlock - 1) / kBwdColBlock;
-        const std::int64_t threads = static_cast<std::int64_t>(p.size());
-        const std::int64_t row_chunks =
-            std::clamp<std::int64_t>((threads + n_cblocks - 1) / n_cblocks, 1, std::max<std::int64_t>(1, T / 16));
-        const double work = static_cast<double>(T) * static_cast<double>(k) * static_cast<double>(n);
-        bwd_run_tasks(p, n_cblocks * row_chunks, work, [&](std::int64_t task) {
-            const std::int64_t cb = task / row_chunks, rc = task % row_chunks;
-            const std::int64_t c0 = cb * kBwdColBlock, cw = std::min(kBwdColBlock, n - c0);
-            const auto [r0, r1] = bwd_row_range(T, row_chunks, rc);
-            if (r1 <= r0) return;
-            BwdMap Y(y + r0 * n + c0, r1 - r0, cw, Eigen::OuterStride<>(n));
+        matmul_w_tasks(y, T, k, n, accumulate, pool, [&](BwdMap& Y, std::int64_t r0, std::int64_t r1, std::int64_t c0,
+                                                         std::int64_t cw) {
             const BwdCMap X(x + r0 * k, r1 - r0, k, Eigen::OuterStride<>(k));
             const BwdCMap Wm(w + c0, k, cw, Eigen::OuterStride<>(n));
             if (accumulate)
