@@ -26,6 +26,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "limarp/backend/attention_shape.hpp"
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/detail/eigen.hpp"
 #include "limarp/backend/cpu/detail/gemm_kernel.hpp"
@@ -36,14 +37,6 @@
 LIMARP_CPU_KERNELS_BEGIN
 
 namespace limarp::ops {
-
-/// Head layout and window of an attention call.
-struct AttentionShape {
-    std::int64_t n_heads;      ///< query heads
-    std::int64_t n_kv_heads;   ///< key/value heads (n_heads is a multiple of it)
-    std::int64_t head_dim;     ///< dimension of one head
-    std::int64_t window_keys;  ///< keys a query sees, itself included; 0 = unlimited (full causal)
-};
 
 /// \cond
 namespace cpu_detail {
