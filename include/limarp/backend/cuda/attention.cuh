@@ -1,0 +1,425 @@
+#pragma once
+/// \file attention.cuh
+/// \brief CUDA decode attention over the rolling KV cache: `ops::attention_sliding_window_decode`
+/// (one query token, grouped-query, sliding window, online softmax, split over the keys as in
+/// flash-decoding) and `ops::kv_cache_store` (the new token's key and value into the ring).
+///
+/// Cache layout: the CPU `KvCache`'s, per layer two rings [C, n_kv_heads * head_dim] (f32, or bf16
+/// to halve the bytes), position p in row p % C. As on the CPU the new token's key and value are
+/// passed separately (k_new, v_new) and stored into the ring only after the attention
+/// (`kv_cache_store`): with C = window_keys - 1 (the CPU's smallest ring), row p % C still holds
+/// position p - C, which the query at p needs.
+///
+/// Window (Hugging Face convention, `window_keys` = W): the query at position p sees the key
+/// positions max(0, p - W + 1) .. p; W = 0 means all of 0 .. p.
+///
+/// Kernel (`attention_decode_kernel<HD, NREP, KV>`): grid (kv head, split), 128 threads. A block
+/// takes one kv head and all NREP = n_heads / n_kv_heads query heads that share it, so each key
+/// and value row is read once per token. Its keys are a contiguous range of the visible ones,
+/// split evenly over the grid's splits at run time (the position is read from device memory, so
+/// one captured graph serves every step). Inside the block, groups of G = HD / 8 lanes own one key
+/// at a time, a lane 8 dimensions (one 16-byte load of bf16, two of f32); a group folds TK keys per
+/// step into its running max, sum and output (online softmax, one rescale per step), with the
+/// score reduced over the G lanes by shuffles. The groups' states merge in shared memory; with one
+/// split the block writes the normalised output, else its (max, sum, unnormalised output) go to
+/// the workspace and `attention_decode_combine_kernel` (one block per query head) merges the
+/// splits. Summation orders are fixed: bitwise reproducible run to run.
+///
+/// Numerics: f32 throughout (scores q·k * scale, expf, the final division), as the CPU
+/// `ops::attention_sliding_window`; orders differ, so results agree to f32 rounding. A bf16 cache
+/// holds keys and values rounded to bf16 (round to nearest even) by `kv_cache_store`.
+///
+/// Supported: head_dim 8, 16, 32, 64, 128 or 256; n_heads / n_kv_heads 1, 2, 4 or 8. Floor and
+/// measurements: benchmarks/NOTES.md ("CUDA decode kernels").
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "limarp/backend/attention_shape.hpp"
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/backend/cuda/device_buffer.cuh"
+#include "limarp/core/error.hpp"
+
+namespace limarp {
+
+/// \cond
+namespace cuda_detail {
+
+inline constexpr int kAttnWarps = 4;                 // warps per block
+inline constexpr int kAttnThreads = 32 * kAttnWarps;  // threads per block
+/// Keys one group folds per step: 4, or 2 with 8 query heads per kv head (register budget).
+template <int NREP>
+inline constexpr int kAttnTileKeys = NREP >= 8 ? 2 : 4;
+
+// The 8 dimensions [sub * 8, sub * 8 + 8) of the key or value row at `pos`: the new token's (f32)
+// at pos == p, else ring row pos % C of kv head g.
+template <class KV>
+__device__ __forceinline__ void load_kv_row8(float (&v)[8], const float* __restrict__ fresh,
+                                             const KV* __restrict__ ring, int pos, int p, int C, int kvd, int g,
+                                             int HD, int sub) {
+    if (pos == p) {
+        const float4 a = load4(fresh + g * HD + sub * 8), b = load4(fresh + g * HD + sub * 8 + 4);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+        load8_streaming(v, ring + static_cast<long long>(pos % C) * kvd + g * HD + sub * 8);
+    }
+}
+
+template <int HD, int NREP, class KV>
+__global__ void __launch_bounds__(kAttnThreads)
+    attention_decode_kernel(float* __restrict__ out /*[n_heads * HD]*/, float* __restrict__ part_o,
+                            float* __restrict__ part_ml, const float* __restrict__ q /*[n_heads * HD]*/,
+                            const float* __restrict__ k_new /*[n_kv * HD]*/, const float* __restrict__ v_new,
+                            const KV* __restrict__ k_cache /*[C, n_kv * HD]*/, const KV* __restrict__ v_cache, int C,
+                            const std::int64_t* __restrict__ position, int window, int n_kv, float scale) {
+    constexpr int G = HD / 8;              // lanes per key
+    constexpr int KPW = 32 / G;            // keys per warp step
+    constexpr int NG = kAttnWarps * KPW;   // groups per block
+    constexpr int TK = kAttnTileKeys<NREP>;
+    constexpr float kNegInf = -__builtin_huge_valf();
+    __shared__ float sm_o[NG][NREP][HD];
+    __shared__ float sm_m[NG][NREP], sm_l[NG][NREP];
+
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int sub = lane % G, grp = warp * KPW + lane / G;
+    const int g = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.y);
+    const int n_splits = static_cast<int>(gridDim.y);
+    const int kvd = n_kv * HD;
+
+    const int p = static_cast<int>(*position);
+    const int lo = window > 0 ? max(0, p - window + 1) : 0;
+    const int n_keys = p - lo + 1;
+    const int chunk = (n_keys + n_splits - 1) / n_splits;
+    const int j_begin = min(n_keys, split * chunk), j_end = min(n_keys, j_begin + chunk);
+
+    float qr[NREP][8], o[NREP][8], m[NREP], l[NREP];
+#pragma unroll
+    for (int r = 0; r < NREP; ++r) {
+        const float* qp = q + (g * NREP + r) * HD + sub * 8;
+        const float4 a = load4(qp), b = load4(qp + 4);
+        qr[r][0] = a.x, qr[r][1] = a.y, qr[r][2] = a.z, qr[r][3] = a.w;
+        qr[r][4] = b.x, qr[r][5] = b.y, qr[r][6] = b.z, qr[r][7] = b.w;
+        m[r] = kNegInf;
+        l[r] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o[r][i] = 0.f;
+    }
+
+    for (int j0 = j_begin; j0 < j_end; j0 += NG * TK) {  // uniform over the block
+        float kf[TK][8], vf[TK][8];
+        bool valid[TK];
+#pragma unroll
+        for (int t = 0; t < TK; ++t) {
+            const int j = j0 + t * NG + grp;
+            valid[t] = j < j_end;
+            if (valid[t]) {
+                load_kv_row8(kf[t], k_new, k_cache, lo + j, p, C, kvd, g, HD, sub);
+                load_kv_row8(vf[t], v_new, v_cache, lo + j, p, C, kvd, g, HD, sub);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) kf[t][i] = vf[t][i] = 0.f;
+            }
+        }
+        float sc[TK][NREP];
+#pragma unroll
+        for (int t = 0; t < TK; ++t)
+#pragma unroll
+            for (int r = 0; r < NREP; ++r) {
+                float d = 0.f;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) d = fmaf(qr[r][i], kf[t][i], d);
+                d = group_sum<G>(d);
+                sc[t][r] = valid[t] ? d * scale : kNegInf;
+            }
+#pragma unroll
+        for (int r = 0; r < NREP; ++r) {
+            float mt = sc[0][r];
+#pragma unroll
+            for (int t = 1; t < TK; ++t) mt = fmaxf(mt, sc[t][r]);
+            const float m_new = fmaxf(m[r], mt);
+            if (m_new == kNegInf) continue;          // no visible key in this group yet
+            const float alpha = expf(m[r] - m_new);  // 0 while m[r] = -inf
+            float pt[TK], ps = 0.f;
+#pragma unroll
+            for (int t = 0; t < TK; ++t) {
+                pt[t] = expf(sc[t][r] - m_new);  // 0 for invalid keys
+                ps += pt[t];
+            }
+            l[r] = l[r] * alpha + ps;
+            m[r] = m_new;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                float acc = o[r][i] * alpha;
+#pragma unroll
+                for (int t = 0; t < TK; ++t) acc = fmaf(pt[t], vf[t][i], acc);
+                o[r][i] = acc;
+            }
+        }
+    }
+
+    // Merge the NG groups' states.
+#pragma unroll
+    for (int r = 0; r < NREP; ++r) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sm_o[grp][r][sub * 8 + i] = o[r][i];
+        if (sub == 0) {
+            sm_m[grp][r] = m[r];
+            sm_l[grp][r] = l[r];
+        }
+    }
+    __syncthreads();
+    for (int e = static_cast<int>(threadIdx.x); e < NREP * HD; e += kAttnThreads) {
+        const int r = e / HD, dd = e % HD;
+        float M = kNegInf;
+#pragma unroll 4
+        for (int k = 0; k < NG; ++k) M = fmaxf(M, sm_m[k][r]);
+        float L = 0.f, O = 0.f;
+        if (M != kNegInf) {
+#pragma unroll 4
+            for (int k = 0; k < NG; ++k) {
+                const float w = expf(sm_m[k][r] - M);
+                L = fmaf(sm_l[k][r], w, L);
+                O = fmaf(sm_o[k][r][dd], w, O);
+            }
+        }
+        const int h = g * NREP + r;
+        if (n_splits == 1) {
+            out[h * HD + dd] = O / L;
+        } else {
+            part_o[(static_cast<long long>(h) * n_splits + split) * HD + dd] = O;
+            if (dd == 0) {
+                part_ml[(static_cast<long long>(h) * n_splits + split) * 2 + 0] = M;
+                part_ml[(static_cast<long long>(h) * n_splits + split) * 2 + 1] = L;
+            }
+        }
+    }
+}
+
+// out[h] = sum_s O_s exp(m_s - M) / sum_s l_s exp(m_s - M) for query head blockIdx.x.
+__global__ void __launch_bounds__(128)
+    attention_decode_combine_kernel(float* __restrict__ out /*[n_heads * hd]*/, const float* __restrict__ part_o,
+                                    const float* __restrict__ part_ml, int n_splits, int hd) {
+    constexpr float kNegInf = -__builtin_huge_valf();
+    const int h = static_cast<int>(blockIdx.x);
+    const float* ml = part_ml + static_cast<long long>(h) * n_splits * 2;
+    float M = kNegInf;
+    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, ml[2 * s]);
+    for (int dd = static_cast<int>(threadIdx.x); dd < hd; dd += static_cast<int>(blockDim.x)) {
+        float L = 0.f, O = 0.f;
+        for (int s = 0; s < n_splits; ++s) {
+            const float ms = ml[2 * s];
+            if (ms == kNegInf) continue;  // an empty split
+            const float w = expf(ms - M);
+            L = fmaf(ml[2 * s + 1], w, L);
+            O = fmaf(part_o[(static_cast<long long>(h) * n_splits + s) * hd + dd], w, O);
+        }
+        out[h * hd + dd] = O / L;
+    }
+}
+
+template <class KV>
+__global__ void __launch_bounds__(256)
+    kv_cache_store_kernel(KV* __restrict__ k_cache, KV* __restrict__ v_cache, const float* __restrict__ k_new,
+                          const float* __restrict__ v_new, int C, const std::int64_t* __restrict__ position, int kvd) {
+    const long long row = static_cast<long long>(*position % C) * kvd;
+    for (int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); i < kvd;
+         i += static_cast<int>(gridDim.x * blockDim.x)) {
+        k_cache[row + i] = from_f32<KV>(k_new[i]);
+        v_cache[row + i] = from_f32<KV>(v_new[i]);
+    }
+}
+
+/// Keys one block folds per step (all its groups): 4 warps * (32 / (HD / 8)) groups * TK.
+inline int attention_keys_per_step(std::int64_t head_dim, std::int64_t n_rep) {
+    const std::int64_t groups = kAttnWarps * (32 / (head_dim / 8));
+    return static_cast<int>(groups * (n_rep >= 8 ? 2 : 4));
+}
+
+}  // namespace cuda_detail
+/// \endcond
+
+/// Launch choice of `ops::attention_sliding_window_decode`.
+struct AttentionDecodeConfig {
+    /// Blocks per kv head over the keys (flash-decoding splits); 0: `attention_decode_default_splits`.
+    int splits = 0;
+};
+
+/// The default split count: about two blocks per multiprocessor (2 * sm_count / n_kv_heads),
+/// at most one split per `keys per block step` of the largest visible key count
+/// (window_keys, or C + 1 without a window), at least 1.
+inline int attention_decode_default_splits(const ops::AttentionShape& s, std::int64_t C, int sm_count) {
+    const std::int64_t max_keys = s.window_keys > 0 ? std::min<std::int64_t>(s.window_keys, C + 1) : C + 1;
+    const std::int64_t per_step = cuda_detail::attention_keys_per_step(s.head_dim, s.n_heads / s.n_kv_heads);
+    const std::int64_t by_keys = (max_keys + per_step - 1) / per_step;
+    const std::int64_t by_sms = (2 * static_cast<std::int64_t>(sm_count) + s.n_kv_heads - 1) / s.n_kv_heads;
+    return static_cast<int>(std::max<std::int64_t>(1, std::min(by_keys, by_sms)));
+}
+
+/// Device scratch of `ops::attention_sliding_window_decode`: the per-split partial outputs
+/// [n_heads, splits, head_dim] and (max, sum) pairs [n_heads, splits, 2], for up to `max_splits`.
+/// One per stream of attention calls (the layers of a model can share one: calls on one stream
+/// run one after the other).
+class AttentionDecodeWorkspace {
+public:
+    /// An empty workspace (only 1-split launches fit).
+    AttentionDecodeWorkspace() = default;
+    /// Room for `max_splits` splits of `s` (n_heads * max_splits * (head_dim + 2) floats).
+    /// \throws CudaError when the allocation fails
+    AttentionDecodeWorkspace(const ops::AttentionShape& s, int max_splits)
+        : n_heads_(s.n_heads), head_dim_(s.head_dim), max_splits_(max_splits),
+          o_(static_cast<std::size_t>(s.n_heads * max_splits * s.head_dim), "attention decode partial outputs"),
+          ml_(static_cast<std::size_t>(s.n_heads * max_splits * 2), "attention decode partial max/sum") {}
+    /// The largest split count that fits.
+    int max_splits() const noexcept { return max_splits_; }
+    /// True when it was made for `s` and holds `splits` splits (1 always fits).
+    bool fits(const ops::AttentionShape& s, int splits) const noexcept {
+        return splits <= 1 || (s.n_heads == n_heads_ && s.head_dim == head_dim_ && splits <= max_splits_);
+    }
+    /// Device pointer to the partial outputs.
+    float* partial_out() noexcept { return o_.data(); }
+    /// Device pointer to the (max, sum) pairs.
+    float* partial_max_sum() noexcept { return ml_.data(); }
+
+private:
+    std::int64_t n_heads_ = 0, head_dim_ = 0;
+    int max_splits_ = 0;
+    DeviceBuffer<float> o_, ml_;
+};
+
+/// \cond
+namespace cuda_detail {
+
+template <int HD, int NREP, class KV>
+void launch_attention_decode_kernel(int splits, float* out, AttentionDecodeWorkspace& ws, const float* q,
+                                    const float* k_new, const float* v_new, const KV* k_cache, const KV* v_cache,
+                                    std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s,
+                                    float scale, cudaStream_t stream) {
+    const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(splits));
+    launch_checked(__FILE__, __LINE__, attention_decode_kernel<HD, NREP, KV>, grid, dim3(kAttnThreads), 0, stream,
+                   out, ws.partial_out(), ws.partial_max_sum(), q, k_new, v_new, k_cache, v_cache,
+                   static_cast<int>(C), position, static_cast<int>(s.window_keys), static_cast<int>(s.n_kv_heads),
+                   scale);
+    if (splits > 1)
+        launch_checked(__FILE__, __LINE__, attention_decode_combine_kernel, dim3(static_cast<unsigned>(s.n_heads)),
+                       dim3(128), 0, stream, out, ws.partial_out(), ws.partial_max_sum(), splits,
+                       static_cast<int>(s.head_dim));
+}
+
+template <int HD, class KV>
+void launch_attention_decode_rep(int splits, float* out, AttentionDecodeWorkspace& ws, const float* q,
+                                 const float* k_new, const float* v_new, const KV* k_cache, const KV* v_cache,
+                                 std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s, float scale,
+                                 cudaStream_t stream) {
+    switch (s.n_heads / s.n_kv_heads) {
+        case 1: return launch_attention_decode_kernel<HD, 1>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 2: return launch_attention_decode_kernel<HD, 2>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 4: return launch_attention_decode_kernel<HD, 4>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 8: return launch_attention_decode_kernel<HD, 8>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        default: break;
+    }
+}
+
+}  // namespace cuda_detail
+/// \endcond
+
+namespace ops {
+
+/// Decode attention on the GPU: the one new token at position p = *position attends, for query
+/// head h, out_h = softmax_j(q_h · k_j * scale) · v_j over the key positions
+/// max(0, p - window_keys + 1) .. p (0 .. p when window_keys == 0) of kv head
+/// h / (n_heads / n_kv_heads); position p's key and value are k_new / v_new, earlier ones rows
+/// pos % C of the rings (the CPU `KvCache` layout). The same function as the CPU
+/// `ops::attention_sliding_window` with T = 1, p0 = p. Asynchronous on `stream`: one launch, or
+/// two when split (see the file comment); the launches are checked.
+///
+/// \tparam KV      cache element type, float or __nv_bfloat16
+/// \param out      [n_heads * head_dim] device output (before o_proj)
+/// \param q        [n_heads * head_dim] device query (RoPE applied), 16-byte aligned
+/// \param k_new    [n_kv_heads * head_dim] device key of the new token (RoPE applied), 16-byte aligned
+/// \param v_new    [n_kv_heads * head_dim] device value of the new token, 16-byte aligned
+/// \param k_cache  [C, n_kv_heads * head_dim] device key ring (row pos % C), 16-byte aligned
+/// \param v_cache  [C, n_kv_heads * head_dim] device value ring
+/// \param C        ring rows
+/// \param position device pointer to the new token's position p (read when the kernel runs)
+/// \param s        heads and window
+/// \param scale    score scale, normally 1 / sqrt(head_dim)
+/// \param ws       split workspace (see `AttentionDecodeWorkspace`), on the same stream
+/// \param stream   CUDA stream
+/// \param cfg      split count (0: `attention_decode_default_splits`)
+/// \pre The rings hold every earlier position the query needs, not yet overwritten by position p
+///      (call `kv_cache_store` after): C >= window_keys - 1 when windowed, C >= p when unlimited;
+///      p < 2^31; out does not overlap any input.
+/// \throws ArgumentError for an unsupported head_dim or n_heads / n_kv_heads, a misaligned
+///         pointer, or a split count the workspace cannot hold; CudaError when a launch fails
+template <int Sm, class KV>
+    requires(std::is_same_v<KV, float> || std::is_same_v<KV, __nv_bfloat16>)
+void attention_sliding_window_decode(Cuda<Sm>, float* out /*[n_heads*head_dim]*/,
+                                     const float* q /*[n_heads*head_dim]*/, const float* k_new /*[n_kv_heads*head_dim]*/,
+                                     const float* v_new /*[n_kv_heads*head_dim]*/,
+                                     const KV* k_cache /*[C, n_kv_heads*head_dim]*/,
+                                     const KV* v_cache /*[C, n_kv_heads*head_dim]*/, std::int64_t C,
+                                     const std::int64_t* position /*[1]*/, const AttentionShape& s, float scale,
+                                     AttentionDecodeWorkspace& ws, cudaStream_t stream = nullptr,
+                                     AttentionDecodeConfig cfg = {}) {
+    const std::int64_t hd = s.head_dim;
+    const std::int64_t n_rep = s.n_kv_heads > 0 ? s.n_heads / s.n_kv_heads : 0;
+    if (!(hd == 8 || hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256) || s.n_kv_heads <= 0 ||
+        s.n_heads % s.n_kv_heads != 0 || !(n_rep == 1 || n_rep == 2 || n_rep == 4 || n_rep == 8))
+        throw ArgumentError("attention_sliding_window_decode (CUDA): head_dim " + std::to_string(hd) + " with " +
+                            std::to_string(s.n_heads) + " query heads over " + std::to_string(s.n_kv_heads) +
+                            " kv heads is not supported (head_dim 8/16/32/64/128/256, n_heads / n_kv_heads "
+                            "1/2/4/8); use the CPU backend for this model");
+    using cuda_detail::aligned_to;
+    if (!aligned_to(q, 16) || !aligned_to(k_new, 16) || !aligned_to(v_new, 16) || !aligned_to(k_cache, 16) ||
+        !aligned_to(v_cache, 16))
+        throw ArgumentError("attention_sliding_window_decode (CUDA): q, k_new, v_new and the rings must be 16-byte "
+                            "aligned (as cudaMalloc returns)");
+    if (C < 1) throw ArgumentError("attention_sliding_window_decode (CUDA): the ring needs at least one row");
+    const int splits = cfg.splits > 0 ? cfg.splits : attention_decode_default_splits(s, C, device_info().sm_count);
+    if (!ws.fits(s, splits))
+        throw ArgumentError("attention_sliding_window_decode (CUDA): the workspace holds " +
+                            std::to_string(ws.max_splits()) + " splits of this shape, " + std::to_string(splits) +
+                            " asked; make it with AttentionDecodeWorkspace(shape, attention_decode_default_splits(...))");
+    switch (hd) {
+        case 8: return cuda_detail::launch_attention_decode_rep<8>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 16: return cuda_detail::launch_attention_decode_rep<16>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 32: return cuda_detail::launch_attention_decode_rep<32>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 64: return cuda_detail::launch_attention_decode_rep<64>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 128: return cuda_detail::launch_attention_decode_rep<128>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        default: return cuda_detail::launch_attention_decode_rep<256>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+    }
+}
+
+/// Stores the new token's key and value into ring row p % C (p = *position), converted to the
+/// ring's element type (bf16: round to nearest even): the CPU layer's copy after its attention.
+/// Asynchronous on `stream`; the launch is checked.
+///
+/// \param k_cache  [C, kv_dim] device key ring
+/// \param v_cache  [C, kv_dim] device value ring
+/// \param k_new    [kv_dim] device key (RoPE applied)
+/// \param v_new    [kv_dim] device value
+/// \param C        ring rows
+/// \param position device pointer to the token's position
+/// \param kv_dim   n_kv_heads * head_dim
+/// \param stream   CUDA stream
+/// \pre Runs after every attention call that still needs row p % C. \throws CudaError when the launch fails
+template <int Sm, class KV>
+    requires(std::is_same_v<KV, float> || std::is_same_v<KV, __nv_bfloat16>)
+void kv_cache_store(Cuda<Sm>, KV* k_cache /*[C, kv_dim]*/, KV* v_cache /*[C, kv_dim]*/, const float* k_new /*[kv_dim]*/,
+                    const float* v_new /*[kv_dim]*/, std::int64_t C, const std::int64_t* position /*[1]*/,
+                    std::int64_t kv_dim, cudaStream_t stream = nullptr) {
+    if (kv_dim <= 0) return;
+    const std::int64_t blocks = std::min<std::int64_t>(32, (kv_dim + 255) / 256);
+    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::kv_cache_store_kernel<KV>,
+                                dim3(static_cast<unsigned>(blocks)), dim3(256), 0, stream, k_cache, v_cache, k_new,
+                                v_new, static_cast<int>(C), position, static_cast<int>(kv_dim));
+}
+
+}  // namespace ops
+}  // namespace limarp
