@@ -1,0 +1,491 @@
+#pragma once
+/// \file sampler.cuh
+/// \brief Sampling on the GPU, so that only the chosen token id crosses to the host:
+/// `ops::sample_greedy` (argmax, ties to the smaller id, as the CPU `generate::Sampler` at
+/// temperature 0) and `ops::sample_top_k_top_p` (top-k, top-p, min-p and temperature, then a draw
+/// from a seeded counter-based RNG); `DeviceSampler` wraps them with its own device state.
+///
+/// `sample_top_k_top_p` is one block of 1024 threads over the vocabulary (logits stay in L2):
+/// - the kept sets are found without sorting, by radix selection on the logits' order-preserving
+///   32-bit keys (4 passes of 8 bits, histograms in shared memory): top-k selects the k-th largest
+///   key by counts, top-p the key where the cumulative mass (in the CPU's order: decreasing logit)
+///   reaches p by masses. Ties at a threshold key are kept in increasing id order (a block scan),
+///   which is the CPU's order (decreasing logit, then smaller id first);
+/// - masses are exp(l - max) in f32 turned into 64-bit fixed point (2^-40 units), and every sum is
+///   an integer sum: the kept set and the draw are bitwise reproducible whatever the order of the
+///   atomics. Weights under 2^-41 count as 0 (never drawn; the CPU would draw them with
+///   probability < 1e-12 * vocab);
+/// - the draw: u = 53-bit uniform from SplitMix64(seed, step), where step is a device counter the
+///   kernel increments (a replayed CUDA graph draws fresh numbers); the token is the first, in id
+///   order, whose inclusive prefix of masses over the kept set exceeds u * total. The distribution
+///   is the CPU's (softmax of l / temperature over the same kept set); the random stream is not.
+///
+/// Stage order, as `generate::SamplerParams::order`: top-k, then top-p, then min-p (each when
+/// active); temperature anywhere: where it precedes top-p (or min-p), that stage's probabilities
+/// are computed from l / temperature, as on the CPU. Penalties, top-a, tail-free and typical-p
+/// are not on the device yet (`DeviceSamplingParams::from` says so).
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/backend/cuda/device_buffer.cuh"
+#include "limarp/core/error.hpp"
+#include "limarp/generate/sampler.hpp"
+
+namespace limarp {
+
+/// The settings of the on-device sampler (see the file comment).
+struct DeviceSamplingParams {
+    float temperature = 1.0f;          ///< > 0 (greedy is `ops::sample_greedy`)
+    int top_k = 0;                     ///< keep the k largest logits; <= 0 disables
+    float top_p = 1.0f;                ///< nucleus mass in (0, 1]; 1 disables
+    float min_p = 0.0f;                ///< keep p >= min_p * p_max; 0 disables
+    bool temperature_before_top_p = false;  ///< top-p's probabilities from l / temperature
+    bool temperature_before_min_p = false;  ///< min-p's probabilities from l / temperature
+    std::uint64_t seed = 0;            ///< RNG seed
+
+    /// The device form of a CPU sampler's settings.
+    /// \throws ArgumentError when a stage the device sampler lacks is active (penalties, top-a,
+    ///         tail-free, typical-p), or when the order puts top-p before top-k or min-p before
+    ///         top-p/top-k; the message names the stage and says to use the CPU sampler.
+    static DeviceSamplingParams from(const generate::SamplerParams& p) {
+        using generate::SamplerStage;
+        for (SamplerStage s : {SamplerStage::RepetitionPenalty, SamplerStage::FrequencyPenalty,
+                               SamplerStage::PresencePenalty, SamplerStage::TopA, SamplerStage::TailFree,
+                               SamplerStage::Typical})
+            if (p.active(s))
+                throw ArgumentError("device sampler: " + std::string(generate::to_string(s)) +
+                                    " is not implemented on the GPU yet; disable it or sample on the CPU");
+        const auto where = [&](SamplerStage s) {
+            const auto it = std::find(p.order.begin(), p.order.end(), s);
+            return it == p.order.end() ? static_cast<std::ptrdiff_t>(p.order.size()) : it - p.order.begin();
+        };
+        const bool k = p.active(SamplerStage::TopK), tp = p.active(SamplerStage::TopP), mp = p.active(SamplerStage::MinP);
+        if ((k && tp && where(SamplerStage::TopP) < where(SamplerStage::TopK)) ||
+            (mp && ((tp && where(SamplerStage::MinP) < where(SamplerStage::TopP)) ||
+                    (k && where(SamplerStage::MinP) < where(SamplerStage::TopK)))))
+            throw ArgumentError("device sampler: the order must run top_k, then top_p, then min_p; sample on the CPU "
+                                "for other orders");
+        DeviceSamplingParams d;
+        d.temperature = p.temperature;
+        d.top_k = p.top_k;
+        d.top_p = p.top_p;
+        d.min_p = p.min_p;
+        d.temperature_before_top_p = where(SamplerStage::Temperature) < where(SamplerStage::TopP);
+        d.temperature_before_min_p = where(SamplerStage::Temperature) < where(SamplerStage::MinP);
+        d.seed = p.seed;
+        return d;
+    }
+};
+
+/// \cond
+namespace cuda_detail {
+
+inline constexpr int kSampleThreads = 1024;
+inline constexpr float kFixedOne = 1099511627776.0f;  // 2^40: fixed-point unit of the masses
+
+// Order-preserving key: a larger float gives a larger key (finite values and infinities).
+__device__ __forceinline__ unsigned float_key(float x) {
+    const unsigned u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ unsigned long long fixed_mass(float w) {
+    return static_cast<unsigned long long>(__float2ull_rn(w * kFixedOne));
+}
+
+__device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+// Exclusive prefix of v over the block in thread order, and the total. `scratch` holds 33
+// unsigned long longs of shared memory. Every thread must call it.
+__device__ __forceinline__ unsigned long long block_exclusive_scan(unsigned long long v, unsigned long long* scratch,
+                                                                   unsigned long long& total) {
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int n_warps = static_cast<int>(blockDim.x) / 32;
+    unsigned long long incl = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned long long n = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += n;
+    }
+    __syncthreads();
+    if (lane == 31) scratch[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+        unsigned long long w = lane < n_warps ? scratch[lane] : 0ull, wi = w;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const unsigned long long n = __shfl_up_sync(0xffffffffu, wi, o);
+            if (lane >= o) wi += n;
+        }
+        scratch[lane] = wi - w;  // exclusive over warps
+        if (lane == 31) scratch[32] = wi;
+    }
+    __syncthreads();
+    total = scratch[32];
+    return scratch[warp] + incl - v;
+}
+
+__device__ __forceinline__ unsigned long long block_sum_u64(unsigned long long v, unsigned long long* scratch) {
+    unsigned long long total;
+    (void)block_exclusive_scan(v, scratch, total);
+    return total;
+}
+
+// The id of the n-th (1-based) element, in id order, for which pred(i) holds; -1 when there are
+// fewer. Threads own contiguous id ranges. Every thread must call it.
+template <class Pred>
+__device__ int block_nth_in_id_order(int vocab, unsigned long long n, Pred pred, unsigned long long* scratch,
+                                     int* result) {
+    const int per = (vocab + static_cast<int>(blockDim.x) - 1) / static_cast<int>(blockDim.x);
+    const int b = min(vocab, static_cast<int>(threadIdx.x) * per), e = min(vocab, b + per);
+    unsigned long long c = 0;
+    for (int i = b; i < e; ++i) c += pred(i) ? 1ull : 0ull;
+    if (threadIdx.x == 0) *result = -1;
+    unsigned long long total;
+    unsigned long long before = block_exclusive_scan(c, scratch, total);  // has barriers: *result = -1 is visible
+    if (before < n && n <= before + c)
+        for (int i = b; i < e; ++i)
+            if (pred(i) && ++before == n) {
+                *result = i;
+                break;
+            }
+    __syncthreads();
+    return *result;
+}
+
+struct SampleArgs {
+    int vocab;
+    int top_k;         // 0: off
+    float top_p;       // 1: off
+    float min_p;       // 0: off
+    float t_top_p;     // temperature of top-p's probabilities (1 or temperature)
+    float t_min_p;     // temperature of min-p's probabilities
+    float temperature; // of the draw
+    unsigned long long seed;
+};
+
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_top_k_top_p_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, SampleArgs a,
+                              unsigned long long* __restrict__ counter, std::uint8_t* __restrict__ kept) {
+    __shared__ unsigned hist_c[256];
+    __shared__ unsigned long long hist_m[256];
+    __shared__ unsigned long long scan[33];
+    __shared__ float red[32];
+    __shared__ unsigned s_prefix;
+    __shared__ unsigned long long s_need;
+    __shared__ int s_id;
+    const int V = a.vocab, tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
+
+    float mx = -__int_as_float(0x7f800000);
+    for (int i = tid; i < V; i += nt) mx = fmaxf(mx, logits[i]);
+    const float M = block_max(mx, red);
+
+    // ---- top-k: the k-th largest key tk; ties at tk kept up to id cut_k ----
+    const bool use_k = a.top_k > 0 && a.top_k < V;
+    unsigned tk = 0;
+    int cut_k = V;
+    if (use_k) {
+        unsigned prefix = 0, pmask = 0;
+        unsigned long long need = static_cast<unsigned long long>(a.top_k);
+        for (int pass = 0; pass < 4; ++pass) {
+            const int shift = 24 - 8 * pass;
+            for (int b = tid; b < 256; b += nt) hist_c[b] = 0;
+            __syncthreads();
+            for (int i = tid; i < V; i += nt) {
+                const unsigned key = float_key(logits[i]);
+                if ((key & pmask) == prefix) atomicAdd(&hist_c[(key >> shift) & 255u], 1u);
+            }
+            __syncthreads();
+            if (tid == 0) {
+                unsigned long long cum = 0;
+                int digit = 0;
+                for (int b = 255; b >= 0; --b) {
+                    if (cum + hist_c[b] >= need) {
+                        digit = b;
+                        break;
+                    }
+                    cum += hist_c[b];
+                }
+                s_prefix = prefix | (static_cast<unsigned>(digit) << shift);
+                s_need = need - cum;
+            }
+            __syncthreads();
+            prefix = s_prefix;
+            need = s_need;
+            pmask |= 255u << shift;
+            __syncthreads();
+        }
+        tk = prefix;
+        cut_k = block_nth_in_id_order(V, need, [&](int i) { return float_key(logits[i]) == tk; }, scan, &s_id);
+    }
+    const auto in_k = [&](int i, unsigned key) { return !use_k || key > tk || (key == tk && i <= cut_k); };
+
+    // ---- top-p over the top-k set, in the order decreasing logit, then id ----
+    const bool use_p = a.top_p < 1.0f;
+    unsigned tp = 0;
+    int cut_p = V;
+    if (use_p) {
+        const float mp = M / a.t_top_p;
+        const auto w_p = [&](int i) { return fixed_mass(expf(logits[i] / a.t_top_p - mp)); };
+        unsigned long long z = 0;
+        for (int i = tid; i < V; i += nt) {
+            const unsigned key = float_key(logits[i]);
+            if (in_k(i, key)) z += w_p(i);
+        }
+        z = block_sum_u64(z, scan);
+        // keep the shortest prefix whose mass reaches top_p * z (the crossing token kept)
+        unsigned long long target =
+            static_cast<unsigned long long>(ceil(static_cast<double>(a.top_p) * static_cast<double>(z)));
+        target = target < 1 ? 1 : (target > z ? z : target);
+        unsigned prefix = 0, pmask = 0;
+        unsigned long long above = 0;
+        for (int pass = 0; pass < 4; ++pass) {
+            const int shift = 24 - 8 * pass;
+            for (int b = tid; b < 256; b += nt) hist_m[b] = 0;
+            __syncthreads();
+            for (int i = tid; i < V; i += nt) {
+                const unsigned key = float_key(logits[i]);
+                if ((key & pmask) == prefix && in_k(i, key)) atomicAdd(&hist_m[(key >> shift) & 255u], w_p(i));
+            }
+            __syncthreads();
+            if (tid == 0) {
+                int digit = 0;
+                for (int b = 255; b >= 0; --b) {
+                    if (above + hist_m[b] >= target) {
+                        digit = b;
+                        break;
+                    }
+                    above += hist_m[b];
+                }
+                s_prefix = prefix | (static_cast<unsigned>(digit) << shift);
+                s_need = above;
+            }
+            __syncthreads();
+            prefix = s_prefix;
+            above = s_need;
+            pmask |= 255u << shift;
+            __syncthreads();
+        }
+        tp = prefix;
+        // ties at tp (equal logits, equal masses): as many, in id order, as reach the target
+        const float tie_logit = __uint_as_float((tp & 0x80000000u) ? (tp & 0x7fffffffu) : ~tp);
+        const unsigned long long w_tie = fixed_mass(expf(tie_logit / a.t_top_p - mp));
+        const unsigned long long n_tie = w_tie > 0 ? (target - above + w_tie - 1) / w_tie : 1;
+        cut_p = block_nth_in_id_order(
+            V, n_tie, [&](int i) { const unsigned key = float_key(logits[i]); return key == tp && in_k(i, key); }, scan,
+            &s_id);
+        if (cut_p < 0) cut_p = V;  // fewer ties than needed (rounding): keep them all
+    }
+    const bool use_m = a.min_p > 0.0f;
+    const float mm = M / a.t_min_p;
+    const auto in_set = [&](int i) {
+        const float l = logits[i];
+        const unsigned key = float_key(l);
+        if (!in_k(i, key)) return false;
+        if (use_p && !(key > tp || (key == tp && i <= cut_p))) return false;
+        if (use_m && !(expf(l / a.t_min_p - mm) >= a.min_p)) return false;
+        return true;
+    };
+
+    // ---- the draw: softmax(l / temperature) over the kept set ----
+    const float md = M / a.temperature;
+    const int per = (V + nt - 1) / nt;
+    const int b = min(V, tid * per), e = min(V, b + per);
+    unsigned long long mine = 0;
+    for (int i = b; i < e; ++i) {
+        const bool k = in_set(i);
+        if (kept) kept[i] = k ? 1 : 0;
+        if (k) mine += fixed_mass(expf(logits[i] / a.temperature - md));
+    }
+    unsigned long long total;
+    unsigned long long before = block_exclusive_scan(mine, scan, total);
+    const unsigned long long step = *counter;
+    const double u = static_cast<double>(splitmix64(a.seed ^ splitmix64(step)) >> 11) * 0x1.0p-53;
+    unsigned long long t = static_cast<unsigned long long>(u * static_cast<double>(total));
+    if (t >= total) t = total - 1;
+    if (tid == 0) s_id = -1;
+    __syncthreads();
+    if (before <= t && t < before + mine)
+        for (int i = b; i < e; ++i) {
+            if (in_set(i)) before += fixed_mass(expf(logits[i] / a.temperature - md));
+            if (before > t) {
+                s_id = i;
+                break;
+            }
+        }
+    __syncthreads();
+    if (tid == 0) {
+        *id_out = s_id >= 0 ? s_id : 0;
+        *counter = step + 1;
+    }
+}
+
+// argmax over the logits, ties to the smaller id (the CPU sampler's greedy pick).
+__global__ void __launch_bounds__(kSampleThreads)
+    sample_greedy_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, int vocab) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const int tid = static_cast<int>(threadIdx.x);
+    float best = -__int_as_float(0x7f800000);
+    int bi = vocab;  // larger than any id: loses every tie
+    for (int i = tid; i < vocab; i += static_cast<int>(blockDim.x)) {
+        const float v = logits[i];
+        if (v > best || (v == best && i < bi)) {
+            best = v;
+            bi = i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float v = __shfl_xor_sync(0xffffffffu, best, o);
+        const int i = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (v > best || (v == best && i < bi)) {
+            best = v;
+            bi = i;
+        }
+    }
+    if (tid % 32 == 0) {
+        sv[tid / 32] = best;
+        si[tid / 32] = bi;
+    }
+    __syncthreads();
+    if (tid < 32) {
+        const int n_warps = static_cast<int>(blockDim.x) / 32;
+        best = tid < n_warps ? sv[tid] : -__int_as_float(0x7f800000);
+        bi = tid < n_warps ? si[tid] : vocab;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float v = __shfl_xor_sync(0xffffffffu, best, o);
+            const int i = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (v > best || (v == best && i < bi)) {
+                best = v;
+                bi = i;
+            }
+        }
+        if (tid == 0) *id_out = bi < vocab ? bi : 0;  // all NaN: token 0
+    }
+}
+
+}  // namespace cuda_detail
+/// \endcond
+
+namespace ops {
+
+/// Greedy pick on the GPU: *id = argmax logits, ties to the smaller id (the CPU `Sampler` at
+/// temperature 0 without penalties). One block; asynchronous on `stream`.
+///
+/// \param id     device int32 output (copy it back, or feed it to the next step's embedding)
+/// \param logits [vocab] device logits (finite)
+/// \param vocab  vocabulary size, 1 .. 2^31 - 1
+/// \param stream CUDA stream
+/// \throws CudaError when the launch fails
+template <int Sm>
+void sample_greedy(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits /*[vocab]*/, std::int64_t vocab,
+                   cudaStream_t stream = nullptr) {
+    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::sample_greedy_kernel, dim3(1),
+                                dim3(cuda_detail::kSampleThreads), 0, stream, id, logits, static_cast<int>(vocab));
+}
+
+/// Top-k / top-p / min-p / temperature sampling on the GPU (see the file comment): *id is drawn
+/// from softmax(l / temperature) over the kept set with the random number of step *counter, and
+/// *counter is incremented. One block; asynchronous on `stream`.
+///
+/// \param id      device int32 output
+/// \param logits  [vocab] device logits (finite, or -inf for banned tokens)
+/// \param vocab   vocabulary size, 1 .. 2^31 - 1
+/// \param p       settings; p.temperature > 0
+/// \param counter device step counter (start it at 0 for the seed's first draw)
+/// \param stream  CUDA stream
+/// \param kept    optional [vocab] device output: 1 for the tokens of the kept set, else 0 (tests)
+/// \throws ArgumentError when p.temperature <= 0 or top_p/min_p are outside their ranges;
+///         CudaError when the launch fails
+template <int Sm>
+void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits /*[vocab]*/, std::int64_t vocab,
+                        const DeviceSamplingParams& p, std::uint64_t* counter /*[1]*/, cudaStream_t stream = nullptr,
+                        std::uint8_t* kept /*[vocab]*/ = nullptr) {
+    if (!(p.temperature > 0.0f) || !(p.top_p > 0.0f && p.top_p <= 1.0f) || !(p.min_p >= 0.0f && p.min_p <= 1.0f))
+        throw ArgumentError("sample_top_k_top_p: temperature must be > 0 (greedy: sample_greedy), top_p in (0, 1], "
+                            "min_p in [0, 1]");
+    cuda_detail::SampleArgs a{};
+    a.vocab = static_cast<int>(vocab);
+    a.top_k = p.top_k > 0 ? p.top_k : 0;
+    a.top_p = p.top_p;
+    a.min_p = p.min_p;
+    a.t_top_p = p.temperature_before_top_p ? p.temperature : 1.0f;
+    a.t_min_p = p.temperature_before_min_p ? p.temperature : 1.0f;
+    a.temperature = p.temperature;
+    a.seed = p.seed;
+    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::sample_top_k_top_p_kernel, dim3(1),
+                                dim3(cuda_detail::kSampleThreads), 0, stream, id, logits, a,
+                                reinterpret_cast<unsigned long long*>(counter), kept);
+}
+
+}  // namespace ops
+
+/// The on-device sampler of a generation loop: the settings of a CPU `generate::SamplerParams`
+/// (the supported stages, see `DeviceSamplingParams::from`), a device step counter and a device
+/// id. `enqueue` leaves the id on the device (for the next step's embedding, or a CUDA graph);
+/// `sample` also copies those 4 bytes back.
+class DeviceSampler {
+public:
+    /// \throws ArgumentError as `DeviceSamplingParams::from`; CudaError when the allocation fails
+    explicit DeviceSampler(const generate::SamplerParams& params)
+        : greedy_(params.temperature <= 0.0f),
+          p_(greedy_ ? DeviceSamplingParams{} : DeviceSamplingParams::from(params)),
+          state_(2, "device sampler state") {
+        if (greedy_) {
+            // greedy runs the penalty stages only: refuse those as the full sampler would
+            generate::SamplerParams g = params;
+            g.temperature = 1.0f;
+            g.top_k = 0;
+            g.top_p = 1.0f;
+            g.min_p = 0.0f;
+            (void)DeviceSamplingParams::from(g);
+        }
+        p_.seed = params.seed;
+        reseed(params.seed);
+    }
+    /// Restarts the random sequence: seed `seed`, step 0.
+    void reseed(std::uint64_t seed) {
+        p_.seed = seed;
+        LIMARP_CUDA_CHECK(cudaMemset(state_.data(), 0, state_.bytes()));
+    }
+    /// The device id the last enqueue writes.
+    std::int32_t* device_id() noexcept { return reinterpret_cast<std::int32_t*>(state_.data() + 1); }
+    /// Enqueues the pick from `logits` [vocab] on `stream`; the id stays in `device_id()`.
+    template <int Sm>
+    void enqueue(Cuda<Sm> tag, const float* logits /*[vocab]*/, std::int64_t vocab, cudaStream_t stream = nullptr) {
+        if (greedy_)
+            ops::sample_greedy(tag, device_id(), logits, vocab, stream);
+        else
+            ops::sample_top_k_top_p(tag, device_id(), logits, vocab, p_, state_.data(), stream);
+    }
+    /// Enqueues the pick and returns it (one 4-byte copy; waits for `stream`).
+    template <int Sm>
+    std::int32_t sample(Cuda<Sm> tag, const float* logits /*[vocab]*/, std::int64_t vocab,
+                        cudaStream_t stream = nullptr) {
+        enqueue(tag, logits, vocab, stream);
+        std::int32_t id = 0;
+        LIMARP_CUDA_CHECK(cudaMemcpyAsync(&id, device_id(), sizeof id, cudaMemcpyDeviceToHost, stream));
+        LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
+        return id;
+    }
+
+private:
+    bool greedy_;
+    DeviceSamplingParams p_;
+    DeviceBuffer<std::uint64_t> state_;  // [0]: step counter, [1]: low 4 bytes the id
+};
+
+}  // namespace limarp
