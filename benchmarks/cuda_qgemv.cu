@@ -36,8 +36,13 @@
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
 #include "limarp/backend/cuda/qgemv.cuh"
+#include "cuda_timing.cuh"
 
 using namespace limarp;
+using bench::Events;
+using bench::median;
+using bench::time_launches;
+using bench::Timing;
 
 namespace {
 
@@ -50,29 +55,6 @@ const GemvShape kShapes[] = {{"q_proj/o_proj", 4096, 4096},
                          {"gate_proj/up_proj", 14336, 4096},
                          {"down_proj", 4096, 14336},
                          {"lm_head", 32000, 4096}};
-
-struct Events {
-    cudaEvent_t a{}, b{};
-    Events() {
-        LIMARP_CUDA_CHECK(cudaEventCreate(&a));
-        LIMARP_CUDA_CHECK(cudaEventCreate(&b));
-    }
-    ~Events() {
-        cudaEventDestroy(a);
-        cudaEventDestroy(b);
-    }
-    float ms() const {
-        float t = 0;
-        LIMARP_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-        return t;
-    }
-};
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const std::size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Reads n bytes with the GEMV's streaming 16-byte load; one xor per block keeps the loads alive.
 __global__ void read_kernel(const std::int8_t* __restrict__ p, std::size_t n16, unsigned* __restrict__ out) {
@@ -97,50 +79,6 @@ void fill_random_int8(std::int8_t* q, std::size_t n, std::uint64_t seed) {
             q[i + j] = b == -128 ? std::int8_t{-127} : b;
         }
     }
-}
-
-struct Timing {
-    double stream_us = 0, graph_us = 0;
-};
-
-// Times `launch(i)` for i over the rotation: median per-launch microseconds, stream and graph.
-template <class F>
-Timing time_launches(F&& launch, int copies, int iters, int reps, cudaStream_t stream) {
-    Events ev;
-    Timing t;
-    for (int i = 0; i < 2 * copies + 10; ++i) launch(i % copies);  // warm-up (module load, L1 x, TLB)
-    LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
-    std::vector<double> v;
-    int next = 0;
-    for (int r = 0; r < reps; ++r) {
-        LIMARP_CUDA_CHECK(cudaEventRecord(ev.a, stream));
-        for (int i = 0; i < iters; ++i) launch(next++ % copies);
-        LIMARP_CUDA_CHECK(cudaEventRecord(ev.b, stream));
-        LIMARP_CUDA_CHECK(cudaEventSynchronize(ev.b));
-        v.push_back(1000.0 * ev.ms() / iters);
-    }
-    t.stream_us = median(v);
-
-    cudaGraph_t graph{};
-    cudaGraphExec_t exec{};
-    LIMARP_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < iters; ++i) launch(i % copies);
-    LIMARP_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    LIMARP_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    LIMARP_CUDA_CHECK(cudaGraphLaunch(exec, stream));  // warm-up
-    LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
-    v.clear();
-    for (int r = 0; r < reps; ++r) {
-        LIMARP_CUDA_CHECK(cudaEventRecord(ev.a, stream));
-        LIMARP_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-        LIMARP_CUDA_CHECK(cudaEventRecord(ev.b, stream));
-        LIMARP_CUDA_CHECK(cudaEventSynchronize(ev.b));
-        v.push_back(1000.0 * ev.ms() / iters);
-    }
-    t.graph_us = median(v);
-    LIMARP_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    LIMARP_CUDA_CHECK(cudaGraphDestroy(graph));
-    return t;
 }
 
 }  // namespace
