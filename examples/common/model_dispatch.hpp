@@ -67,17 +67,7 @@ decltype(auto) with_model(const ModelOptions& o, F&& f) {
     auto build = [&]<class Proj>() -> decltype(auto) {
         LoraMistral<Proj> model(cfg, ctx);
         // every adapter file must fit this model: no factors for modules it lacks
-        for (const auto& a : ctx.adapters) {
-            std::set<std::string> used;
-            for_each_projection(model, [&](auto& p) {
-                for (const auto& fa : p.adapters())
-                    if (fa.adapter == a.adapter->name()) used.insert(p.module());
-            });
-            for (const auto& m : a.adapter->modules_in_file())
-                if (!used.count(m))
-                    throw FormatError(a.adapter->file().file() + ": factors for " + m +
-                                      ", which is not a projection of this model");
-        }
+        for (const auto& a : ctx.adapters) check_adapter_modules(model, *a.adapter);
         return f(model);
     };
     switch (scheme) {

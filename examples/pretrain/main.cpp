@@ -14,7 +14,7 @@
 // chapter boundaries as in usual LM pretraining. Model: MistralForCausalLM shapes from the
 // flags (head_dim = d_model / heads, untied lm_head, rope_theta 10000, sliding window --window),
 // initialised as transformers does (N(0, 0.02) weights, norms 1, `--seed`). Optimizer: AdamW
-// (betas 0.9/0.95), linear warmup then cosine decay to 10% of --lr, global-norm clipping,
+// (betas 0.9/0.95), linear warmup then cosine decay to 0 (transformers' schedule), global-norm clipping,
 // --batch sequences per update (gradient accumulation, no padding). Gradient checkpointing
 // per block as limarp-train. Writes into --out: metrics.csv/jsonl (train loss, eval loss every
 // --eval-every updates on the first --eval-windows windows of --eval-text), loss.png (gnuplot),

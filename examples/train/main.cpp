@@ -148,7 +148,8 @@ int train_run(const train::TrainConfig& cfg, const RunOptions& ro) {
     std::mt19937_64 init_rng(cfg.seed);
     for_each_projection(model, [&](auto& p) {
         if (!is_target(p.module(), lcfg.target_modules)) return;
-        params.emplace_back(p.module(), p.in_features(), p.out_features(), cfg.lora_r);
+        // no dA/dB here: the Lora layers accumulate the gradients in their own buffers
+        params.emplace_back(p.module(), p.in_features(), p.out_features(), cfg.lora_r, /*with_grads=*/false);
         params.back().init_peft(init_rng);
     });
     if (params.empty()) throw ArgumentError("lora_target_modules: no projection of the model matches");

@@ -41,6 +41,21 @@ void for_each_projection(Model& model, F&& f) {
     }
 }
 
+/// Checks that every module `adapter`'s file holds factors for is a projection of `model` to
+/// which the adapter is attached (a file written for another model is refused, not half used).
+/// \throws FormatError naming the file and the module otherwise.
+template <class Model>
+void check_adapter_modules(Model& model, const io::PeftAdapter& adapter) {
+    std::set<std::string> used;
+    for_each_projection(model, [&](auto& p) {
+        for (const auto& f : p.adapters())
+            if (f.adapter == adapter.name()) used.insert(p.module());
+    });
+    for (const auto& m : adapter.modules_in_file())
+        if (!used.count(m))
+            throw FormatError(adapter.file().file() + ": factors for " + m + ", which is not a projection of this model");
+}
+
 /// Attaches `adapter` with multiplier `scale` to every targeted projection; returns how many.
 /// \throws FormatError when the adapter holds factors for a module the model does not have,
 ///         ShapeError naming the tensor when a factor does not fit.
@@ -50,7 +65,6 @@ std::int64_t attach_adapter(Model& model, const io::PeftAdapter& adapter, float 
     static_assert(is_lora_v<P>, "attach_adapter: build the model with Lora<...> projections, e.g. "
                                 "MistralModel<Cpu<>, MistralBlock<Cpu<>, Lora<DenseLinear<Cpu<>>>>>");
     std::int64_t n = 0;
-    std::set<std::string> used;
     for_each_projection(model, [&](P& p) {
         for (const auto& f : p.adapters())
             if (f.adapter == adapter.name())
@@ -58,20 +72,13 @@ std::int64_t attach_adapter(Model& model, const io::PeftAdapter& adapter, float 
     });
     try {
         for_each_projection(model, [&](P& p) {
-            if (p.attach(adapter, scale)) {
-                ++n;
-                used.insert(p.module());
-            }
+            if (p.attach(adapter, scale)) ++n;
         });
+        check_adapter_modules(model, adapter);
     } catch (...) {  // leave the model as it was
         for_each_projection(model, [&](P& p) { p.detach(adapter.name()); });
         throw;
     }
-    for (const auto& m : adapter.modules_in_file())
-        if (!used.count(m)) {
-            for_each_projection(model, [&](P& p) { p.detach(adapter.name()); });
-            throw FormatError(adapter.file().file() + ": factors for " + m + ", which is not a projection of this model");
-        }
     return n;
 }
 

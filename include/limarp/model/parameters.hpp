@@ -90,7 +90,7 @@ inline LoadContext random_init_context(std::uint64_t seed, float std = 0.02f) {
 
 /// Writes `model`'s trained tensors as a Hugging Face model folder `dir`: model.safetensors
 /// (dtype F32 or BF16, round-to-nearest-even; metadata format=pt) and config.json from
-/// `model.config()`. Both files are written atomically (temp file + rename).
+/// `model.config()` with torch_dtype set to the stored dtype. Both files are written atomically (temp file + rename).
 /// \throws ArgumentError for another dtype; IoError when a file cannot be written.
 template <class Model>
 void save_model(Model& model, const std::filesystem::path& dir, DType dtype = DType::F32) {
@@ -108,7 +108,9 @@ void save_model(Model& model, const std::filesystem::path& dir, DType dtype = DT
         }
     });
     w.write(dir / "model.safetensors");
-    io::write_hf_config(dir / "config.json", model.config());
+    MistralConfig cfg = model.config();
+    cfg.torch_dtype = dtype == DType::F32 ? "float32" : "bfloat16";
+    io::write_hf_config(dir / "config.json", cfg);
 }
 
 }  // namespace limarp

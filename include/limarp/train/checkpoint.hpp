@@ -54,6 +54,9 @@ namespace limarp::train {
 
 /// The trainable LoRA factors of one module, with their gradients. The trainer owns a list of
 /// them (one per adapted Linear); layers read A and B and accumulate into dA and dB (`+=`).
+/// dA and dB are optional: a trainer whose `Lora` layers keep their own gradient buffers builds
+/// the parameters without them (`with_grads = false`) and points its `ParamSlot`s at the layers'
+/// buffers, so that no second copy the size of the parameters is allocated.
 struct LoraParameters {
     std::string module;  ///< base-model module path, e.g. "model.layers.0.self_attn.q_proj"
     Tensor<float> A;     ///< [r, in]
@@ -62,14 +65,24 @@ struct LoraParameters {
     Tensor<float> dB;    ///< [out, r] gradient of the loss w.r.t. B
 
     LoraParameters() = default;
-    /// Zero factors and gradients for a module of `in` -> `out` features with rank `r`.
+    /// Zero factors (and zero gradients when `with_grads`) for a module of `in` -> `out` features
+    /// with rank `r`.
     /// \throws ArgumentError for non-positive sizes.
-    LoraParameters(std::string module_path, std::int64_t in, std::int64_t out, std::int64_t r)
-        : module(std::move(module_path)), A({r, in}), B({out, r}), dA({r, in}), dB({out, r}) {
+    LoraParameters(std::string module_path, std::int64_t in, std::int64_t out, std::int64_t r, bool with_grads = true)
+        : module(std::move(module_path)), A({r, in}), B({out, r}) {
+        if (with_grads) allocate_grads();
         if (in <= 0 || out <= 0 || r <= 0)
             throw ArgumentError("LoraParameters " + module + ": sizes must be positive (in " + std::to_string(in) +
                                 ", out " + std::to_string(out) + ", r " + std::to_string(r) + ")");
     }
+
+    /// Allocates zero dA and dB of the factors' shapes when they are absent.
+    void allocate_grads() {
+        if (dA.shape() != A.shape()) dA = Tensor<float>(A.shape());
+        if (dB.shape() != B.shape()) dB = Tensor<float>(B.shape());
+    }
+    /// True when dA and dB are allocated.
+    bool has_grads() const { return dA.shape() == A.shape() && dB.shape() == B.shape() && !A.shape().empty(); }
 
     /// Rank r.
     std::int64_t r() const { return A.dim(0); }
@@ -97,19 +110,22 @@ struct LoraParameters {
         if (A.shape().size() != 2 || B.shape().size() != 2 || B.dim(1) != A.dim(0))
             throw ShapeError("LoraParameters " + module + ": A " + shape_str(A.shape()) + " and B " +
                              shape_str(B.shape()) + " are not [r, in] and [out, r]");
-        if (dA.shape() != A.shape() || dB.shape() != B.shape())
+        const bool no_grads = dA.shape().empty() && dB.shape().empty();
+        if (!no_grads && (dA.shape() != A.shape() || dB.shape() != B.shape()))
             throw ShapeError("LoraParameters " + module + ": gradients " + shape_str(dA.shape()) + ", " +
                              shape_str(dB.shape()) + " do not match A " + shape_str(A.shape()) + ", B " +
                              shape_str(B.shape()));
     }
 };
 
-/// The optimizer's view of `params`: per module `MODULE.lora_A` then `MODULE.lora_B`.
+/// The optimizer's view of `params`: per module `MODULE.lora_A` then `MODULE.lora_B`, with the
+/// gradients dA and dB (allocated here when absent).
 inline std::vector<ParamSlot> param_slots(std::span<LoraParameters> params) {
     std::vector<ParamSlot> s;
     s.reserve(params.size() * 2);
     for (auto& p : params) {
         p.check();
+        p.allocate_grads();
         s.push_back({p.module + ".lora_A", p.A.data(), p.dA.data(), p.A.size()});
         s.push_back({p.module + ".lora_B", p.B.data(), p.dB.data(), p.B.size()});
     }
@@ -318,10 +334,12 @@ inline TrainingState read_checkpoint(const std::filesystem::path& dir, std::span
             throw ShapeError(dir.string() + ": module " + p.module + ": A " + shape_str(it->A.shape()) + ", B " +
                              shape_str(it->B.shape()) + " in the checkpoint, the model has A " + shape_str(p.A.shape()) +
                              ", B " + shape_str(p.B.shape()));
+        const bool grads = p.has_grads();
         p.A = std::move(it->A);
         p.B = std::move(it->B);
-        p.dA = Tensor<float>(p.A.shape());
-        p.dB = Tensor<float>(p.B.shape());
+        p.dA = Tensor<float>();
+        p.dB = Tensor<float>();
+        if (grads) p.allocate_grads();
     }
     const auto path = dir / kTrainingStateFile;
     if (!std::filesystem::exists(path))
