@@ -63,7 +63,7 @@ std::vector<KV> ring_for_device(std::vector<float>& ring) {
 
 // One decode call at c.p with `splits` (0 = default) against the CPU; returns the relative error.
 template <class KV>
-void check_case(const Case& c, int splits, std::uint32_t seed, AttentionDecodeWorkspace& ws) {
+void check_case(const Case& c, AttentionDecodeConfig cfg, std::uint32_t seed, AttentionDecodeWorkspace& ws) {
     const AttentionShape& s = c.s;
     const std::int64_t qd = s.n_heads * s.head_dim, kvd = s.n_kv_heads * s.head_dim;
     auto q = t::random_floats(static_cast<std::size_t>(qd), seed);
@@ -84,8 +84,7 @@ void check_case(const Case& c, int splits, std::uint32_t seed, AttentionDecodeWo
     for (int run = 0; run < 2; ++run) {
         dout.upload(std::vector<float>(static_cast<std::size_t>(qd), t::kNaN).data(), static_cast<std::size_t>(qd));
         limarp::ops::attention_sliding_window_decode(Cuda<90>{}, dout.data(), dq.data(), dkn.data(), dvn.data(),
-                                                     dkr.data(), dvr.data(), c.C, dpos.data(), s, scale, ws, nullptr,
-                                                     AttentionDecodeConfig{splits});
+                                                     dkr.data(), dvr.data(), c.C, dpos.data(), s, scale, ws, nullptr, cfg);
         LIMARP_CUDA_CHECK(cudaDeviceSynchronize());
         std::vector<float> got(static_cast<std::size_t>(qd));
         dout.download(got.data(), got.size());
@@ -101,17 +100,18 @@ void check_case(const Case& c, int splits, std::uint32_t seed, AttentionDecodeWo
 }
 
 template <class KV>
-void check_cases(const std::vector<Case>& cases, const std::vector<int>& splits_list, std::uint32_t seed) {
+void check_cases(const std::vector<Case>& cases, const std::vector<AttentionDecodeConfig>& configs, std::uint32_t seed) {
     AttentionDecodeWorkspace ws;
     for (const Case& c : cases)
-        for (int splits : splits_list) {
+        for (const AttentionDecodeConfig& cfg : configs) {
             const AttentionShape& s = c.s;
             if (!ws.fits(s, 512)) ws = AttentionDecodeWorkspace(s, 512);
             BOOST_TEST_CONTEXT((std::is_same_v<KV, float> ? "f32" : "bf16")
                                << " ring, heads " << s.n_heads << "/" << s.n_kv_heads << " head_dim " << s.head_dim
                                << " window " << s.window_keys << " C " << c.C << " p " << c.p << " splits "
-                               << (splits ? std::to_string(splits) : std::string("default"))) {
-                check_case<KV>(c, splits, seed, ws);
+                               << (cfg.splits ? std::to_string(cfg.splits) : std::string("default"))
+                               << (cfg.fused_combine ? "" : ", combine kernel")) {
+                check_case<KV>(c, cfg, seed, ws);
             }
             seed += 10;
         }
@@ -131,22 +131,22 @@ BOOST_AUTO_TEST_CASE(small_shapes_match_cpu) {
         {{4, 2, 16, 16}, 15, 3},   {{4, 2, 16, 16}, 15, 15},  {{4, 2, 16, 16}, 15, 16}, {{4, 2, 16, 16}, 15, 50},
         {{4, 4, 32, 0}, 64, 0},    {{4, 4, 32, 0}, 64, 63},   {{16, 2, 64, 100}, 120, 300},
         {{2, 2, 256, 0}, 50, 49},  {{8, 1, 128, 40}, 39, 77}, {{8, 8, 16, 7}, 6, 9}};
-    check_cases<float>(cases, {0, 1, 3, 200}, 1000);
-    check_cases<__nv_bfloat16>(cases, {0, 2}, 2000);
+    check_cases<float>(cases, {{0, true}, {1, true}, {3, true}, {200, true}, {3, false}, {200, false}}, 1000);
+    check_cases<__nv_bfloat16>(cases, {{0, true}, {2, true}, {2, false}}, 2000);
 }
 
 BOOST_AUTO_TEST_CASE(mistral_shape_matches_cpu) {
     const std::vector<Case> cases{{kMistral, 4095, 0},    {kMistral, 4095, 1},    {kMistral, 4095, 200},
                                   {kMistral, 4095, 4094}, {kMistral, 4095, 4095}, {kMistral, 4095, 4096},
                                   {kMistral, 4095, 10000}, {kMistral, 4095 + 16, 5000}};
-    check_cases<float>(cases, {0, 1, 7}, 3000);
-    check_cases<__nv_bfloat16>(cases, {0}, 4000);
+    check_cases<float>(cases, {{0, true}, {1, true}, {7, true}, {0, false}}, 3000);
+    check_cases<__nv_bfloat16>(cases, {{0, true}, {0, false}}, 4000);
 }
 
 // A decode sequence: CPU ring (KvCache layout: position p in row p % C, stored after the attention)
 // against the GPU ring filled by kv_cache_store; then the same steps from one captured graph.
 template <class KV>
-void run_sequence(bool graph) {
+void run_sequence(bool graph, bool fused = true) {
     const AttentionShape s{8, 2, 16, 16};
     const std::int64_t C = 15, kvd = s.n_kv_heads * s.head_dim, qd = s.n_heads * s.head_dim, steps = 60;
     const float scale = 0.25f;
@@ -163,7 +163,7 @@ void run_sequence(bool graph) {
     const auto step_ops = [&] {
         limarp::ops::attention_sliding_window_decode(Cuda<90>{}, dout.data(), dq.data(), dkn.data(), dvn.data(),
                                                      dkr.data(), dvr.data(), C, dpos.data(), s, scale, ws, stream,
-                                                     AttentionDecodeConfig{3});
+                                                     AttentionDecodeConfig{3, fused});
         limarp::ops::kv_cache_store(Cuda<90>{}, dkr.data(), dvr.data(), dkn.data(), dvn.data(), C, dpos.data(), kvd,
                                     stream);
     };
@@ -233,6 +233,7 @@ BOOST_AUTO_TEST_CASE(decode_sequence_fills_the_ring_like_the_cpu) {
     BOOST_TEST_CONTEXT("f32 ring") { run_sequence<float>(false); }
     BOOST_TEST_CONTEXT("bf16 ring") { run_sequence<__nv_bfloat16>(false); }
     BOOST_TEST_CONTEXT("f32 ring, CUDA graph") { run_sequence<float>(true); }
+    BOOST_TEST_CONTEXT("f32 ring, CUDA graph, combine kernel") { run_sequence<float>(true, false); }
 }
 
 BOOST_AUTO_TEST_CASE(errors) {

@@ -20,10 +20,15 @@
 /// one captured graph serves every step). Inside the block, groups of G = HD / 8 lanes own one key
 /// at a time, a lane 8 dimensions (one 16-byte load of bf16, two of f32); a group folds TK keys per
 /// step into its running max, sum and output (online softmax, one rescale per step), with the
-/// score reduced over the G lanes by shuffles. The groups' states merge in shared memory; with one
-/// split the block writes the normalised output, else its (max, sum, unnormalised output) go to
-/// the workspace and `attention_decode_combine_kernel` (one block per query head) merges the
-/// splits. Summation orders are fixed: bitwise reproducible run to run.
+/// score reduced over the G lanes by shuffles; the next step's keys and values are loaded before
+/// this step's arithmetic (register double buffer). The groups' states merge in shared memory;
+/// with one split the block writes the normalised output, else its (max, sum, unnormalised
+/// output) go to the workspace and the last block of the kv head to finish (a ticket counter per
+/// kv head, reset by that block) merges the splits: one launch per call. The separate
+/// `attention_decode_combine_kernel` (`AttentionDecodeConfig::fused_combine = false`) is the
+/// first version, kept as a measured variant: it walked the splits with one dependent L2 read
+/// each, which cost more than the attention itself at short contexts (benchmarks/NOTES.md).
+/// Summation orders are fixed: bitwise reproducible run to run.
 ///
 /// Numerics: f32 throughout (scores q·k * scale, expf, the final division), as the CPU
 /// `ops::attention_sliding_window`; orders differ, so results agree to f32 rounding. A bf16 cache
@@ -77,7 +82,8 @@ __global__ void __launch_bounds__(kAttnThreads)
                             float* __restrict__ part_ml, const float* __restrict__ q /*[n_heads * HD]*/,
                             const float* __restrict__ k_new /*[n_kv * HD]*/, const float* __restrict__ v_new,
                             const KV* __restrict__ k_cache /*[C, n_kv * HD]*/, const KV* __restrict__ v_cache, int C,
-                            const std::int64_t* __restrict__ position, int window, int n_kv, float scale) {
+                            const std::int64_t* __restrict__ position, int window, int n_kv, float scale,
+                            unsigned* __restrict__ counters /*[n_kv]: fused combine, or null*/) {
     constexpr int G = HD / 8;              // lanes per key
     constexpr int KPW = 32 / G;            // keys per warp step
     constexpr int NG = kAttnWarps * KPW;   // groups per block
@@ -85,6 +91,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     constexpr float kNegInf = -__builtin_huge_valf();
     __shared__ float sm_o[NG][NREP][HD];
     __shared__ float sm_m[NG][NREP], sm_l[NG][NREP];
+    __shared__ unsigned s_ticket;
 
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
     const int sub = lane % G, grp = warp * KPW + lane / G;
@@ -111,9 +118,8 @@ __global__ void __launch_bounds__(kAttnThreads)
         for (int i = 0; i < 8; ++i) o[r][i] = 0.f;
     }
 
-    for (int j0 = j_begin; j0 < j_end; j0 += NG * TK) {  // uniform over the block
-        float kf[TK][8], vf[TK][8];
-        bool valid[TK];
+    // Loads the TK keys and values of the step at j0 (zeros past j_end).
+    const auto load_step = [&](int j0, float (&kf)[TK][8], float (&vf)[TK][8], bool (&valid)[TK]) {
 #pragma unroll
         for (int t = 0; t < TK; ++t) {
             const int j = j0 + t * NG + grp;
@@ -126,6 +132,16 @@ __global__ void __launch_bounds__(kAttnThreads)
                 for (int i = 0; i < 8; ++i) kf[t][i] = vf[t][i] = 0.f;
             }
         }
+    };
+    float kf[TK][8], vf[TK][8];
+    bool valid[TK];
+    if (j_begin < j_end) load_step(j_begin, kf, vf, valid);
+    for (int j0 = j_begin; j0 < j_end; j0 += NG * TK) {  // uniform over the block
+        // the next step's loads go out before this step's arithmetic (register double buffer)
+        float kn[TK][8], vn[TK][8];
+        bool valid_n[TK];
+        const bool more = j0 + NG * TK < j_end;
+        if (more) load_step(j0 + NG * TK, kn, vn, valid_n);
         float sc[TK][NREP];
 #pragma unroll
         for (int t = 0; t < TK; ++t)
@@ -159,6 +175,14 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll
                 for (int t = 0; t < TK; ++t) acc = fmaf(pt[t], vf[t][i], acc);
                 o[r][i] = acc;
+            }
+        }
+        if (more) {
+#pragma unroll
+            for (int t = 0; t < TK; ++t) {
+                valid[t] = valid_n[t];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) kf[t][i] = kn[t][i], vf[t][i] = vn[t][i];
             }
         }
     }
@@ -199,6 +223,51 @@ __global__ void __launch_bounds__(kAttnThreads)
             }
         }
     }
+    if (n_splits == 1 || counters == nullptr) return;
+
+    // Fused combine: the last block of kv head g to finish merges the n_splits partial states of its
+    // NREP query heads (threadfence reduction: each block's partials are visible before its ticket).
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_ticket = atomicAdd(&counters[g], 1u);
+    __syncthreads();
+    if (s_ticket != static_cast<unsigned>(n_splits - 1)) return;
+    __threadfence();
+    float* w_sm = &sm_o[0][0][0];  // [NREP][n_splits] split weights (NG * HD >= 1024 >= n_splits)
+    float* l_sm = &sm_l[0][0];     // [NREP] sums
+    for (int r = warp; r < NREP; r += kAttnWarps) {  // one warp per query head: max, weights, sum
+        const float* ml = part_ml + static_cast<long long>(g * NREP + r) * n_splits * 2;
+        float M = kNegInf;
+        for (int s2 = lane; s2 < n_splits; s2 += 32) M = fmaxf(M, __ldcg(ml + 2 * s2));
+        M = warp_max(M);
+        float L = 0.f;
+        for (int s2 = lane; s2 < n_splits; s2 += 32) {
+            const float ms = __ldcg(ml + 2 * s2);
+            const float w = ms == kNegInf ? 0.f : expf(ms - M);
+            w_sm[r * n_splits + s2] = w;
+            L = fmaf(__ldcg(ml + 2 * s2 + 1), w, L);
+        }
+        L = warp_sum(L);
+        if (lane == 0) l_sm[r] = L;
+    }
+    __syncthreads();
+    for (int c = static_cast<int>(threadIdx.x); c < NREP * HD / 4; c += kAttnThreads) {  // 4 columns a thread
+        const int r = c * 4 / HD, d4 = c * 4 % HD, h = g * NREP + r;
+        const float* po = part_o + static_cast<long long>(h) * n_splits * HD + d4;
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int s2 = 0; s2 < n_splits; ++s2) {
+            const float w = w_sm[r * n_splits + s2];
+            const float4 v = __ldcg(reinterpret_cast<const float4*>(po + static_cast<long long>(s2) * HD));
+            acc.x = fmaf(v.x, w, acc.x);
+            acc.y = fmaf(v.y, w, acc.y);
+            acc.z = fmaf(v.z, w, acc.z);
+            acc.w = fmaf(v.w, w, acc.w);
+        }
+        const float L = l_sm[r];
+        *reinterpret_cast<float4*>(out + h * HD + d4) = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
+    }
+    if (threadIdx.x == 0) counters[g] = 0;  // ready for the next launch (stream order)
 }
 
 // out[h] = sum_s O_s exp(m_s - M) / sum_s l_s exp(m_s - M) for query head blockIdx.x.
@@ -248,6 +317,9 @@ inline int attention_keys_per_step(std::int64_t head_dim, std::int64_t n_rep) {
 struct AttentionDecodeConfig {
     /// Blocks per kv head over the keys (flash-decoding splits); 0: `attention_decode_default_splits`.
     int splits = 0;
+    /// With splits > 1: merge the splits in the last block of each kv head to finish (one launch;
+    /// the default), or in a separate combine kernel (two launches; kept as a measured variant).
+    bool fused_combine = true;
 };
 
 /// The default split count: about two blocks per multiprocessor (2 * sm_count / n_kv_heads),
@@ -274,7 +346,10 @@ public:
     AttentionDecodeWorkspace(const ops::AttentionShape& s, int max_splits)
         : n_heads_(s.n_heads), head_dim_(s.head_dim), max_splits_(max_splits),
           o_(static_cast<std::size_t>(s.n_heads * max_splits * s.head_dim), "attention decode partial outputs"),
-          ml_(static_cast<std::size_t>(s.n_heads * max_splits * 2), "attention decode partial max/sum") {}
+          ml_(static_cast<std::size_t>(s.n_heads * max_splits * 2), "attention decode partial max/sum"),
+          counters_(static_cast<std::size_t>(s.n_heads), "attention decode split counters") {
+        LIMARP_CUDA_CHECK(cudaMemset(counters_.data(), 0, counters_.bytes()));  // the fused combine's tickets
+    }
     /// The largest split count that fits.
     int max_splits() const noexcept { return max_splits_; }
     /// True when it was made for `s` and holds `splits` splits (1 always fits).
@@ -285,18 +360,21 @@ public:
     float* partial_out() noexcept { return o_.data(); }
     /// Device pointer to the (max, sum) pairs.
     float* partial_max_sum() noexcept { return ml_.data(); }
+    /// Device pointer to the per-kv-head tickets of the fused combine (0 between launches).
+    unsigned* counters() noexcept { return counters_.data(); }
 
 private:
     std::int64_t n_heads_ = 0, head_dim_ = 0;
     int max_splits_ = 0;
     DeviceBuffer<float> o_, ml_;
+    DeviceBuffer<unsigned> counters_;
 };
 
 /// \cond
 namespace cuda_detail {
 
 template <int HD, int NREP, class KV>
-void launch_attention_decode_kernel(int splits, float* out, AttentionDecodeWorkspace& ws, const float* q,
+void launch_attention_decode_kernel(int splits, bool fused, float* out, AttentionDecodeWorkspace& ws, const float* q,
                                     const float* k_new, const float* v_new, const KV* k_cache, const KV* v_cache,
                                     std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s,
                                     float scale, cudaStream_t stream) {
@@ -304,23 +382,23 @@ void launch_attention_decode_kernel(int splits, float* out, AttentionDecodeWorks
     launch_checked(__FILE__, __LINE__, attention_decode_kernel<HD, NREP, KV>, grid, dim3(kAttnThreads), 0, stream,
                    out, ws.partial_out(), ws.partial_max_sum(), q, k_new, v_new, k_cache, v_cache,
                    static_cast<int>(C), position, static_cast<int>(s.window_keys), static_cast<int>(s.n_kv_heads),
-                   scale);
-    if (splits > 1)
+                   scale, fused ? ws.counters() : nullptr);
+    if (splits > 1 && !fused)
         launch_checked(__FILE__, __LINE__, attention_decode_combine_kernel, dim3(static_cast<unsigned>(s.n_heads)),
                        dim3(128), 0, stream, out, ws.partial_out(), ws.partial_max_sum(), splits,
                        static_cast<int>(s.head_dim));
 }
 
 template <int HD, class KV>
-void launch_attention_decode_rep(int splits, float* out, AttentionDecodeWorkspace& ws, const float* q,
+void launch_attention_decode_rep(int splits, bool fused, float* out, AttentionDecodeWorkspace& ws, const float* q,
                                  const float* k_new, const float* v_new, const KV* k_cache, const KV* v_cache,
                                  std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s, float scale,
                                  cudaStream_t stream) {
     switch (s.n_heads / s.n_kv_heads) {
-        case 1: return launch_attention_decode_kernel<HD, 1>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 2: return launch_attention_decode_kernel<HD, 2>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 4: return launch_attention_decode_kernel<HD, 4>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 8: return launch_attention_decode_kernel<HD, 8>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 1: return launch_attention_decode_kernel<HD, 1>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 2: return launch_attention_decode_kernel<HD, 2>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 4: return launch_attention_decode_kernel<HD, 4>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 8: return launch_attention_decode_kernel<HD, 8>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
         default: break;
     }
 }
@@ -382,17 +460,21 @@ void attention_sliding_window_decode(Cuda<Sm>, float* out /*[n_heads*head_dim]*/
                             "aligned (as cudaMalloc returns)");
     if (C < 1) throw ArgumentError("attention_sliding_window_decode (CUDA): the ring needs at least one row");
     const int splits = cfg.splits > 0 ? cfg.splits : attention_decode_default_splits(s, C, device_info().sm_count);
+    if (splits > 1024)
+        throw ArgumentError("attention_sliding_window_decode (CUDA): at most 1024 splits, " + std::to_string(splits) +
+                            " asked");
+    const bool fused = cfg.fused_combine;
     if (!ws.fits(s, splits))
         throw ArgumentError("attention_sliding_window_decode (CUDA): the workspace holds " +
                             std::to_string(ws.max_splits()) + " splits of this shape, " + std::to_string(splits) +
                             " asked; make it with AttentionDecodeWorkspace(shape, attention_decode_default_splits(...))");
     switch (hd) {
-        case 8: return cuda_detail::launch_attention_decode_rep<8>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 16: return cuda_detail::launch_attention_decode_rep<16>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 32: return cuda_detail::launch_attention_decode_rep<32>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 64: return cuda_detail::launch_attention_decode_rep<64>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 128: return cuda_detail::launch_attention_decode_rep<128>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        default: return cuda_detail::launch_attention_decode_rep<256>(splits, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 8: return cuda_detail::launch_attention_decode_rep<8>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 16: return cuda_detail::launch_attention_decode_rep<16>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 32: return cuda_detail::launch_attention_decode_rep<32>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 64: return cuda_detail::launch_attention_decode_rep<64>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        case 128: return cuda_detail::launch_attention_decode_rep<128>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+        default: return cuda_detail::launch_attention_decode_rep<256>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
     }
 }
 
