@@ -5,11 +5,13 @@
 // bf16 weights/tables, in-place calls. Outputs start as NaN, so an unwritten element fails.
 // Tolerances: decode_test_util.hpp (relative L2 <= 1e-5 for f32 work); the add, the gathers and
 // RoPE's rotation are exact operations and are compared bit for bit (RoPE: up to the rare cos/sin
-// that the device's double functions round differently, counted and bounded).
+// that the device's double functions round differently, counted and bounded; the DeviceRopeTable
+// form exactly).
 #include <boost/test/unit_test.hpp>
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -143,6 +145,16 @@ BOOST_AUTO_TEST_CASE(rope_matches_cpu) {
             BOOST_TEST_MESSAGE("rope: " << diff << " of " << qg.size() + kg.size() << " elements differ in bits from the CPU");
             BOOST_TEST(diff * 100 <= qg.size() + kg.size(), "more than 1% of the elements differ in bits");
             BOOST_TEST(t::count_bit_differences(q1, qg) == 0u, "rope_rotate_half and rope_rotate_half_qk differ");
+            const std::int64_t max_pos = *std::max_element(c.pos.begin(), c.pos.end());
+            if (max_pos <= 70000) {  // the table form: the CPU's values bit for bit
+                const limarp::DeviceRopeTable table(c.hd, c.theta, max_pos + 1);
+                auto tq = to_device(q, "q table"), tk = to_device(k, "k table");
+                limarp::ops::rope_rotate_half_qk(Cuda<90>{}, tq.data(), tk.data(), dpos.data(), T, c.n_heads, c.n_kv,
+                                                 table);
+                LIMARP_CUDA_CHECK(cudaDeviceSynchronize());
+                BOOST_TEST(t::count_bit_differences(to_host(tq), q_ref) == 0u, "table form: q differs from the CPU");
+                BOOST_TEST(t::count_bit_differences(to_host(tk), k_ref) == 0u, "table form: k differs from the CPU");
+            }
         }
     }
 }
