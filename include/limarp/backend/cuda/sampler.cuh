@@ -5,16 +5,22 @@
 /// temperature 0) and `ops::sample_top_k_top_p` (top-k, top-p, min-p and temperature, then a draw
 /// from a seeded counter-based RNG); `DeviceSampler` wraps them with its own device state.
 ///
-/// `sample_top_k_top_p` is one block of 1024 threads over the vocabulary (logits stay in L2):
+/// `sample_top_k_top_p` is one block of 512 threads over the vocabulary (logits stay in L2):
 /// - the kept sets are found without sorting, by radix selection on the logits' order-preserving
-///   32-bit keys (4 passes of 8 bits, histograms in shared memory): top-k selects the k-th largest
-///   key by counts, top-p the key where the cumulative mass (in the CPU's order: decreasing logit)
-///   reaches p by masses. Ties at a threshold key are kept in increasing id order (a block scan),
-///   which is the CPU's order (decreasing logit, then smaller id first);
-/// - masses are exp(l - max) in f32 turned into 64-bit fixed point (2^-40 units), and every sum is
-///   an integer sum: the kept set and the draw are bitwise reproducible whatever the order of the
-///   atomics. Weights under 2^-41 count as 0 (never drawn; the CPU would draw them with
-///   probability < 1e-12 * vocab);
+///   32-bit keys (8 passes of 4 bits): top-k selects the k-th largest key by counts, top-p the key
+///   where the cumulative mass (in the CPU's order: decreasing logit) reaches p by masses. Each
+///   pass's 16-bin histogram is built in per-thread columns of shared memory (no atomics, no bank
+///   conflicts) and summed in a fixed order. Ties at a threshold key are kept in increasing id
+///   order (a coalesced block scan with ballots), which is the CPU's order (decreasing logit, then
+///   smaller id first). The first version used 8-bit digits and shared-memory atomics: the logits'
+///   top bytes (sign and exponent) fall into a few bins, and the contended atomics (64-bit ones are
+///   compare-and-swap loops) made top-p alone cost 0.56 ms on an H100; this one takes 0.19 ms there,
+///   but 0.24 ms with top-k 40 + top-p (0.13 ms before) and 39 us without truncation: one block is
+///   bound by instruction issue (keys, a division and an exp recomputed in each of the 8 passes).
+///   Next: the passes spread over many blocks, masses computed once (benchmarks/NOTES.md);
+/// - masses are exp(l - max) in f32 turned into 64-bit fixed point (2^-32 units), and every sum is
+///   an integer sum: the kept set and the draw are bitwise reproducible. Weights under 2^-33 count
+///   as 0 (never drawn; the CPU would draw them with probability < 1e-10 * vocab);
 /// - the draw: u = 53-bit uniform from SplitMix64(seed, step), where step is a device counter the
 ///   kernel increments (a replayed CUDA graph draws fresh numbers); the token is the first, in id
 ///   order, whose inclusive prefix of masses over the kept set exceeds u * total. The distribution
@@ -28,7 +34,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "limarp/backend/backend.hpp"
@@ -86,8 +94,12 @@ struct DeviceSamplingParams {
 /// \cond
 namespace cuda_detail {
 
-inline constexpr int kSampleThreads = 1024;
-inline constexpr float kFixedOne = 1099511627776.0f;  // 2^40: fixed-point unit of the masses
+inline constexpr int kSampleThreads = 512;   // threads of the top-k/top-p kernel (one block)
+inline constexpr int kGreedyThreads = 1024;  // threads of the greedy kernel (one block)
+inline constexpr int kDigitBins = 16;        // radix digits of 4 bits: 8 passes over 32-bit keys
+/// Dynamic shared memory of the top-k/top-p kernel: per-thread histogram columns, 2 x 16 x 512 u32.
+inline constexpr int kSampleSmem = 2 * kDigitBins * kSampleThreads * 4;
+inline constexpr float kFixedOne = 4294967296.0f;  // 2^32: fixed-point unit of the masses
 
 // Order-preserving key: a larger float gives a larger key (finite values and infinities).
 __device__ __forceinline__ unsigned float_key(float x) {
@@ -95,6 +107,7 @@ __device__ __forceinline__ unsigned float_key(float x) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// w in [0, 1] as a fixed-point integer in [0, 2^32].
 __device__ __forceinline__ unsigned long long fixed_mass(float w) {
     return static_cast<unsigned long long>(__float2ull_rn(w * kFixedOne));
 }
@@ -104,6 +117,12 @@ __device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
     return x ^ (x >> 31);
+}
+
+__device__ __forceinline__ unsigned long long warp_sum_u64(unsigned long long v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
 }
 
 // Exclusive prefix of v over the block in thread order, and the total. `scratch` holds 33
@@ -142,26 +161,77 @@ __device__ __forceinline__ unsigned long long block_sum_u64(unsigned long long v
     return total;
 }
 
-// The id of the n-th (1-based) element, in id order, for which pred(i) holds; -1 when there are
-// fewer. Threads own contiguous id ranges. Every thread must call it.
+// Per-digit totals tot[16] (shared) of weight(i) over the elements with part(i, key) whose key
+// matches `prefix` on `pmask`, binned by the 4-bit digit (key >> shift) & 15. Each thread adds into
+// its own column of `cols` (2 x 16 x blockDim.x u32 of shared memory: the weight's low 16 bits and
+// the rest), so there are no atomics and no bank conflicts (thread t's column is bank t % 32); the
+// columns are then summed in a fixed order: deterministic. Every thread must call it.
+// \pre weights <= 2^32, fewer than 65536 elements per thread.
+template <class Part, class Weight>
+__device__ void digit_histogram(unsigned long long* tot, unsigned* cols, const float* __restrict__ logits, int V,
+                                unsigned prefix, unsigned pmask, int shift, Part part, Weight weight) {
+    const int tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
+    unsigned* lo = cols;
+    unsigned* hi = cols + kDigitBins * nt;
+#pragma unroll
+    for (int b = 0; b < kDigitBins; ++b) lo[b * nt + tid] = hi[b * nt + tid] = 0u;
+    for (int i = tid; i < V; i += nt) {
+        const unsigned key = float_key(logits[i]);
+        if ((key & pmask) != prefix || !part(i, key)) continue;
+        const unsigned d = (key >> shift) & (kDigitBins - 1);
+        const unsigned long long w = weight(i);
+        lo[d * nt + tid] += static_cast<unsigned>(w & 0xffffu);
+        hi[d * nt + tid] += static_cast<unsigned>(w >> 16);
+    }
+    __syncthreads();
+    const int warp = tid / 32, lane = tid % 32;
+    for (int b = warp; b < kDigitBins; b += nt / 32) {  // a warp per digit
+        unsigned long long sl = 0, sh = 0;
+        for (int c = lane; c < nt; c += 32) {
+            sl += lo[b * nt + c];
+            sh += hi[b * nt + c];
+        }
+        sl = warp_sum_u64(sl);
+        sh = warp_sum_u64(sh);
+        if (lane == 0) tot[b] = (sh << 16) + sl;
+    }
+    __syncthreads();
+}
+
+// The id of the n-th (1-based) element, in increasing id order, for which pred(i) holds; -1 when
+// there are fewer. Warp w owns the ids [w R, (w + 1) R) and reads them coalesced; the warp that
+// holds the n-th walks its range with ballots. Every thread must call it.
 template <class Pred>
-__device__ int block_nth_in_id_order(int vocab, unsigned long long n, Pred pred, unsigned long long* scratch,
-                                     int* result) {
-    const int per = (vocab + static_cast<int>(blockDim.x) - 1) / static_cast<int>(blockDim.x);
-    const int b = min(vocab, static_cast<int>(threadIdx.x) * per), e = min(vocab, b + per);
+__device__ int block_nth_in_id_order(int V, unsigned long long n, Pred pred, unsigned long long* s_warp, int* s_res) {
+    const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
+    const int n_warps = static_cast<int>(blockDim.x) / 32;
+    const int R = (V + 32 * n_warps - 1) / (32 * n_warps) * 32;
+    const int b = min(V, warp * R), e = min(V, b + R);
     unsigned long long c = 0;
-    for (int i = b; i < e; ++i) c += pred(i) ? 1ull : 0ull;
-    if (threadIdx.x == 0) *result = -1;
-    unsigned long long total;
-    unsigned long long before = block_exclusive_scan(c, scratch, total);  // has barriers: *result = -1 is visible
-    if (before < n && n <= before + c)
-        for (int i = b; i < e; ++i)
-            if (pred(i) && ++before == n) {
-                *result = i;
+    for (int i = b + lane; i < e; i += 32) c += pred(i) ? 1ull : 0ull;
+    c = warp_sum_u64(c);
+    __syncthreads();  // s_warp / *s_res may still be read by a previous call
+    if (tid == 0) *s_res = -1;
+    if (lane == 0) s_warp[warp] = c;
+    __syncthreads();
+    unsigned long long before = 0;
+    for (int w = 0; w < warp; ++w) before += s_warp[w];
+    if (before < n && n <= before + c) {  // uniform over the warp
+        unsigned long long need = n - before;
+        for (int i0 = b; i0 < e; i0 += 32) {
+            const int i = i0 + lane;
+            const unsigned m = __ballot_sync(0xffffffffu, i < e && pred(i));
+            const unsigned cnt = static_cast<unsigned>(__popc(m));
+            if (need <= cnt) {
+                if (((m >> lane) & 1u) && static_cast<unsigned long long>(__popc(m & ((1u << lane) - 1u))) == need - 1)
+                    *s_res = i;
                 break;
             }
+            need -= cnt;
+        }
+    }
     __syncthreads();
-    return *result;
+    return *s_res;
 }
 
 struct SampleArgs {
@@ -178,16 +248,18 @@ struct SampleArgs {
 __global__ void __launch_bounds__(kSampleThreads)
     sample_top_k_top_p_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, SampleArgs a,
                               unsigned long long* __restrict__ counter, std::uint8_t* __restrict__ kept) {
-    __shared__ unsigned hist_c[256];
-    __shared__ unsigned long long hist_m[256];
+    extern __shared__ unsigned cols[];  // [2][kDigitBins][kSampleThreads]
+    __shared__ unsigned long long tot[kDigitBins];
+    __shared__ unsigned long long s_warp[32];
     __shared__ unsigned long long scan[33];
     __shared__ float red[32];
     __shared__ unsigned s_prefix;
     __shared__ unsigned long long s_need;
     __shared__ int s_id;
     const int V = a.vocab, tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
+    const int lane = tid % 32, warp = tid / 32;
 
-    float mx = -__int_as_float(0x7f800000);
+    float mx = -__builtin_huge_valf();
     for (int i = tid; i < V; i += nt) mx = fmaxf(mx, logits[i]);
     const float M = block_max(mx, red);
 
@@ -198,24 +270,18 @@ __global__ void __launch_bounds__(kSampleThreads)
     if (use_k) {
         unsigned prefix = 0, pmask = 0;
         unsigned long long need = static_cast<unsigned long long>(a.top_k);
-        for (int pass = 0; pass < 4; ++pass) {
-            const int shift = 24 - 8 * pass;
-            for (int b = tid; b < 256; b += nt) hist_c[b] = 0;
-            __syncthreads();
-            for (int i = tid; i < V; i += nt) {
-                const unsigned key = float_key(logits[i]);
-                if ((key & pmask) == prefix) atomicAdd(&hist_c[(key >> shift) & 255u], 1u);
-            }
-            __syncthreads();
+        for (int shift = 32 - 4; shift >= 0; shift -= 4) {
+            digit_histogram(tot, cols, logits, V, prefix, pmask, shift, [](int, unsigned) { return true; },
+                            [](int) { return 1ull; });
             if (tid == 0) {
                 unsigned long long cum = 0;
                 int digit = 0;
-                for (int b = 255; b >= 0; --b) {
-                    if (cum + hist_c[b] >= need) {
+                for (int b = kDigitBins - 1; b >= 0; --b) {
+                    if (cum + tot[b] >= need) {
                         digit = b;
                         break;
                     }
-                    cum += hist_c[b];
+                    cum += tot[b];
                 }
                 s_prefix = prefix | (static_cast<unsigned>(digit) << shift);
                 s_need = need - cum;
@@ -223,11 +289,10 @@ __global__ void __launch_bounds__(kSampleThreads)
             __syncthreads();
             prefix = s_prefix;
             need = s_need;
-            pmask |= 255u << shift;
-            __syncthreads();
+            pmask |= static_cast<unsigned>(kDigitBins - 1) << shift;
         }
         tk = prefix;
-        cut_k = block_nth_in_id_order(V, need, [&](int i) { return float_key(logits[i]) == tk; }, scan, &s_id);
+        cut_k = block_nth_in_id_order(V, need, [&](int i) { return float_key(logits[i]) == tk; }, s_warp, &s_id);
     }
     const auto in_k = [&](int i, unsigned key) { return !use_k || key > tk || (key == tk && i <= cut_k); };
 
@@ -239,10 +304,8 @@ __global__ void __launch_bounds__(kSampleThreads)
         const float mp = M / a.t_top_p;
         const auto w_p = [&](int i) { return fixed_mass(expf(logits[i] / a.t_top_p - mp)); };
         unsigned long long z = 0;
-        for (int i = tid; i < V; i += nt) {
-            const unsigned key = float_key(logits[i]);
-            if (in_k(i, key)) z += w_p(i);
-        }
+        for (int i = tid; i < V; i += nt)
+            if (in_k(i, float_key(logits[i]))) z += w_p(i);
         z = block_sum_u64(z, scan);
         // keep the shortest prefix whose mass reaches top_p * z (the crossing token kept)
         unsigned long long target =
@@ -250,23 +313,16 @@ __global__ void __launch_bounds__(kSampleThreads)
         target = target < 1 ? 1 : (target > z ? z : target);
         unsigned prefix = 0, pmask = 0;
         unsigned long long above = 0;
-        for (int pass = 0; pass < 4; ++pass) {
-            const int shift = 24 - 8 * pass;
-            for (int b = tid; b < 256; b += nt) hist_m[b] = 0;
-            __syncthreads();
-            for (int i = tid; i < V; i += nt) {
-                const unsigned key = float_key(logits[i]);
-                if ((key & pmask) == prefix && in_k(i, key)) atomicAdd(&hist_m[(key >> shift) & 255u], w_p(i));
-            }
-            __syncthreads();
+        for (int shift = 32 - 4; shift >= 0; shift -= 4) {
+            digit_histogram(tot, cols, logits, V, prefix, pmask, shift, in_k, w_p);
             if (tid == 0) {
                 int digit = 0;
-                for (int b = 255; b >= 0; --b) {
-                    if (above + hist_m[b] >= target) {
+                for (int b = kDigitBins - 1; b >= 0; --b) {
+                    if (above + tot[b] >= target) {
                         digit = b;
                         break;
                     }
-                    above += hist_m[b];
+                    above += tot[b];
                 }
                 s_prefix = prefix | (static_cast<unsigned>(digit) << shift);
                 s_need = above;
@@ -274,8 +330,7 @@ __global__ void __launch_bounds__(kSampleThreads)
             __syncthreads();
             prefix = s_prefix;
             above = s_need;
-            pmask |= 255u << shift;
-            __syncthreads();
+            pmask |= static_cast<unsigned>(kDigitBins - 1) << shift;
         }
         tp = prefix;
         // ties at tp (equal logits, equal masses): as many, in id order, as reach the target
@@ -283,8 +338,8 @@ __global__ void __launch_bounds__(kSampleThreads)
         const unsigned long long w_tie = fixed_mass(expf(tie_logit / a.t_top_p - mp));
         const unsigned long long n_tie = w_tie > 0 ? (target - above + w_tie - 1) / w_tie : 1;
         cut_p = block_nth_in_id_order(
-            V, n_tie, [&](int i) { const unsigned key = float_key(logits[i]); return key == tp && in_k(i, key); }, scan,
-            &s_id);
+            V, n_tie, [&](int i) { const unsigned key = float_key(logits[i]); return key == tp && in_k(i, key); },
+            s_warp, &s_id);
         if (cut_p < 0) cut_p = V;  // fewer ties than needed (rounding): keep them all
     }
     const bool use_m = a.min_p > 0.0f;
@@ -298,32 +353,50 @@ __global__ void __launch_bounds__(kSampleThreads)
         return true;
     };
 
-    // ---- the draw: softmax(l / temperature) over the kept set ----
+    // ---- the draw: softmax(l / temperature) over the kept set, walked in id order ----
     const float md = M / a.temperature;
-    const int per = (V + nt - 1) / nt;
-    const int b = min(V, tid * per), e = min(V, b + per);
+    const auto w_d = [&](int i) { return fixed_mass(expf(logits[i] / a.temperature - md)); };
+    const int R = (V + nt - 1) / nt * 32;  // ids per warp, coalesced
+    const int b = min(V, warp * R), e = min(V, b + R);
     unsigned long long mine = 0;
-    for (int i = b; i < e; ++i) {
+    for (int i = b + lane; i < e; i += 32) {
         const bool k = in_set(i);
         if (kept) kept[i] = k ? 1 : 0;
-        if (k) mine += fixed_mass(expf(logits[i] / a.temperature - md));
+        if (k) mine += w_d(i);
     }
-    unsigned long long total;
-    unsigned long long before = block_exclusive_scan(mine, scan, total);
+    mine = warp_sum_u64(mine);
+    __syncthreads();
+    if (lane == 0) s_warp[warp] = mine;
+    if (tid == 0) s_id = -1;
+    __syncthreads();
+    unsigned long long before = 0, total = 0;
+    for (int w = 0; w < nt / 32; ++w) {
+        if (w < warp) before += s_warp[w];
+        total += s_warp[w];
+    }
     const unsigned long long step = *counter;
     const double u = static_cast<double>(splitmix64(a.seed ^ splitmix64(step)) >> 11) * 0x1.0p-53;
     unsigned long long t = static_cast<unsigned long long>(u * static_cast<double>(total));
     if (t >= total) t = total - 1;
-    if (tid == 0) s_id = -1;
-    __syncthreads();
-    if (before <= t && t < before + mine)
-        for (int i = b; i < e; ++i) {
-            if (in_set(i)) before += fixed_mass(expf(logits[i] / a.temperature - md));
-            if (before > t) {
-                s_id = i;
+    if (before <= t && t < before + mine) {  // uniform over the warp
+        unsigned long long carry = before;
+        for (int i0 = b; i0 < e; i0 += 32) {
+            const int i = i0 + lane;
+            const unsigned long long w = i < e && in_set(i) ? w_d(i) : 0ull;
+            unsigned long long incl = w;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned long long n = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += n;
+            }
+            const unsigned m = __ballot_sync(0xffffffffu, carry + incl > t);
+            if (m) {
+                if (lane == __ffs(m) - 1) s_id = i;
                 break;
             }
+            carry += __shfl_sync(0xffffffffu, incl, 31);
         }
+    }
     __syncthreads();
     if (tid == 0) {
         *id_out = s_id >= 0 ? s_id : 0;
@@ -331,13 +404,30 @@ __global__ void __launch_bounds__(kSampleThreads)
     }
 }
 
+// Lets the top-k/top-p kernel use kSampleSmem bytes of dynamic shared memory (over the 48 KB
+// default), once per device.
+inline void sample_kernel_smem_optin() {
+    constexpr int kMaxDevices = 64;
+    static std::array<std::once_flag, kMaxDevices> once;
+    int dev = 0;
+    LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
+    const auto set = [] {
+        LIMARP_CUDA_CHECK(cudaFuncSetAttribute(sample_top_k_top_p_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               kSampleSmem));
+    };
+    if (dev < 0 || dev >= kMaxDevices)
+        set();
+    else
+        std::call_once(once[static_cast<std::size_t>(dev)], set);
+}
+
 // argmax over the logits, ties to the smaller id (the CPU sampler's greedy pick).
-__global__ void __launch_bounds__(kSampleThreads)
+__global__ void __launch_bounds__(kGreedyThreads)
     sample_greedy_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, int vocab) {
     __shared__ float sv[32];
     __shared__ int si[32];
     const int tid = static_cast<int>(threadIdx.x);
-    float best = -__int_as_float(0x7f800000);
+    float best = -__builtin_huge_valf();
     int bi = vocab;  // larger than any id: loses every tie
     for (int i = tid; i < vocab; i += static_cast<int>(blockDim.x)) {
         const float v = logits[i];
@@ -362,7 +452,7 @@ __global__ void __launch_bounds__(kSampleThreads)
     __syncthreads();
     if (tid < 32) {
         const int n_warps = static_cast<int>(blockDim.x) / 32;
-        best = tid < n_warps ? sv[tid] : -__int_as_float(0x7f800000);
+        best = tid < n_warps ? sv[tid] : -__builtin_huge_valf();
         bi = tid < n_warps ? si[tid] : vocab;
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
@@ -394,7 +484,7 @@ template <int Sm>
 void sample_greedy(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits /*[vocab]*/, std::int64_t vocab,
                    cudaStream_t stream = nullptr) {
     cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::sample_greedy_kernel, dim3(1),
-                                dim3(cuda_detail::kSampleThreads), 0, stream, id, logits, static_cast<int>(vocab));
+                                dim3(cuda_detail::kGreedyThreads), 0, stream, id, logits, static_cast<int>(vocab));
 }
 
 /// Top-k / top-p / min-p / temperature sampling on the GPU (see the file comment): *id is drawn
@@ -426,8 +516,9 @@ void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits 
     a.t_min_p = p.temperature_before_min_p ? p.temperature : 1.0f;
     a.temperature = p.temperature;
     a.seed = p.seed;
+    cuda_detail::sample_kernel_smem_optin();
     cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::sample_top_k_top_p_kernel, dim3(1),
-                                dim3(cuda_detail::kSampleThreads), 0, stream, id, logits, a,
+                                dim3(cuda_detail::kSampleThreads), cuda_detail::kSampleSmem, stream, id, logits, a,
                                 reinterpret_cast<unsigned long long*>(counter), kept);
 }
 
