@@ -14,7 +14,8 @@
 // kernels read activations that a real decode step has just written (L2-resident), and only the
 // embedding rotates over 64 token ids. floor = bytes / copy bandwidth, bytes = each input read once
 // and each output written once (the split attention's partial results not counted).
-// The last table estimates one token's share of these kernels for 32 layers from the graph times.
+// The last table estimates one token's share of these kernels for 32 layers from the graph times
+// (default configurations: RoPE from the table, attention with the fused combine).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -141,6 +142,12 @@ int main(int argc, char** argv) try {
     run("rope_rotate_half_qk", "32 + 8 heads, pos 10000", 2.0 * 4 * (kQd + kKvd), 1, [&](int) {
         ops::rope_rotate_half_qk(Cu{}, q.data(), k.data(), pos.data(), 1, kHeads, kKvHeads, kHd, 10000.0, stream);
     });
+    {
+        const DeviceRopeTable table(kHd, 10000.0, 10001);
+        run("rope_rotate_half_qk", "table, pos 10000", 2.0 * 4 * (kQd + kKvd) + 2.0 * 4 * (kHd / 2), 1, [&](int) {
+            ops::rope_rotate_half_qk(Cu{}, q.data(), k.data(), pos.data(), 1, kHeads, kKvHeads, table, stream);
+        });
+    }
     fill(q, 3, 2.f), fill(k, 4, 2.f);  // RoPE rotated them thousands of times: fresh values
     run("swiglu", "d_ff 14336", 3.0 * 4 * kFf, 1,
         [&](int) { ops::swiglu(Cu{}, act.data(), gate.data(), up.data(), kFf, stream); });
@@ -179,10 +186,12 @@ int main(int argc, char** argv) try {
         struct V {
             std::int64_t p;
             int splits;
+            bool fused;
         };
-        std::vector<V> vs{{127, 0}, {1023, 0}, {4095, 0}, {10000, 0}};
-        for (int s : {1, 8, 16, 66, 128})
-            if (s != def_splits) vs.push_back({10000, s});
+        std::vector<V> vs{{127, 0, true},  {1023, 0, true},  {4095, 0, true},  {10000, 0, true},
+                          {127, 0, false}, {1023, 0, false}, {4095, 0, false}};
+        for (int s : {1, 8, 16, 66, 132})
+            if (s != def_splits) vs.push_back({10000, s, true});
         for (const V& var : vs) {
             pos.upload(&var.p, 1);
             LIMARP_CUDA_CHECK(cudaDeviceSynchronize());  // the pageable upload before the stream's work
@@ -190,13 +199,14 @@ int main(int argc, char** argv) try {
             const double bytes = 2.0 * static_cast<double>(keys - 1) * kKvd * sizeof(KV) + 2.0 * 4 * kKvd + 2.0 * 4 * kQd;
             const int splits = var.splits ? var.splits : def_splits;
             char name[96];
-            std::snprintf(name, sizeof name, "p %lld (%lld keys), %d splits%s", static_cast<long long>(var.p),
-                          static_cast<long long>(keys), splits, var.splits ? "" : " (default)");
+            std::snprintf(name, sizeof name, "p %lld (%lld keys), %d splits%s%s", static_cast<long long>(var.p),
+                          static_cast<long long>(keys), splits, var.splits ? "" : " (default)",
+                          var.fused ? "" : ", combine kernel");
             LIMARP_CUDA_CHECK(cudaMemsetAsync(out.data(), 0xff, out.bytes(), stream));
             run(std::string("attention decode ") + dt, name, bytes, layers, [&](int l) {
                 ops::attention_sliding_window_decode(Cu{}, out.data(), q.data(), k.data(), v.data(), kr[l].data(),
                                                      vr[l].data(), kRing, pos.data(), shape, scale, ws, stream,
-                                                     AttentionDecodeConfig{splits});
+                                                     AttentionDecodeConfig{splits, var.fused});
             });
             std::vector<float> o(kQd);
             LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -242,13 +252,13 @@ int main(int argc, char** argv) try {
             if (r.op == op && r.variant.rfind(prefix, 0) == 0) return r.graph_us;
         return 0.0;
     };
-    const double per_layer_common = 2 * find("add_rms_norm", "x") + find("rope_rotate_half_qk", "32") +
+    const double per_layer_common = 2 * find("add_rms_norm", "x") + find("rope_rotate_half_qk", "table") +
                                     find("swiglu", "d_ff");
     std::printf("\nper token, 32 layers (graph times): norms+rope+swiglu %.1f us", 32 * per_layer_common);
     for (const char* dt : {"f32", "bf16"}) {
         const double store = find(std::string("kv_cache_store ") + dt, "k");
         for (const char* p : {"p 127 ", "p 4095 "}) {
-            const double att = find(std::string("attention decode ") + dt, p);
+            const double att = find(std::string("attention decode ") + dt, p);  // the first: default, fused
             std::printf("\n  %s ring, %s: attention+store %.1f us, all %.1f us", dt, p, 32 * (att + store),
                         32 * (per_layer_common + att + store) + find("rms_norm", "bf16") +
                             find("embedding_gather", "bf16") + find("sample_top_k_top_p", "T 0.7, top_k"));
