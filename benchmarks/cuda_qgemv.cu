@@ -111,21 +111,13 @@ int main(int argc, char** argv) try {
 
     // ---- ceilings: copy and read bandwidth -----------------------------------------------------
     const std::size_t big = std::size_t{1} << 30;
-    double copy_gbs = 0, read_gbs = 0;
+    const double copy_gbs = bench::copy_bandwidth_gbs(big, reps, stream);
+    double read_gbs = 0;
     {
-        DeviceBuffer<std::int8_t> src(big, "copy source"), dst(big, "copy destination");
+        DeviceBuffer<std::int8_t> src(big, "read source");
         LIMARP_CUDA_CHECK(cudaMemsetAsync(src.data(), 1, big, stream));
-        std::vector<double> v;
-        for (int r = 0; r < reps + 3; ++r) {
-            LIMARP_CUDA_CHECK(cudaEventRecord(ev.a, stream));
-            LIMARP_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), big, cudaMemcpyDeviceToDevice, stream));
-            LIMARP_CUDA_CHECK(cudaEventRecord(ev.b, stream));
-            LIMARP_CUDA_CHECK(cudaEventSynchronize(ev.b));
-            if (r >= 3) v.push_back(ev.ms());
-        }
-        copy_gbs = 2.0 * big / (median(v) * 1e-3) / 1e9;
         DeviceBuffer<unsigned> out(4096, "read sink");
-        v.clear();
+        std::vector<double> v;
         const int blocks = info.sm_count * 8;
         for (int r = 0; r < reps + 3; ++r) {
             LIMARP_CUDA_CHECK(cudaEventRecord(ev.a, stream));

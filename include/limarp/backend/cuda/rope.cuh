@@ -39,6 +39,20 @@ namespace cuda_detail {
 
 inline constexpr int kRopeHeadsPerBlock = 8;
 
+// Rotates element pair (i, i + head_dim / 2) by (c, s) in heads [h0, h1) of token t: heads < n_a
+// are in a (stride n_a * head_dim per token), the next n_b in b. Same op order as the CPU rope.
+__device__ __forceinline__ void rotate_pair(float* a, float* b, int t, int n_a, int n_b, int head_dim, int h0, int h1,
+                                            int i, float c, float s) {
+    const int half = head_dim / 2;
+    for (int h = h0; h < h1; ++h) {
+        float* x = h < n_a ? a + (static_cast<long long>(t) * n_a + h) * head_dim
+                           : b + (static_cast<long long>(t) * n_b + (h - n_a)) * head_dim;
+        const float x1 = x[i], x2 = x[i + half];
+        x[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+        x[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+    }
+}
+
 // Rotates heads [blockIdx.y * HPB, ...) of token blockIdx.x: heads < n_a are in a (stride
 // n_a * head_dim per token), the next n_b in b.
 __global__ void __launch_bounds__(128)
@@ -57,13 +71,7 @@ __global__ void __launch_bounds__(128)
         double sd, cd;
         sincos(angle, &sd, &cd);
         const float c = static_cast<float>(cd), s = static_cast<float>(sd);
-        for (int h = h0; h < h1; ++h) {
-            float* x = h < n_a ? a + (static_cast<long long>(t) * n_a + h) * head_dim
-                               : b + (static_cast<long long>(t) * n_b + (h - n_a)) * head_dim;
-            const float x1 = x[i], x2 = x[i + half];
-            x[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-            x[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
-        }
+        rotate_pair(a, b, t, n_a, n_b, head_dim, h0, h1, i, c, s);
     }
 }
 
@@ -80,13 +88,7 @@ __global__ void __launch_bounds__(128)
     const long long row = positions[t] * half;
     for (int i = static_cast<int>(threadIdx.x); i < half; i += static_cast<int>(blockDim.x)) {
         const float c = cos_tab[row + i], s = sin_tab[row + i];
-        for (int h = h0; h < h1; ++h) {
-            float* x = h < n_a ? a + (static_cast<long long>(t) * n_a + h) * head_dim
-                               : b + (static_cast<long long>(t) * n_b + (h - n_a)) * head_dim;
-            const float x1 = x[i], x2 = x[i + half];
-            x[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-            x[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
-        }
+        rotate_pair(a, b, t, n_a, n_b, head_dim, h0, h1, i, c, s);
     }
 }
 

@@ -161,6 +161,17 @@ __device__ __forceinline__ unsigned long long block_sum_u64(unsigned long long v
     return total;
 }
 
+// The radix digit, scanning tot[] from the highest bin down, whose bin makes the running total
+// cum + tot[...] reach `need`; cum is advanced past the bins above it (0 when no bin reaches).
+__device__ __forceinline__ int digit_reaching(const unsigned long long* tot, unsigned long long need,
+                                              unsigned long long& cum) {
+    for (int b = kDigitBins - 1; b >= 0; --b) {
+        if (cum + tot[b] >= need) return b;
+        cum += tot[b];
+    }
+    return 0;
+}
+
 // Per-digit totals tot[16] (shared) of weight(i) over the elements with part(i, key) whose key
 // matches `prefix` on `pmask`, binned by the 4-bit digit (key >> shift) & 15. Each thread adds into
 // its own column of `cols` (2 x 16 x blockDim.x u32 of shared memory: the weight's low 16 bits and
@@ -275,14 +286,7 @@ __global__ void __launch_bounds__(kSampleThreads)
                             [](int) { return 1ull; });
             if (tid == 0) {
                 unsigned long long cum = 0;
-                int digit = 0;
-                for (int b = kDigitBins - 1; b >= 0; --b) {
-                    if (cum + tot[b] >= need) {
-                        digit = b;
-                        break;
-                    }
-                    cum += tot[b];
-                }
+                const int digit = digit_reaching(tot, need, cum);
                 s_prefix = prefix | (static_cast<unsigned>(digit) << shift);
                 s_need = need - cum;
             }
@@ -316,14 +320,7 @@ __global__ void __launch_bounds__(kSampleThreads)
         for (int shift = 32 - 4; shift >= 0; shift -= 4) {
             digit_histogram(tot, cols, logits, V, prefix, pmask, shift, in_k, w_p);
             if (tid == 0) {
-                int digit = 0;
-                for (int b = kDigitBins - 1; b >= 0; --b) {
-                    if (above + tot[b] >= target) {
-                        digit = b;
-                        break;
-                    }
-                    above += tot[b];
-                }
+                const int digit = digit_reaching(tot, target, above);
                 s_prefix = prefix | (static_cast<unsigned>(digit) << shift);
                 s_need = above;
             }
