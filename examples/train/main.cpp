@@ -95,16 +95,6 @@ bool is_target(const std::string& m, const std::vector<std::string>& targets) {
     return false;
 }
 
-/// A non-owning f32 Weight view of `t` (the trainer's master tensor; AdamW updates it in place).
-Weight view_of(const Tensor<float>& t, const std::string& name) {
-    Weight w;
-    w.data = t.data();
-    w.dtype = DType::F32;
-    w.shape = t.shape();
-    w.name = name;
-    return w;
-}
-
 /// Token-weighted mean loss over `examples` (dropout off).
 template <class Model>
 double eval_loss(Model& model, const std::vector<train::Example>& examples) {
@@ -207,8 +197,8 @@ int train_run(const train::TrainConfig& cfg, const RunOptions& ro) {
             if (i >= params.size() || params[i].module != p.module()) return;
             LoraFactors f;
             f.adapter = kAdapterName;
-            f.A = view_of(params[i].A, train::peft_factor_name(p.module(), "A"));
-            f.B = view_of(params[i].B, train::peft_factor_name(p.module(), "B"));
+            f.A = Weight::view(params[i].A, train::peft_factor_name(p.module(), "A"));
+            f.B = Weight::view(params[i].B, train::peft_factor_name(p.module(), "B"));
             f.file_scale = scale;
             p.attach(std::move(f));
             ++i;

@@ -42,14 +42,7 @@ struct Param {
         std::fill(grad.data(), grad.data() + n, 0.0f);
     }
     /// A non-owning f32 view of the values (valid while this Param lives and is not reassigned).
-    Weight view() const {
-        Weight w;
-        w.data = value.data();
-        w.dtype = DType::F32;
-        w.shape = value.shape();
-        w.name = name;
-        return w;
-    }
+    Weight view() const { return Weight::view(value, name); }
     /// Sets the gradient to zero.
     void zero_grad() { std::fill(grad.data(), grad.data() + grad.size(), 0.0f); }
 };

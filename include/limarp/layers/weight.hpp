@@ -39,6 +39,15 @@ struct Weight {
     /// Element `i` converted to f32.
     float at(std::int64_t i) const noexcept { return load_as_f32(data, dtype, static_cast<std::size_t>(i)); }
 
+    /// A non-owning f32 view of `t` (valid while `t` lives and keeps its storage).
+    static Weight view(const Tensor<float>& t, std::string name) {
+        Weight w;
+        w.data = t.data();
+        w.dtype = DType::F32;
+        w.shape = t.shape();
+        w.name = std::move(name);
+        return w;
+    }
     /// A weight that owns an f32 tensor.
     static Weight owned(Tensor<float> t, std::string name) {
         auto p = std::make_shared<Tensor<float>>(std::move(t));
