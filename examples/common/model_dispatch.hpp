@@ -9,6 +9,10 @@
 //   auto         whatever the checkpoint holds (pre-quantized files carry "limarp.quant" metadata)
 //
 // Every projection is Lora-wrapped: with no adapter attached the wrapper only forwards to the base.
+//
+// --device cuda (builds linked with limarp::cuda, which defines LIMARP_WITH_CUDA_BACKEND): the same
+// model templates with Cuda<>: --quant none -> Lora<DenseLinear<Cuda<>>> (f32/bf16 weights uploaded
+// once), int8 -> Lora<QuantizedLinear<Int8Rowwise, Cuda<>>> (weight-only int8); q8_0 is CPU-only.
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -32,6 +36,7 @@ struct ModelOptions {
     std::string activations;                   ///< "" | int8 | f32 (quantized paths)
     std::string outlier_threshold;             ///< "" = default 6.0
     std::vector<std::string> adapters;         ///< DIR[:SCALE] each
+    std::string device = "cpu";                ///< cpu | cuda
     WindowConvention convention = WindowConvention::HuggingFace;
 };
 
@@ -48,7 +53,23 @@ inline std::pair<std::filesystem::path, float> parse_adapter_arg(const std::stri
 }
 
 template <class Proj>
-using LoraMistral = MistralModel<Cpu<>, MistralBlock<Cpu<>, Lora<Proj>>>;
+using LoraMistral = MistralModel<typename Proj::backend_type, MistralBlock<typename Proj::backend_type, Lora<Proj>>>;
+
+/// True when this program was built with the CUDA backend (`--device cuda` available).
+inline constexpr bool kHaveCuda =
+#if defined(LIMARP_WITH_CUDA_BACKEND)
+    true;
+#else
+    false;
+#endif
+
+/// Checks a --device value. \throws ArgumentError for an unknown device, or cuda in a CPU-only build.
+inline void check_device(const std::string& d) {
+    if (d != "cpu" && d != "cuda") throw ArgumentError("--device must be cpu or cuda, got \"" + d + "\"");
+    if (d == "cuda" && !kHaveCuda)
+        throw ArgumentError("--device cuda: this build has no CUDA backend (configure on a machine with nvcc; "
+                            "CMake -DLIMARP_CUDA=ON)");
+}
 
 /// Loads the model described by `o` and calls `f(model)` with the concrete model type.
 template <class F>
@@ -63,6 +84,7 @@ decltype(auto) with_model(const ModelOptions& o, F&& f) {
         const auto [dir, scale] = parse_adapter_arg(a);
         ctx.adapters.push_back({std::make_shared<io::PeftAdapter>(io::PeftAdapter::open(dir)), scale});
     }
+    check_device(o.device);
     QuantScheme scheme = o.quant == "auto" ? detect_quant_scheme(*ckpt) : parse_quant_scheme(o.quant);
     auto build = [&]<class Proj>() -> decltype(auto) {
         LoraMistral<Proj> model(cfg, ctx);
@@ -70,6 +92,18 @@ decltype(auto) with_model(const ModelOptions& o, F&& f) {
         for (const auto& a : ctx.adapters) check_adapter_modules(model, *a.adapter);
         return f(model);
     };
+#if defined(LIMARP_WITH_CUDA_BACKEND)
+    if (o.device == "cuda") {
+        switch (scheme) {
+            case QuantScheme::Int8: return build.template operator()<QuantizedLinear<Int8Rowwise, Cuda<>>>();
+            case QuantScheme::Q8_0:
+                throw ArgumentError("--device cuda runs --quant none or int8; q8_0 is CPU-only (" + o.dir.string() +
+                                    (o.quant == "auto" ? " holds q8_0 weights" : "") + ")");
+            case QuantScheme::None: break;
+        }
+        return build.template operator()<DenseLinear<Cuda<>>>();
+    }
+#endif
     switch (scheme) {
         case QuantScheme::Int8: return build.template operator()<QuantizedLinear<Int8Rowwise, Cpu<>>>();
         case QuantScheme::Q8_0: return build.template operator()<QuantizedLinear<Q8_0, Cpu<>>>();

@@ -48,6 +48,9 @@ int main(int argc, char** argv) {
         app.add_option("--top", top, "also print the K most likely next tokens after the sequence")->check(CLI::Range(0, 1000));
         app.add_option("--window-convention", convention, "sliding window: hf (W keys, default) or mistral (W+1 keys)");
         app.add_option("--quant", mo.quant, "none | int8 | q8_0 | auto (default: what the files hold)");
+        app.add_option("--device", mo.device,
+                       std::string("cpu (default) or cuda (needs a build with the CUDA backend") +
+                           (programs::kHaveCuda ? "; this one has it)" : "; this one does not)"));
         app.add_option("--activations", mo.activations, "quantized paths: int8 (default) or f32 (weight-only)");
         app.add_option("--outlier-threshold", mo.outlier_threshold, "int8: |x| above which columns use f32 (default 6, 0 = off)");
         app.add_option("--adapter", mo.adapters, "PEFT LoRA adapter folder, optionally :SCALE (repeatable)");
@@ -83,7 +86,7 @@ int main(int argc, char** argv) {
         model.set_chunk_size(chunk);
         const std::int64_t T = static_cast<std::int64_t>(ids.size()), V = model.config().vocab;
         Tensor<float> logits({T, V});
-        KvCache cache = model.make_cache();
+        auto cache = model.make_cache();
         const auto t1 = std::chrono::steady_clock::now();
         model.forward(logits.data(), ids, cache, LogitsRows::All);
         const auto t2 = std::chrono::steady_clock::now();
@@ -127,8 +130,8 @@ int main(int argc, char** argv) {
                 out["grad_tensors"] = train::save_lora_grads(model, *names.begin(), grads_out);
                 out["grads_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - tg0).count();
             } else {
-                throw UnsupportedError("--grads-out needs projections with a backward pass: use --quant none "
-                                       "(int8 / q8_0 projections have no input gradient yet)");
+                throw UnsupportedError("--grads-out needs projections with a backward pass on the CPU: use --quant "
+                                       "none --device cpu");
             }
         }
         out["load_s"] = std::chrono::duration<double>(t1 - t0).count();

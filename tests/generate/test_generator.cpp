@@ -53,6 +53,7 @@ struct ScriptedModel {
         cfg.d_model = 1;
         cfg.window.reset();
     }
+    using cache_type = KvCache;
     const MistralConfig& config() const { return cfg; }
     KvCache make_cache(std::int64_t slack) const { return KvCache(cfg, slack); }
     void forward(float* logits, std::span<const std::int32_t> ids, KvCache& cache, LogitsRows rows) {

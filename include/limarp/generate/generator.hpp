@@ -28,13 +28,14 @@ namespace limarp::generate {
 
 /// A causal language model the Generator can drive: `forward(logits, ids, cache, rows)` runs
 /// ids after the cached tokens (as MistralModel::forward), `config().vocab` is the logit row
-/// length, `make_cache(rewind_slack)` gives an empty KvCache.
+/// length, `make_cache(rewind_slack)` gives an empty cache of type `M::cache_type` (`KvCache` on
+/// the CPU) with KvCache's interface (n_past, tokens, clear, rewind, reusable_prefix, ...).
 template <class M>
 concept CausalLanguageModel = requires(M& m, const M& cm, float* logits, std::span<const std::int32_t> ids,
-                                       KvCache& cache) {
+                                       typename M::cache_type& cache) {
     m.forward(logits, ids, cache, LogitsRows::Last);
     { cm.config().vocab } -> std::convertible_to<std::int64_t>;
-    { cm.make_cache(std::int64_t{0}) } -> std::same_as<KvCache>;
+    { cm.make_cache(std::int64_t{0}) } -> std::same_as<typename M::cache_type>;
 };
 
 /// Why generation ended.
@@ -206,7 +207,7 @@ public:
     }
 
     /// The cache (prompt and generated tokens of the last call).
-    KvCache& cache() noexcept { return cache_; }
+    typename M::cache_type& cache() noexcept { return cache_; }
     /// Empties the cache: the next call prefills its whole prompt.
     void reset() { cache_.clear(); }
     /// The model.
@@ -217,7 +218,7 @@ public:
 private:
     M* model_;
     const text::Tokenizer* tok_;
-    KvCache cache_;
+    typename M::cache_type cache_;
     std::vector<float> logits_;
 };
 

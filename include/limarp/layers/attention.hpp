@@ -10,6 +10,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/ops.hpp"
+#include "limarp/backend/memory.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/layers/concepts.hpp"
 #include "limarp/layers/rotary.hpp"
@@ -48,32 +49,24 @@ public:
 
     /// Attends `T` new tokens at positions p0..p0+T-1 to themselves and to the cached keys,
     /// then stores their keys and values into `cache` (the last min(T, C) of them).
+    /// `x`, `y`, `positions` and the cache are in the backend's memory.
     /// \pre cache.capacity >= window_keys - 1 when windowed, or >= p0 + T without a window.
     void forward(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T,
                  const std::int64_t* positions /*[T]: p0..p0+T-1*/, KvLayer cache) {
         const std::int64_t qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
-        if (q_buf_.size() < T * qd) {
-            q_buf_ = Tensor<float>({T, qd});
-            o_buf_ = Tensor<float>({T, qd});
-            k_buf_ = Tensor<float>({T, kvd});
-            v_buf_ = Tensor<float>({T, kvd});
-        }
-        q_.forward(q_buf_.data(), x, T);
-        k_.forward(k_buf_.data(), x, T);
-        v_.forward(v_buf_.data(), x, T);
-        rope_.forward(q_buf_.data(), positions, T, shape_.n_heads);
-        rope_.forward(k_buf_.data(), positions, T, shape_.n_kv_heads);
-        const std::int64_t p0 = positions[0];
-        ops::attention_sliding_window(B{}, o_buf_.data(), q_buf_.data(), k_buf_.data(), v_buf_.data(), cache.k,
-                                      cache.v, cache.capacity, p0, T, shape_,
-                                      1.0f / std::sqrt(static_cast<float>(shape_.head_dim)));
-        // keep the newest keys/values in the ring
-        const std::int64_t keep = std::min(T, cache.capacity);
-        for (std::int64_t t = T - keep; t < T; ++t) {
-            const std::int64_t slot = (p0 + t) % cache.capacity;
-            std::copy_n(k_buf_.data() + t * kvd, kvd, cache.k + slot * kvd);
-            std::copy_n(v_buf_.data() + t * kvd, kvd, cache.v + slot * kvd);
-        }
+        using Mem = BackendMemory<B>;
+        float* qb = Mem::ensure(q_buf_, T * qd);
+        float* ob = Mem::ensure(o_buf_, T * qd);
+        float* kb = Mem::ensure(k_buf_, T * kvd);
+        float* vb = Mem::ensure(v_buf_, T * kvd);
+        q_.forward(qb, x, T);
+        k_.forward(kb, x, T);
+        v_.forward(vb, x, T);
+        rope_.forward(qb, positions, T, shape_.n_heads);
+        rope_.forward(kb, positions, T, shape_.n_kv_heads);
+        // attend, then keep the newest keys/values in the ring
+        ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
+                                  score_scale());
         o_.forward(y, o_buf_.data(), T);
     }
 
@@ -164,7 +157,7 @@ private:
     Proj q_, k_, v_, o_;
     Rotary<B> rope_;
     ops::AttentionShape shape_{};
-    Tensor<float> q_buf_, k_buf_, v_buf_, o_buf_;
+    Buffer<B, float> q_buf_, k_buf_, v_buf_, o_buf_;
 };
 
 }  // namespace limarp

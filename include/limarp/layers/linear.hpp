@@ -10,6 +10,7 @@
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/gemm_backward.hpp"
 #include "limarp/backend/cpu/ops.hpp"
+#include "limarp/backend/memory.hpp"
 #include "limarp/layers/weight.hpp"
 
 namespace limarp {
@@ -20,13 +21,11 @@ template <Backend B>
 class DenseLinear {
 public:
     using backend_type = B;  ///< backend tag
-    static_assert(is_cpu_backend_v<B>,
-                  "DenseLinear: only the Cpu backend has kernels in this build (CUDA kernels arrive with the CUDA "
-                  "backend issue); use DenseLinear<Cpu<>>");
 
     DenseLinear() = default;
-    /// Wraps `w` [n_out, n_in]. \throws ShapeError unless `w` is 2-D.
-    explicit DenseLinear(Weight w) : w_(std::move(w)) {
+    /// Wraps `w` [n_out, n_in], placed in the backend's memory (`BackendMemory<B>::place`: in
+    /// place on the CPU, uploaded once on CUDA). \throws ShapeError unless `w` is 2-D.
+    explicit DenseLinear(Weight w) : w_(BackendMemory<B>::place(std::move(w))) {
         if (w_.shape.size() != 2) throw ShapeError(w_.name + ": a linear weight must be 2-D, got " + shape_str(w_.shape));
     }
     /// Loads "<name>.weight" with shape [n_out, n_in].
@@ -62,6 +61,7 @@ public:
     /// memory). Returns the largest rounding error of storing the result (0 for f32 weights up to
     /// f32 rounding; bf16 rounding otherwise).
     double add_delta(const float* delta /*[n_out, n_in]*/, float alpha) {
+        static_assert(B::host_memory, "DenseLinear::add_delta: merge on the CPU backend, then load the merged model");
         const std::int64_t n = w_.size();
         double err = 0;
         if (w_.dtype == DType::F32) {

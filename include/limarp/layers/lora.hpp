@@ -24,6 +24,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/ops.hpp"
+#include "limarp/backend/memory.hpp"
 #include "limarp/core/error.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/io/peft_adapter.hpp"
@@ -87,7 +88,6 @@ class Lora {
 public:
     using backend_type = typename Base::backend_type;  ///< backend tag
     using base_type = Base;                            ///< wrapped layer type
-    static_assert(is_cpu_backend_v<backend_type>, "Lora: only the Cpu backend has kernels in this build");
 
     Lora() = default;
     /// Wraps `base`, known as module `module` (e.g. "model.layers.0.self_attn.q_proj").
@@ -117,12 +117,11 @@ public:
         for (auto& f : factors_) {
             if (f.merged || f.scale() == 0.0f) continue;
             const std::int64_t r = f.A.shape[0];
-            if (tmp_.size() < T * r) tmp_ = Tensor<float>({T, r});
-            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, tmp_.data(), x, a, T, in_features(), r); });
-            const float s = f.scale();
-            for (std::int64_t i = 0; i < T * r; ++i) tmp_[i] *= s;
+            float* z = BackendMemory<backend_type>::ensure(tmp_, T * r);
+            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z, x, a, T, in_features(), r); });
+            ops::scale_inplace(backend_type{}, z, f.scale(), T * r);
             visit_weight(f.B, [&](const auto* b) {
-                ops::matmul_wt(backend_type{}, y, tmp_.data(), b, T, r, out_features(), /*accumulate=*/true);
+                ops::matmul_wt(backend_type{}, y, z, b, T, r, out_features(), /*accumulate=*/true);
             });
         }
     }
@@ -137,8 +136,8 @@ public:
             throw ArgumentError("adapter \"" + adapter.name() + "\" is already attached to " + module_);
         LoraFactors f;
         f.adapter = adapter.name();
-        f.A = to_weight(m->A, adapter);
-        f.B = to_weight(m->B, adapter);
+        f.A = BackendMemory<backend_type>::place(to_weight(m->A, adapter));
+        f.B = BackendMemory<backend_type>::place(to_weight(m->B, adapter));
         f.file_scale = static_cast<float>(m->scale);
         f.user_scale = user_scale;
         factors_.push_back(std::move(f));
@@ -153,6 +152,8 @@ public:
             throw ShapeError(module_ + ": LoRA factors " + shape_str(f.A.shape) + " / " + shape_str(f.B.shape) +
                              " do not fit a " + std::to_string(out_features()) + "x" + std::to_string(in_features()) +
                              " projection");
+        f.A = BackendMemory<backend_type>::place(std::move(f.A));
+        f.B = BackendMemory<backend_type>::place(std::move(f.B));
         factors_.push_back(std::move(f));
     }
     /// Detaches adapter `name` (unmerging it first if merged). Returns whether it was attached.
@@ -174,6 +175,7 @@ public:
 
     /// The dense update scale · B A [out, in] of adapter `name` in f32.
     Tensor<float> delta(const std::string& name) const {
+        static_assert(backend_type::host_memory, "Lora::delta / merge: merge on the CPU backend, then load the merged model");
         const auto* f = find(name);
         if (!f) throw ArgumentError("adapter \"" + name + "\" is not attached to " + module_);
         const std::int64_t r = f->A.shape[0], n_in = in_features(), n_out = out_features();
@@ -366,7 +368,7 @@ private:
     Base base_;
     std::string module_;
     std::vector<LoraFactors> factors_;
-    Tensor<float> tmp_;
+    Buffer<backend_type, float> tmp_;
     std::vector<LoraGrads> grads_;
     float dropout_p_ = 0.0f;
     std::uint64_t dropout_seed_ = 0;

@@ -68,7 +68,8 @@ inline QuantScheme detect_quant_scheme(const io::SafeTensorsCheckpoint& ckpt) {
 
 /// A frozen linear layer with 8-bit weights, no bias: y = x · Wᵀ computed by `ops::qmatmul_wt`.
 /// \tparam Scheme `Int8Rowwise` or `Q8_0`
-/// \tparam B      backend tag (`Cpu<A>`; the CUDA backend has no quantized kernels yet)
+/// \tparam B      backend tag (`Cpu<A>`; `Cuda<Sm>` with Int8Rowwise is the specialisation in
+///                backend/cuda/quantized_linear.hpp)
 template <class Scheme, Backend B>
 class QuantizedLinear {
 public:
@@ -78,8 +79,8 @@ public:
     static_assert(std::is_same_v<Scheme, Int8Rowwise> || std::is_same_v<Scheme, Q8_0>,
                   "QuantizedLinear<Scheme, B>: Scheme must be Int8Rowwise or Q8_0");
     static_assert(is_cpu_backend_v<B>,
-                  "QuantizedLinear: only the Cpu backend has quantized kernels in this build; use "
-                  "QuantizedLinear<Scheme, Cpu<>>");
+                  "QuantizedLinear<Scheme, B>: the CPU backend runs Int8Rowwise and Q8_0; the CUDA backend runs "
+                  "Int8Rowwise only (QuantizedLinear<Int8Rowwise, Cuda<>>, with limarp::cuda linked)");
 
     QuantizedLinear() = default;
     /// Wraps quantized weights with run-time options `opt`.
@@ -162,3 +163,7 @@ private:
 };
 
 }  // namespace limarp
+
+#if defined(LIMARP_WITH_CUDA_BACKEND)
+#include "limarp/backend/cuda/quantized_linear.hpp"
+#endif

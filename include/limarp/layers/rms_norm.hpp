@@ -7,6 +7,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/ops.hpp"
+#include "limarp/backend/memory.hpp"
 #include "limarp/layers/weight.hpp"
 
 namespace limarp {
@@ -18,8 +19,8 @@ public:
     using backend_type = B;  ///< backend tag
 
     RmsNorm() = default;
-    /// Wraps `w` [d].
-    RmsNorm(Weight w, double eps) : w_(std::move(w)), eps_(eps) {}
+    /// Wraps `w` [d], placed in the backend's memory (`BackendMemory<B>::place`).
+    RmsNorm(Weight w, double eps) : w_(BackendMemory<B>::place(std::move(w))), eps_(eps) {}
     /// Loads "<name>.weight" [d].
     static RmsNorm load(const LoadContext& ctx, const std::string& name, std::int64_t d, double eps) {
         return RmsNorm(ctx.weight(name + ".weight", {d}), eps);

@@ -7,6 +7,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/ops.hpp"
+#include "limarp/backend/memory.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/layers/concepts.hpp"
 
@@ -35,14 +36,12 @@ public:
     /// y = down(silu(gate(x)) * up(x)). y must not alias x.
     void forward(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T) {
         const std::int64_t d_ff = gate_.out_features();
-        if (g_.size() < T * d_ff) {
-            g_ = Tensor<float>({T, d_ff});
-            u_ = Tensor<float>({T, d_ff});
-        }
-        gate_.forward(g_.data(), x, T);
-        up_.forward(u_.data(), x, T);
-        ops::swiglu(B{}, g_.data(), g_.data(), u_.data(), T * d_ff);
-        down_.forward(y, g_.data(), T);
+        float* g = BackendMemory<B>::ensure(g_, T * d_ff);
+        float* u = BackendMemory<B>::ensure(u_, T * d_ff);
+        gate_.forward(g, x, T);
+        up_.forward(u, x, T);
+        ops::swiglu(B{}, g, g, u, T * d_ff);
+        down_.forward(y, g, T);
     }
     /// What `forward_train` keeps for `backward`, and the backward's scratch: one block's
     /// feed-forward working set (reused from call to call).
@@ -97,7 +96,7 @@ public:
 
 private:
     Proj gate_, up_, down_;
-    Tensor<float> g_, u_;
+    Buffer<B, float> g_, u_;
 };
 
 }  // namespace limarp

@@ -28,6 +28,7 @@ struct Weight {
     Shape shape;                       ///< extents, e.g. [n_out, n_in]
     std::string name;                  ///< tensor name, for messages
     std::shared_ptr<const void> owner; ///< keeps owned storage alive (null for mapped weights)
+    bool on_device = false;            ///< `data` is in a device's memory (see `BackendMemory::place`)
 
     /// Typed pointer. \pre `T` matches `dtype`.
     template <class T>
@@ -36,7 +37,7 @@ struct Weight {
     }
     /// Number of elements.
     std::int64_t size() const { return numel(shape); }
-    /// Element `i` converted to f32.
+    /// Element `i` converted to f32. \pre host memory (`!on_device`).
     float at(std::int64_t i) const noexcept { return load_as_f32(data, dtype, static_cast<std::size_t>(i)); }
 
     /// A non-owning f32 view of `t` (valid while `t` lives and keeps its storage).

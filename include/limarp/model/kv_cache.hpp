@@ -1,6 +1,7 @@
 #pragma once
 /// \file kv_cache.hpp
-/// \brief `KvCache`: per-layer rolling buffers of keys and values (mistral-inference style).
+/// \brief `BasicKvCache<B>`: per-layer rolling buffers of keys and values (mistral-inference style)
+/// in backend `B`'s memory; `KvCache` is the host one (every CPU backend uses it).
 ///
 /// Position p lives in slot p % C of a ring of C rows. With a sliding window of W keys,
 /// C never exceeds W - 1 + rewind_slack, so memory stays O(window) however long the
@@ -10,8 +11,11 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/memory.hpp"
 #include "limarp/core/error.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/model/mistral_config.hpp"
@@ -25,13 +29,16 @@ struct KvLayer {
     std::int64_t capacity = 0;   ///< ring length C
 };
 
-/// The key/value cache of a whole model plus the token ids it holds, for prompt reuse.
-class KvCache {
+/// The key/value cache of a whole model plus the token ids it holds (on the host), for prompt
+/// reuse. The rings live in the memory of backend `B` (`BackendMemory<B>`).
+template <class B>
+class BasicKvCache {
 public:
-    KvCache() = default;
+    using backend_type = B;  ///< backend tag of the rings' memory
+    BasicKvCache() = default;
     /// A cache for `cfg`. `rewind_slack` extra rows let `rewind` go back that many tokens
     /// even after the ring has wrapped (chat regeneration); `initial` is the first allocation.
-    explicit KvCache(const MistralConfig& cfg, std::int64_t rewind_slack = 0, std::int64_t initial = 256)
+    explicit BasicKvCache(const MistralConfig& cfg, std::int64_t rewind_slack = 0, std::int64_t initial = 256)
         : n_layers_(cfg.n_layers), kv_dim_(cfg.kv_dim()), window_keys_(cfg.window_keys()) {
         max_capacity_ = window_keys_ > 0 ? std::max<std::int64_t>(1, window_keys_ - 1 + rewind_slack) : 0;
         capacity_ = max_capacity_ > 0 ? std::min(max_capacity_, std::max<std::int64_t>(1, initial))
@@ -61,12 +68,14 @@ public:
         std::int64_t c = std::max(need, 2 * capacity_);
         if (max_capacity_ > 0) c = std::min(c, max_capacity_);
         // invariant: below max capacity the ring has not wrapped, so slot == position
-        std::vector<Tensor<float>> k2, v2;
+        std::vector<Buffer<B, float>> k2, v2;
         for (std::int64_t l = 0; l < n_layers_; ++l) {
-            Tensor<float> nk({c, kv_dim_}), nv({c, kv_dim_});
+            Buffer<B, float> nk, nv;
+            BackendMemory<B>::ensure(nk, c * kv_dim_);
+            BackendMemory<B>::ensure(nv, c * kv_dim_);
             const std::int64_t rows = std::min(n_past(), capacity_) * kv_dim_;
-            std::copy(k_[l].data(), k_[l].data() + rows, nk.data());
-            std::copy(v_[l].data(), v_[l].data() + rows, nv.data());
+            BackendMemory<B>::copy(nk.data(), k_[l].data(), rows);
+            BackendMemory<B>::copy(nv.data(), v_[l].data(), rows);
             k2.push_back(std::move(nk));
             v2.push_back(std::move(nv));
         }
@@ -114,14 +123,23 @@ private:
         k_.clear();
         v_.clear();
         for (std::int64_t l = 0; l < n_layers_; ++l) {
-            k_.emplace_back(Shape{c, kv_dim_});
-            v_.emplace_back(Shape{c, kv_dim_});
+            k_.emplace_back();
+            v_.emplace_back();
+            BackendMemory<B>::ensure(k_.back(), c * kv_dim_);
+            BackendMemory<B>::ensure(v_.back(), c * kv_dim_);
         }
     }
     std::int64_t n_layers_ = 0, kv_dim_ = 0, window_keys_ = 0;
     std::int64_t capacity_ = 0, max_capacity_ = 0;
-    std::vector<Tensor<float>> k_, v_;
+    std::vector<Buffer<B, float>> k_, v_;
     std::vector<std::int32_t> tokens_;
 };
+
+/// The host key/value cache (all CPU backends).
+using KvCache = BasicKvCache<Cpu<>>;
+
+/// The cache type of models on backend `B`: `KvCache` for every host backend.
+template <class B>
+using KvCacheFor = BasicKvCache<std::conditional_t<B::host_memory, Cpu<>, B>>;
 
 }  // namespace limarp

@@ -8,6 +8,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/ops.hpp"
+#include "limarp/backend/memory.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/layers/attention.hpp"
 #include "limarp/layers/concepts.hpp"
@@ -46,15 +47,18 @@ public:
         return MistralBlock(std::move(n1), std::move(attn), std::move(n2), std::move(mlp));
     }
 
-    /// Updates the residual stream `x` in place for `T` tokens at `positions` (consecutive).
+    /// Updates the residual stream `x` in place for `T` tokens at `positions` (consecutive);
+    /// `x`, `positions` and the cache are in the backend's memory.
     void forward(float* x /*[T, d_model]*/, std::int64_t T, const std::int64_t* positions /*[T]*/, KvLayer cache) {
-        const std::int64_t d = cfg_d(T);
-        norm1_.forward(h_.data(), x, T);
-        attn_.forward(a_.data(), h_.data(), T, positions, cache);
-        ops::add_inplace(B{}, x, a_.data(), T * d);
-        norm2_.forward(h_.data(), x, T);
-        mlp_.forward(a_.data(), h_.data(), T);
-        ops::add_inplace(B{}, x, a_.data(), T * d);
+        const std::int64_t d = attn_.o_proj().out_features();
+        float* h = BackendMemory<B>::ensure(h_, T * d);
+        float* a = BackendMemory<B>::ensure(a_, T * d);
+        norm1_.forward(h, x, T);
+        attn_.forward(a, h, T, positions, cache);
+        ops::add_inplace(B{}, x, a, T * d);
+        norm2_.forward(h, x, T);
+        mlp_.forward(a, h, T);
+        ops::add_inplace(B{}, x, a, T * d);
     }
 
     /// One block's training working set: what `forward_train` keeps for `backward` plus the
@@ -119,19 +123,11 @@ public:
     NormT& post_attention_norm() noexcept { return norm2_; }
 
 private:
-    std::int64_t cfg_d(std::int64_t T) {
-        const std::int64_t d = attn_.o_proj().out_features();
-        if (h_.size() < T * d) {
-            h_ = Tensor<float>({T, d});
-            a_ = Tensor<float>({T, d});
-        }
-        return d;
-    }
     NormT norm1_;
     attention_type attn_;
     NormT norm2_;
     MlpT mlp_;
-    Tensor<float> h_, a_;
+    Buffer<B, float> h_, a_;
 };
 
 }  // namespace limarp

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "limarp/backend/backend.hpp"
+#include "limarp/backend/memory.hpp"
 #include "limarp/core/error.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/io/hf_config.hpp"
@@ -59,6 +60,7 @@ public:
     using head_type = Head;   ///< output projection type
     using embedding_type = Embed;  ///< token-embedding type
     using norm_type = typename detail::block_norm<Block, RmsNorm<B>>::type;  ///< final-norm type
+    using cache_type = KvCacheFor<B>;  ///< key/value cache type (`KvCache` on the CPU)
 
     /// Builds the model from `ctx` (weights named as Hugging Face's MistralForCausalLM).
     /// \throws FormatError / ShapeError naming the tensor when a weight is missing or mis-shaped.
@@ -88,16 +90,17 @@ public:
     /// The configuration.
     const MistralConfig& config() const noexcept { return cfg_; }
     /// A fresh cache for this model.
-    KvCache make_cache(std::int64_t rewind_slack = 0) const { return KvCache(cfg_, rewind_slack); }
+    cache_type make_cache(std::int64_t rewind_slack = 0) const { return cache_type(cfg_, rewind_slack); }
     /// Number of tokens processed per internal step of a long prefill.
     std::int64_t chunk_size() const noexcept { return chunk_; }
     /// Sets the prefill chunk length (>= 1).
     void set_chunk_size(std::int64_t c) { chunk_ = std::max<std::int64_t>(1, c); }
 
     /// Runs `ids` [T] after the tokens already in `cache`, in chunks, and appends them to it.
-    /// Writes logits [T, vocab] (`LogitsRows::All`), [1, vocab] (`Last`) or nothing (`None`).
+    /// Writes logits [T, vocab] (`LogitsRows::All`), [1, vocab] (`Last`) or nothing (`None`)
+    /// into host memory, whatever the backend (a device backend copies them out).
     /// \throws ArgumentError when an id is outside the vocabulary (the cache is left unchanged).
-    void forward(float* logits, std::span<const std::int32_t> ids, KvCache& cache, LogitsRows rows = LogitsRows::All) {
+    void forward(float* logits, std::span<const std::int32_t> ids, cache_type& cache, LogitsRows rows = LogitsRows::All) {
         const std::int64_t T = static_cast<std::int64_t>(ids.size());
         for (std::int64_t t = 0; t < T; ++t)
             if (ids[t] < 0 || ids[t] >= cfg_.vocab)
@@ -120,7 +123,7 @@ public:
 
     /// Convenience: scores `ids` from an empty cache and returns logits [T, vocab].
     Tensor<float> logits(std::span<const std::int32_t> ids) {
-        KvCache cache = make_cache();
+        cache_type cache = make_cache();
         Tensor<float> out({static_cast<std::int64_t>(ids.size()), cfg_.vocab});
         forward(out.data(), ids, cache, LogitsRows::All);
         return out;
@@ -137,20 +140,26 @@ public:
 
 private:
     // One chunk: logits for rows [first_row, n) written to `out` when it is not null.
-    void step(float* out, std::int64_t first_row, std::span<const std::int32_t> ids, KvCache& cache) {
+    void step(float* out, std::int64_t first_row, std::span<const std::int32_t> ids, cache_type& cache) {
+        using Mem = BackendMemory<B>;
         const std::int64_t n = static_cast<std::int64_t>(ids.size()), d = cfg_.d_model;
-        if (x_.size() < n * d) x_ = Tensor<float>({n, d});
+        float* x = Mem::ensure(x_, n * d);
         pos_.resize(static_cast<std::size_t>(n));
         std::iota(pos_.begin(), pos_.end(), cache.n_past());
+        const std::int64_t* pos = Mem::stage(pos_b_, pos_.data(), n);  // in the backend's memory
+        const std::int32_t* id = Mem::stage(ids_b_, ids.data(), n);
         cache.reserve(n);
-        embed_.forward(x_.data(), ids.data(), n);
+        embed_.forward(x, id, n);
         for (std::size_t l = 0; l < blocks_.size(); ++l)
-            blocks_[l].forward(x_.data(), n, pos_.data(), cache.layer(static_cast<std::int64_t>(l)));
+            blocks_[l].forward(x, n, pos, cache.layer(static_cast<std::int64_t>(l)));
         cache.advance(ids);
         if (!out) return;
         const std::int64_t m = n - first_row;
-        norm_.forward(x_.data() + first_row * d, x_.data() + first_row * d, m);
-        head_.forward(out, x_.data() + first_row * d, m);
+        float* h = x + first_row * d;
+        norm_.forward(h, h, m);
+        float* y = Mem::output(logits_b_, out, m * cfg_.vocab);
+        head_.forward(y, h, m);
+        Mem::to_host(out, y, m * cfg_.vocab);
     }
 
     MistralConfig cfg_;
@@ -159,7 +168,9 @@ private:
     norm_type norm_;
     Head head_;
     std::int64_t chunk_ = 256;
-    Tensor<float> x_;
+    Buffer<B, float> x_, logits_b_;
+    Buffer<B, std::int64_t> pos_b_;
+    Buffer<B, std::int32_t> ids_b_;
     std::vector<std::int64_t> pos_;
 };
 

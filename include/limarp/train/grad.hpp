@@ -51,15 +51,17 @@ struct LossResult {
 };
 
 /// True when `Model` is built with trainable `Lora<...>` projections (a base with
-/// `forward_train` / `backward`, e.g. `Lora<DenseLinear<Cpu<>>>`).
+/// `forward_train` / `backward`, e.g. `Lora<DenseLinear<Cpu<>>>`) on a host backend (training
+/// runs on the CPU backend).
 template <class Model>
-inline constexpr bool supports_lora_grads_v =
+inline constexpr bool supports_lora_grads_v = Model::backend_type::host_memory &&
     is_lora_v<typename Model::block_type::proj_type> && TrainableLinear<typename Model::block_type::proj_type>;
 
 /// True when `loss_and_grads` can train `Model`: its projections are `TrainableLinear` (LoRA
 /// wrappers over a trainable base, or layers that train their own weights such as `FullLinear`).
 template <class Model>
-inline constexpr bool supports_training_v = TrainableLinear<typename Model::block_type::proj_type>;
+inline constexpr bool supports_training_v =
+    Model::backend_type::host_memory && TrainableLinear<typename Model::block_type::proj_type>;
 
 /// Buffers of `loss_and_lora_grads`, reusable across calls (one per model type): the block
 /// checkpoints [n_layers, T, d_model], the residual stream and its gradient, and one block's

@@ -79,6 +79,13 @@ void add_inplace(Cpu<A>, float* y /*[n]*/, const float* x /*[n]*/, std::int64_t 
     });
 }
 
+/// x *= s, element by element (e.g. the LoRA scale on the r-wide intermediate).
+/// \pre n >= 0.
+template <class A>
+void scale_inplace(Cpu<A>, float* x /*[n]*/, float s, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
 /// Backward of `swiglu`: with s = sigmoid(g) = 1 / (1 + exp(-g)),
 /// dgate = dh · up · s · (1 + g · (1 - s)) and dup = dh · g · s. f32, vectorised exp.
 ///

@@ -246,6 +246,27 @@ void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, cons
     cpu_detail::parallel_dynamic(p, n_tiles * n_kv, task);
 }
 
+/// One attention layer's step over the rolling cache (what `GqaAttention::forward` runs between
+/// RoPE and o_proj): `attention_sliding_window` of the T new tokens at positions[0] ..
+/// positions[0] + T - 1, then their keys and values into the ring (the newest min(T, C) of them,
+/// row pos % C). Every backend provides it with this signature; positions are in the backend's
+/// memory (host here).
+/// \pre as `attention_sliding_window`; positions consecutive.
+template <class A>
+void attention_with_cache(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, const float* q /*[T, n_heads*head_dim]*/,
+                          const float* k_new /*[T, kv_dim]*/, const float* v_new /*[T, kv_dim]*/,
+                          float* k_cache /*[C, kv_dim]*/, float* v_cache /*[C, kv_dim]*/, std::int64_t C,
+                          const std::int64_t* positions /*[T]*/, std::int64_t T, const AttentionShape& s, float scale) {
+    if (T <= 0) return;
+    const std::int64_t p0 = positions[0], kvd = s.n_kv_heads * s.head_dim;
+    attention_sliding_window(Cpu<A>{}, out, q, k_new, v_new, k_cache, v_cache, C, p0, T, s, scale);
+    for (std::int64_t t = T - std::min(T, C); t < T; ++t) {
+        const std::int64_t slot = (p0 + t) % C;
+        std::copy_n(k_new + t * kvd, kvd, k_cache + slot * kvd);
+        std::copy_n(v_new + t * kvd, kvd, v_cache + slot * kvd);
+    }
+}
+
 /// \cond
 namespace cpu_detail {
 

@@ -10,3 +10,9 @@
 #include "limarp/backend/cpu/loss.hpp"
 #include "limarp/backend/cpu/norm.hpp"
 #include "limarp/backend/cpu/rope.hpp"
+
+// With the CUDA backend linked (limarp::cuda defines LIMARP_WITH_CUDA_BACKEND), its overloads are
+// declared here too, before any layer template that calls ops:: is defined.
+#if defined(LIMARP_WITH_CUDA_BACKEND)
+#include "limarp/backend/cuda/ops.hpp"
+#endif

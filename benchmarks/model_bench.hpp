@@ -1,0 +1,156 @@
+#pragma once
+// The model benchmark shared by bench_model_cpu (model_cpu.cpp) and bench_model_cuda
+// (model_cuda.cpp): a random Mistral-7B-shaped model (bf16 weights generated here, no download),
+// prefill of one or more prompt lengths and decode, on backend B.
+//
+//   bench_model_<cpu|cuda> [--layers N] [--prompt T[,T2,...]] [--decode N] [--threads N]
+//                          [--quant none|int8|q8_0] [--lora-r R] [--activations int8|f32]
+//                          [--chunk C] [--d-model D] [--d-ff F] [--vocab V]
+//
+// --quant quantizes each generated bf16 projection at load and frees it (the lm_head and
+// embeddings stay bf16); --lora-r attaches one random rank-R adapter (bf16 A and B, alpha 16)
+// to all seven projections of every layer, unmerged. Each prompt length is prefilled into a fresh
+// cache (the first one twice: a warm-up, then the timed run); decode continues after the last
+// prompt (greedy on the host: logits cross to the host every token, as in limarp-generate).
+// Prints one JSON line. Peak RSS is the process high-water mark (getrusage), i.e. it includes the
+// generated weights (2 bytes per parameter).
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "random_weights.hpp"
+
+#include "limarp/core/thread_pool.hpp"
+#include "limarp/layers/lora.hpp"
+#include "limarp/layers/quantized_linear.hpp"
+#include "limarp/model/adapters.hpp"
+#include "limarp/model/mistral_model.hpp"
+
+namespace limarp::bench {
+
+struct ModelBenchArgs {
+    MistralConfig cfg;
+    std::vector<std::int64_t> prompts{128};
+    std::int64_t decode = 16, lora_r = 0, chunk = 256;
+    std::string quant = "none", activations = "int8";
+};
+
+template <class B, class Proj>
+int run_model_bench(const char* name, const ModelBenchArgs& a) {
+    const MistralConfig& cfg = a.cfg;
+    const auto t0 = std::chrono::steady_clock::now();
+    LoadContext ctx([](const std::string& n, const Shape& s) { return random_weight(n, s); },
+                    [](const std::string&) { return true; });
+    ctx.extra.emplace_back(kQuantActivationsOption, a.activations);
+    MistralModel<B, MistralBlock<B, Lora<Proj>>> model(cfg, ctx);
+    model.set_chunk_size(a.chunk);
+    if (a.lora_r > 0) {
+        for_each_projection(model, [&](auto& p) {
+            LoraFactors f;
+            f.adapter = "bench";
+            f.A = random_weight(p.module() + ".lora_A", {a.lora_r, p.in_features()});
+            f.B = random_weight(p.module() + ".lora_B", {p.out_features(), a.lora_r});
+            f.file_scale = 16.0f / static_cast<float>(a.lora_r);
+            p.attach(std::move(f));
+        });
+    }
+    const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "%s: built %lld layers from random bf16 weights in %.1f s\n", name,
+                 static_cast<long long>(cfg.n_layers), gen_s);
+
+    nlohmann::json out{{"bench", name},        {"layers", cfg.n_layers},   {"d_model", cfg.d_model},
+                       {"quant", a.quant},      {"lora_r", a.lora_r},       {"chunk", a.chunk},
+                       {"activations", a.quant == "none" ? "f32" : a.activations},
+                       {"threads", ThreadPool::global().size()}, {"decode", a.decode}};
+    std::vector<float> logits(static_cast<std::size_t>(cfg.vocab));
+    auto cache = model.make_cache();
+    for (std::size_t pi = 0; pi < a.prompts.size(); ++pi) {
+        const std::int64_t prompt = a.prompts[pi];
+        std::vector<std::int32_t> ids(static_cast<std::size_t>(prompt));
+        for (std::size_t i = 0; i < ids.size(); ++i)
+            ids[i] = static_cast<std::int32_t>((i * 7919 + 1) % static_cast<std::size_t>(cfg.vocab));
+        if (pi == 0) {  // warm-up: workspaces, cuBLAS heuristics, page faults
+            auto warm = model.make_cache();
+            model.forward(logits.data(), ids, warm, LogitsRows::Last);
+        }
+        cache = model.make_cache();
+        const auto t1 = std::chrono::steady_clock::now();
+        model.forward(logits.data(), ids, cache, LogitsRows::Last);
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+        out["prefill"].push_back({{"prompt", prompt}, {"tok_s", static_cast<double>(prompt) / s}, {"s", s}});
+        std::fprintf(stderr, "%s: prompt %lld: %.1f tok/s\n", name, static_cast<long long>(prompt),
+                     static_cast<double>(prompt) / s);
+    }
+    std::int32_t next = 5;
+    auto step = [&] {
+        model.forward(logits.data(), std::span(&next, 1), cache, LogitsRows::Last);
+        next = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    };
+    for (int i = 0; i < 2 && a.decode > 0; ++i) step();  // warm-up
+    const auto t2 = std::chrono::steady_clock::now();
+    for (std::int64_t i = 0; i < a.decode; ++i) step();
+    const double decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count();
+    out["decode_tok_s"] = static_cast<double>(a.decode) / decode_s;
+    out["decode_ms_per_token"] = 1e3 * decode_s / static_cast<double>(std::max<std::int64_t>(1, a.decode));
+    out["peak_rss_gb"] = peak_rss_gb();
+    out["kv_cache_mb"] = static_cast<double>(cache.bytes()) / 1e6;
+    // backwards-compatible keys of the first prompt
+    out["prompt"] = a.prompts.front();
+    out["prefill_tok_s"] = out["prefill"][0]["tok_s"];
+    std::printf("%s\n", out.dump().c_str());
+    return 0;
+}
+
+/// Parses the flags (see the file comment) and runs backend B. Returns the exit code.
+template <class B>
+int model_bench_main(const char* name, int argc, char** argv) {
+    ModelBenchArgs a;
+    a.cfg.vocab = 32002;  // Mistral-7B-v0.1 shapes otherwise (MistralConfig's defaults)
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const std::string k = argv[i];
+        const std::int64_t v = std::atoll(argv[i + 1]);
+        if (k == "--layers") a.cfg.n_layers = v;
+        else if (k == "--prompt") {
+            a.prompts.clear();
+            std::stringstream ss(argv[i + 1]);
+            for (std::string p; std::getline(ss, p, ',');) a.prompts.push_back(std::atoll(p.c_str()));
+        }
+        else if (k == "--decode") a.decode = v;
+        else if (k == "--threads") setenv("LIMARP_THREADS", argv[i + 1], 1);
+        else if (k == "--d-model") a.cfg.d_model = v, a.cfg.head_dim = v / a.cfg.n_heads;
+        else if (k == "--d-ff") a.cfg.d_ff = v;
+        else if (k == "--vocab") a.cfg.vocab = v;
+        else if (k == "--quant") a.quant = argv[i + 1];
+        else if (k == "--activations") a.activations = argv[i + 1];
+        else if (k == "--lora-r") a.lora_r = v;
+        else if (k == "--chunk") a.chunk = v;
+        else {
+            std::fprintf(stderr, "%s: unknown option %s\n", name, k.c_str());
+            return 1;
+        }
+    }
+    if (a.prompts.empty() || *std::min_element(a.prompts.begin(), a.prompts.end()) < 1) {
+        std::fprintf(stderr, "%s: --prompt needs lengths >= 1\n", name);
+        return 1;
+    }
+    if (a.quant == "int8") return run_model_bench<B, QuantizedLinear<Int8Rowwise, B>>(name, a);
+    if constexpr (B::host_memory)
+        if (a.quant == "q8_0") return run_model_bench<B, QuantizedLinear<Q8_0, B>>(name, a);
+    if (a.quant != "none") {
+        std::fprintf(stderr, "%s: --quant %s is not one of none, int8%s\n", name, a.quant.c_str(),
+                     B::host_memory ? ", q8_0" : " (q8_0 is CPU-only)");
+        return 1;
+    }
+    return run_model_bench<B, DenseLinear<B>>(name, a);
+}
+
+}  // namespace limarp::bench

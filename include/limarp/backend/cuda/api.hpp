@@ -1,0 +1,80 @@
+#pragma once
+/// \file api.hpp
+/// \brief `cuda_api::`: the compiled boundary of the CUDA backend — plain (non-template) host
+/// functions over device pointers that the layer templates reach through the `ops::` overloads
+/// of backend/cuda/ops.hpp.
+///
+/// Why a boundary: the library is header-only and its host code (layers, model, programs) is
+/// compiled by the host C++ compiler; only the kernels need nvcc. They are defined in
+/// backend/cuda/api_impl.cuh, which exactly one CUDA translation unit of the program includes —
+/// CMake's `limarp::cuda` target (cmake/limarp_cuda.cu) does this and also defines
+/// `LIMARP_WITH_CUDA_BACKEND` for its users, which makes the layer headers see the `Cuda<Sm>`
+/// overloads. This header holds no device code: it compiles with any C++20 compiler given the
+/// CUDA include folder.
+///
+/// Execution model: every call is asynchronous on one CUDA stream per host thread (`stream()`,
+/// created on first use, synchronising with the legacy default stream, so blocking `cudaMemcpy`
+/// uploads are ordered with it); only `to_host` waits. Every CUDA and cuBLAS call is checked and
+/// failures throw `CudaError` naming the call (and, for allocations, the bytes needed and free).
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "limarp/backend/attention_shape.hpp"
+#include "limarp/backend/cuda/device_int8_weight.cuh"
+
+namespace limarp::cuda_api {
+
+/// The calling thread's limarp stream (created on first use).
+cudaStream_t stream();
+/// Waits until everything queued on `stream()` has finished. \throws CudaError for a failed kernel
+void synchronize();
+
+/// Allocates `bytes` of device memory and copies `host` there (waits for the copy); the memory is
+/// freed when the last copy of the returned pointer goes. \throws CudaError naming `what`
+std::shared_ptr<void> upload(const void* host, std::size_t bytes, const std::string& what);
+/// Host -> device copy on `stream()` (`host` may be reused when the call returns).
+void to_device(void* dst, const void* host, std::size_t bytes);
+/// Device -> device copy on `stream()`.
+void copy(void* dst, const void* src, std::size_t bytes);
+/// Device -> host copy; waits for it (and everything queued before it).
+void to_host(void* host, const void* src, std::size_t bytes);
+
+/// y = x · Wᵀ (+ y when `accumulate`), W [n_out, n_in] f32 row-major: cuBLAS SGEMM (f32 math).
+void matmul_wt_f32(float* y, const float* x, const float* w, std::int64_t T, std::int64_t n_in, std::int64_t n_out,
+                   bool accumulate);
+/// The same with bf16 weights: x is rounded to bf16 and cuBLAS multiplies on the tensor cores
+/// with f32 accumulation and output.
+void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T, std::int64_t n_in,
+                    std::int64_t n_out, bool accumulate);
+/// y = x · Wᵀ (+ y) with an int8 row-wise weight, weight-only (x stays f32 / bf16): the int8 GEMV
+/// (`ops::qgemv_int8`) for one token; for T > 1 the weight is dequantized to bf16 (scales applied)
+/// into a scratch buffer and multiplied by cuBLAS on the tensor cores with f32 accumulation.
+void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate);
+
+/// RMSNorm rows of width d (weight f32, or bf16 when `w_bf16`); y may alias x.
+void rms_norm(float* y, const float* x, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, float eps);
+/// y[t] = table[ids[t]] (table f32 or bf16 [vocab, d]); ids on the device, in range.
+void embedding_gather(float* y, const void* table, bool table_bf16, const std::int32_t* ids, std::int64_t T,
+                      std::int64_t d);
+/// RoPE (rotate-half) in place on x [T, n_heads, head_dim]; positions [T] on the device.
+void rope_rotate_half(float* x, const std::int64_t* positions, std::int64_t T, std::int64_t n_heads,
+                      std::int64_t head_dim, double theta);
+/// One attention layer over the rolling cache, as the CPU `ops::attention_with_cache`: token t
+/// (position positions[t]) attends to the ring and itself, then its key and value go to row
+/// pos % C; tokens one after the other, through the decode kernel.
+void attention_with_cache(float* out, const float* q, const float* k_new, const float* v_new, float* k_cache,
+                          float* v_cache, std::int64_t C, const std::int64_t* positions, std::int64_t T,
+                          const ops::AttentionShape& s, float scale);
+/// y += x.
+void add_inplace(float* y, const float* x, std::int64_t n);
+/// h = silu(gate) * up (h may alias gate or up).
+void swiglu(float* h, const float* gate, const float* up, std::int64_t n);
+/// x *= s.
+void scale_inplace(float* x, float s, std::int64_t n);
+
+}  // namespace limarp::cuda_api

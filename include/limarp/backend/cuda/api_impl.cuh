@@ -1,0 +1,249 @@
+#pragma once
+/// \file api_impl.cuh
+/// \brief Definitions of `cuda_api::` (backend/cuda/api.hpp): the kernels of backend/cuda/*.cuh
+/// behind a compiled boundary, plus cuBLAS for the multi-token products. Include it in exactly
+/// one CUDA translation unit of a program (CMake's `limarp::cuda` target does: cmake/limarp_cuda.cu)
+/// and link cuBLAS (`CUDA::cublas`).
+///
+/// Per host thread: one stream (blocking flavour: it synchronises with the legacy default stream,
+/// so the blocking `cudaMemcpy` of weight uploads is ordered with it), one cuBLAS handle bound to
+/// it, and scratch buffers (bf16 copies of activations and of dequantized int8 weights, the
+/// decode attention's split workspace), grown on demand.
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "limarp/backend/cuda/activation.cuh"
+#include "limarp/backend/cuda/api.hpp"
+#include "limarp/backend/cuda/attention.cuh"
+#include "limarp/backend/cuda/check.cuh"
+#include "limarp/backend/cuda/device_buffer.cuh"
+#include "limarp/backend/cuda/device_int8_weight.cuh"
+#include "limarp/backend/cuda/embedding.cuh"
+#include "limarp/backend/cuda/norm.cuh"
+#include "limarp/backend/cuda/qgemv.cuh"
+#include "limarp/backend/cuda/rope.cuh"
+
+namespace limarp {
+namespace cuda_detail {
+
+inline void cublas_check(cublasStatus_t st, const char* what, const char* file, int line) {
+    if (st != CUBLAS_STATUS_SUCCESS)
+        throw CudaError(std::string(what) + " failed at " + file + ":" + std::to_string(line) + ": cuBLAS status " +
+                        std::to_string(static_cast<int>(st)) + " (" + cublasGetStatusString(st) + ")");
+}
+#define LIMARP_CUBLAS_CHECK(call) ::limarp::cuda_detail::cublas_check((call), #call, __FILE__, __LINE__)
+
+// The calling thread's stream, cuBLAS handle and scratch.
+struct ThreadState {
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    DeviceBuffer<__nv_bfloat16> x_bf16, w_bf16;
+    DeviceBuffer<float> partial;
+    std::unique_ptr<AttentionDecodeWorkspace> attn_ws;
+    ThreadState() {
+        LIMARP_CUDA_CHECK(cudaStreamCreate(&stream));
+        LIMARP_CUBLAS_CHECK(cublasCreate(&blas));
+        LIMARP_CUBLAS_CHECK(cublasSetStream(blas, stream));
+    }
+    ~ThreadState() {
+        if (blas) (void)cublasDestroy(blas);
+        if (stream) (void)cudaStreamDestroy(stream);
+    }
+    ThreadState(const ThreadState&) = delete;
+    ThreadState& operator=(const ThreadState&) = delete;
+};
+inline ThreadState& thread_state() {
+    static thread_local ThreadState s;
+    return s;
+}
+
+template <class T>
+T* grow(DeviceBuffer<T>& b, std::int64_t n, const char* what) {
+    if (static_cast<std::int64_t>(b.size()) < n) {
+        LIMARP_CUDA_CHECK(cudaStreamSynchronize(thread_state().stream));  // queued work may use the old one
+        b = DeviceBuffer<T>(static_cast<std::size_t>(n), what);
+    }
+    return b.data();
+}
+
+// x [T, n] f32 -> xs [2T, n] bf16: rows 0..T-1 hold hi = bf16(x), rows T..2T-1 lo = bf16(x - hi),
+// so that hi + lo carries x to about 16 significant bits (the products stay close to f32's).
+__global__ void split_bf16_kernel(__nv_bfloat16* xs, const float* x, long long n) {
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const float v = x[i];
+        const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+        xs[i] = hi;
+        xs[n + i] = __float2bfloat16_rn(v - __bfloat162float(hi));
+    }
+}
+
+// y[t, o] = (accumulate ? y[t, o] : 0) + s[o] * (p[t, o] + p[T + t, o]) (s null: 1).
+__global__ void combine_split_kernel(float* y, const float* p, const float* s, long long T, long long n_out,
+                                     bool accumulate) {
+    const long long n = T * n_out;
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+        float v = p[i] + p[n + i];
+        if (s) v *= s[i % n_out];
+        y[i] = accumulate ? y[i] + v : v;
+    }
+}
+
+// w[o, k] = q[o, k] (int8 values are exact in bf16; the row scales are applied after the product).
+__global__ void int8_to_bf16_kernel(__nv_bfloat16* w, const std::int8_t* q, int n_out, int n_in, int ld) {
+    const long long n = static_cast<long long>(n_out) * n_in;
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const long long o = i / n_in, k = i - o * n_in;
+        w[i] = __float2bfloat16_rn(static_cast<float>(q[o * ld + k]));
+    }
+}
+
+__global__ void scale_kernel(float* x, float s, long long n) {
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<long long>(gridDim.x) * blockDim.x)
+        x[i] *= s;
+}
+
+// y (=|+=) (x · Wᵀ) * s[o] with W bf16 row-major [n_out, n_in] and x f32 [T, n_in]: x split into
+// bf16 hi + lo rows, one tensor-core GEMM over the 2T rows (W read once, f32 accumulation), then
+// the two halves summed and scaled. Close to an f32 product with the bf16 weights: about 2^-16
+// relative per input instead of bf16's 2^-9.
+inline void gemm_bf16_split(float* y, const float* x, const __nv_bfloat16* w, const float* s, std::int64_t T,
+                            std::int64_t n_in, std::int64_t n_out, bool accumulate) {
+    ThreadState& st = thread_state();
+    __nv_bfloat16* xs = grow(st.x_bf16, 2 * T * n_in, "bf16 split of a GEMM input");
+    float* p = grow(st.partial, 2 * T * n_out, "GEMM partial products");
+    launch_checked(__FILE__, __LINE__, split_bf16_kernel, dim3(elementwise_blocks(T * n_in, 1)), dim3(256), 0,
+                   st.stream, xs, x, static_cast<long long>(T * n_in));
+    const float alpha = 1.0f, beta = 0.0f;
+    // Column-major view: Pᵀ [n_out, 2T] = op(W) [n_out, n_in] · Xsᵀ [n_in, 2T].
+    LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
+                                     static_cast<int>(2 * T), static_cast<int>(n_in), &alpha, w, CUDA_R_16BF,
+                                     static_cast<int>(n_in), xs, CUDA_R_16BF, static_cast<int>(n_in), &beta, p,
+                                     CUDA_R_32F, static_cast<int>(n_out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    launch_checked(__FILE__, __LINE__, combine_split_kernel, dim3(elementwise_blocks(T * n_out, 1)), dim3(256), 0,
+                   st.stream, y, p, s, static_cast<long long>(T), static_cast<long long>(n_out), accumulate);
+}
+
+}  // namespace cuda_detail
+
+namespace cuda_api {
+
+cudaStream_t stream() { return cuda_detail::thread_state().stream; }
+
+void synchronize() { LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+std::shared_ptr<void> upload(const void* host, std::size_t bytes, const std::string& what) {
+    void* p = cuda_malloc_checked(bytes, what.c_str());
+    std::shared_ptr<void> owner(p, [](void* q) { (void)cudaFree(q); });
+    if (bytes) LIMARP_CUDA_CHECK(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice));
+    return owner;
+}
+
+void to_device(void* dst, const void* host, std::size_t bytes) {
+    if (bytes) LIMARP_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream()));
+}
+
+void copy(void* dst, const void* src, std::size_t bytes) {
+    if (bytes) LIMARP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
+}
+
+void to_host(void* host, const void* src, std::size_t bytes) {
+    if (bytes) LIMARP_CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, stream()));
+    synchronize();
+}
+
+void matmul_wt_f32(float* y, const float* x, const float* w, std::int64_t T, std::int64_t n_in,
+                          std::int64_t n_out, bool accumulate) {
+    if (T <= 0 || n_out <= 0) return;
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    LIMARP_CUBLAS_CHECK(cublasSgemm(cuda_detail::thread_state().blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
+                                    static_cast<int>(T), static_cast<int>(n_in), &alpha, w, static_cast<int>(n_in), x,
+                                    static_cast<int>(n_in), &beta, y, static_cast<int>(n_out)));
+}
+
+void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T, std::int64_t n_in,
+                    std::int64_t n_out, bool accumulate) {
+    if (T <= 0 || n_out <= 0) return;
+    cuda_detail::gemm_bf16_split(y, x, static_cast<const __nv_bfloat16*>(w_bf16), nullptr, T, n_in, n_out, accumulate);
+}
+
+void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate) {
+    using namespace cuda_detail;
+    if (T <= 0 || w.n_out() <= 0) return;
+    ThreadState& st = thread_state();
+    if (T == 1 && aligned_to(x, 16)) return ops::qgemv_int8(Cuda<90>{}, y, x, w, accumulate, st.stream);
+    const std::int64_t n_out = w.n_out(), n_in = w.n_in();
+    __nv_bfloat16* wb = grow(st.w_bf16, n_out * n_in, "bf16 copy of an int8 weight (GEMM scratch)");
+    launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(n_out * n_in, 1)), dim3(256), 0,
+                   st.stream, wb, w.data(), static_cast<int>(n_out), static_cast<int>(n_in), static_cast<int>(w.ld()));
+    gemm_bf16_split(y, x, wb, w.scales(), T, n_in, n_out, accumulate);
+}
+
+void rms_norm(float* y, const float* x, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, float eps) {
+    if (w_bf16)
+        ops::rms_norm(Cuda<90>{}, y, x, static_cast<const __nv_bfloat16*>(w), T, d, eps, stream());
+    else
+        ops::rms_norm(Cuda<90>{}, y, x, static_cast<const float*>(w), T, d, eps, stream());
+}
+
+void embedding_gather(float* y, const void* table, bool table_bf16, const std::int32_t* ids, std::int64_t T,
+                             std::int64_t d) {
+    if (table_bf16)
+        ops::embedding_gather(Cuda<90>{}, y, static_cast<const __nv_bfloat16*>(table), ids, T, d, stream());
+    else
+        ops::embedding_gather(Cuda<90>{}, y, static_cast<const float*>(table), ids, T, d, stream());
+}
+
+void rope_rotate_half(float* x, const std::int64_t* positions, std::int64_t T, std::int64_t n_heads,
+                             std::int64_t head_dim, double theta) {
+    ops::rope_rotate_half(Cuda<90>{}, x, positions, T, n_heads, head_dim, theta, stream());
+}
+
+void attention_with_cache(float* out, const float* q, const float* k_new, const float* v_new, float* k_cache,
+                                 float* v_cache, std::int64_t C, const std::int64_t* positions, std::int64_t T,
+                                 const ops::AttentionShape& s, float scale) {
+    using namespace cuda_detail;
+    if (T <= 0) return;
+    ThreadState& st = thread_state();
+    const int splits = attention_decode_default_splits(s, C, device_info().sm_count);
+    if (!st.attn_ws || !st.attn_ws->fits(s, splits)) {
+        LIMARP_CUDA_CHECK(cudaStreamSynchronize(st.stream));
+        st.attn_ws = std::make_unique<AttentionDecodeWorkspace>(s, splits);
+    }
+    AttentionDecodeConfig cfg{};
+    cfg.splits = splits;
+    const std::int64_t qd = s.n_heads * s.head_dim, kvd = s.n_kv_heads * s.head_dim;
+    // One token at a time: token t sees positions up to its own (the earlier tokens of this call
+    // were stored into the ring by the iterations before), then stores its key and value.
+    for (std::int64_t t = 0; t < T; ++t) {
+        ops::attention_sliding_window_decode(Cuda<90>{}, out + t * qd, q + t * qd, k_new + t * kvd, v_new + t * kvd,
+                                             k_cache, v_cache, C, positions + t, s, scale, *st.attn_ws, st.stream, cfg);
+        ops::kv_cache_store(Cuda<90>{}, k_cache, v_cache, k_new + t * kvd, v_new + t * kvd, C, positions + t, kvd,
+                            st.stream);
+    }
+}
+
+void add_inplace(float* y, const float* x, std::int64_t n) { ops::add_inplace(Cuda<90>{}, y, x, n, stream()); }
+
+void swiglu(float* h, const float* gate, const float* up, std::int64_t n) {
+    ops::swiglu(Cuda<90>{}, h, gate, up, n, stream());
+}
+
+void scale_inplace(float* x, float s, std::int64_t n) {
+    using namespace cuda_detail;
+    if (n <= 0) return;
+    launch_checked(__FILE__, __LINE__, scale_kernel, dim3(elementwise_blocks(n, 1)), dim3(256), 0, stream(), x, s,
+                   static_cast<long long>(n));
+}
+
+}  // namespace cuda_api
+}  // namespace limarp

@@ -1,0 +1,71 @@
+#pragma once
+/// \file memory.hpp
+/// \brief `BackendMemory<B>`: where a backend's tensors live and how data gets there — the one
+/// place the layer templates learn the memory of their backend (compile time, no run-time branch).
+///
+/// Every backend specialises `BackendMemory<B>` with:
+/// - `buffer<T>`: an owning array in the backend's memory with `data()` and `size()`
+///   (`Tensor<T>` on the CPU, `DeviceBuffer<T>` on CUDA; see backend/cuda/ops.hpp);
+/// - `ensure(buf, n)`: grows `buf` to at least `n` elements (contents not kept) and returns `data()`;
+/// - `place(w)`: a `Weight` readable by the backend's kernels (the CPU keeps it in place, zero
+///   copy; CUDA uploads it once at load);
+/// - `stage(buf, host, n)`: host data [n] as the kernels read it (the CPU uses it in place; CUDA
+///   copies it into `buf`);
+/// - `copy(dst, src, n)` inside the backend's memory, `to_host(dst, src, n)` out of it.
+/// `Buffer<B, T>` is the buffer type. The CPU specialisation is here; a backend without one is a
+/// compile error ("incomplete type BackendMemory<...>"): include its header (limarp/cuda.hpp).
+
+#include <algorithm>
+#include <cstdint>
+
+#include "limarp/backend/backend.hpp"
+#include "limarp/core/tensor.hpp"
+#include "limarp/layers/weight.hpp"
+
+namespace limarp {
+
+/// The memory of backend `B` (specialised per backend; see the file comment).
+template <class B>
+struct BackendMemory;
+
+/// Host memory: everything is used in place.
+template <class A>
+struct BackendMemory<Cpu<A>> {
+    /// Owning host array.
+    template <class T>
+    using buffer = Tensor<T>;
+    /// Grows `b` to >= n elements (contents not kept); returns its data.
+    template <class T>
+    static T* ensure(Tensor<T>& b, std::int64_t n) {
+        if (b.size() < n) b = Tensor<T>(Shape{n});
+        return b.data();
+    }
+    /// The weight as it is (zero copy).
+    static Weight place(Weight w) { return w; }
+    /// Host data used in place (`b` is not touched).
+    template <class T>
+    static const T* stage(Tensor<T>& /*b*/, const T* host, std::int64_t /*n*/) {
+        return host;
+    }
+    /// dst[0..n) = src[0..n).
+    template <class T>
+    static void copy(T* dst, const T* src, std::int64_t n) {
+        std::copy_n(src, n, dst);
+    }
+    /// Host dst[0..n) = src[0..n) (nothing to do when they are the same array).
+    template <class T>
+    static void to_host(T* dst, const T* src, std::int64_t n) {
+        if (dst != src) std::copy_n(src, n, dst);
+    }
+    /// Where an output meant for host array `host` [n] is written by the kernels: `host` itself.
+    template <class T>
+    static T* output(Tensor<T>& /*b*/, T* host, std::int64_t /*n*/) {
+        return host;
+    }
+};
+
+/// The owning array type of backend `B`.
+template <class B, class T>
+using Buffer = typename BackendMemory<B>::template buffer<T>;
+
+}  // namespace limarp
