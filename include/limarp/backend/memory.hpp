@@ -12,10 +12,14 @@
 /// - `stage(buf, host, n)`: host data [n] as the kernels read it (the CPU uses it in place; CUDA
 ///   copies it into `buf`);
 /// - `copy(dst, src, n)` inside the backend's memory, `to_host(dst, src, n)` out of it.
+/// - `step_cache` and `run_step(cache, key, body, key_now)`: how a model step runs (the CPU calls
+///   `body()`; CUDA records it once into a CUDA graph and replays it while `key` stays the same,
+///   see `StepKey`).
 /// `Buffer<B, T>` is the buffer type. The CPU specialisation is here; a backend without one is a
-/// compile error ("incomplete type BackendMemory<...>"): include its header (limarp/cuda.hpp).
+/// compile error ("incomplete type BackendMemory<...>"): link its library (limarp::cuda).
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "limarp/backend/backend.hpp"
@@ -23,6 +27,26 @@
 #include "limarp/layers/weight.hpp"
 
 namespace limarp {
+
+/// A counter bumped whenever memory that kernels may have recorded changes under them: a device
+/// workspace or cache ring reallocated, a LoRA adapter attached, detached, rescaled or merged.
+/// Replayed work (CUDA graphs) recorded in an older epoch is recorded again.
+inline std::atomic<std::uint64_t>& backend_epoch() noexcept {
+    static std::atomic<std::uint64_t> epoch{0};
+    return epoch;
+}
+
+/// What a model step's recorded kernels depend on: same key, same launches on the same buffers
+/// (positions and ids are read from device memory, so they may differ from step to step).
+struct StepKey {
+    const void* model = nullptr;   ///< the model object
+    const void* cache = nullptr;   ///< its cache's first ring
+    std::int64_t capacity = 0;     ///< ring rows
+    std::int64_t tokens = 0;       ///< tokens in the step
+    std::int64_t first_row = 0;    ///< first logits row (-1: none)
+    std::uint64_t epoch = 0;       ///< `backend_epoch()` when the key was made
+    bool operator==(const StepKey&) const = default;
+};
 
 /// The memory of backend `B` (specialised per backend; see the file comment).
 template <class B>
@@ -61,6 +85,13 @@ struct BackendMemory<Cpu<A>> {
     template <class T>
     static T* output(Tensor<T>& /*b*/, T* host, std::int64_t /*n*/) {
         return host;
+    }
+    /// Nothing to keep between steps.
+    struct step_cache {};
+    /// Runs the step.
+    template <class Body, class KeyNow>
+    static void run_step(step_cache& /*c*/, const StepKey& /*key*/, Body&& body, KeyNow&& /*key_now*/) {
+        body();
     }
 };
 

@@ -141,6 +141,7 @@ public:
         f.file_scale = static_cast<float>(m->scale);
         f.user_scale = user_scale;
         factors_.push_back(std::move(f));
+        backend_epoch().fetch_add(1);  // recorded steps (CUDA graphs) do not have it
         return true;
     }
     /// Attaches in-memory factors (A [r, in], B [out, r]; e.g. a trainer's parameters).
@@ -155,6 +156,7 @@ public:
         f.A = BackendMemory<backend_type>::place(std::move(f.A));
         f.B = BackendMemory<backend_type>::place(std::move(f.B));
         factors_.push_back(std::move(f));
+        backend_epoch().fetch_add(1);
     }
     /// Detaches adapter `name` (unmerging it first if merged). Returns whether it was attached.
     bool detach(const std::string& name) {
@@ -162,6 +164,7 @@ public:
         if (!f) return false;
         if (f->merged) unmerge(name);
         factors_.erase(factors_.begin() + (f - factors_.data()));
+        backend_epoch().fetch_add(1);
         return true;
     }
     /// Sets the run-time multiplier of adapter `name`. \throws ArgumentError if merged.
@@ -170,6 +173,7 @@ public:
         if (!f) return false;
         if (f->merged) throw ArgumentError("adapter \"" + name + "\" is merged into " + module_ + "; unmerge it first");
         f->user_scale = user_scale;
+        backend_epoch().fetch_add(1);  // the scale is a recorded kernel argument
         return true;
     }
 

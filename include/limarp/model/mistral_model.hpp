@@ -149,17 +149,24 @@ private:
         const std::int64_t* pos = Mem::stage(pos_b_, pos_.data(), n);  // in the backend's memory
         const std::int32_t* id = Mem::stage(ids_b_, ids.data(), n);
         cache.reserve(n);
-        embed_.forward(x, id, n);
-        for (std::size_t l = 0; l < blocks_.size(); ++l)
-            blocks_[l].forward(x, n, pos, cache.layer(static_cast<std::int64_t>(l)));
-        cache.advance(ids);
-        if (!out) return;
         const std::int64_t m = n - first_row;
-        float* h = x + first_row * d;
-        norm_.forward(h, h, m);
-        float* y = Mem::output(logits_b_, out, m * cfg_.vocab);
-        head_.forward(y, h, m);
-        Mem::to_host(out, y, m * cfg_.vocab);
+        float* y = out ? Mem::output(logits_b_, out, m * cfg_.vocab) : nullptr;
+        // The kernels of the step (recorded once and replayed on CUDA while the key holds).
+        const auto key = [&] {
+            return StepKey{this, blocks_.empty() ? nullptr : cache.layer(0).k, cache.capacity(), n,
+                           y ? first_row : -1, backend_epoch().load()};
+        };
+        Mem::run_step(steps_, key(), [&] {
+            embed_.forward(x, id, n);
+            for (std::size_t l = 0; l < blocks_.size(); ++l)
+                blocks_[l].forward(x, n, pos, cache.layer(static_cast<std::int64_t>(l)));
+            if (!y) return;
+            float* h = x + first_row * d;
+            norm_.forward(h, h, m);
+            head_.forward(y, h, m);
+        }, key);
+        cache.advance(ids);
+        if (y) Mem::to_host(out, y, m * cfg_.vocab);
     }
 
     MistralConfig cfg_;
@@ -171,6 +178,7 @@ private:
     Buffer<B, float> x_, logits_b_;
     Buffer<B, std::int64_t> pos_b_;
     Buffer<B, std::int32_t> ids_b_;
+    typename BackendMemory<B>::step_cache steps_;
     std::vector<std::int64_t> pos_;
 };
 

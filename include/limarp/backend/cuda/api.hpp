@@ -21,11 +21,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <utility>
 #include <string>
 
 #include "limarp/backend/attention_shape.hpp"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
+#include "limarp/backend/memory.hpp"
 
 namespace limarp::cuda_api {
 
@@ -76,5 +79,46 @@ void add_inplace(float* y, const float* x, std::int64_t n);
 void swiglu(float* h, const float* gate, const float* up, std::int64_t n);
 /// x *= s.
 void scale_inplace(float* x, float s, std::int64_t n);
+
+/// A model step recorded as a CUDA graph: the key it was recorded under, the key seen last, the
+/// executable graph. Move-only; destroys the graph.
+class StepGraph {
+public:
+    StepGraph() = default;
+    ~StepGraph() { reset(); }
+    StepGraph(const StepGraph&) = delete;
+    StepGraph& operator=(const StepGraph&) = delete;
+    /// Takes `o`'s graph.
+    StepGraph(StepGraph&& o) noexcept : seen(o.seen), captured(o.captured), exec(std::exchange(o.exec, nullptr)), disabled(o.disabled) {}
+    /// Drops this graph, takes `o`'s.
+    StepGraph& operator=(StepGraph&& o) noexcept {
+        if (this != &o) {
+            reset();
+            seen = o.seen;
+            captured = o.captured;
+            exec = std::exchange(o.exec, nullptr);
+            disabled = o.disabled;
+        }
+        return *this;
+    }
+    /// Destroys the executable graph.
+    void reset() noexcept {
+        if (exec) (void)cudaGraphExecDestroy(exec);
+        exec = nullptr;
+    }
+    StepKey seen;                    ///< key of the last eager run
+    StepKey captured;                ///< key `exec` was recorded under
+    cudaGraphExec_t exec = nullptr;  ///< the recorded step
+    bool disabled = false;           ///< recording failed once: run eagerly from then on
+};
+
+/// Runs a model step: replays `g` when `key` is the key it was recorded under; records `body`
+/// into `g` (stream capture on `stream()`) and replays it when `key` was seen on the step before;
+/// otherwise runs `body` eagerly and remembers `key_now()` (the key after the eager run, whose
+/// workspaces may have grown). `LIMARP_CUDA_GRAPHS=0` in the environment turns recording off. A
+/// step whose recording fails (an operation that cannot be captured) runs eagerly, and `g` stays
+/// eager from then on.
+void run_step(StepGraph& g, const StepKey& key, const std::function<void()>& body,
+              const std::function<StepKey()>& key_now);
 
 }  // namespace limarp::cuda_api

@@ -15,12 +15,14 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
 #include "limarp/backend/cuda/activation.cuh"
 #include "limarp/backend/cuda/api.hpp"
 #include "limarp/backend/cuda/attention.cuh"
+#include "limarp/backend/cuda/attention_prefill.cuh"
 #include "limarp/backend/cuda/check.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
@@ -45,11 +47,14 @@ struct ThreadState {
     cublasHandle_t blas = nullptr;
     DeviceBuffer<__nv_bfloat16> x_bf16, w_bf16;
     DeviceBuffer<float> partial;
+    DeviceBuffer<unsigned char> blas_workspace{32u << 20, "cuBLAS workspace"};
     std::unique_ptr<AttentionDecodeWorkspace> attn_ws;
     ThreadState() {
         LIMARP_CUDA_CHECK(cudaStreamCreate(&stream));
         LIMARP_CUBLAS_CHECK(cublasCreate(&blas));
         LIMARP_CUBLAS_CHECK(cublasSetStream(blas, stream));
+        // A workspace of our own, so that cuBLAS allocates nothing while a step is being recorded.
+        LIMARP_CUBLAS_CHECK(cublasSetWorkspace(blas, blas_workspace.data(), blas_workspace.size()));
     }
     ~ThreadState() {
         if (blas) (void)cublasDestroy(blas);
@@ -68,6 +73,7 @@ T* grow(DeviceBuffer<T>& b, std::int64_t n, const char* what) {
     if (static_cast<std::int64_t>(b.size()) < n) {
         LIMARP_CUDA_CHECK(cudaStreamSynchronize(thread_state().stream));  // queued work may use the old one
         b = DeviceBuffer<T>(static_cast<std::size_t>(n), what);
+        backend_epoch().fetch_add(1);  // recorded graphs used the old one
     }
     return b.data();
 }
@@ -218,18 +224,20 @@ void attention_with_cache(float* out, const float* q, const float* k_new, const 
     if (!st.attn_ws || !st.attn_ws->fits(s, splits)) {
         LIMARP_CUDA_CHECK(cudaStreamSynchronize(st.stream));
         st.attn_ws = std::make_unique<AttentionDecodeWorkspace>(s, splits);
+        backend_epoch().fetch_add(1);
     }
     AttentionDecodeConfig cfg{};
     cfg.splits = splits;
-    const std::int64_t qd = s.n_heads * s.head_dim, kvd = s.n_kv_heads * s.head_dim;
-    // One token at a time: token t sees positions up to its own (the earlier tokens of this call
-    // were stored into the ring by the iterations before), then stores its key and value.
-    for (std::int64_t t = 0; t < T; ++t) {
-        ops::attention_sliding_window_decode(Cuda<90>{}, out + t * qd, q + t * qd, k_new + t * kvd, v_new + t * kvd,
-                                             k_cache, v_cache, C, positions + t, s, scale, *st.attn_ws, st.stream, cfg);
-        ops::kv_cache_store(Cuda<90>{}, k_cache, v_cache, k_new + t * kvd, v_new + t * kvd, C, positions + t, kvd,
-                            st.stream);
+    const std::int64_t kvd = s.n_kv_heads * s.head_dim;
+    if (T == 1) {  // decode: the split-K kernel, then the token into the ring
+        ops::attention_sliding_window_decode(Cuda<90>{}, out, q, k_new, v_new, k_cache, v_cache, C, positions, s, scale,
+                                             *st.attn_ws, st.stream, cfg);
+        ops::kv_cache_store(Cuda<90>{}, k_cache, v_cache, k_new, v_new, C, positions, kvd, st.stream);
+        return;
     }
+    // prefill: the tiled kernel over ring + new keys, then the newest min(T, C) into the ring
+    ops::attention_prefill(Cuda<90>{}, out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, st.stream);
+    ops::kv_cache_store_rows(Cuda<90>{}, k_cache, v_cache, k_new, v_new, C, positions, T, kvd, st.stream);
 }
 
 void add_inplace(float* y, const float* x, std::int64_t n) { ops::add_inplace(Cuda<90>{}, y, x, n, stream()); }
@@ -243,6 +251,55 @@ void scale_inplace(float* x, float s, std::int64_t n) {
     if (n <= 0) return;
     launch_checked(__FILE__, __LINE__, scale_kernel, dim3(elementwise_blocks(n, 1)), dim3(256), 0, stream(), x, s,
                    static_cast<long long>(n));
+}
+
+void run_step(StepGraph& g, const StepKey& key, const std::function<void()>& body,
+              const std::function<StepKey()>& key_now) {
+    static const bool enabled = [] {
+        const char* e = std::getenv("LIMARP_CUDA_GRAPHS");
+        return !(e && std::string(e) == "0");
+    }();
+    if (!enabled || g.disabled) return body();
+    const cudaStream_t s = stream();
+    if (g.exec && key == g.captured) {
+        LIMARP_CUDA_CHECK(cudaGraphLaunch(g.exec, s));
+        return;
+    }
+    if (!(key == g.seen)) {
+        body();
+        g.seen = key_now();
+        return;
+    }
+    // Second step with this key: every workspace has its size, nothing is allocated; record.
+    LIMARP_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    cudaGraph_t graph = nullptr;
+    const auto abandon = [&] {
+        (void)cudaStreamEndCapture(s, &graph);
+        if (graph) (void)cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+    };
+    try {
+        body();
+    } catch (const CudaError&) {  // not capturable: run this and later steps eagerly
+        abandon();
+        g.disabled = true;
+        return body();
+    } catch (...) {
+        abandon();
+        throw;
+    }
+    if (cudaStreamEndCapture(s, &graph) != cudaSuccess || graph == nullptr) {
+        if (graph) (void)cudaGraphDestroy(graph);
+        (void)cudaGetLastError();
+        g.disabled = true;
+        return body();
+    }
+    g.reset();
+    const cudaError_t err = cudaGraphInstantiate(&g.exec, graph, 0);
+    (void)cudaGraphDestroy(graph);
+    LIMARP_CUDA_CHECK(err);
+    g.captured = key;
+    LIMARP_CUDA_CHECK(cudaGraphLaunch(g.exec, s));
 }
 
 }  // namespace cuda_api

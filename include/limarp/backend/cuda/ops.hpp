@@ -11,7 +11,9 @@
 /// behind them: backend/cuda/api_impl.cuh. Training (backward passes) stays on the CPU backend.
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <type_traits>
 
 #include "limarp/backend/attention_shape.hpp"
@@ -38,6 +40,7 @@ struct BackendMemory<Cuda<Sm>> {
         if (static_cast<std::int64_t>(b.size()) < n) {
             cuda_api::synchronize();  // queued kernels may still use the old buffer
             b = DeviceBuffer<T>(static_cast<std::size_t>(n), "limarp CUDA workspace");
+            backend_epoch().fetch_add(1);  // recorded graphs used the old one
         }
         return b.data();
     }
@@ -76,6 +79,15 @@ struct BackendMemory<Cuda<Sm>> {
     template <class T>
     static T* output(DeviceBuffer<T>& b, T* /*host*/, std::int64_t n) {
         return ensure(b, n);
+    }
+    /// The recorded graph of a model's step (see `cuda_api::run_step`).
+    using step_cache = cuda_api::StepGraph;
+    /// Runs `body` eagerly the first time a key is seen, records it into a CUDA graph the second
+    /// time, and replays the graph while the key stays the same.
+    template <class Body, class KeyNow>
+    static void run_step(step_cache& c, const StepKey& key, Body&& body, KeyNow&& key_now) {
+        cuda_api::run_step(c, key, std::function<void()>(std::forward<Body>(body)),
+                           std::function<StepKey()>(std::forward<KeyNow>(key_now)));
     }
 };
 

@@ -1,0 +1,266 @@
+#pragma once
+/// \file attention_prefill.cuh
+/// \brief CUDA prefill attention over the rolling KV cache: `ops::attention_prefill` (T new tokens
+/// at consecutive positions attend, causally and inside the sliding window, to the cached keys and
+/// to each other; tiled, online softmax, f32 on the CUDA cores) and `ops::kv_cache_store_rows`
+/// (the newest min(T, C) keys and values into the ring afterwards).
+///
+/// Same function as the CPU `ops::attention_sliding_window` (and the decode kernel for T = 1).
+/// Cache layout: the CPU `KvCache`'s, f32 rings [C, n_kv_heads * head_dim], position p in row
+/// p % C. Keys of positions before p0 = positions[0] come from the ring, the others from k_new:
+/// the ring is written only after the attention (`kv_cache_store_rows`), so it still holds every
+/// earlier key a query needs (C >= window_keys - 1, or C >= p0 without a window).
+///
+/// Kernel (`attention_prefill_kernel<HD, NREP>`): a block owns kPrefillRows = 32 query rows —
+/// 32 / NREP consecutive tokens times the NREP query heads of one kv head — so each key and value
+/// tile is loaded once for all heads that share it. 256 threads; a query row is owned by 8
+/// consecutive lanes (HD / 8 output dimensions each). Per tile of kPrefillKeys = 32 key positions
+/// (only the tiles between the first token's window start and the last token's position: cost
+/// O(T x window)): K and V into shared memory (f32), scores of the 32 x 32 tile (each lane 4
+/// keys, a dot product over HD from shared memory), the mask (key after the query, or before its
+/// window), the online-softmax update with the row max and sum reduced over the row's 8 lanes by
+/// shuffles, then O += P · V. Shared memory: Q, K and V tiles (3 x 32 x HD floats, Q and K rows
+/// padded by one float against bank conflicts) and P (32 x 32), 52 KB at HD = 128 (opted in once
+/// per device). Summation order is fixed: results are
+/// reproducible run to run; they differ from the CPU's by f32 rounding.
+///
+/// Supported: head_dim 8..256 (powers of two), n_heads / n_kv_heads 1, 2, 4, 8 or 16 (as the
+/// decode kernel). Floor and measurements: benchmarks/NOTES.md ("CUDA model").
+
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "limarp/backend/attention_shape.hpp"
+#include "limarp/backend/backend.hpp"
+#include "limarp/backend/cuda/check.cuh"
+#include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/core/error.hpp"
+
+namespace limarp {
+namespace cuda_detail {
+
+inline constexpr int kPrefillRows = 32;     // query rows per block (tokens x heads of one kv head)
+inline constexpr int kPrefillKeys = 32;     // key positions per tile
+inline constexpr int kPrefillThreads = 256; // 8 lanes per query row
+
+// Shared-memory row strides: Q and K padded by one float (the score loop reads 4 rows of Q and
+// 8 rows of K at the same d: distinct banks), V unpadded (a lane reads dims sub, sub + 8, ...).
+template <int HD>
+constexpr int prefill_smem_floats() {
+    return kPrefillRows * (HD + 1) + kPrefillKeys * (HD + 1) + kPrefillKeys * HD + kPrefillRows * kPrefillKeys;
+}
+
+template <int HD, int NREP>
+__global__ void __launch_bounds__(kPrefillThreads)
+    attention_prefill_kernel(float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ k_new,
+                             const float* __restrict__ v_new, const float* __restrict__ k_cache,
+                             const float* __restrict__ v_cache, int C, const std::int64_t* __restrict__ positions,
+                             int T, int n_kv_heads, int window, float scale) {
+    constexpr int QT = kPrefillRows / NREP;  // tokens per block
+    constexpr int DL = HD / 8;               // output dims per lane: sub, sub + 8, ...
+    constexpr int LD = HD + 1;               // padded stride of Qs and Ks
+    extern __shared__ float smem[];
+    float* Qs = smem;                          // [32][LD]
+    float* Ks = Qs + kPrefillRows * LD;        // [32][LD]
+    float* Vs = Ks + kPrefillKeys * LD;        // [32][HD]
+    float* Ps = Vs + kPrefillKeys * HD;        // [32][32]
+
+    const int g = blockIdx.y;
+    const int t0 = blockIdx.x * QT;
+    const int nt = min(QT, T - t0);
+    const long long p0 = positions[0];
+    const int qd = n_kv_heads * NREP * HD, kvd = n_kv_heads * HD;
+    const int tid = threadIdx.x;
+    const int row = tid >> 3, sub = tid & 7;
+    const int tt = row / NREP, rh = row % NREP;
+    const bool row_valid = tt < nt;
+    const long long qpos = p0 + t0 + tt;
+
+    // Q tile: row (tt, rh) = q[t0 + tt, (g * NREP + rh) * HD ...], pre-scaled.
+    for (int i = tid; i < kPrefillRows * HD; i += kPrefillThreads) {
+        const int r = i / HD, d = i % HD, rt = r / NREP, rr = r % NREP;
+        Qs[r * LD + d] = rt < nt ? q[static_cast<long long>(t0 + rt) * qd + (g * NREP + rr) * HD + d] * scale : 0.0f;
+    }
+
+    float o[DL];
+#pragma unroll
+    for (int i = 0; i < DL; ++i) o[i] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+
+    const long long last = p0 + t0 + nt - 1;
+    const long long first = window > 0 ? max(0LL, p0 + t0 - window + 1) : 0LL;
+    for (long long k0 = first; k0 <= last; k0 += kPrefillKeys) {
+        __syncthreads();  // the previous tile's K, V, P are consumed
+        for (int i = tid; i < kPrefillKeys * HD; i += kPrefillThreads) {
+            const int j = i / HD, d = i % HD;
+            const long long kp = k0 + j;
+            float kv = 0.0f, vv = 0.0f;
+            if (kp <= last) {
+                if (kp < p0) {
+                    const long long r = (kp % C) * kvd + g * HD + d;
+                    kv = k_cache[r];
+                    vv = v_cache[r];
+                } else {
+                    const long long r = (kp - p0) * kvd + g * HD + d;
+                    kv = k_new[r];
+                    vv = v_new[r];
+                }
+            }
+            Ks[j * LD + d] = kv;
+            Vs[i] = vv;
+        }
+        __syncthreads();
+        // scores: this lane's keys sub, sub + 8, sub + 16, sub + 24
+        float s[4];
+        float tmax = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int j = sub + 8 * c;
+            const long long kp = k0 + j;
+            float acc = 0.0f;
+#pragma unroll 8
+            for (int d = 0; d < HD; ++d) acc += Qs[row * LD + d] * Ks[j * LD + d];
+            const bool visible = row_valid && kp <= qpos && (window <= 0 || kp > qpos - window);
+            s[c] = visible ? acc : -INFINITY;
+            tmax = fmaxf(tmax, s[c]);
+        }
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, off));
+        const float m_new = fmaxf(m, tmax);
+        float psum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const float p = m_new == -INFINITY ? 0.0f : __expf(s[c] - m_new);
+            Ps[row * kPrefillKeys + sub + 8 * c] = p;
+            psum += p;
+        }
+#pragma unroll
+        for (int off = 1; off < 8; off <<= 1) psum += __shfl_xor_sync(0xffffffffu, psum, off);
+        const float corr = m == -INFINITY ? 0.0f : __expf(m - m_new);
+        l = l * corr + psum;
+        m = m_new;
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < DL; ++i) o[i] *= corr;
+        for (int j = 0; j < kPrefillKeys; ++j) {
+            const float p = Ps[row * kPrefillKeys + j];
+#pragma unroll
+            for (int i = 0; i < DL; ++i) o[i] += p * Vs[j * HD + i * 8 + sub];
+        }
+    }
+    if (!row_valid) return;
+    float* dst = out + static_cast<long long>(t0 + tt) * qd + (g * NREP + rh) * HD + sub;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int i = 0; i < DL; ++i) dst[i * 8] = o[i] * inv;
+}
+
+// Rows T - keep .. T - 1 of k_new / v_new into ring rows (p0 + t) % C.
+__global__ void kv_cache_store_rows_kernel(float* k_cache, float* v_cache, const float* k_new, const float* v_new,
+                                           int C, const std::int64_t* positions, int T, int keep, int kvd) {
+    const long long p0 = positions[0];
+    const long long n = static_cast<long long>(keep) * kvd;
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const long long t = T - keep + i / kvd, d = i % kvd;
+        const long long slot = (p0 + t) % C;
+        k_cache[slot * kvd + d] = k_new[t * kvd + d];
+        v_cache[slot * kvd + d] = v_new[t * kvd + d];
+    }
+}
+
+template <int HD, int NREP>
+void launch_attention_prefill(float* out, const float* q, const float* k_new, const float* v_new,
+                              const float* k_cache, const float* v_cache, std::int64_t C,
+                              const std::int64_t* positions, std::int64_t T, const ops::AttentionShape& s,
+                              float scale, cudaStream_t stream) {
+    constexpr int smem = prefill_smem_floats<HD>() * static_cast<int>(sizeof(float));
+    constexpr int kMaxDevices = 64;
+    static std::array<std::once_flag, kMaxDevices> once;
+    int dev = 0;
+    LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
+    if (smem > 48 * 1024 && dev >= 0 && dev < kMaxDevices)
+        std::call_once(once[static_cast<std::size_t>(dev)], [] {
+            LIMARP_CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_kernel<HD, NREP>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        });
+    constexpr int QT = kPrefillRows / NREP;
+    const dim3 grid(static_cast<unsigned>((T + QT - 1) / QT), static_cast<unsigned>(s.n_kv_heads));
+    launch_checked(__FILE__, __LINE__, attention_prefill_kernel<HD, NREP>, grid, dim3(kPrefillThreads),
+                   static_cast<std::size_t>(smem), stream, out, q, k_new, v_new, k_cache, v_cache, static_cast<int>(C),
+                   positions, static_cast<int>(T), static_cast<int>(s.n_kv_heads), static_cast<int>(s.window_keys),
+                   scale);
+}
+
+template <int HD>
+void launch_attention_prefill_rep(float* out, const float* q, const float* k_new, const float* v_new,
+                                  const float* k_cache, const float* v_cache, std::int64_t C,
+                                  const std::int64_t* positions, std::int64_t T, const ops::AttentionShape& s,
+                                  float scale, cudaStream_t stream) {
+    switch (s.n_heads / s.n_kv_heads) {
+        case 1: return launch_attention_prefill<HD, 1>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        case 2: return launch_attention_prefill<HD, 2>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        case 4: return launch_attention_prefill<HD, 4>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        case 8: return launch_attention_prefill<HD, 8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        default: return launch_attention_prefill<HD, 16>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+    }
+}
+
+}  // namespace cuda_detail
+
+namespace ops {
+
+/// Prefill attention on the GPU (see the file comment): out[t] for the T new tokens at positions
+/// p0 = positions[0] .. p0 + T - 1 (device memory), keys and values before p0 from the rings,
+/// the rest from k_new / v_new. Asynchronous on `stream`; the launch is checked.
+/// \pre positions consecutive; the rings hold every earlier key a query needs (C >= window_keys - 1
+///      when windowed, C >= p0 without a window) and are not yet written with the new tokens;
+///      out does not overlap any input.
+/// \throws ArgumentError for an unsupported head_dim or n_heads / n_kv_heads; CudaError when the
+///         launch fails
+template <int Sm>
+void attention_prefill(Cuda<Sm>, float* out /*[T, n_heads*head_dim]*/, const float* q /*[T, n_heads*head_dim]*/,
+                       const float* k_new /*[T, kv_dim]*/, const float* v_new /*[T, kv_dim]*/,
+                       const float* k_cache /*[C, kv_dim]*/, const float* v_cache /*[C, kv_dim]*/, std::int64_t C,
+                       const std::int64_t* positions /*[T]*/, std::int64_t T, const AttentionShape& s, float scale,
+                       cudaStream_t stream = nullptr) {
+    if (T <= 0) return;
+    const std::int64_t hd = s.head_dim, n_rep = s.n_kv_heads > 0 ? s.n_heads / s.n_kv_heads : 0;
+    if (!(hd == 8 || hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256) || s.n_kv_heads <= 0 ||
+        s.n_heads % s.n_kv_heads != 0 || !(n_rep == 1 || n_rep == 2 || n_rep == 4 || n_rep == 8 || n_rep == 16))
+        throw ArgumentError("attention_prefill (CUDA): head_dim " + std::to_string(hd) + " with " +
+                            std::to_string(s.n_heads) + " query heads over " + std::to_string(s.n_kv_heads) +
+                            " kv heads is not supported (head_dim 8/16/32/64/128/256, n_heads / n_kv_heads "
+                            "1/2/4/8/16); use the CPU backend for this model");
+    if (C < 1) throw ArgumentError("attention_prefill (CUDA): the ring needs at least one row");
+    switch (hd) {
+        case 8: return cuda_detail::launch_attention_prefill_rep<8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        case 16: return cuda_detail::launch_attention_prefill_rep<16>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        case 32: return cuda_detail::launch_attention_prefill_rep<32>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        case 64: return cuda_detail::launch_attention_prefill_rep<64>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        case 128: return cuda_detail::launch_attention_prefill_rep<128>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        default: return cuda_detail::launch_attention_prefill_rep<256>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+    }
+}
+
+/// After `attention_prefill`: the newest min(T, C) new keys and values into ring rows pos % C
+/// (positions[0] read on the device). Asynchronous on `stream`.
+template <int Sm>
+void kv_cache_store_rows(Cuda<Sm>, float* k_cache, float* v_cache, const float* k_new, const float* v_new,
+                         std::int64_t C, const std::int64_t* positions, std::int64_t T, std::int64_t kv_dim,
+                         cudaStream_t stream = nullptr) {
+    if (T <= 0 || kv_dim <= 0) return;
+    const std::int64_t keep = T < C ? T : C, n = keep * kv_dim;
+    const std::int64_t blocks = (n + 255) / 256;
+    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::kv_cache_store_rows_kernel,
+                                dim3(static_cast<unsigned>(blocks > 4096 ? 4096 : blocks)), dim3(256), 0, stream,
+                                k_cache, v_cache, k_new, v_new, static_cast<int>(C), positions, static_cast<int>(T),
+                                static_cast<int>(keep), static_cast<int>(kv_dim));
+}
+
+}  // namespace ops
+}  // namespace limarp
