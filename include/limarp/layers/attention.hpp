@@ -62,8 +62,7 @@ public:
         q_.forward(qb, x, T);
         k_.forward(kb, x, T);
         v_.forward(vb, x, T);
-        rope_.forward(qb, positions, T, shape_.n_heads);
-        rope_.forward(kb, positions, T, shape_.n_kv_heads);
+        rope_.forward_qk(qb, kb, positions, T, shape_.n_heads, shape_.n_kv_heads);
         // attend, then keep the newest keys/values in the ring
         ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
                                   score_scale());

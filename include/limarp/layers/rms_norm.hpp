@@ -36,6 +36,12 @@ public:
         visit_weight(w_, [&](const auto* w) { ops::rms_norm(B{}, y, x, w, T, dim(), static_cast<float>(eps_)); });
     }
 
+    /// x += a, then h = norm(x): the residual add and the norm after it in one pass where the
+    /// backend fuses them (`ops::add_rms_norm`). h, x and a do not overlap.
+    void forward_add(float* h /*[T, d]*/, float* x /*[T, d]*/, const float* a /*[T, d]*/, std::int64_t T) const {
+        visit_weight(w_, [&](const auto* w) { ops::add_rms_norm(B{}, h, x, a, w, T, dim(), static_cast<float>(eps_)); });
+    }
+
     /// Backward with the weight frozen: dx from dy and the forward's input x (see
     /// `ops::rms_norm_backward`). dx may alias dy, not x.
     void backward(float* dx /*[T, d]*/, const float* dy /*[T, d]*/, const float* x /*[T, d]*/, std::int64_t T) const {

@@ -28,6 +28,14 @@ public:
         ops::rope_rotate_half(B{}, x, positions, T, n_heads, head_dim_, theta_);
     }
 
+    /// Rotates queries `q` and keys `k` of the same tokens in place (one pass where the backend
+    /// fuses them: `ops::rope_rotate_half_qk`).
+    void forward_qk(float* q /*[T, n_heads, head_dim]*/, float* k /*[T, n_kv_heads, head_dim]*/,
+                    const std::int64_t* positions /*[T]*/, std::int64_t T, std::int64_t n_heads,
+                    std::int64_t n_kv_heads) const {
+        ops::rope_rotate_half_qk(B{}, q, k, positions, T, n_heads, n_kv_heads, head_dim_, theta_);
+    }
+
     /// Backward: rotates the gradient `dx` back in place (the inverse rotation of `forward`).
     void backward(float* dx /*[T, n_heads, head_dim]*/, const std::int64_t* positions /*[T]*/, std::int64_t T,
                   std::int64_t n_heads) const {

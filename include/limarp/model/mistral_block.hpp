@@ -55,8 +55,12 @@ public:
         float* a = BackendMemory<B>::ensure(a_, T * d);
         norm1_.forward(h, x, T);
         attn_.forward(a, h, T, positions, cache);
-        ops::add_inplace(B{}, x, a, T * d);
-        norm2_.forward(h, x, T);
+        if constexpr (requires { norm2_.forward_add(h, x, a, T); }) {
+            norm2_.forward_add(h, x, a, T);  // x += a; h = norm2(x), fused where the backend can
+        } else {
+            ops::add_inplace(B{}, x, a, T * d);
+            norm2_.forward(h, x, T);
+        }
         mlp_.forward(a, h, T);
         ops::add_inplace(B{}, x, a, T * d);
     }

@@ -5,6 +5,7 @@
 #include "limarp/backend/cpu/activation.hpp"
 #include "limarp/backend/cpu/attention.hpp"
 #include "limarp/backend/cpu/embedding.hpp"
+#include "limarp/backend/cpu/fused.hpp"
 #include "limarp/backend/cpu/gemm.hpp"
 #include "limarp/backend/cpu/gemm_backward.hpp"
 #include "limarp/backend/cpu/loss.hpp"

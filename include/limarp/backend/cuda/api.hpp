@@ -50,17 +50,26 @@ void to_host(void* host, const void* src, std::size_t bytes);
 /// y = x · Wᵀ (+ y when `accumulate`), W [n_out, n_in] f32 row-major: cuBLAS SGEMM (f32 math).
 void matmul_wt_f32(float* y, const float* x, const float* w, std::int64_t T, std::int64_t n_in, std::int64_t n_out,
                    bool accumulate);
-/// The same with bf16 weights: x is rounded to bf16 and cuBLAS multiplies on the tensor cores
-/// with f32 accumulation and output.
+/// The same with bf16 weights: one token through a bf16 GEMV (exact products, f32 sums); more
+/// tokens through cuBLAS on the tensor cores with x split into bf16 hi + lo rows (one GEMM over
+/// 2T rows, f32 accumulation; about 2^-16 relative per input instead of bf16's 2^-9).
 void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T, std::int64_t n_in,
                     std::int64_t n_out, bool accumulate);
-/// y = x · Wᵀ (+ y) with an int8 row-wise weight, weight-only (x stays f32 / bf16): the int8 GEMV
-/// (`ops::qgemv_int8`) for one token; for T > 1 the weight is dequantized to bf16 (scales applied)
-/// into a scratch buffer and multiplied by cuBLAS on the tensor cores with f32 accumulation.
-void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate);
+/// y = x · Wᵀ (+ y) with an int8 row-wise weight: the int8 GEMV (`ops::qgemv_int8`, f32 x) for
+/// one token; for T > 1 the int8 values (exact in bf16) are widened into a scratch buffer,
+/// multiplied by cuBLAS on the tensor cores, and the row scales applied after the product. The
+/// activations of that GEMM are x rounded to bf16, or with `exact` x split into bf16 hi + lo rows
+/// as `matmul_wt_bf16` does (twice the tensor-core work, products close to f32's).
+void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate, bool exact);
 
 /// RMSNorm rows of width d (weight f32, or bf16 when `w_bf16`); y may alias x.
 void rms_norm(float* y, const float* x, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, float eps);
+/// x += a; h = RMSNorm(x) (one kernel); h, x and a do not overlap.
+void add_rms_norm(float* h, float* x, const float* a, const void* w, bool w_bf16, std::int64_t T, std::int64_t d,
+                  float eps);
+/// RoPE on q [T, n_heads, head_dim] and k [T, n_kv_heads, head_dim] in one kernel.
+void rope_rotate_half_qk(float* q, float* k, const std::int64_t* positions, std::int64_t T, std::int64_t n_heads,
+                         std::int64_t n_kv_heads, std::int64_t head_dim, double theta);
 /// y[t] = table[ids[t]] (table f32 or bf16 [vocab, d]); ids on the device, in range.
 void embedding_gather(float* y, const void* table, bool table_bf16, const std::int32_t* ids, std::int64_t T,
                       std::int64_t d);

@@ -80,23 +80,25 @@ T* grow(DeviceBuffer<T>& b, std::int64_t n, const char* what) {
 
 // x [T, n] f32 -> xs [2T, n] bf16: rows 0..T-1 hold hi = bf16(x), rows T..2T-1 lo = bf16(x - hi),
 // so that hi + lo carries x to about 16 significant bits (the products stay close to f32's).
-__global__ void split_bf16_kernel(__nv_bfloat16* xs, const float* x, long long n) {
+// With split false only the hi rows are written (x rounded to bf16).
+__global__ void split_bf16_kernel(__nv_bfloat16* xs, const float* x, long long n, bool split) {
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += static_cast<long long>(gridDim.x) * blockDim.x) {
         const float v = x[i];
         const __nv_bfloat16 hi = __float2bfloat16_rn(v);
         xs[i] = hi;
-        xs[n + i] = __float2bfloat16_rn(v - __bfloat162float(hi));
+        if (split) xs[n + i] = __float2bfloat16_rn(v - __bfloat162float(hi));
     }
 }
 
-// y[t, o] = (accumulate ? y[t, o] : 0) + s[o] * (p[t, o] + p[T + t, o]) (s null: 1).
+// y[t, o] = (accumulate ? y[t, o] : 0) + s[o] * (p[t, o] + p[T + t, o]) (s null: 1; without
+// split there is no second half).
 __global__ void combine_split_kernel(float* y, const float* p, const float* s, long long T, long long n_out,
-                                     bool accumulate) {
+                                     bool accumulate, bool split) {
     const long long n = T * n_out;
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += static_cast<long long>(gridDim.x) * blockDim.x) {
-        float v = p[i] + p[n + i];
+        float v = split ? p[i] + p[n + i] : p[i];
         if (s) v *= s[i % n_out];
         y[i] = accumulate ? y[i] + v : v;
     }
@@ -118,25 +120,71 @@ __global__ void scale_kernel(float* x, float s, long long n) {
         x[i] *= s;
 }
 
+// One token with bf16 weights (decode: LoRA factors, the lm_head, dense projections):
+// y[o] (=|+=) sum_k W[o, k] x[k], f32 accumulation of the exact bf16 x f32 products. 8 warps per
+// block; WPR warps share a row (split-K, partial sums through shared memory: WPR = 8 for short
+// columns such as LoRA A [r, n_in], where a warp per row would leave most SMs idle), so a block
+// covers 8 / WPR rows. With VEC each lane reads 8 weights (16 bytes) and 8 x values per step.
+template <bool VEC, int WPR>
+__global__ void __launch_bounds__(256)
+    gemv_bf16_kernel(float* __restrict__ y, const float* __restrict__ x, const __nv_bfloat16* __restrict__ w,
+                     int n_in, int n_out, bool accumulate) {
+    __shared__ float part[8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int o = blockIdx.x * (8 / WPR) + warp / WPR, slice = warp % WPR;
+    float acc = 0.0f;
+    if (o < n_out) {
+        const __nv_bfloat16* row = w + static_cast<long long>(o) * n_in;
+        if constexpr (VEC) {
+            for (int k = (slice * 32 + lane) * 8; k < n_in; k += 256 * WPR) {
+                const uint4 wv = __ldg(reinterpret_cast<const uint4*>(row + k));
+                const float4 x0 = __ldg(reinterpret_cast<const float4*>(x + k));
+                const float4 x1 = __ldg(reinterpret_cast<const float4*>(x + k + 4));
+                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&wv);
+                const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+                const float2 c = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
+                acc += a.x * x0.x + a.y * x0.y + b.x * x0.z + b.y * x0.w + c.x * x1.x + c.y * x1.y + d.x * x1.z +
+                       d.y * x1.w;
+            }
+        } else {
+            for (int k = slice * 32 + lane; k < n_in; k += 32 * WPR) acc += __bfloat162float(row[k]) * x[k];
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if constexpr (WPR == 1) {
+        if (lane == 0 && o < n_out) y[o] = accumulate ? y[o] + acc : acc;
+    } else {
+        if (lane == 0) part[warp] = acc;
+        __syncthreads();
+        if (threadIdx.x == 0 && o < n_out) {
+            float sum = 0.0f;
+            for (int i = 0; i < WPR; ++i) sum += part[i];
+            y[o] = accumulate ? y[o] + sum : sum;
+        }
+    }
+}
+
 // y (=|+=) (x · Wᵀ) * s[o] with W bf16 row-major [n_out, n_in] and x f32 [T, n_in]: x split into
 // bf16 hi + lo rows, one tensor-core GEMM over the 2T rows (W read once, f32 accumulation), then
 // the two halves summed and scaled. Close to an f32 product with the bf16 weights: about 2^-16
 // relative per input instead of bf16's 2^-9.
 inline void gemm_bf16_split(float* y, const float* x, const __nv_bfloat16* w, const float* s, std::int64_t T,
-                            std::int64_t n_in, std::int64_t n_out, bool accumulate) {
+                            std::int64_t n_in, std::int64_t n_out, bool accumulate, bool split = true) {
     ThreadState& st = thread_state();
-    __nv_bfloat16* xs = grow(st.x_bf16, 2 * T * n_in, "bf16 split of a GEMM input");
-    float* p = grow(st.partial, 2 * T * n_out, "GEMM partial products");
+    const std::int64_t halves = split ? 2 : 1;
+    __nv_bfloat16* xs = grow(st.x_bf16, halves * T * n_in, "bf16 split of a GEMM input");
+    float* p = grow(st.partial, halves * T * n_out, "GEMM partial products");
     launch_checked(__FILE__, __LINE__, split_bf16_kernel, dim3(elementwise_blocks(T * n_in, 1)), dim3(256), 0,
-                   st.stream, xs, x, static_cast<long long>(T * n_in));
+                   st.stream, xs, x, static_cast<long long>(T * n_in), split);
     const float alpha = 1.0f, beta = 0.0f;
     // Column-major view: Pᵀ [n_out, 2T] = op(W) [n_out, n_in] · Xsᵀ [n_in, 2T].
     LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
-                                     static_cast<int>(2 * T), static_cast<int>(n_in), &alpha, w, CUDA_R_16BF,
+                                     static_cast<int>(halves * T), static_cast<int>(n_in), &alpha, w, CUDA_R_16BF,
                                      static_cast<int>(n_in), xs, CUDA_R_16BF, static_cast<int>(n_in), &beta, p,
                                      CUDA_R_32F, static_cast<int>(n_out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     launch_checked(__FILE__, __LINE__, combine_split_kernel, dim3(elementwise_blocks(T * n_out, 1)), dim3(256), 0,
-                   st.stream, y, p, s, static_cast<long long>(T), static_cast<long long>(n_out), accumulate);
+                   st.stream, y, p, s, static_cast<long long>(T), static_cast<long long>(n_out), accumulate, split);
 }
 
 }  // namespace cuda_detail
@@ -178,11 +226,26 @@ void matmul_wt_f32(float* y, const float* x, const float* w, std::int64_t T, std
 
 void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T, std::int64_t n_in,
                     std::int64_t n_out, bool accumulate) {
+    using namespace cuda_detail;
     if (T <= 0 || n_out <= 0) return;
+    if (T == 1) {  // memory bound: the GEMV reads each weight once, exact products
+        const auto* w = static_cast<const __nv_bfloat16*>(w_bf16);
+        const bool vec = n_in % 8 == 0 && aligned_to(x, 16) && aligned_to(w, 16);
+        // few rows (LoRA A, r <= 1024): a block per row, 8 warps splitting it; else a warp per row
+        const bool split = n_out <= 1024;
+        const dim3 grid(static_cast<unsigned>(split ? n_out : (n_out + 7) / 8));
+        const auto args = [&](auto kernel) {
+            launch_checked(__FILE__, __LINE__, kernel, grid, dim3(256), 0, stream(), y, x, w, static_cast<int>(n_in),
+                           static_cast<int>(n_out), accumulate);
+        };
+        if (vec) split ? args(gemv_bf16_kernel<true, 8>) : args(gemv_bf16_kernel<true, 1>);
+        else split ? args(gemv_bf16_kernel<false, 8>) : args(gemv_bf16_kernel<false, 1>);
+        return;
+    }
     cuda_detail::gemm_bf16_split(y, x, static_cast<const __nv_bfloat16*>(w_bf16), nullptr, T, n_in, n_out, accumulate);
 }
 
-void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate) {
+void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate, bool exact) {
     using namespace cuda_detail;
     if (T <= 0 || w.n_out() <= 0) return;
     ThreadState& st = thread_state();
@@ -191,7 +254,7 @@ void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int6
     __nv_bfloat16* wb = grow(st.w_bf16, n_out * n_in, "bf16 copy of an int8 weight (GEMM scratch)");
     launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(n_out * n_in, 1)), dim3(256), 0,
                    st.stream, wb, w.data(), static_cast<int>(n_out), static_cast<int>(n_in), static_cast<int>(w.ld()));
-    gemm_bf16_split(y, x, wb, w.scales(), T, n_in, n_out, accumulate);
+    gemm_bf16_split(y, x, wb, w.scales(), T, n_in, n_out, accumulate, /*split=*/exact);
 }
 
 void rms_norm(float* y, const float* x, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, float eps) {
@@ -199,6 +262,19 @@ void rms_norm(float* y, const float* x, const void* w, bool w_bf16, std::int64_t
         ops::rms_norm(Cuda<90>{}, y, x, static_cast<const __nv_bfloat16*>(w), T, d, eps, stream());
     else
         ops::rms_norm(Cuda<90>{}, y, x, static_cast<const float*>(w), T, d, eps, stream());
+}
+
+void add_rms_norm(float* h, float* x, const float* a, const void* w, bool w_bf16, std::int64_t T, std::int64_t d,
+                  float eps) {
+    if (w_bf16)
+        ops::add_rms_norm(Cuda<90>{}, h, x, a, static_cast<const __nv_bfloat16*>(w), T, d, eps, stream());
+    else
+        ops::add_rms_norm(Cuda<90>{}, h, x, a, static_cast<const float*>(w), T, d, eps, stream());
+}
+
+void rope_rotate_half_qk(float* q, float* k, const std::int64_t* positions, std::int64_t T, std::int64_t n_heads,
+                         std::int64_t n_kv_heads, std::int64_t head_dim, double theta) {
+    ops::rope_rotate_half_qk(Cuda<90>{}, q, k, positions, T, n_heads, n_kv_heads, head_dim, theta, stream());
 }
 
 void embedding_gather(float* y, const void* table, bool table_bf16, const std::int32_t* ids, std::int64_t T,

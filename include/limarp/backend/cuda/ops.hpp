@@ -117,6 +117,18 @@ template <int Sm, class W>
 void embedding_gather(Cuda<Sm>, float* y, const W* table, const std::int32_t* ids, std::int64_t T, std::int64_t d) {
     cuda_api::embedding_gather(y, table, std::is_same_v<W, bf16>, ids, T, d);
 }
+/// x += a; h = rms_norm(x) in one kernel.
+template <int Sm, class W>
+    requires(std::is_same_v<W, float> || std::is_same_v<W, bf16>)
+void add_rms_norm(Cuda<Sm>, float* h, float* x, const float* a, const W* w, std::int64_t T, std::int64_t d, float eps) {
+    cuda_api::add_rms_norm(h, x, a, w, std::is_same_v<W, bf16>, T, d, eps);
+}
+/// RoPE on queries and keys in one kernel; positions on the device.
+template <int Sm>
+void rope_rotate_half_qk(Cuda<Sm>, float* q, float* k, const std::int64_t* positions, std::int64_t T,
+                         std::int64_t n_heads, std::int64_t n_kv_heads, std::int64_t head_dim, double theta) {
+    cuda_api::rope_rotate_half_qk(q, k, positions, T, n_heads, n_kv_heads, head_dim, theta);
+}
 /// RoPE in place; positions on the device.
 template <int Sm>
 void rope_rotate_half(Cuda<Sm>, float* x, const std::int64_t* positions, std::int64_t T, std::int64_t n_heads,
