@@ -11,7 +11,12 @@
 /// the ring is written only after the attention (`kv_cache_store_rows`), so it still holds every
 /// earlier key a query needs (C >= window_keys - 1, or C >= p0 without a window).
 ///
-/// Kernel (`attention_prefill_kernel<HD, NREP>`): a block owns kPrefillRows = 32 query rows —
+/// Kernels. For head_dim >= 16, `attention_prefill_tiled_kernel<HD, NREP>` (the default): blocks
+/// of 64 query rows and tiles of 64 keys, each thread a 4 x 4 block of scores and 4 rows of the
+/// output (register tiling: 16 FMAs per 8 shared-memory loads in the score loop, 32 per 12 in
+/// P · V), 115 KB of shared memory at head_dim 128. For head_dim 8 (or with the environment
+/// variable LIMARP_CUDA_PREFILL_ATTENTION=simple, for measurements), the first version:
+/// `attention_prefill_kernel<HD, NREP>`: a block owns kPrefillRows = 32 query rows —
 /// 32 / NREP consecutive tokens times the NREP query heads of one kv head — so each key and value
 /// tile is loaded once for all heads that share it. 256 threads; a query row is owned by 8
 /// consecutive lanes (HD / 8 output dimensions each). Per tile of kPrefillKeys = 32 key positions
@@ -31,6 +36,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -159,6 +165,150 @@ __global__ void __launch_bounds__(kPrefillThreads)
     for (int i = 0; i < DL; ++i) dst[i * 8] = o[i] * inv;
 }
 
+// The register-tiled variant (head_dim >= 16, the default): 64 query rows x 64 keys per tile,
+// 256 threads as a 16 x 16 grid; thread (ty, tx) computes the scores of rows 4ty..4ty+3 with
+// keys tx, tx + 16, tx + 32, tx + 48 (16 FMAs per 8 shared loads), keeps the softmax state of its
+// 4 rows (reduced over the 16 tx lanes by shuffles) and accumulates O for its 4 rows at dims
+// tx, tx + 16, ... (HD / 16 of them). Shared: Q, K (rows padded by one float), V, P (padded).
+inline constexpr int kTiledRows = 64;
+inline constexpr int kTiledKeys = 64;
+
+template <int HD>
+constexpr int tiled_smem_floats() {
+    return kTiledRows * (HD + 1) + kTiledKeys * (HD + 1) + kTiledKeys * HD + kTiledRows * (kTiledKeys + 1);
+}
+
+template <int HD, int NREP>
+__global__ void __launch_bounds__(256)
+    attention_prefill_tiled_kernel(float* __restrict__ out, const float* __restrict__ q, const float* __restrict__ k_new,
+                                   const float* __restrict__ v_new, const float* __restrict__ k_cache,
+                                   const float* __restrict__ v_cache, int C, const std::int64_t* __restrict__ positions,
+                                   int T, int n_kv_heads, int window, float scale) {
+    constexpr int QT = kTiledRows / NREP;  // tokens per block
+    constexpr int DT = HD / 16;            // output dims per thread
+    constexpr int LD = HD + 1, LP = kTiledKeys + 1;
+    extern __shared__ float smem[];
+    float* Qs = smem;                       // [64][LD]
+    float* Ks = Qs + kTiledRows * LD;       // [64][LD]
+    float* Vs = Ks + kTiledKeys * LD;       // [64][HD]
+    float* Ps = Vs + kTiledKeys * HD;       // [64][LP]
+
+    const int g = blockIdx.y;
+    const int t0 = blockIdx.x * QT;
+    const int nt = min(QT, T - t0);
+    const long long p0 = positions[0];
+    const int qd = n_kv_heads * NREP * HD, kvd = n_kv_heads * HD;
+    const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+
+    for (int i = tid; i < kTiledRows * HD; i += 256) {
+        const int r = i / HD, d = i % HD, rt = r / NREP, rr = r % NREP;
+        Qs[r * LD + d] = rt < nt ? q[static_cast<long long>(t0 + rt) * qd + (g * NREP + rr) * HD + d] * scale : 0.0f;
+    }
+    long long qpos[4];
+    bool valid[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int tt = (ty * 4 + r) / NREP;
+        valid[r] = tt < nt;
+        qpos[r] = p0 + t0 + tt;
+    }
+    float o[4][DT];
+    float m[4], l[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DT; ++i) o[r][i] = 0.0f;
+    }
+
+    const long long last = p0 + t0 + nt - 1;
+    const long long first = window > 0 ? max(0LL, p0 + t0 - window + 1) : 0LL;
+    for (long long k0 = first; k0 <= last; k0 += kTiledKeys) {
+        __syncthreads();  // the previous tile is consumed (and Q is stored, the first time)
+        for (int i = tid; i < kTiledKeys * HD; i += 256) {
+            const int j = i / HD, d = i % HD;
+            const long long kp = k0 + j;
+            float kv = 0.0f, vv = 0.0f;
+            if (kp <= last) {
+                const long long r = kp < p0 ? (kp % C) * kvd + g * HD + d : (kp - p0) * kvd + g * HD + d;
+                kv = kp < p0 ? k_cache[r] : k_new[r];
+                vv = kp < p0 ? v_cache[r] : v_new[r];
+            }
+            Ks[j * LD + d] = kv;
+            Vs[i] = vv;
+        }
+        __syncthreads();
+        float sc[4][4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) sc[r][c] = 0.0f;
+#pragma unroll 4
+        for (int d = 0; d < HD; ++d) {
+            float a[4], b[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) a[r] = Qs[(ty * 4 + r) * LD + d];
+#pragma unroll
+            for (int c = 0; c < 4; ++c) b[c] = Ks[(tx + 16 * c) * LD + d];
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) sc[r][c] += a[r] * b[c];
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            float tmax = -INFINITY;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const long long kp = k0 + tx + 16 * c;
+                const bool vis = valid[r] && kp <= qpos[r] && (window <= 0 || kp > qpos[r] - window);
+                sc[r][c] = vis ? sc[r][c] : -INFINITY;
+                tmax = fmaxf(tmax, sc[r][c]);
+            }
+#pragma unroll
+            for (int off = 1; off < 16; off <<= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, off));
+            const float m_new = fmaxf(m[r], tmax);
+            float psum = 0.0f;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const float p = m_new == -INFINITY ? 0.0f : __expf(sc[r][c] - m_new);
+                Ps[(ty * 4 + r) * LP + tx + 16 * c] = p;
+                psum += p;
+            }
+#pragma unroll
+            for (int off = 1; off < 16; off <<= 1) psum += __shfl_xor_sync(0xffffffffu, psum, off);
+            const float corr = m[r] == -INFINITY ? 0.0f : __expf(m[r] - m_new);
+            l[r] = l[r] * corr + psum;
+            m[r] = m_new;
+#pragma unroll
+            for (int i = 0; i < DT; ++i) o[r][i] *= corr;
+        }
+        __syncthreads();  // P complete
+#pragma unroll 4
+        for (int j = 0; j < kTiledKeys; ++j) {
+            float p[4], v[DT];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) p[r] = Ps[(ty * 4 + r) * LP + j];
+#pragma unroll
+            for (int i = 0; i < DT; ++i) v[i] = Vs[j * HD + tx + 16 * i];
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int i = 0; i < DT; ++i) o[r][i] += p[r] * v[i];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        if (!valid[r]) continue;
+        const int row = ty * 4 + r, tt = row / NREP, rh = row % NREP;
+        float* dst = out + static_cast<long long>(t0 + tt) * qd + (g * NREP + rh) * HD + tx;
+        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+#pragma unroll
+        for (int i = 0; i < DT; ++i) dst[16 * i] = o[r][i] * inv;
+    }
+}
+
 // Rows T - keep .. T - 1 of k_new / v_new into ring rows (p0 + t) % C.
 __global__ void kv_cache_store_rows_kernel(float* k_cache, float* v_cache, const float* k_new, const float* v_new,
                                            int C, const std::int64_t* positions, int T, int keep, int kvd) {
@@ -178,6 +328,30 @@ void launch_attention_prefill(float* out, const float* q, const float* k_new, co
                               const float* k_cache, const float* v_cache, std::int64_t C,
                               const std::int64_t* positions, std::int64_t T, const ops::AttentionShape& s,
                               float scale, cudaStream_t stream) {
+    // LIMARP_CUDA_PREFILL_ATTENTION=simple selects the first kernel (kept for measurements).
+    static const bool simple = [] {
+        const char* e = std::getenv("LIMARP_CUDA_PREFILL_ATTENTION");
+        return e && std::string(e) == "simple";
+    }();
+    if constexpr (HD >= 16) if (!simple) {
+        constexpr int smem = tiled_smem_floats<HD>() * static_cast<int>(sizeof(float));
+        constexpr int kMaxDevices = 64;
+        static std::array<std::once_flag, kMaxDevices> once;
+        int dev = 0;
+        LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
+        if (dev >= 0 && dev < kMaxDevices)
+            std::call_once(once[static_cast<std::size_t>(dev)], [] {
+                LIMARP_CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_tiled_kernel<HD, NREP>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            });
+        constexpr int QT = kTiledRows / NREP;
+        const dim3 grid(static_cast<unsigned>((T + QT - 1) / QT), static_cast<unsigned>(s.n_kv_heads));
+        launch_checked(__FILE__, __LINE__, attention_prefill_tiled_kernel<HD, NREP>, grid, dim3(256),
+                       static_cast<std::size_t>(smem), stream, out, q, k_new, v_new, k_cache, v_cache,
+                       static_cast<int>(C), positions, static_cast<int>(T), static_cast<int>(s.n_kv_heads),
+                       static_cast<int>(s.window_keys), scale);
+        return;
+    }
     constexpr int smem = prefill_smem_floats<HD>() * static_cast<int>(sizeof(float));
     constexpr int kMaxDevices = 64;
     static std::array<std::once_flag, kMaxDevices> once;
