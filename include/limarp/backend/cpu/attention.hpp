@@ -247,7 +247,7 @@ void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, cons
 }
 
 /// One attention layer's step over the rolling cache (what `GqaAttention::forward` runs between
-/// RoPE and o_proj): `attention_sliding_window` of the T new tokens at positions[0] ..
+/// RoPE and o_proj): `attention_sliding_window` of the T new tokens at positions[0] to
 /// positions[0] + T - 1, then their keys and values into the ring (the newest min(T, C) of them,
 /// row pos % C). Every backend provides it with this signature; positions are in the backend's
 /// memory (host here).

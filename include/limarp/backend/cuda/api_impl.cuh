@@ -31,6 +31,7 @@
 #include "limarp/backend/cuda/qgemv.cuh"
 #include "limarp/backend/cuda/rope.cuh"
 
+/// \cond
 namespace limarp {
 namespace cuda_detail {
 
@@ -188,7 +189,10 @@ inline void gemm_bf16_split(float* y, const float* x, const __nv_bfloat16* w, co
 }
 
 }  // namespace cuda_detail
+}  // namespace limarp
+/// \endcond
 
+namespace limarp {
 namespace cuda_api {
 
 cudaStream_t stream() { return cuda_detail::thread_state().stream; }

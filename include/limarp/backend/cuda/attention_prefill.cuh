@@ -47,6 +47,7 @@
 #include "limarp/core/error.hpp"
 
 namespace limarp {
+/// \cond
 namespace cuda_detail {
 
 inline constexpr int kPrefillRows = 32;     // query rows per block (tokens x heads of one kv head)
@@ -385,6 +386,7 @@ void launch_attention_prefill_rep(float* out, const float* q, const float* k_new
 }
 
 }  // namespace cuda_detail
+/// \endcond
 
 namespace ops {
 
