@@ -19,6 +19,10 @@
 #include <string>
 #include <vector>
 
+#if defined(LIMARP_WITH_CUDA_BACKEND)
+#include <cuda_runtime_api.h>
+#endif
+
 #include "common/program.hpp"
 #include "limarp/io/hf_config.hpp"
 #include "limarp/io/peft_adapter.hpp"
@@ -94,6 +98,13 @@ decltype(auto) with_model(const ModelOptions& o, F&& f) {
     };
 #if defined(LIMARP_WITH_CUDA_BACKEND)
     if (o.device == "cuda") {
+        int devices = 0;
+        const cudaError_t err = cudaGetDeviceCount(&devices);
+        if (err != cudaSuccess || devices == 0) {
+            (void)cudaGetLastError();
+            throw ArgumentError(std::string("--device cuda: no usable CUDA device (") +
+                                (err != cudaSuccess ? cudaGetErrorString(err) : "none found") + "); use --device cpu");
+        }
         switch (scheme) {
             case QuantScheme::Int8: return build.template operator()<QuantizedLinear<Int8Rowwise, Cuda<>>>();
             case QuantScheme::Q8_0:
