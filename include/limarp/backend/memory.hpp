@@ -19,22 +19,14 @@
 /// compile error ("incomplete type BackendMemory<...>"): link its library (limarp::cuda).
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 #include "limarp/backend/backend.hpp"
+#include "limarp/backend/epoch.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/layers/weight.hpp"
 
 namespace limarp {
-
-/// A counter bumped whenever memory that kernels may have recorded changes under them: a device
-/// workspace or cache ring reallocated, a LoRA adapter attached, detached, rescaled or merged.
-/// Replayed work (CUDA graphs) recorded in an older epoch is recorded again.
-inline std::atomic<std::uint64_t>& backend_epoch() noexcept {
-    static std::atomic<std::uint64_t> epoch{0};
-    return epoch;
-}
 
 /// What a model step's recorded kernels depend on: same key, same launches on the same buffers
 /// (positions and ids are read from device memory, so they may differ from step to step).

@@ -98,7 +98,9 @@ public:
     StepGraph(const StepGraph&) = delete;
     StepGraph& operator=(const StepGraph&) = delete;
     /// Takes `o`'s graph.
-    StepGraph(StepGraph&& o) noexcept : seen(o.seen), captured(o.captured), exec(std::exchange(o.exec, nullptr)), disabled(o.disabled) {}
+    StepGraph(StepGraph&& o) noexcept
+        : seen(o.seen), captured(o.captured), exec(std::exchange(o.exec, nullptr)), stream(o.stream),
+          disabled(o.disabled) {}
     /// Drops this graph, takes `o`'s.
     StepGraph& operator=(StepGraph&& o) noexcept {
         if (this != &o) {
@@ -106,6 +108,7 @@ public:
             seen = o.seen;
             captured = o.captured;
             exec = std::exchange(o.exec, nullptr);
+            stream = o.stream;
             disabled = o.disabled;
         }
         return *this;
@@ -118,15 +121,19 @@ public:
     StepKey seen;                    ///< key of the last eager run
     StepKey captured;                ///< key `exec` was recorded under
     cudaGraphExec_t exec = nullptr;  ///< the recorded step
+    cudaStream_t stream = nullptr;   ///< the recording thread's stream (replays only there)
     bool disabled = false;           ///< recording failed once: run eagerly from then on
 };
 
-/// Runs a model step: replays `g` when `key` is the key it was recorded under; records `body`
-/// into `g` (stream capture on `stream()`) and replays it when `key` was seen on the step before;
-/// otherwise runs `body` eagerly and remembers `key_now()` (the key after the eager run, whose
-/// workspaces may have grown). `LIMARP_CUDA_GRAPHS=0` in the environment turns recording off. A
-/// step whose recording fails (an operation that cannot be captured) runs eagerly, and `g` stays
-/// eager from then on.
+/// Runs a model step: replays `g` when `key` is the key it was recorded under (on the same
+/// thread); records `body` into `g` (stream capture on `stream()`) and replays it when `key` was
+/// seen on the step before; otherwise runs `body` eagerly and remembers `key_now()` (the key after
+/// the eager run, whose workspaces may have grown). Only one-token steps (decode) are recorded.
+/// `LIMARP_CUDA_GRAPHS=0` in the environment turns recording off. A step whose recording fails
+/// (an operation that cannot be captured) runs eagerly, and `g` stays eager from then on.
+/// Limitation: the stream synchronises with the legacy default stream, so while one thread
+/// records, other threads must not upload weights (blocking cudaMemcpy) on the same device;
+/// that recording then fails and the model runs eagerly.
 void run_step(StepGraph& g, const StepKey& key, const std::function<void()>& body,
               const std::function<StepKey()>& key_now);
 

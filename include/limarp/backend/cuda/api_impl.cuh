@@ -57,7 +57,7 @@ struct ThreadState {
         // A workspace of our own, so that cuBLAS allocates nothing while a step is being recorded.
         LIMARP_CUBLAS_CHECK(cublasSetWorkspace(blas, blas_workspace.data(), blas_workspace.size()));
     }
-    ~ThreadState() {
+    ~ThreadState() {  // the buffers' frees bump backend_epoch(): graphs using this scratch are stale
         if (blas) (void)cublasDestroy(blas);
         if (stream) (void)cudaStreamDestroy(stream);
     }
@@ -130,6 +130,7 @@ template <bool VEC, int WPR>
 __global__ void __launch_bounds__(256)
     gemv_bf16_kernel(float* __restrict__ y, const float* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                      int n_in, int n_out, bool accumulate) {
+    static_assert(WPR == 1 || WPR == 8, "gemv_bf16_kernel: a warp per row, or the whole block per row");
     __shared__ float part[8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int o = blockIdx.x * (8 / WPR) + warp / WPR, slice = warp % WPR;
@@ -201,7 +202,10 @@ void synchronize() { LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream())); }
 
 std::shared_ptr<void> upload(const void* host, std::size_t bytes, const std::string& what) {
     void* p = cuda_malloc_checked(bytes, what.c_str());
-    std::shared_ptr<void> owner(p, [](void* q) { (void)cudaFree(q); });
+    std::shared_ptr<void> owner(p, [](void* q) {
+        (void)cudaFree(q);
+        backend_epoch().fetch_add(1);  // a replaced weight: recorded graphs used it
+    });
     if (bytes) LIMARP_CUDA_CHECK(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice));
     return owner;
 }
@@ -339,9 +343,13 @@ void run_step(StepGraph& g, const StepKey& key, const std::function<void()>& bod
         const char* e = std::getenv("LIMARP_CUDA_GRAPHS");
         return !(e && std::string(e) == "0");
     }();
-    if (!enabled || g.disabled) return body();
+    // Only one-token steps (decode) are recorded: a prefill is bound by the GPU's work, not by
+    // launches, and recording it would evict the decode graph.
+    if (!enabled || g.disabled || key.tokens != 1) return body();
     const cudaStream_t s = stream();
-    if (g.exec && key == g.captured) {
+    // A graph uses its recording thread's stream, scratch and cuBLAS workspace: other threads
+    // run eagerly (and record their own graph when they keep the model).
+    if (g.exec && key == g.captured && g.stream == s) {
         LIMARP_CUDA_CHECK(cudaGraphLaunch(g.exec, s));
         return;
     }
@@ -379,6 +387,7 @@ void run_step(StepGraph& g, const StepKey& key, const std::function<void()>& bod
     (void)cudaGraphDestroy(graph);
     LIMARP_CUDA_CHECK(err);
     g.captured = key;
+    g.stream = s;
     LIMARP_CUDA_CHECK(cudaGraphLaunch(g.exec, s));
 }
 

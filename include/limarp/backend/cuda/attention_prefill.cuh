@@ -29,8 +29,8 @@
 /// per device). Summation order is fixed: results are
 /// reproducible run to run; they differ from the CPU's by f32 rounding.
 ///
-/// Supported: head_dim 8..256 (powers of two), n_heads / n_kv_heads 1, 2, 4, 8 or 16 (as the
-/// decode kernel). Floor and measurements: benchmarks/NOTES.md ("CUDA model").
+/// Supported: head_dim 8..256 (powers of two), n_heads / n_kv_heads 1, 2, 4 or 8 (as the decode
+/// kernel). Floor and measurements: benchmarks/NOTES.md ("CUDA model").
 
 #include <cuda_runtime.h>
 
@@ -44,6 +44,7 @@
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/check.cuh"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/core/error.hpp"
 
 namespace limarp {
@@ -334,8 +335,10 @@ void launch_attention_prefill(float* out, const float* q, const float* k_new, co
         const char* e = std::getenv("LIMARP_CUDA_PREFILL_ATTENTION");
         return e && std::string(e) == "simple";
     }();
-    if constexpr (HD >= 16) if (!simple) {
-        constexpr int smem = tiled_smem_floats<HD>() * static_cast<int>(sizeof(float));
+    constexpr int tiled_smem = tiled_smem_floats<HD>() * static_cast<int>(sizeof(float));
+    // the tiled kernel needs up to 209 KB (head_dim 256): devices with less use the first kernel
+    if constexpr (HD >= 16) if (!simple && tiled_smem <= device_info().max_smem_optin) {
+        constexpr int smem = tiled_smem;
         constexpr int kMaxDevices = 64;
         static std::array<std::once_flag, kMaxDevices> once;
         int dev = 0;
@@ -380,8 +383,7 @@ void launch_attention_prefill_rep(float* out, const float* q, const float* k_new
         case 1: return launch_attention_prefill<HD, 1>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
         case 2: return launch_attention_prefill<HD, 2>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
         case 4: return launch_attention_prefill<HD, 4>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 8: return launch_attention_prefill<HD, 8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        default: return launch_attention_prefill<HD, 16>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+        default: return launch_attention_prefill<HD, 8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
     }
 }
 
@@ -406,12 +408,13 @@ void attention_prefill(Cuda<Sm>, float* out /*[T, n_heads*head_dim]*/, const flo
                        cudaStream_t stream = nullptr) {
     if (T <= 0) return;
     const std::int64_t hd = s.head_dim, n_rep = s.n_kv_heads > 0 ? s.n_heads / s.n_kv_heads : 0;
+    // the decode kernel's set, so that a model that prefills also decodes
     if (!(hd == 8 || hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256) || s.n_kv_heads <= 0 ||
-        s.n_heads % s.n_kv_heads != 0 || !(n_rep == 1 || n_rep == 2 || n_rep == 4 || n_rep == 8 || n_rep == 16))
+        s.n_heads % s.n_kv_heads != 0 || !(n_rep == 1 || n_rep == 2 || n_rep == 4 || n_rep == 8))
         throw ArgumentError("attention_prefill (CUDA): head_dim " + std::to_string(hd) + " with " +
                             std::to_string(s.n_heads) + " query heads over " + std::to_string(s.n_kv_heads) +
                             " kv heads is not supported (head_dim 8/16/32/64/128/256, n_heads / n_kv_heads "
-                            "1/2/4/8/16); use the CPU backend for this model");
+                            "1/2/4/8); use the CPU backend for this model");
     if (C < 1) throw ArgumentError("attention_prefill (CUDA): the ring needs at least one row");
     switch (hd) {
         case 8: return cuda_detail::launch_attention_prefill_rep<8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);

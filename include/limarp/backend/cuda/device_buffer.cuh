@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "limarp/backend/cuda/check.cuh"
+#include "limarp/backend/epoch.hpp"
 #include "limarp/core/error.hpp"
 
 namespace limarp {
@@ -86,7 +87,10 @@ public:
 
 private:
     void release() noexcept {
-        if (p_) (void)cudaFree(p_);  // no throw from a destructor; a sticky error shows at the next checked call
+        if (p_) {
+            (void)cudaFree(p_);  // no throw from a destructor; a sticky error shows at the next checked call
+            backend_epoch().fetch_add(1);  // recorded graphs may have used this memory
+        }
         p_ = nullptr;
         n_ = 0;
     }
