@@ -1,7 +1,7 @@
 #pragma once
 /// \file epoch.hpp
 /// \brief `backend_epoch()`: the counter that invalidates recorded device work (CUDA graphs of
-/// graphs of model steps). Header of its own (only the standard atomic header) so that device-memory
+/// model steps). Header of its own (only the standard atomic header) so that device-memory owners can bump it.
 
 #include <atomic>
 #include <cstdint>
