@@ -226,8 +226,7 @@ public:
             const float* xin = dropped_input(f, x, T);
             float* z = scratch(0, T * r);
             visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z, xin, a, T, in_features(), r); });
-            const float s = f.scale();
-            for (std::int64_t i = 0; i < T * r; ++i) z[i] *= s;
+            ops::scale_inplace(backend_type{}, z, f.scale(), T * r);
             visit_weight(f.B, [&](const auto* b) {
                 ops::matmul_wt(backend_type{}, y, z, b, T, r, out_features(), /*accumulate=*/true);
             });
@@ -255,11 +254,11 @@ public:
             float* dz = scratch(1, T * r);
             // z = s · dropout(x) Aᵀ; dB += dyᵀ z
             visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z, xin, a, T, n_in, r); });
-            for (std::int64_t i = 0; i < T * r; ++i) z[i] *= s;
+            ops::scale_inplace(backend_type{}, z, s, T * r);
             ops::matmul_at_b(backend_type{}, g.B.data(), dy, z, T, n_out, r, /*accumulate=*/true);
             // dz = s · dy B; dA += dzᵀ dropout(x)
             visit_weight(f.B, [&](const auto* b) { ops::matmul_w(backend_type{}, dz, dy, b, T, n_out, r); });
-            for (std::int64_t i = 0; i < T * r; ++i) dz[i] *= s;
+            ops::scale_inplace(backend_type{}, dz, s, T * r);
             ops::matmul_at_b(backend_type{}, g.A.data(), dz, xin, T, r, n_in, /*accumulate=*/true);
             // dx += mask ∘ (dz A) / (1 - p)
             if (dropout_p_ == 0.0f) {

@@ -71,16 +71,9 @@ inline ThreadState& thread_state() {
 
 template <class T>
 T* grow(DeviceBuffer<T>& b, std::int64_t n, const char* what) {
-    if (static_cast<std::int64_t>(b.size()) < n) {
-        LIMARP_CUDA_CHECK(cudaStreamSynchronize(thread_state().stream));  // queued work may use the old one
-        b = DeviceBuffer<T>(static_cast<std::size_t>(n), what);
-        backend_epoch().fetch_add(1);  // recorded graphs used the old one
-    }
-    return b.data();
+    return grow_device_buffer(b, n, what, thread_state().stream);
 }
 
-// x [T, n] f32 -> xs [2T, n] bf16: rows 0..T-1 hold hi = bf16(x), rows T..2T-1 lo = bf16(x - hi),
-// so that hi + lo carries x to about 16 significant bits (the products stay close to f32's).
 // With split false only the hi rows are written (x rounded to bf16).
 __global__ void split_bf16_kernel(__nv_bfloat16* xs, const float* x, long long n, bool split) {
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -201,13 +194,9 @@ cudaStream_t stream() { return cuda_detail::thread_state().stream; }
 void synchronize() { LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream())); }
 
 std::shared_ptr<void> upload(const void* host, std::size_t bytes, const std::string& what) {
-    void* p = cuda_malloc_checked(bytes, what.c_str());
-    std::shared_ptr<void> owner(p, [](void* q) {
-        (void)cudaFree(q);
-        backend_epoch().fetch_add(1);  // a replaced weight: recorded graphs used it
-    });
-    if (bytes) LIMARP_CUDA_CHECK(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice));
-    return owner;
+    auto buf = std::make_shared<DeviceBuffer<unsigned char>>(bytes, what);  // its free bumps backend_epoch()
+    buf->upload(static_cast<const unsigned char*>(host), bytes);
+    return std::shared_ptr<void>(buf, buf->data());
 }
 
 void to_device(void* dst, const void* host, std::size_t bytes) {
@@ -304,16 +293,15 @@ void attention_with_cache(float* out, const float* q, const float* k_new, const 
     using namespace cuda_detail;
     if (T <= 0) return;
     ThreadState& st = thread_state();
-    const int splits = attention_decode_default_splits(s, C, device_info().sm_count);
-    if (!st.attn_ws || !st.attn_ws->fits(s, splits)) {
-        LIMARP_CUDA_CHECK(cudaStreamSynchronize(st.stream));
-        st.attn_ws = std::make_unique<AttentionDecodeWorkspace>(s, splits);
-        backend_epoch().fetch_add(1);
-    }
-    AttentionDecodeConfig cfg{};
-    cfg.splits = splits;
     const std::int64_t kvd = s.n_kv_heads * s.head_dim;
-    if (T == 1) {  // decode: the split-K kernel, then the token into the ring
+    if (T == 1) {  // decode: the split-K kernel (its split workspace), then the token into the ring
+        const int splits = attention_decode_default_splits(s, C, device_info().sm_count);
+        if (!st.attn_ws || !st.attn_ws->fits(s, splits)) {
+            LIMARP_CUDA_CHECK(cudaStreamSynchronize(st.stream));
+            st.attn_ws = std::make_unique<AttentionDecodeWorkspace>(s, splits);  // frees bump the epoch
+        }
+        AttentionDecodeConfig cfg{};
+        cfg.splits = splits;
         ops::attention_sliding_window_decode(Cuda<90>{}, out, q, k_new, v_new, k_cache, v_cache, C, positions, s, scale,
                                              *st.attn_ws, st.stream, cfg);
         ops::kv_cache_store(Cuda<90>{}, k_cache, v_cache, k_new, v_new, C, positions, kvd, st.stream);

@@ -310,6 +310,19 @@ inline int attention_keys_per_step(std::int64_t head_dim, std::int64_t n_rep) {
     return static_cast<int>(groups * (n_rep >= 8 ? 2 : 4));
 }
 
+// The head layouts the CUDA attention kernels (decode and prefill) are instantiated for:
+// head_dim 8..256 (powers of two), n_heads / n_kv_heads 1, 2, 4 or 8. Throws ArgumentError naming
+// `who` otherwise.
+inline void check_attention_heads(const char* who, const ops::AttentionShape& s) {
+    const std::int64_t hd = s.head_dim, n_rep = s.n_kv_heads > 0 ? s.n_heads / s.n_kv_heads : 0;
+    if (!(hd == 8 || hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256) || s.n_kv_heads <= 0 ||
+        s.n_heads % s.n_kv_heads != 0 || !(n_rep == 1 || n_rep == 2 || n_rep == 4 || n_rep == 8))
+        throw ArgumentError(std::string(who) + " (CUDA): head_dim " + std::to_string(hd) + " with " +
+                            std::to_string(s.n_heads) + " query heads over " + std::to_string(s.n_kv_heads) +
+                            " kv heads is not supported (head_dim 8/16/32/64/128/256, n_heads / n_kv_heads "
+                            "1/2/4/8); use the CPU backend for this model");
+}
+
 }  // namespace cuda_detail
 /// \endcond
 
@@ -446,13 +459,7 @@ void attention_sliding_window_decode(Cuda<Sm>, float* out /*[n_heads*head_dim]*/
                                      AttentionDecodeWorkspace& ws, cudaStream_t stream = nullptr,
                                      AttentionDecodeConfig cfg = {}) {
     const std::int64_t hd = s.head_dim;
-    const std::int64_t n_rep = s.n_kv_heads > 0 ? s.n_heads / s.n_kv_heads : 0;
-    if (!(hd == 8 || hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256) || s.n_kv_heads <= 0 ||
-        s.n_heads % s.n_kv_heads != 0 || !(n_rep == 1 || n_rep == 2 || n_rep == 4 || n_rep == 8))
-        throw ArgumentError("attention_sliding_window_decode (CUDA): head_dim " + std::to_string(hd) + " with " +
-                            std::to_string(s.n_heads) + " query heads over " + std::to_string(s.n_kv_heads) +
-                            " kv heads is not supported (head_dim 8/16/32/64/128/256, n_heads / n_kv_heads "
-                            "1/2/4/8); use the CPU backend for this model");
+    cuda_detail::check_attention_heads("attention_sliding_window_decode", s);
     using cuda_detail::aligned_to;
     if (!aligned_to(q, 16) || !aligned_to(k_new, 16) || !aligned_to(v_new, 16) || !aligned_to(k_cache, 16) ||
         !aligned_to(v_cache, 16))

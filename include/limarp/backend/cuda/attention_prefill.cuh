@@ -42,6 +42,7 @@
 
 #include "limarp/backend/attention_shape.hpp"
 #include "limarp/backend/backend.hpp"
+#include "limarp/backend/cuda/attention.cuh"
 #include "limarp/backend/cuda/check.cuh"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
@@ -407,14 +408,8 @@ void attention_prefill(Cuda<Sm>, float* out /*[T, n_heads*head_dim]*/, const flo
                        const std::int64_t* positions /*[T]*/, std::int64_t T, const AttentionShape& s, float scale,
                        cudaStream_t stream = nullptr) {
     if (T <= 0) return;
-    const std::int64_t hd = s.head_dim, n_rep = s.n_kv_heads > 0 ? s.n_heads / s.n_kv_heads : 0;
-    // the decode kernel's set, so that a model that prefills also decodes
-    if (!(hd == 8 || hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256) || s.n_kv_heads <= 0 ||
-        s.n_heads % s.n_kv_heads != 0 || !(n_rep == 1 || n_rep == 2 || n_rep == 4 || n_rep == 8))
-        throw ArgumentError("attention_prefill (CUDA): head_dim " + std::to_string(hd) + " with " +
-                            std::to_string(s.n_heads) + " query heads over " + std::to_string(s.n_kv_heads) +
-                            " kv heads is not supported (head_dim 8/16/32/64/128/256, n_heads / n_kv_heads "
-                            "1/2/4/8); use the CPU backend for this model");
+    const std::int64_t hd = s.head_dim;
+    cuda_detail::check_attention_heads("attention_prefill", s);  // the decode kernel's set: what prefills, decodes
     if (C < 1) throw ArgumentError("attention_prefill (CUDA): the ring needs at least one row");
     switch (hd) {
         case 8: return cuda_detail::launch_attention_prefill_rep<8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);

@@ -104,6 +104,19 @@ private:
     std::size_t n_ = 0;
 };
 
+/// Grows `b` to at least `n` elements (contents not kept) and returns its data. Before replacing
+/// the buffer it waits for `stream`, whose queued kernels may still use the old one; freeing the
+/// old one bumps `backend_epoch()`, so recorded graphs that used it are recorded again.
+/// \throws CudaError naming `what` when the allocation fails
+template <class T>
+T* grow_device_buffer(DeviceBuffer<T>& b, std::int64_t n, const char* what, cudaStream_t stream) {
+    if (static_cast<std::int64_t>(b.size()) < n) {
+        LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
+        b = DeviceBuffer<T>(static_cast<std::size_t>(n), what);
+    }
+    return b.data();
+}
+
 /// Properties of one device that launchers need, read once per device.
 struct DeviceInfo {
     int id = -1;                ///< device ordinal

@@ -37,12 +37,7 @@ struct BackendMemory<Cuda<Sm>> {
     /// Grows `b` to >= n elements (contents not kept); returns its device pointer.
     template <class T>
     static T* ensure(DeviceBuffer<T>& b, std::int64_t n) {
-        if (static_cast<std::int64_t>(b.size()) < n) {
-            cuda_api::synchronize();  // queued kernels may still use the old buffer
-            b = DeviceBuffer<T>(static_cast<std::size_t>(n), "limarp CUDA workspace");
-            backend_epoch().fetch_add(1);  // recorded graphs used the old one
-        }
-        return b.data();
+        return grow_device_buffer(b, n, "limarp CUDA workspace", cuda_api::stream());
     }
     /// Uploads an f32 / bf16 host weight (a device weight is returned as it is).
     /// \throws CudaError naming the tensor when the device is out of memory

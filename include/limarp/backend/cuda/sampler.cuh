@@ -418,6 +418,21 @@ inline void sample_kernel_smem_optin() {
         std::call_once(once[static_cast<std::size_t>(dev)], set);
 }
 
+// Keeps (v, i) in (best, bi) when it is larger, or equal with a smaller id.
+__device__ __forceinline__ void argmax_update(float& best, int& bi, float v, int i) {
+    if (v > best || (v == best && i < bi)) {
+        best = v;
+        bi = i;
+    }
+}
+
+// The warp's argmax of (best, bi) in every lane, ties to the smaller id.
+__device__ __forceinline__ void warp_argmax(float& best, int& bi) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_update(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
+}
+
 // argmax over the logits, ties to the smaller id (the CPU sampler's greedy pick).
 __global__ void __launch_bounds__(kGreedyThreads)
     sample_greedy_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, int vocab) {
@@ -426,22 +441,8 @@ __global__ void __launch_bounds__(kGreedyThreads)
     const int tid = static_cast<int>(threadIdx.x);
     float best = -__builtin_huge_valf();
     int bi = vocab;  // larger than any id: loses every tie
-    for (int i = tid; i < vocab; i += static_cast<int>(blockDim.x)) {
-        const float v = logits[i];
-        if (v > best || (v == best && i < bi)) {
-            best = v;
-            bi = i;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float v = __shfl_xor_sync(0xffffffffu, best, o);
-        const int i = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (v > best || (v == best && i < bi)) {
-            best = v;
-            bi = i;
-        }
-    }
+    for (int i = tid; i < vocab; i += static_cast<int>(blockDim.x)) argmax_update(best, bi, logits[i], i);
+    warp_argmax(best, bi);
     if (tid % 32 == 0) {
         sv[tid / 32] = best;
         si[tid / 32] = bi;
@@ -451,15 +452,7 @@ __global__ void __launch_bounds__(kGreedyThreads)
         const int n_warps = static_cast<int>(blockDim.x) / 32;
         best = tid < n_warps ? sv[tid] : -__builtin_huge_valf();
         bi = tid < n_warps ? si[tid] : vocab;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float v = __shfl_xor_sync(0xffffffffu, best, o);
-            const int i = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (v > best || (v == best && i < bi)) {
-                best = v;
-                bi = i;
-            }
-        }
+        warp_argmax(best, bi);
         if (tid == 0) *id_out = bi < vocab ? bi : 0;  // all NaN: token 0
     }
 }
