@@ -3,7 +3,7 @@
 
 A random Mistral-7B-shaped MistralForCausalLM built on the GPU in bf16 (no download), SDPA
 attention, sliding window 4096, batch 1. Measures prefill tok/s for each prompt length (one
-forward with logits_to_keep=1, after a warm-up) and decode tok/s two ways: a forward loop over
+forward with logits_to_keep=1, after a warm-up at that length) and decode tok/s two ways: a forward loop over
 the KV cache with greedy argmax read back to the host every token (what bench_model_cuda does),
 and `generate` (greedy, fixed number of new tokens). Prints one JSON line.
 
@@ -44,8 +44,7 @@ def main():
     with torch.no_grad():
         for i, T in enumerate(prompts):
             ids = torch.randint(0, cfg.vocab_size, (1, T), generator=g).cuda()
-            if i == 0:
-                model(ids, use_cache=True, logits_to_keep=1)
+            model(ids, use_cache=True, logits_to_keep=1)  # warm-up at every length (as bench_model_cuda)
             torch.cuda.synchronize()
             t = time.time()
             model(ids, use_cache=True, logits_to_keep=1)

@@ -5,12 +5,14 @@
 //
 //   bench_model_<cpu|cuda> [--layers N] [--prompt T[,T2,...]] [--decode N] [--threads N]
 //                          [--quant none|int8|q8_0] [--lora-r R] [--activations int8|f32]
+//                          [--outlier-threshold X (int8 activations; default 6, 0 = off)]
 //                          [--chunk C] [--d-model D] [--d-ff F] [--vocab V]
 //
 // --quant quantizes each generated bf16 projection at load and frees it (the lm_head and
 // embeddings stay bf16); --lora-r attaches one random rank-R adapter (bf16 A and B, alpha 16)
 // to all seven projections of every layer, unmerged. Each prompt length is prefilled into a fresh
-// cache (the first one twice: a warm-up, then the timed run); decode continues after the last
+// cache (twice: a warm-up, then the timed run; on the CPU only the first length is warmed up,
+// to save minutes at 7B); decode continues after the last
 // prompt (greedy on the host: logits cross to the host every token, as in limarp-generate).
 // Prints one JSON line. Peak RSS is the process high-water mark (getrusage), i.e. it includes the
 // generated weights (2 bytes per parameter).
@@ -41,7 +43,7 @@ struct ModelBenchArgs {
     MistralConfig cfg;
     std::vector<std::int64_t> prompts{128};
     std::int64_t decode = 16, lora_r = 0, chunk = 256;
-    std::string quant = "none", activations = "int8";
+    std::string quant = "none", activations = "int8", outlier_threshold = "6";
 };
 
 template <class B, class Proj>
@@ -51,6 +53,7 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
     LoadContext ctx([](const std::string& n, const Shape& s) { return random_weight(n, s); },
                     [](const std::string&) { return true; });
     ctx.extra.emplace_back(kQuantActivationsOption, a.activations);
+    ctx.extra.emplace_back(kQuantOutlierOption, a.outlier_threshold);
     MistralModel<B, MistralBlock<B, Lora<Proj>>> model(cfg, ctx);
     model.set_chunk_size(a.chunk);
     if (a.lora_r > 0) {
@@ -70,6 +73,7 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
     nlohmann::json out{{"bench", name},        {"layers", cfg.n_layers},   {"d_model", cfg.d_model},
                        {"quant", a.quant},      {"lora_r", a.lora_r},       {"chunk", a.chunk},
                        {"activations", a.quant == "none" ? "f32" : a.activations},
+                       {"outlier_threshold", a.outlier_threshold},
                        {"threads", ThreadPool::global().size()}, {"decode", a.decode}};
     std::vector<float> logits(static_cast<std::size_t>(cfg.vocab));
     auto cache = model.make_cache();
@@ -78,7 +82,9 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
         std::vector<std::int32_t> ids(static_cast<std::size_t>(prompt));
         for (std::size_t i = 0; i < ids.size(); ++i)
             ids[i] = static_cast<std::int32_t>((i * 7919 + 1) % static_cast<std::size_t>(cfg.vocab));
-        if (pi == 0) {  // warm-up: workspaces, cuBLAS heuristics, page faults
+        // warm-up (workspaces, cuBLAS heuristics, page faults): before the first length, and on a
+        // GPU before every length (its workspaces grow per shape; a CPU run would double its time)
+        if (pi == 0 || !B::host_memory) {
             auto warm = model.make_cache();
             model.forward(logits.data(), ids, warm, LogitsRows::Last);
         }
@@ -131,6 +137,7 @@ int model_bench_main(const char* name, int argc, char** argv) {
         else if (k == "--vocab") a.cfg.vocab = v;
         else if (k == "--quant") a.quant = argv[i + 1];
         else if (k == "--activations") a.activations = argv[i + 1];
+        else if (k == "--outlier-threshold") a.outlier_threshold = argv[i + 1];
         else if (k == "--lora-r") a.lora_r = v;
         else if (k == "--chunk") a.chunk = v;
         else {

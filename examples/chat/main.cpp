@@ -176,7 +176,7 @@ int main(int argc, char** argv) {
         app.add_option("--device", mo.device,
                        std::string("cpu (default) or cuda (needs a build with the CUDA backend") +
                            (programs::kHaveCuda ? "; this one has it)" : "; this one does not)"));
-        app.add_option("--activations", mo.activations, "quantized paths: int8 (default) or f32 (weight-only)");
+        app.add_option("--activations", mo.activations, "quantized paths: int8 (default) or f32 (weight-only; with --device cuda also the f32 prefill attention)");
         app.add_option("--outlier-threshold", mo.outlier_threshold,
                        "int8: |x| above which columns use f32 (default 6, 0 = off)");
         app.add_option("--adapter", mo.adapters,

@@ -105,6 +105,8 @@ decltype(auto) with_model(const ModelOptions& o, F&& f) {
             throw ArgumentError(std::string("--device cuda: no usable CUDA device (") +
                                 (err != cudaSuccess ? cudaGetErrorString(err) : "none found") + "); use --device cpu");
         }
+        // --activations f32 asks for products close to f32: the prefill attention too
+        if (o.activations == "f32") cuda_api::set_prefill_attention(cuda_api::PrefillAttention::f32);
         switch (scheme) {
             case QuantScheme::Int8: return build.template operator()<QuantizedLinear<Int8Rowwise, Cuda<>>>();
             case QuantScheme::Q8_0:

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <memory>
 #include <span>
@@ -153,12 +154,15 @@ BOOST_AUTO_TEST_CASE(lora_logits_match_peft) {
 BOOST_AUTO_TEST_CASE(int8_with_adapter_matches_peft_and_the_cpu) {
     const auto ids = test::ids_of(test::golden_json("swa_long"), "ids");
     const Tensor<float> ref = io::read_npy<float>(adapter_dir("all7") / "ref_logits.npy");
-    // default: bf16 activations in the prefill GEMM, f32 in the decode GEMV
+    // default: int8 activations with outlier columns (LLM.int8()) in the prefill GEMM, f32 in the
+    // decode GEMV; against the CPU layer with the same (default) options
     GpuInt8 g = load<GpuInt8>("swa_long", {"all7"});
-    const Tensor<float> got = g.logits(ids), steps = stepwise(g, ids);
+    CpuInt8 ci = load<CpuInt8>("swa_long", {"all7"});
+    const Tensor<float> got = g.logits(ids), steps = stepwise(g, ids), cpu_int8 = ci.logits(ids);
     const double e_ref = test::max_rel_err(got.data(), ref.data(), ref.size());
     const double t1 = top1(got, ref);
     const double e_step = test::max_rel_err(steps.data(), got.data(), got.size());
+    const double e_cpu_int8 = test::max_rel_err(got.data(), cpu_int8.data(), cpu_int8.size());
     // "quant.activations" = "f32": the prefill GEMM too keeps f32-close activations
     GpuInt8 ge = load<GpuInt8>("swa_long", {"all7"}, /*weight_only=*/true);
     CpuInt8 c = load<CpuInt8>("swa_long", {"all7"}, /*weight_only=*/true);
@@ -166,13 +170,22 @@ BOOST_AUTO_TEST_CASE(int8_with_adapter_matches_peft_and_the_cpu) {
     const double e_cpu = test::max_rel_err(exact.data(), cpu.data(), cpu.size());
     const double e_exact_step = test::max_rel_err(exact_steps.data(), exact.data(), exact.size());
     BOOST_TEST_MESSAGE("int8 + all7 (CUDA): max rel err vs PEFT " << e_ref << ", top-1 agreement " << 100 * t1
-                                                                << "%; GEMV decode vs bf16-activation GEMM prefill "
-                                                                << e_step << "; with f32 activations: vs CPU int8 "
+                                                                << "%, vs the CPU with int8 activations " << e_cpu_int8
+                                                                << "; weight-only GEMV decode + int8-activation GEMM "
+                                                                << "chunks vs one prefill " << e_step
+                                                                << "; with f32 activations: vs CPU int8 "
                                                                 << "weight-only " << e_cpu << ", decode vs prefill "
                                                                 << e_exact_step);
+    // Bands measured with the CPU layers on this fixture: int8 activations vs PEFT 2.1e-2 (top-1
+    // 46/48); the CUDA stepwise mix (one-token calls weight-only, 2..5-token calls int8 with their
+    // own outlier columns) vs one int8 prefill 1.6e-2; int8 vs f32 activations 1.5e-2. The int8
+    // model is discontinuous in its inputs (an activation crossing a rounding step or the outlier
+    // threshold): scaling the adapter by 1 + 1e-5 moved the CPU int8 logits by 6.8e-3 (weight-only:
+    // 1.5e-5), so the CUDA-vs-CPU band for int8 activations is that of int8 vs f32, not 1e-4.
     BOOST_CHECK_LE(e_ref, 8e-2);
     BOOST_CHECK_GE(t1, 0.9);
-    BOOST_CHECK_LE(e_step, 5e-3);
+    BOOST_CHECK_LE(e_step, 4e-2);
+    BOOST_CHECK_LE(e_cpu_int8, 3e-2);
     BOOST_CHECK_LE(e_cpu, 1e-4);
     BOOST_CHECK_LE(e_exact_step, 1e-4);
     const auto j = test::golden_json("swa_long");
@@ -233,7 +246,7 @@ BOOST_AUTO_TEST_CASE(attention_step_at_mistral_head_layout_matches_the_cpu) {
 BOOST_AUTO_TEST_CASE(dense_linear_matches_the_cpu_on_odd_shapes) {
     std::mt19937 rng(11);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (const auto [n_out, n_in] : {std::pair<std::int64_t, std::int64_t>{1500, 72}, {300, 4096}, {1100, 70}, {9, 70}}) {
+    for (const auto& [n_out, n_in] : {std::pair<std::int64_t, std::int64_t>{1500, 72}, {300, 4096}, {1100, 70}, {9, 70}}) {
         Tensor<bf16> w({n_out, n_in});
         for (std::int64_t i = 0; i < w.size(); ++i) w[i].bits = f32_to_bf16(nd(rng) * 0.1f);
         DenseLinear<Cpu<>> cpu(Weight::owned(Tensor<bf16>(w), "w"));
@@ -249,6 +262,114 @@ BOOST_AUTO_TEST_CASE(dense_linear_matches_the_cpu_on_odd_shapes) {
             dy.download(y_gpu.data(), dy.size());
             const double err = test::max_rel_err(y_gpu.data(), y_cpu.data(), y_cpu.size());
             BOOST_CHECK_MESSAGE(err <= 2e-5, n_out << "x" << n_in << " T=" << T << ": max rel err " << err);
+        }
+    }
+}
+
+// QuantizedLinear<Int8Rowwise, Cuda> with int8 activations (LLM.int8(): outlier columns in f32,
+// the rest int8 x int8 on the tensor cores, backend/cuda/qgemm_int8.cuh) against the CPU layer on
+// the same quantized weight and options: odd widths (n_in not a multiple of 16: padded K; n_out
+// not a multiple of 4: cuBLAS' int8 kernels may refuse and the bf16 fallback runs), 1-3 outlier
+// columns or none (threshold 0), overwrite and accumulate. Both sides quantize to the same bytes
+// and their integer dots are exact, so only f32 rounding differs (the outlier sums' FMAs, the
+// final multiply-add): 1e-4 of max |y| is a wide margin.
+BOOST_AUTO_TEST_CASE(int8_activation_gemm_matches_the_cpu_on_odd_shapes) {
+    std::mt19937 rng(23);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_real_distribution<float> ux(-2.0f, 2.0f), big(8.0f, 20.0f);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    double worst = 0;
+    for (const auto& [n_out, n_in] : {std::pair<std::int64_t, std::int64_t>{3, 64}, {130, 100}, {256, 1000}, {130, 1000},
+                                     {3, 100}, {256, 64}, {1024, 4096}}) {
+        Tensor<float> wf({n_out, n_in});
+        for (std::int64_t i = 0; i < wf.size(); ++i) wf[i] = nd(rng) * 0.05f;
+        const auto qw = QuantizedWeight<Int8Rowwise>::quantize(Weight::owned(Tensor<float>(wf), "w"));
+        for (const float thr : {6.0f, 0.0f}) {
+            QuantizedLinear<Int8Rowwise, Cpu<>> cpu(qw, QuantOptions::int8(thr));
+            QuantizedLinear<Int8Rowwise, Cuda<>> gpu(qw, QuantOptions::int8(thr));
+            for (const std::int64_t T : {2, 7, 33}) {
+                for (const bool accumulate : {false, true}) {
+                    Tensor<float> x({T, n_in}), y_cpu({T, n_out}), y_gpu({T, n_out});
+                    for (std::int64_t i = 0; i < x.size(); ++i) x[i] = ux(rng);
+                    // 1-3 outlier columns, each with a few large values (|x| 8..20) in random rows
+                    const int n_cols = 1 + static_cast<int>(rng() % 3);
+                    for (int c = 0; c < n_cols; ++c) {
+                        const std::int64_t j = static_cast<std::int64_t>(rng() % static_cast<unsigned>(n_in));
+                        const int n_rows = 1 + static_cast<int>(rng() % 3);
+                        for (int k = 0; k < n_rows; ++k) {
+                            const std::int64_t t = static_cast<std::int64_t>(rng() % static_cast<unsigned>(T));
+                            x[t * n_in + j] = (rng() % 2 ? 1.0f : -1.0f) * big(rng);
+                        }
+                    }
+                    for (std::int64_t i = 0; i < y_cpu.size(); ++i) y_cpu[i] = accumulate ? nd(rng) : nan;
+                    DeviceBuffer<float> dx(static_cast<std::size_t>(x.size()), "x"),
+                        dy(static_cast<std::size_t>(y_gpu.size()), "y");
+                    dx.upload(x.data(), dx.size());
+                    dy.upload(y_cpu.data(), dy.size());  // accumulate: the start values; else NaN poison
+                    cpu.forward(y_cpu.data(), x.data(), T, accumulate);
+                    gpu.forward(dy.data(), dx.data(), T, accumulate);
+                    cuda_api::synchronize();
+                    dy.download(y_gpu.data(), dy.size());
+                    // max_rel_err skips NaN (std::max): a value left unwritten (poison) fails here
+                    const bool finite = std::all_of(y_gpu.data(), y_gpu.data() + y_gpu.size(),
+                                                    [](float v) { return std::isfinite(v); });
+                    const double err = finite ? test::max_rel_err(y_gpu.data(), y_cpu.data(), y_cpu.size()) : 1.0;
+                    worst = std::max(worst, err);
+                    BOOST_CHECK_MESSAGE(err <= 1e-4, n_out << "x" << n_in << " T=" << T << " threshold " << thr
+                                                           << (accumulate ? " (accumulate)" : "") << ": max rel err "
+                                                           << err << (finite ? "" : " (non-finite output)"));
+                }
+            }
+        }
+    }
+    BOOST_TEST_MESSAGE("int8-activation GEMM (CUDA) vs CPU layer: worst max rel err " << worst);
+}
+
+// Lora<QuantizedLinear<Int8Rowwise, Cuda>> with bf16 factors: one token adds the first adapter's
+// B product inside the int8 GEMV (`forward_lora`, r % 8 == 0), other ranks and adapters go the
+// separate way; against the CPU layer, weight-only (f32 activations on both sides).
+BOOST_AUTO_TEST_CASE(lora_fused_into_the_int8_gemv_matches_the_cpu) {
+    std::mt19937 rng(31);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const std::int64_t n_out = 300, n_in = 520;
+    Tensor<float> wf({n_out, n_in});
+    for (std::int64_t i = 0; i < wf.size(); ++i) wf[i] = nd(rng) * 0.05f;
+    const auto qw = QuantizedWeight<Int8Rowwise>::quantize(Weight::owned(Tensor<float>(wf), "w"));
+    const auto factors = [&](std::int64_t r, const char* name) {
+        Tensor<bf16> a({r, n_in}), b({n_out, r});
+        for (std::int64_t i = 0; i < a.size(); ++i) a[i].bits = f32_to_bf16(nd(rng) * 0.05f);
+        for (std::int64_t i = 0; i < b.size(); ++i) b[i].bits = f32_to_bf16(nd(rng) * 0.05f);
+        LoraFactors f;
+        f.adapter = name;
+        f.A = Weight::owned(std::move(a), std::string(name) + ".A");
+        f.B = Weight::owned(std::move(b), std::string(name) + ".B");
+        f.file_scale = 2.0f / static_cast<float>(r);
+        return f;
+    };
+    for (const std::vector<std::int64_t>& ranks : {std::vector<std::int64_t>{16}, {12}, {16, 24}}) {
+        Lora<QuantizedLinear<Int8Rowwise, Cpu<>>> cpu(QuantizedLinear<Int8Rowwise, Cpu<>>(qw, QuantOptions::weight_only()), "m");
+        Lora<QuantizedLinear<Int8Rowwise, Cuda<>>> gpu(QuantizedLinear<Int8Rowwise, Cuda<>>(qw, QuantOptions::weight_only()), "m");
+        for (std::size_t i = 0; i < ranks.size(); ++i) {
+            const std::string name = "ad" + std::to_string(i);
+            LoraFactors f = factors(ranks[i], name.c_str());
+            cpu.attach(f);
+            gpu.attach(std::move(f));
+        }
+        for (const std::int64_t T : {1, 3}) {
+            Tensor<float> x({T, n_in}), y_cpu({T, n_out}), y_gpu({T, n_out});
+            for (std::int64_t i = 0; i < x.size(); ++i) x[i] = nd(rng);
+            cpu.forward(y_cpu.data(), x.data(), T);
+            DeviceBuffer<float> dx(static_cast<std::size_t>(x.size()), "x"), dy(static_cast<std::size_t>(y_gpu.size()), "y");
+            dx.upload(x.data(), dx.size());
+            const std::vector<float> poison(static_cast<std::size_t>(y_gpu.size()), std::numeric_limits<float>::quiet_NaN());
+            dy.upload(poison.data(), dy.size());
+            gpu.forward(dy.data(), dx.data(), T);
+            cuda_api::synchronize();
+            dy.download(y_gpu.data(), dy.size());
+            const bool finite = std::all_of(y_gpu.data(), y_gpu.data() + y_gpu.size(), [](float v) { return std::isfinite(v); });
+            const double err = finite ? test::max_rel_err(y_gpu.data(), y_cpu.data(), y_cpu.size()) : 1.0;
+            BOOST_CHECK_MESSAGE(err <= 1e-4, "ranks " << ranks.front() << (ranks.size() > 1 ? "+" : "") << " T=" << T
+                                                      << ": max rel err " << err << (finite ? "" : " (non-finite)"));
         }
     }
 }

@@ -113,13 +113,30 @@ public:
 
     /// y = base(x) + Σ scale · (x Aᵀ) Bᵀ over attached, unmerged adapters.
     void forward(float* y /*[T, out]*/, const float* x /*[T, in]*/, std::int64_t T) {
-        base_.forward(y, x, T);
+        const LoraFactors* fused = nullptr;
+        // A base with `forward_lora` (the CUDA int8 layer) adds the first active adapter's B
+        // product inside its own pass: z = scale · x Aᵀ first, then base + z Bᵀ.
+        if constexpr (requires(Base& b, const bf16* bb, const float* z) { b.forward_lora(y, x, T, bb, z, T); }) {
+            for (auto& f : factors_) {
+                if (f.merged || f.scale() == 0.0f || f.B.dtype != DType::BF16) continue;
+                const std::int64_t r = f.A.shape[0];
+                float* z = BackendMemory<backend_type>::ensure(tmp_, T * r);
+                visit_weight(f.A, [&](const auto* a) {
+                    ops::matmul_wt_scaled(backend_type{}, z, x, a, T, in_features(), r, f.scale());
+                });
+                base_.forward_lora(y, x, T, f.B.as<bf16>(), z, r);
+                fused = &f;
+                break;
+            }
+        }
+        if (!fused) base_.forward(y, x, T);
         for (auto& f : factors_) {
-            if (f.merged || f.scale() == 0.0f) continue;
+            if (&f == fused || f.merged || f.scale() == 0.0f) continue;
             const std::int64_t r = f.A.shape[0];
             float* z = BackendMemory<backend_type>::ensure(tmp_, T * r);
-            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z, x, a, T, in_features(), r); });
-            ops::scale_inplace(backend_type{}, z, f.scale(), T * r);
+            visit_weight(f.A, [&](const auto* a) {  // z = scale · x Aᵀ (one pass on CUDA)
+                ops::matmul_wt_scaled(backend_type{}, z, x, a, T, in_features(), r, f.scale());
+            });
             visit_weight(f.B, [&](const auto* b) {
                 ops::matmul_wt(backend_type{}, y, z, b, T, r, out_features(), /*accumulate=*/true);
             });

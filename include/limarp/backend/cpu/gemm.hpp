@@ -199,6 +199,18 @@ void matmul_wt(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, co
         cpu_detail::matmul_wt_gemm<A>(y, x, w, T, n_in, n_out, accumulate, p);
 }
 
+/// y = alpha · (x · wᵀ): `matmul_wt`, then the scale (the same arithmetic as matmul_wt followed
+/// by `scale_inplace`). The CUDA backend folds alpha into its kernels (the LoRA A product and
+/// its scale in one pass).
+template <class A, class W>
+    requires CpuWeight<W>
+void matmul_wt_scaled(Cpu<A> b, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, const W* w /*[n_out, n_in]*/,
+                      std::int64_t T, std::int64_t n_in, std::int64_t n_out, float alpha, ThreadPool* pool = nullptr) {
+    matmul_wt(b, y, x, w, T, n_in, n_out, false, pool);
+    if (alpha != 1.0f)
+        for (std::int64_t i = 0; i < T * n_out; ++i) y[i] *= alpha;
+}
+
 /// y (=|+=) x · b: a plain row-major matrix product (Eigen's GEMM, parallel over column blocks).
 ///
 /// \param y          [T, n] output; overwritten, or added to when `accumulate`

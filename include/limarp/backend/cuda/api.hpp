@@ -29,6 +29,7 @@
 #include "limarp/backend/attention_shape.hpp"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
 #include "limarp/backend/memory.hpp"
+#include "limarp/quant/scheme.hpp"
 
 namespace limarp::cuda_api {
 
@@ -48,19 +49,37 @@ void copy(void* dst, const void* src, std::size_t bytes);
 void to_host(void* host, const void* src, std::size_t bytes);
 
 /// y = x · Wᵀ (+ y when `accumulate`), W [n_out, n_in] f32 row-major: cuBLAS SGEMM (f32 math).
+/// With `alpha`: y (=|+=) alpha · (x · Wᵀ) (the same for `matmul_wt_bf16`, where alpha is applied
+/// inside the GEMV / the GEMM's epilogue: no extra pass).
 void matmul_wt_f32(float* y, const float* x, const float* w, std::int64_t T, std::int64_t n_in, std::int64_t n_out,
-                   bool accumulate);
+                   bool accumulate, float alpha = 1.0f);
 /// The same with bf16 weights: one token through a bf16 GEMV (exact products, f32 sums); more
 /// tokens through cuBLAS on the tensor cores with x split into bf16 hi + lo rows (one GEMM over
 /// 2T rows, f32 accumulation; about 2^-16 relative per input instead of bf16's 2^-9).
 void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T, std::int64_t n_in,
-                    std::int64_t n_out, bool accumulate);
-/// y = x · Wᵀ (+ y) with an int8 row-wise weight: the int8 GEMV (`ops::qgemv_int8`, f32 x) for
-/// one token; for T > 1 the int8 values (exact in bf16) are widened into a scratch buffer,
-/// multiplied by cuBLAS on the tensor cores, and the row scales applied after the product. The
-/// activations of that GEMM are x rounded to bf16, or with `exact` x split into bf16 hi + lo rows
-/// as `matmul_wt_bf16` does (twice the tensor-core work, products close to f32's).
-void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate, bool exact);
+                    std::int64_t n_out, bool accumulate, float alpha = 1.0f);
+/// y = x · Wᵀ (+ y) with an int8 row-wise weight, run-time options `opt`:
+/// - one token (T == 1, x 16-byte aligned): the int8 GEMV (`ops::qgemv_int8`), weight-only with
+///   f32 x whatever `opt` says (decode is bound by the weight bytes, not by the arithmetic);
+/// - more tokens (or one whose x is not 16-byte aligned) with `opt.int8_activations` (the
+///   default): LLM.int8() as the CPU `ops::qmatmul_wt`
+///   computes it (backend/cuda/qgemm_int8.cuh): outlier columns (some |x| >=
+///   `opt.outlier_threshold` > 0) in f32 with the int8 weight columns, the other columns
+///   quantized per row (absmax / 127, ties to even) and multiplied int8 x int8 -> int32 on the
+///   tensor cores (cuBLAS); a shape cuBLAS has no int8 kernel for runs the same quantized
+///   operands through a bf16 GEMM. Asynchronous: the outlier count stays on the device.
+/// - more tokens with f32 activations (`opt.int8_activations` false, weight-only): the int8 values
+///   (exact in bf16) widened into a scratch buffer, x split into bf16 hi + lo rows as
+///   `matmul_wt_bf16` does, one cuBLAS GEMM on the tensor cores, the row scales applied after
+///   the product (products close to f32's).
+void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate,
+                  const QuantOptions& opt);
+
+/// y = x · Wᵀ + z · Bᵀ (B bf16 [n_out, r], z [T, r]): one token through the int8 GEMV with the B
+/// term in the same pass (r % 8 == 0, 16-byte aligned pointers); otherwise `qmatmul_int8` and then
+/// `matmul_wt_bf16` accumulating z · Bᵀ.
+void qmatmul_int8_lora(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, const QuantOptions& opt,
+                       const void* b_bf16, const float* z, std::int64_t r);
 
 /// RMSNorm rows of width d (weight f32, or bf16 when `w_bf16`); y may alias x.
 void rms_norm(float* y, const float* x, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, float eps);
@@ -78,10 +97,22 @@ void rope_rotate_half(float* x, const std::int64_t* positions, std::int64_t T, s
                       std::int64_t head_dim, double theta);
 /// One attention layer over the rolling cache, as the CPU `ops::attention_with_cache`: token t
 /// (position positions[t]) attends to the ring and itself, then its key and value go to row
-/// pos % C; tokens one after the other, through the decode kernel.
+/// pos % C. One token: the f32 split-K decode kernel; more: the prefill kernel that
+/// `set_prefill_attention` chose (tensor cores with bf16 operands by default).
 void attention_with_cache(float* out, const float* q, const float* k_new, const float* v_new, float* k_cache,
                           float* v_cache, std::int64_t C, const std::int64_t* positions, std::int64_t T,
                           const ops::AttentionShape& s, float scale);
+/// Which kernel runs the attention of a prefill (T > 1; decode always runs the f32 decode kernel).
+enum class PrefillAttention {
+    tensor_cores,  ///< bf16 operands on the tensor cores, f32 softmax (the default; head_dim 32/64/128)
+    f32,           ///< the register-tiled f32 kernel on the CUDA cores (products as the CPU's)
+};
+/// Chooses the prefill attention kernel for the whole process (all threads, all models). The
+/// starting value comes from LIMARP_CUDA_PREFILL_ATTENTION (mma | f32), else tensor_cores.
+void set_prefill_attention(PrefillAttention mode);
+/// The current choice (see `set_prefill_attention`).
+PrefillAttention prefill_attention();
+
 /// y += x.
 void add_inplace(float* y, const float* x, std::int64_t n);
 /// h = silu(gate) * up (h may alias gate or up).

@@ -7,8 +7,10 @@
 ///
 /// Per host thread: one stream (blocking flavour: it synchronises with the legacy default stream,
 /// so the blocking `cudaMemcpy` of weight uploads is ordered with it), one cuBLAS handle bound to
-/// it, and scratch buffers (bf16 copies of activations and of dequantized int8 weights, the
-/// decode attention's split workspace), grown on demand.
+/// it, and scratch buffers (bf16 copies of activations and of widened int8 weights, the int8
+/// activations / int32 products / outlier columns of the int8 prefill GEMM, the decode
+/// attention's split workspace), grown on demand. The tensor-core prefill attention keeps its
+/// bf16 key/value copies in its own per-thread scratch (attention_flash.cuh).
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -28,6 +30,7 @@
 #include "limarp/backend/cuda/device_int8_weight.cuh"
 #include "limarp/backend/cuda/embedding.cuh"
 #include "limarp/backend/cuda/norm.cuh"
+#include "limarp/backend/cuda/qgemm_int8.cuh"
 #include "limarp/backend/cuda/qgemv.cuh"
 #include "limarp/backend/cuda/rope.cuh"
 
@@ -48,6 +51,15 @@ struct ThreadState {
     cublasHandle_t blas = nullptr;
     DeviceBuffer<__nv_bfloat16> x_bf16, w_bf16;
     DeviceBuffer<float> partial;
+    // int8-activation GEMM (qgemm_int8.cuh): x quantized [T, ld] and its row scales [T], the
+    // int32 product [T, ldc]; outlier columns: |x| column maxima (f32 bits) [n_in], the columns
+    // [n_in] and their count [1] (written and read on the device), the weight bytes of those
+    // columns [count, n_out] (sized n_in * n_out, the worst case).
+    DeviceBuffer<std::int8_t> x_int8, w_outliers;
+    DeviceBuffer<float> x_scale, x_outliers;
+    DeviceBuffer<std::int32_t> acc_int32;
+    DeviceBuffer<unsigned> col_absmax;
+    DeviceBuffer<int> outlier_cols, outlier_count;
     DeviceBuffer<unsigned char> blas_workspace{32u << 20, "cuBLAS workspace"};
     std::unique_ptr<AttentionDecodeWorkspace> attn_ws;
     ThreadState() {
@@ -122,7 +134,7 @@ __global__ void scale_kernel(float* x, float s, long long n) {
 template <bool VEC, int WPR>
 __global__ void __launch_bounds__(256)
     gemv_bf16_kernel(float* __restrict__ y, const float* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                     int n_in, int n_out, bool accumulate) {
+                     int n_in, int n_out, bool accumulate, float alpha) {
     static_assert(WPR == 1 || WPR == 8, "gemv_bf16_kernel: a warp per row, or the whole block per row");
     __shared__ float part[8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -148,14 +160,14 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if constexpr (WPR == 1) {
-        if (lane == 0 && o < n_out) y[o] = accumulate ? y[o] + acc : acc;
+        if (lane == 0 && o < n_out) y[o] = accumulate ? y[o] + alpha * acc : alpha * acc;
     } else {
         if (lane == 0) part[warp] = acc;
         __syncthreads();
         if (threadIdx.x == 0 && o < n_out) {
             float sum = 0.0f;
             for (int i = 0; i < WPR; ++i) sum += part[i];
-            y[o] = accumulate ? y[o] + sum : sum;
+            y[o] = accumulate ? y[o] + alpha * sum : alpha * sum;
         }
     }
 }
@@ -165,14 +177,15 @@ __global__ void __launch_bounds__(256)
 // the two halves summed and scaled. Close to an f32 product with the bf16 weights: about 2^-16
 // relative per input instead of bf16's 2^-9.
 inline void gemm_bf16_split(float* y, const float* x, const __nv_bfloat16* w, const float* s, std::int64_t T,
-                            std::int64_t n_in, std::int64_t n_out, bool accumulate, bool split = true) {
+                            std::int64_t n_in, std::int64_t n_out, bool accumulate, bool split = true,
+                            float alpha = 1.0f) {
     ThreadState& st = thread_state();
     const std::int64_t halves = split ? 2 : 1;
     __nv_bfloat16* xs = grow(st.x_bf16, halves * T * n_in, "bf16 split of a GEMM input");
     float* p = grow(st.partial, halves * T * n_out, "GEMM partial products");
     launch_checked(__FILE__, __LINE__, split_bf16_kernel, dim3(elementwise_blocks(T * n_in, 1)), dim3(256), 0,
                    st.stream, xs, x, static_cast<long long>(T * n_in), split);
-    const float alpha = 1.0f, beta = 0.0f;
+    const float beta = 0.0f;  // alpha scales the products (the LoRA scale: no extra pass)
     // Column-major view: Pᵀ [n_out, 2T] = op(W) [n_out, n_in] · Xsᵀ [n_in, 2T].
     LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
                                      static_cast<int>(halves * T), static_cast<int>(n_in), &alpha, w, CUDA_R_16BF,
@@ -213,16 +226,16 @@ void to_host(void* host, const void* src, std::size_t bytes) {
 }
 
 void matmul_wt_f32(float* y, const float* x, const float* w, std::int64_t T, std::int64_t n_in,
-                          std::int64_t n_out, bool accumulate) {
+                          std::int64_t n_out, bool accumulate, float alpha) {
     if (T <= 0 || n_out <= 0) return;
-    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const float beta = accumulate ? 1.0f : 0.0f;
     LIMARP_CUBLAS_CHECK(cublasSgemm(cuda_detail::thread_state().blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
                                     static_cast<int>(T), static_cast<int>(n_in), &alpha, w, static_cast<int>(n_in), x,
                                     static_cast<int>(n_in), &beta, y, static_cast<int>(n_out)));
 }
 
 void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T, std::int64_t n_in,
-                    std::int64_t n_out, bool accumulate) {
+                    std::int64_t n_out, bool accumulate, float alpha) {
     using namespace cuda_detail;
     if (T <= 0 || n_out <= 0) return;
     if (T == 1) {  // memory bound: the GEMV reads each weight once, exact products
@@ -233,25 +246,102 @@ void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T
         const dim3 grid(static_cast<unsigned>(split ? n_out : (n_out + 7) / 8));
         const auto args = [&](auto kernel) {
             launch_checked(__FILE__, __LINE__, kernel, grid, dim3(256), 0, stream(), y, x, w, static_cast<int>(n_in),
-                           static_cast<int>(n_out), accumulate);
+                           static_cast<int>(n_out), accumulate, alpha);
         };
         if (vec) split ? args(gemv_bf16_kernel<true, 8>) : args(gemv_bf16_kernel<true, 1>);
         else split ? args(gemv_bf16_kernel<false, 8>) : args(gemv_bf16_kernel<false, 1>);
         return;
     }
-    cuda_detail::gemm_bf16_split(y, x, static_cast<const __nv_bfloat16*>(w_bf16), nullptr, T, n_in, n_out, accumulate);
+    cuda_detail::gemm_bf16_split(y, x, static_cast<const __nv_bfloat16*>(w_bf16), nullptr, T, n_in, n_out, accumulate,
+                                 /*split=*/true, alpha);
 }
 
-void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate, bool exact) {
+void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate,
+                  const QuantOptions& opt) {
     using namespace cuda_detail;
     if (T <= 0 || w.n_out() <= 0) return;
     ThreadState& st = thread_state();
     if (T == 1 && aligned_to(x, 16)) return ops::qgemv_int8(Cuda<90>{}, y, x, w, accumulate, st.stream);
     const std::int64_t n_out = w.n_out(), n_in = w.n_in();
-    __nv_bfloat16* wb = grow(st.w_bf16, n_out * n_in, "bf16 copy of an int8 weight (GEMM scratch)");
-    launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(n_out * n_in, 1)), dim3(256), 0,
-                   st.stream, wb, w.data(), static_cast<int>(n_out), static_cast<int>(n_in), static_cast<int>(w.ld()));
-    gemm_bf16_split(y, x, wb, w.scales(), T, n_in, n_out, accumulate, /*split=*/exact);
+    const auto widen_weight = [&] {
+        __nv_bfloat16* wb = grow(st.w_bf16, n_out * n_in, "bf16 copy of an int8 weight (GEMM scratch)");
+        launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(n_out * n_in, 1)), dim3(256),
+                       0, st.stream, wb, w.data(), static_cast<int>(n_out), static_cast<int>(n_in),
+                       static_cast<int>(w.ld()));
+        return wb;
+    };
+    if (!opt.int8_activations) {  // weight-only: x split into bf16 hi + lo, f32-close products
+        gemm_bf16_split(y, x, widen_weight(), w.scales(), T, n_in, n_out, accumulate, /*split=*/true);
+        return;
+    }
+    // int8 activations (LLM.int8()): outlier columns, row quantization, int8 GEMM, fused epilogue.
+    const float thr = opt.outlier_threshold;
+    const bool outl = thr > 0.0f;
+    std::int8_t* xq = grow(st.x_int8, T * w.ld(), "int8 activations (GEMM scratch)");
+    float* sx = grow(st.x_scale, T, "int8 activation scales (GEMM scratch)");
+    unsigned* colmax = outl ? grow(st.col_absmax, n_in, "outlier column maxima (GEMM scratch)") : nullptr;
+    int* cols = outl ? grow(st.outlier_cols, n_in, "outlier columns (GEMM scratch)") : nullptr;
+    int* count = outl ? grow(st.outlier_count, 1, "outlier column count (GEMM scratch)") : nullptr;
+    // Outside graph capture the outlier count comes to the host (one 4-byte read per product), and
+    // the outlier columns go through a tensor-core GEMM after the int8 epilogue; while a graph is
+    // being recorded (no host reads) the epilogue sums them from the device count.
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    LIMARP_CUDA_CHECK(cudaStreamIsCapturing(st.stream, &capturing));
+    const bool device_count = outl && capturing != cudaStreamCaptureStatusNone;
+    std::int8_t* w_outl =
+        device_count ? grow(st.w_outliers, n_in * n_out, "outlier weight columns (GEMM scratch)") : nullptr;
+    const std::int64_t ldc = int8_gemm_ldc(n_out);
+    std::int32_t* acc = grow(st.acc_int32, T * ldc, "int32 GEMM product (scratch)");
+    quantize_activations_int8(xq, sx, colmax, cols, count, w_outl, x, w, T, thr, st.stream);
+    int n_outl = 0;
+    if (outl && !device_count) {
+        LIMARP_CUDA_CHECK(cudaMemcpyAsync(&n_outl, count, sizeof(int), cudaMemcpyDeviceToHost, st.stream));
+        LIMARP_CUDA_CHECK(cudaStreamSynchronize(st.stream));
+    }
+    const float epi_thr = device_count ? thr : 0.0f;  // 0: the epilogue without outlier terms
+    const auto outlier_gemm = [&] {  // y += s_w[o] * x[:, outl] · q[o, outl]ᵀ (bf16 hi + lo x, exact q)
+        if (n_outl <= 0) return;
+        float* xo = grow(st.x_outliers, T * n_outl, "outlier activation columns (GEMM scratch)");
+        __nv_bfloat16* wo = grow(st.w_bf16, n_out * n_outl, "outlier weight columns (GEMM scratch)");
+        launch_checked(__FILE__, __LINE__, gather_outlier_operands_kernel,
+                       dim3(elementwise_blocks((T + n_out) * n_outl, 1)), dim3(256), 0, st.stream, xo, wo, x, w.data(),
+                       static_cast<int>(w.ld()), static_cast<int>(n_in), static_cast<int>(T), static_cast<int>(n_out),
+                       cols, n_outl);
+        gemm_bf16_split(y, xo, wo, w.scales(), T, n_outl, n_out, /*accumulate=*/true, /*split=*/true);
+    };
+    const cublasStatus_t s = int8_gemm_imma(st.blas, acc, xq, w, T);
+    if (s == CUBLAS_STATUS_SUCCESS) {
+        int8_gemm_epilogue(y, acc, ldc, sx, x, w, T, epi_thr, cols, count, w_outl, accumulate, st.stream);
+        outlier_gemm();
+        return;
+    }
+    if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_ARCH_MISMATCH)
+        cublas_check(s, "cublasGemmEx (int8 x int8 -> int32)", __FILE__, __LINE__);  // throws
+    // No int8 kernel for this shape: the same quantized operands, exact in bf16, through a bf16
+    // GEMM with f32 accumulation (exact while the partial sums stay below 2^24).
+    __nv_bfloat16* wb = widen_weight();
+    __nv_bfloat16* xb = grow(st.x_bf16, T * n_in, "bf16 copy of int8 activations (GEMM scratch)");
+    float* p = grow(st.partial, T * n_out, "GEMM partial products");
+    launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(T * n_in, 1)), dim3(256), 0,
+                   st.stream, xb, xq, static_cast<int>(T), static_cast<int>(n_in), static_cast<int>(w.ld()));
+    const float alpha = 1.0f, beta = 0.0f;
+    LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out), static_cast<int>(T),
+                                     static_cast<int>(n_in), &alpha, wb, CUDA_R_16BF, static_cast<int>(n_in), xb,
+                                     CUDA_R_16BF, static_cast<int>(n_in), &beta, p, CUDA_R_32F,
+                                     static_cast<int>(n_out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    int8_gemm_epilogue(y, p, n_out, sx, x, w, T, epi_thr, cols, count, w_outl, accumulate, st.stream);
+    outlier_gemm();
+}
+
+void qmatmul_int8_lora(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, const QuantOptions& opt,
+                       const void* b_bf16, const float* z, std::int64_t r) {
+    using namespace cuda_detail;
+    if (T <= 0 || w.n_out() <= 0) return;
+    if (T == 1 && r > 0 && r % 8 == 0 && aligned_to(x, 16) && aligned_to(b_bf16, 16) && aligned_to(z, 16))
+        return ops::qgemv_int8(Cuda<90>{}, y, x, w, false, stream(),
+                               QGemvLora{static_cast<const __nv_bfloat16*>(b_bf16), z, static_cast<int>(r)});
+    qmatmul_int8(y, x, w, T, false, opt);
+    matmul_wt_bf16(y, z, b_bf16, T, r, w.n_out(), /*accumulate=*/true);
 }
 
 void rms_norm(float* y, const float* x, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, float eps) {
@@ -310,6 +400,17 @@ void attention_with_cache(float* out, const float* q, const float* k_new, const 
     // prefill: the tiled kernel over ring + new keys, then the newest min(T, C) into the ring
     ops::attention_prefill(Cuda<90>{}, out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, st.stream);
     ops::kv_cache_store_rows(Cuda<90>{}, k_cache, v_cache, k_new, v_new, C, positions, T, kvd, st.stream);
+}
+
+void set_prefill_attention(PrefillAttention mode) {
+    // mode 2 ("simple", from the environment only) stays an f32 kernel unless tensor cores are asked for
+    auto& m = cuda_detail::prefill_attention_mode();
+    if (mode == PrefillAttention::tensor_cores) m.store(0);
+    else if (m.load() != 2) m.store(1);
+}
+
+PrefillAttention prefill_attention() {
+    return cuda_detail::prefill_attention_mode().load() == 0 ? PrefillAttention::tensor_cores : PrefillAttention::f32;
 }
 
 void add_inplace(float* y, const float* x, std::int64_t n) { ops::add_inplace(Cuda<90>{}, y, x, n, stream()); }

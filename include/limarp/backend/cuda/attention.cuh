@@ -42,6 +42,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -335,14 +336,21 @@ struct AttentionDecodeConfig {
     bool fused_combine = true;
 };
 
-/// The default split count: about two blocks per multiprocessor (2 * sm_count / n_kv_heads),
-/// at most one split per `keys per block step` of the largest visible key count
-/// (window_keys, or C + 1 without a window), at least 1.
+/// The default split count: about B blocks per multiprocessor (B * sm_count / n_kv_heads; B = 2,
+/// or the environment variable LIMARP_CUDA_ATTN_BLOCKS_PER_SM, for measurements), at most one
+/// split per `keys per block step` of the largest visible key count (window_keys, or C + 1
+/// without a window), at least 1.
 inline int attention_decode_default_splits(const ops::AttentionShape& s, std::int64_t C, int sm_count) {
+    static const std::int64_t blocks_per_sm = [] {
+        const char* e = std::getenv("LIMARP_CUDA_ATTN_BLOCKS_PER_SM");
+        const long v = e ? std::strtol(e, nullptr, 10) : 0;
+        return static_cast<std::int64_t>(v >= 1 && v <= 32 ? v : 2);
+    }();
     const std::int64_t max_keys = s.window_keys > 0 ? std::min<std::int64_t>(s.window_keys, C + 1) : C + 1;
     const std::int64_t per_step = cuda_detail::attention_keys_per_step(s.head_dim, s.n_heads / s.n_kv_heads);
     const std::int64_t by_keys = (max_keys + per_step - 1) / per_step;
-    const std::int64_t by_sms = (2 * static_cast<std::int64_t>(sm_count) + s.n_kv_heads - 1) / s.n_kv_heads;
+    const std::int64_t by_sms =
+        (blocks_per_sm * static_cast<std::int64_t>(sm_count) + s.n_kv_heads - 1) / s.n_kv_heads;
     return static_cast<int>(std::max<std::int64_t>(1, std::min(by_keys, by_sms)));
 }
 

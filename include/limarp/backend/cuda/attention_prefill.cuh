@@ -11,7 +11,10 @@
 /// the ring is written only after the attention (`kv_cache_store_rows`), so it still holds every
 /// earlier key a query needs (C >= window_keys - 1, or C >= p0 without a window).
 ///
-/// Kernels. For head_dim >= 16, `attention_prefill_tiled_kernel<HD, NREP>` (the default): blocks
+/// Kernels. By default (and for head_dim 32, 64, 128 on sm_80+) the tensor-core kernel of
+/// attention_flash.cuh, with bf16 operands. The f32 kernels below (`cuda_api::set_prefill_attention`
+/// with `PrefillAttention::f32`, or LIMARP_CUDA_PREFILL_ATTENTION=f32): for head_dim >= 16,
+/// `attention_prefill_tiled_kernel<HD, NREP>` (the f32 default): blocks
 /// of 64 query rows and tiles of 64 keys, each thread a 4 x 4 block of scores and 4 rows of the
 /// output (register tiling: 16 FMAs per 8 shared-memory loads in the score loop, 32 per 12 in
 /// P · V), 115 KB of shared memory at head_dim 128. For head_dim 8 (or with the environment
@@ -43,6 +46,7 @@
 #include "limarp/backend/attention_shape.hpp"
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/attention.cuh"
+#include "limarp/backend/cuda/attention_flash.cuh"
 #include "limarp/backend/cuda/check.cuh"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
@@ -331,11 +335,8 @@ void launch_attention_prefill(float* out, const float* q, const float* k_new, co
                               const float* k_cache, const float* v_cache, std::int64_t C,
                               const std::int64_t* positions, std::int64_t T, const ops::AttentionShape& s,
                               float scale, cudaStream_t stream) {
-    // LIMARP_CUDA_PREFILL_ATTENTION=simple selects the first kernel (kept for measurements).
-    static const bool simple = [] {
-        const char* e = std::getenv("LIMARP_CUDA_PREFILL_ATTENTION");
-        return e && std::string(e) == "simple";
-    }();
+    // mode 2 (LIMARP_CUDA_PREFILL_ATTENTION=simple) selects the first kernel (kept for measurements)
+    const bool simple = prefill_attention_mode().load(std::memory_order_relaxed) == 2;
     constexpr int tiled_smem = tiled_smem_floats<HD>() * static_cast<int>(sizeof(float));
     // the tiled kernel needs up to 209 KB (head_dim 256): devices with less use the first kernel
     if constexpr (HD >= 16) if (!simple && tiled_smem <= device_info().max_smem_optin) {
@@ -411,6 +412,12 @@ void attention_prefill(Cuda<Sm>, float* out /*[T, n_heads*head_dim]*/, const flo
     const std::int64_t hd = s.head_dim;
     cuda_detail::check_attention_heads("attention_prefill", s);  // the decode kernel's set: what prefills, decodes
     if (C < 1) throw ArgumentError("attention_prefill (CUDA): the ring needs at least one row");
+    if (cuda_detail::prefill_attention_mode().load(std::memory_order_relaxed) == 0 &&
+        cuda_detail::attention_mma_supported(s) && cuda_detail::aligned_to(q, 8) &&
+        cuda_detail::aligned_to(k_new, 16) && cuda_detail::aligned_to(v_new, 16) &&
+        cuda_detail::aligned_to(k_cache, 16) && cuda_detail::aligned_to(v_cache, 16))
+        return cuda_detail::attention_prefill_mma(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale,
+                                                  stream);
     switch (hd) {
         case 8: return cuda_detail::launch_attention_prefill_rep<8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
         case 16: return cuda_detail::launch_attention_prefill_rep<16>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);

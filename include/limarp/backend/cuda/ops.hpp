@@ -100,6 +100,19 @@ void matmul_wt(Cuda<Sm>, float* y, const float* x, const bf16* w, std::int64_t T
                std::int64_t n_out, bool accumulate = false) {
     cuda_api::matmul_wt_bf16(y, x, w, T, n_in, n_out, accumulate);
 }
+/// y = alpha · (x · Wᵀ) with f32 weights (alpha through cuBLAS).
+template <int Sm>
+void matmul_wt_scaled(Cuda<Sm>, float* y, const float* x, const float* w, std::int64_t T, std::int64_t n_in,
+                      std::int64_t n_out, float alpha) {
+    cuda_api::matmul_wt_f32(y, x, w, T, n_in, n_out, false, alpha);
+}
+/// y = alpha · (x · Wᵀ) with bf16 weights: the scale inside the GEMV / the GEMM's epilogue (the
+/// LoRA A product and its scale in one pass).
+template <int Sm>
+void matmul_wt_scaled(Cuda<Sm>, float* y, const float* x, const bf16* w, std::int64_t T, std::int64_t n_in,
+                      std::int64_t n_out, float alpha) {
+    cuda_api::matmul_wt_bf16(y, x, w, T, n_in, n_out, false, alpha);
+}
 /// RMSNorm with an f32 or bf16 weight.
 template <int Sm, class W>
     requires(std::is_same_v<W, float> || std::is_same_v<W, bf16>)

@@ -26,6 +26,9 @@
 ///   x (at most 256 KB) stays resident for all the warps of the SM.
 /// - int8 -> f32 without the slow I2F unit: bias the byte by 128 (xor 0x80), place it in the low
 ///   mantissa byte of 2^23 with one byte permute, subtract 2^23 + 128 (exact); then one FMA with x.
+/// - LoRA (`QGemvLora`, optional): one unmerged adapter's B [n_out, r] bf16 times z = scale · A x,
+///   added to the rows in the same pass (B's rows are read next to the int8 rows; r * 2 bytes
+///   per row, 12% more bytes at r = 256 for q_proj), so the LoRA B product costs no launch.
 /// - Reduction: warp shuffles per row, then the 4 warps' partials through shared memory; the
 ///   scale is applied once per row at the end.
 /// - Tails: rows are stored with a stride padded to 16 bytes with zero weights
@@ -145,6 +148,15 @@ struct QGemvConfig {
     bool programmatic = false;
 };
 
+/// An unmerged LoRA product added in the same pass (one token): y[o] += sum_j b[o, j] * z[j],
+/// b bf16 [n_out, r] row-major, z = scale * (A x) f32 [r] (written by the previous kernel); r a
+/// multiple of 8, b and z 16-byte aligned. b null: none.
+struct QGemvLora {
+    const __nv_bfloat16* b = nullptr;  ///< LoRA B [n_out, r] (device), or null
+    const float* z = nullptr;          ///< the scaled A product [r] (device)
+    int r = 0;                         ///< rank
+};
+
 /// Steps (of 512 weights) that one warp batches with `QGemvLoad::Registers`: U * R 16-byte weight
 /// loads per lane, 128 bytes for R >= 2 (64 for R = 1, where the x registers would grow too many).
 template <int R>
@@ -183,9 +195,10 @@ template <int R, class X, QGemvLoad L>
 __global__ void __launch_bounds__(kQGemvThreads)
     gemv_int8_rowwise_kernel(float* __restrict__ y /*[n_out]*/, const X* __restrict__ x /*[n_in]*/,
                              const std::int8_t* __restrict__ q /*[n_out, ld]*/, const float* __restrict__ scale,
-                             int n_out, int n_in, int ld, bool accumulate) {
+                             int n_out, int n_in, int ld, bool accumulate, QGemvLora lora) {
     constexpr int W = kQGemvWarps;
     __shared__ float partial[W][R];
+    __shared__ float partial_lora[W][R];
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int lane = static_cast<int>(threadIdx.x) % 32;
     const int row0 = static_cast<int>(blockIdx.x) * R;
@@ -280,24 +293,54 @@ __global__ void __launch_bounds__(kQGemvThreads)
         }
     }
 
+    // The LoRA term (not scaled by the row scale): lane chunks of 8 bf16 of B's rows times z.
+    float accl[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) accl[r] = 0.f;
+    if (lora.b != nullptr) {  // uniform: the whole grid takes it or not
+        for (int c = (warp * 32 + lane) * 8; c < lora.r; c += W * 32 * 8) {
+            const float4 z0 = __ldg(reinterpret_cast<const float4*>(lora.z + c));
+            const float4 z1 = __ldg(reinterpret_cast<const float4*>(lora.z + c + 4));
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const long long o = min(row0 + r, n_out - 1);
+                const uint4 bv = __ldg(reinterpret_cast<const uint4*>(lora.b + o * lora.r + c));
+                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&bv);
+                const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+                const float2 e = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
+                accl[r] += a.x * z0.x + a.y * z0.y + b.x * z0.z + b.y * z0.w + e.x * z1.x + e.y * z1.y + d.x * z1.z +
+                           d.y * z1.w;
+            }
+        }
+    }
+
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
-        for (int off = 16; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+        for (int off = 16; off > 0; off /= 2) {
+            acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+            accl[r] += __shfl_xor_sync(0xffffffffu, accl[r], off);
+        }
     }
     if (lane == 0) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) partial[warp][r] = acc[r];
+        for (int r = 0; r < R; ++r) {
+            partial[warp][r] = acc[r];
+            partial_lora[warp][r] = accl[r];
+        }
     }
     __syncthreads();
     if (threadIdx.x < R) {
         const int r = static_cast<int>(threadIdx.x);
         const int o = row0 + r;
         if (o < n_out) {
-            float sum = 0.f;
+            float sum = 0.f, suml = 0.f;
 #pragma unroll
-            for (int w = 0; w < W; ++w) sum += partial[w][r];
-            const float v = scale[o] * sum;
+            for (int w = 0; w < W; ++w) {
+                sum += partial[w][r];
+                suml += partial_lora[w][r];
+            }
+            const float v = scale[o] * sum + suml;
             y[o] = accumulate ? y[o] + v : v;
         }
     }
@@ -322,7 +365,7 @@ inline QGemvConfig qgemv_default_config(std::int64_t n_out, int sm_count) {
 
 template <int R, class X, QGemvLoad L>
 void launch_qgemv_int8_kernel(bool programmatic, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
-                              cudaStream_t stream) {
+                              cudaStream_t stream, QGemvLora lora) {
     const int n_out = static_cast<int>(w.n_out()), n_in = static_cast<int>(w.n_in()), ld = static_cast<int>(w.ld());
     cudaLaunchConfig_t cfg{};
     cfg.gridDim = dim3(static_cast<unsigned>((n_out + R - 1) / R));
@@ -335,18 +378,18 @@ void launch_qgemv_int8_kernel(bool programmatic, float* y, const X* x, const Dev
     cfg.attrs = attr;
     cfg.numAttrs = programmatic && device_info().compute_capability >= 90 ? 1 : 0;  // sm_90 feature
     LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L>, y, x, w.data(), w.scales(), n_out,
-                                         n_in, ld, accumulate));
+                                         n_in, ld, accumulate, lora));
     LIMARP_CUDA_CHECK_LAUNCH();
 }
 
 template <class X, QGemvLoad L>
 void launch_qgemv_int8_rows(const QGemvConfig& c, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, QGemvLora lora) {
     switch (c.rows) {
-        case 8: return launch_qgemv_int8_kernel<8, X, L>(c.programmatic, y, x, w, accumulate, stream);
-        case 4: return launch_qgemv_int8_kernel<4, X, L>(c.programmatic, y, x, w, accumulate, stream);
-        case 2: return launch_qgemv_int8_kernel<2, X, L>(c.programmatic, y, x, w, accumulate, stream);
-        case 1: return launch_qgemv_int8_kernel<1, X, L>(c.programmatic, y, x, w, accumulate, stream);
+        case 8: return launch_qgemv_int8_kernel<8, X, L>(c.programmatic, y, x, w, accumulate, stream, lora);
+        case 4: return launch_qgemv_int8_kernel<4, X, L>(c.programmatic, y, x, w, accumulate, stream, lora);
+        case 2: return launch_qgemv_int8_kernel<2, X, L>(c.programmatic, y, x, w, accumulate, stream, lora);
+        case 1: return launch_qgemv_int8_kernel<1, X, L>(c.programmatic, y, x, w, accumulate, stream, lora);
         default:
             throw ArgumentError("qgemv_int8: rows per block must be 1, 2, 4 or 8, got " + std::to_string(c.rows));
     }
@@ -358,11 +401,11 @@ void launch_qgemv_int8_rows(const QGemvConfig& c, float* y, const X* x, const De
 /// \throws ArgumentError for rows not in {1, 2, 4, 8}; CudaError when the launch fails
 template <class X>
 void launch_qgemv_int8(const QGemvConfig& c, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, QGemvLora lora = {}) {
     if (c.load == QGemvLoad::Registers)
-        launch_qgemv_int8_rows<X, QGemvLoad::Registers>(c, y, x, w, accumulate, stream);
+        launch_qgemv_int8_rows<X, QGemvLoad::Registers>(c, y, x, w, accumulate, stream, lora);
     else
-        launch_qgemv_int8_rows<X, QGemvLoad::CpAsync>(c, y, x, w, accumulate, stream);
+        launch_qgemv_int8_rows<X, QGemvLoad::CpAsync>(c, y, x, w, accumulate, stream, lora);
 }
 
 }  // namespace cuda_detail
@@ -382,19 +425,24 @@ namespace ops {
 /// \param w          the weight [n_out, n_in] on the current device
 /// \param accumulate false: y = x · Wᵀ; true: y += x · Wᵀ (e.g. the residual add of o_proj / down_proj)
 /// \param stream     CUDA stream (default: the legacy default stream)
+/// \param lora       optional LoRA term added in the same pass (`cuda_detail::QGemvLora`)
 /// \pre y does not overlap x; x holds finite values; y, x and w live on the current device.
 /// \throws ArgumentError when x is not 16-byte aligned or w is empty; CudaError when the launch fails
 template <int Sm, class X>
     requires(std::is_same_v<X, float> || std::is_same_v<X, __nv_bfloat16>)
 void qgemv_int8(Cuda<Sm>, float* y /*[n_out]*/, const X* x /*[n_in]*/, const DeviceInt8Weight& w,
-                bool accumulate = false, cudaStream_t stream = nullptr) {
+                bool accumulate = false, cudaStream_t stream = nullptr, cuda_detail::QGemvLora lora = {}) {
     static_assert(Sm >= 80, "ops::qgemv_int8 needs Cuda<Sm> with Sm >= 80 (cp.async, L2 prefetch hints)");
     if (w.empty()) throw ArgumentError("qgemv_int8: the weight is empty");
     if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0)
         throw ArgumentError("qgemv_int8 with " + w.name() + ": x must be 16-byte aligned (got a pointer offset by " +
                             std::to_string(reinterpret_cast<std::uintptr_t>(x) % 16) + " bytes)");
+    if (lora.b != nullptr && (lora.r % 8 != 0 || reinterpret_cast<std::uintptr_t>(lora.b) % 16 != 0 ||
+                              reinterpret_cast<std::uintptr_t>(lora.z) % 16 != 0))
+        throw ArgumentError("qgemv_int8 with " + w.name() + ": the fused LoRA term needs r % 8 == 0 and 16-byte "
+                            "aligned B and z");
     const auto c = cuda_detail::qgemv_default_config(w.n_out(), device_info().sm_count);
-    cuda_detail::launch_qgemv_int8(c, y, x, w, accumulate, stream);
+    cuda_detail::launch_qgemv_int8(c, y, x, w, accumulate, stream, lora);
 }
 
 }  // namespace ops

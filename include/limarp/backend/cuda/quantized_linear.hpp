@@ -5,11 +5,17 @@
 ///
 /// Loading is the CPU layer's (pre-quantized tensors used as they are, or f32/bf16 quantized at
 /// load with the same scales), then the values and scales are uploaded once into a
-/// `DeviceInt8Weight` and the host copy is dropped. Products (see `cuda_api::qmatmul_int8`): the
-/// int8 GEMV with f32 activations for one token (decode); for more tokens (prefill) int8 widened
-/// to bf16 on the tensor cores, with the activations rounded to bf16 by default, or kept close to
-/// f32 (bf16 hi + lo, twice the tensor-core work) with the option "quant.activations" = "f32"
-/// (the CPU layer's weight-only setting). The outlier threshold does not apply here.
+/// `DeviceInt8Weight` and the host copy is dropped. The layer keeps the `QuantOptions` ("quant.*"
+/// options at load). Products (see `cuda_api::qmatmul_int8`):
+/// - one token (decode): the int8 GEMV with f32 activations (weight-only, whatever the options;
+///   the CPU layer quantizes the activations there too when they are int8);
+/// - more tokens (prefill), "quant.activations" = "int8" (the default): LLM.int8() as the CPU
+///   layer computes it, with the same quantized bytes: input columns with some |x| >=
+///   "quant.outlier_threshold" (default 6; 0 = none) multiplied close to f32 with the int8 weight
+///   columns, the rest quantized per row (absmax / 127) and multiplied int8 x int8 on the tensor
+///   cores (backend/cuda/qgemm_int8.cuh); results equal the CPU layer's up to f32 rounding;
+/// - more tokens, "quant.activations" = "f32" (weight-only): the int8 weights widened to bf16 and
+///   the activations split into bf16 hi + lo (twice the tensor-core work), products close to f32.
 /// Included by layers/quantized_linear.hpp when `LIMARP_WITH_CUDA_BACKEND` is defined.
 
 #include <cstdint>
@@ -31,8 +37,7 @@ public:
 
     QuantizedLinear() = default;
     /// Uploads `w` (values and scales).
-    explicit QuantizedLinear(const QuantizedWeight<Int8Rowwise>& w, QuantOptions opt = {})
-        : w_(w), exact_(!opt.int8_activations) {}
+    explicit QuantizedLinear(const QuantizedWeight<Int8Rowwise>& w, QuantOptions opt = {}) : w_(w), opt_(opt) {}
 
     /// Loads like `QuantizedLinear<Int8Rowwise, Cpu<>>::load`, then uploads.
     /// \throws as the CPU layer; CudaError naming the tensor when the device is out of memory
@@ -47,15 +52,28 @@ public:
     std::int64_t out_features() const noexcept { return w_.n_out(); }
     /// The device weight.
     const DeviceInt8Weight& weight() const noexcept { return w_; }
+    /// The run-time options.
+    const QuantOptions& options() const noexcept { return opt_; }
+    /// Changes the run-time options (no re-quantization needed).
+    void set_options(const QuantOptions& opt) noexcept { opt_ = opt; }
 
     /// y = x · Wᵀ, or y += x · Wᵀ when `accumulate` (device pointers).
     void forward(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T, bool accumulate = false) {
-        cuda_api::qmatmul_int8(y, x, w_, T, accumulate, exact_);
+        cuda_api::qmatmul_int8(y, x, w_, T, accumulate, opt_);
+    }
+
+    /// y = x · Wᵀ + z · Bᵀ: the product with one unmerged LoRA term (z = scale · x Aᵀ [T, r] and
+    /// B bf16 [n_out, r], device pointers). One token: one pass, the B rows read next to the int8
+    /// rows (`cuda_detail::QGemvLora`); more tokens: the product, then B accumulated. `Lora` calls
+    /// it when the base has it (saves a launch per projection and token).
+    void forward_lora(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T, const bf16* b,
+                      const float* z /*[T, r]*/, std::int64_t r) {
+        cuda_api::qmatmul_int8_lora(y, x, w_, T, opt_, b, z, r);
     }
 
 private:
     DeviceInt8Weight w_;
-    bool exact_ = false;  // prefill GEMM activations: bf16 hi + lo (true) or bf16
+    QuantOptions opt_;
 };
 
 }  // namespace limarp
