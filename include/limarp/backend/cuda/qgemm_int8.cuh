@@ -57,8 +57,9 @@
 ///    host reads) the count stays on the device: `gather_outlier_weights_kernel` and the outlier
 ///    terms of the epilogue (CUDA cores) do it instead. Random 7B-shaped weights give hundreds to
 ///    thousands of outlier columns per 4096-token prefill in down_proj's input (silu(g) * u has
-///    heavy tails), far more than a trained model's few: summed on the CUDA cores they took the
-///    4096-token prefill from 0.16 s to 0.78 s (H200); as a GEMM they cost about 12%.
+///    heavy tails), far more than a trained model's few: summed on the CUDA cores they made the
+///    4096-token prefill 5x slower (H200); as a GEMM the whole outlier path (scan, host read,
+///    GEMM) costs 45% over threshold 0 there (benchmarks/NOTES.md).
 ///
 /// Cost: step 1 reads x once and w_outl is count * n_out bytes; the epilogue does T * n_out *
 /// count FMAs on the CUDA cores, which is small next to the GEMM while count is a small fraction
