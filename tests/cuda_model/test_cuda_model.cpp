@@ -196,50 +196,6 @@ BOOST_AUTO_TEST_CASE(int8_with_adapter_matches_peft_and_the_cpu) {
     BOOST_TEST_MESSAGE("int8 (CUDA) greedy: first " << same << " of " << want.size() << " tokens as transformers bf16");
 }
 
-// The attention step at Mistral-7B's head layout (head_dim 128, 32 query heads over 8 kv heads,
-// which the tiny fixtures do not have): prefill chunks that read a wrapped ring, then decode
-// tokens, CUDA vs CPU on the same random q, k, v.
-BOOST_AUTO_TEST_CASE(attention_step_at_mistral_head_layout_matches_the_cpu) {
-    const ops::AttentionShape s{32, 8, 128, 40};
-    const std::int64_t C = 39 + 5, qd = 32 * 128, kvd = 8 * 128;
-    std::mt19937 rng(7);
-    std::normal_distribution<float> nd(0.0f, 1.0f);
-    Tensor<float> kc({C, kvd}), vc({C, kvd});
-    DeviceBuffer<float> dkc(static_cast<std::size_t>(C * kvd), "k ring"), dvc(static_cast<std::size_t>(C * kvd), "v ring");
-    std::int64_t p = 0;
-    double worst = 0;
-    for (const std::int64_t T : {30, 45, 1, 1, 17, 1}) {  // prefill, prefill past the ring, decode, ...
-        Tensor<float> q({T, qd}), k({T, kvd}), v({T, kvd}), o_cpu({T, qd}), o_gpu({T, qd});
-        for (auto* t : {&q, &k, &v})
-            for (std::int64_t i = 0; i < t->size(); ++i) (*t)[i] = nd(rng);
-        std::vector<std::int64_t> pos(static_cast<std::size_t>(T));
-        for (std::int64_t t = 0; t < T; ++t) pos[static_cast<std::size_t>(t)] = p + t;
-        const float scale = 1.0f / std::sqrt(128.0f);
-        ops::attention_with_cache(Cpu<>{}, o_cpu.data(), q.data(), k.data(), v.data(), kc.data(), vc.data(), C,
-                                  pos.data(), T, s, scale);
-        DeviceBuffer<float> dq(static_cast<std::size_t>(T * qd), "q"), dk(static_cast<std::size_t>(T * kvd), "k"),
-            dv(static_cast<std::size_t>(T * kvd), "v"), dout(static_cast<std::size_t>(T * qd), "out");
-        DeviceBuffer<std::int64_t> dpos(static_cast<std::size_t>(T), "positions");
-        dq.upload(q.data(), dq.size());
-        dk.upload(k.data(), dk.size());
-        dv.upload(v.data(), dv.size());
-        dpos.upload(pos.data(), dpos.size());
-        ops::attention_with_cache(Cuda<>{}, dout.data(), dq.data(), dk.data(), dv.data(), dkc.data(), dvc.data(), C,
-                                  dpos.data(), T, s, scale);
-        cuda_api::synchronize();
-        dout.download(o_gpu.data(), dout.size());
-        const double err = test::max_rel_err(o_gpu.data(), o_cpu.data(), o_cpu.size());
-        worst = std::max(worst, err);
-        BOOST_CHECK_MESSAGE(err <= 1e-5, "T=" << T << " at p0=" << p << ": max rel err " << err);
-        p += T;
-    }
-    // the rings agree too (the store after the attention)
-    Tensor<float> kg({C, kvd});
-    dkc.download(kg.data(), kg.size());
-    BOOST_CHECK_LE(test::max_rel_err(kg.data(), kc.data(), kc.size()), 0.0);
-    BOOST_TEST_MESSAGE("attention step, head_dim 128, 32/8 heads, window 40: worst max rel err vs CPU " << worst);
-}
-
 // DenseLinear<Cuda> with bf16 weights on shapes the fixtures lack: many rows (a warp per row),
 // few rows (split-K blocks), an input width that is not a multiple of 8 (scalar loads); one token
 // (GEMV) and several (split bf16 GEMM); against DenseLinear<Cpu>.

@@ -32,11 +32,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <mutex>
 #include <string>
 
 #include "limarp/backend/attention_shape.hpp"
@@ -341,15 +339,7 @@ void launch_attention_prefill_mma(float* out, const float* q, const float* k_new
                    static_cast<int>(T), static_cast<int>(kvd), static_cast<int>(s.window_keys),
                    static_cast<int>(max_rows));
     constexpr int smem = mma_smem_bytes<HD>();
-    constexpr int kMaxDevices = 64;
-    static std::array<std::once_flag, kMaxDevices> once;
-    int dev = 0;
-    LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
-    if (smem > 48 * 1024 && dev >= 0 && dev < kMaxDevices)
-        std::call_once(once[static_cast<std::size_t>(dev)], [] {
-            LIMARP_CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_mma_kernel<HD, NREP>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        });
+    opt_in_dynamic_smem<attention_prefill_mma_kernel<HD, NREP>>(smem);
     constexpr int QT = kMmaRows / NREP;
     const dim3 grid(static_cast<unsigned>((T + QT - 1) / QT), static_cast<unsigned>(s.n_kv_heads));
     constexpr float kLog2e = 1.4426950408889634f;

@@ -37,10 +37,8 @@
 
 #include <cuda_runtime.h>
 
-#include <array>
 #include <cstdint>
 #include <cstdlib>
-#include <mutex>
 #include <string>
 
 #include "limarp/backend/attention_shape.hpp"
@@ -341,15 +339,7 @@ void launch_attention_prefill(float* out, const float* q, const float* k_new, co
     // the tiled kernel needs up to 209 KB (head_dim 256): devices with less use the first kernel
     if constexpr (HD >= 16) if (!simple && tiled_smem <= device_info().max_smem_optin) {
         constexpr int smem = tiled_smem;
-        constexpr int kMaxDevices = 64;
-        static std::array<std::once_flag, kMaxDevices> once;
-        int dev = 0;
-        LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
-        if (dev >= 0 && dev < kMaxDevices)
-            std::call_once(once[static_cast<std::size_t>(dev)], [] {
-                LIMARP_CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_tiled_kernel<HD, NREP>,
-                                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-            });
+        opt_in_dynamic_smem<attention_prefill_tiled_kernel<HD, NREP>>(smem);
         constexpr int QT = kTiledRows / NREP;
         const dim3 grid(static_cast<unsigned>((T + QT - 1) / QT), static_cast<unsigned>(s.n_kv_heads));
         launch_checked(__FILE__, __LINE__, attention_prefill_tiled_kernel<HD, NREP>, grid, dim3(256),
@@ -359,15 +349,7 @@ void launch_attention_prefill(float* out, const float* q, const float* k_new, co
         return;
     }
     constexpr int smem = prefill_smem_floats<HD>() * static_cast<int>(sizeof(float));
-    constexpr int kMaxDevices = 64;
-    static std::array<std::once_flag, kMaxDevices> once;
-    int dev = 0;
-    LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
-    if (smem > 48 * 1024 && dev >= 0 && dev < kMaxDevices)
-        std::call_once(once[static_cast<std::size_t>(dev)], [] {
-            LIMARP_CUDA_CHECK(cudaFuncSetAttribute(attention_prefill_kernel<HD, NREP>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        });
+    opt_in_dynamic_smem<attention_prefill_kernel<HD, NREP>>(smem);
     constexpr int QT = kPrefillRows / NREP;
     const dim3 grid(static_cast<unsigned>((T + QT - 1) / QT), static_cast<unsigned>(s.n_kv_heads));
     launch_checked(__FILE__, __LINE__, attention_prefill_kernel<HD, NREP>, grid, dim3(kPrefillThreads),

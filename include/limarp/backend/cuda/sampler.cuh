@@ -34,9 +34,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
-#include <mutex>
 #include <string>
 
 #include "limarp/backend/backend.hpp"
@@ -403,20 +401,7 @@ __global__ void __launch_bounds__(kSampleThreads)
 
 // Lets the top-k/top-p kernel use kSampleSmem bytes of dynamic shared memory (over the 48 KB
 // default), once per device.
-inline void sample_kernel_smem_optin() {
-    constexpr int kMaxDevices = 64;
-    static std::array<std::once_flag, kMaxDevices> once;
-    int dev = 0;
-    LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
-    const auto set = [] {
-        LIMARP_CUDA_CHECK(cudaFuncSetAttribute(sample_top_k_top_p_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               kSampleSmem));
-    };
-    if (dev < 0 || dev >= kMaxDevices)
-        set();
-    else
-        std::call_once(once[static_cast<std::size_t>(dev)], set);
-}
+inline void sample_kernel_smem_optin() { opt_in_dynamic_smem<sample_top_k_top_p_kernel>(kSampleSmem); }
 
 // Keeps (v, i) in (best, bi) when it is larger, or equal with a smaller id.
 __device__ __forceinline__ void argmax_update(float& best, int& bi, float v, int i) {

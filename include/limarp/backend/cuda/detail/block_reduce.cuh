@@ -7,7 +7,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
 
 #include "limarp/backend/cuda/check.cuh"
@@ -123,6 +125,25 @@ void launch_checked(const char* file, int line, void (*kernel)(KArgs...), dim3 g
                     cudaStream_t stream, Args&&... args) {
     kernel<<<grid, block, smem, stream>>>(static_cast<KArgs>(args)...);
     cuda_check_launch(file, line);
+}
+
+/// Raises `Kernel`'s dynamic shared-memory limit to `bytes` (needed above the 48 KB default),
+/// once per device and kernel. \throws CudaError when the device refuses
+template <auto Kernel>
+void opt_in_dynamic_smem(int bytes) {
+    if (bytes <= 48 * 1024) return;
+    constexpr int kMaxDevices = 64;
+    static std::array<std::once_flag, kMaxDevices> once;
+    int dev = 0;
+    cuda_check(cudaGetDevice(&dev), "cudaGetDevice", __FILE__, __LINE__);
+    const auto set = [bytes] {
+        cuda_check(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+                   "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)", __FILE__, __LINE__);
+    };
+    if (dev < 0 || dev >= kMaxDevices)
+        set();
+    else
+        std::call_once(once[static_cast<std::size_t>(dev)], set);
 }
 
 /// True when `p` is aligned to `bytes`.
