@@ -59,15 +59,16 @@ void matmul_wt_f32(float* y, const float* x, const float* w, std::int64_t T, std
 void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T, std::int64_t n_in,
                     std::int64_t n_out, bool accumulate, float alpha = 1.0f);
 /// y = x · Wᵀ (+ y) with an int8 row-wise weight, run-time options `opt`:
-/// - one token (T == 1, x 16-byte aligned): the int8 GEMV (`ops::qgemv_int8`), weight-only with
-///   f32 x whatever `opt` says (decode is bound by the weight bytes, not by the arithmetic);
-/// - more tokens (or one whose x is not 16-byte aligned) with `opt.int8_activations` (the
-///   default): LLM.int8() as the CPU `ops::qmatmul_wt`
-///   computes it (backend/cuda/qgemm_int8.cuh): outlier columns (some |x| >=
-///   `opt.outlier_threshold` > 0) in f32 with the int8 weight columns, the other columns
-///   quantized per row (absmax / 127, ties to even) and multiplied int8 x int8 -> int32 on the
-///   tensor cores (cuBLAS); a shape cuBLAS has no int8 kernel for runs the same quantized
-///   operands through a bf16 GEMM. Asynchronous: the outlier count stays on the device.
+/// - one token (T == 1): the int8 GEMV (`ops::qgemv_int8`; an x that is not 16-byte aligned is
+///   copied to an aligned scratch first), weight-only with f32 x whatever `opt` says (decode is
+///   bound by the weight bytes, not by the arithmetic);
+/// - more tokens with `opt.int8_activations` (the default): LLM.int8() as the CPU
+///   `ops::qmatmul_wt` computes it (backend/cuda/qgemm_int8.cuh): outlier columns (some |x| >=
+///   `opt.outlier_threshold` > 0) multiplied close to f32 (x split into bf16 hi + lo, the int8
+///   weight columns exact) on the tensor cores, the other columns quantized per row (absmax /
+///   127, ties to even) and multiplied int8 x int8 -> int32 (cuBLAS); a shape cuBLAS has no int8
+///   kernel for runs the same quantized operands through a bf16 GEMM. With outliers on, the
+///   outlier count is read on the host (one wait per product) except while a graph is recorded.
 /// - more tokens with f32 activations (`opt.int8_activations` false, weight-only): the int8 values
 ///   (exact in bf16) widened into a scratch buffer, x split into bf16 hi + lo rows as
 ///   `matmul_wt_bf16` does, one cuBLAS GEMM on the tensor cores, the row scales applied after
@@ -108,7 +109,8 @@ enum class PrefillAttention {
     f32,           ///< the register-tiled f32 kernel on the CUDA cores (products as the CPU's)
 };
 /// Chooses the prefill attention kernel for the whole process (all threads, all models). The
-/// starting value comes from LIMARP_CUDA_PREFILL_ATTENTION (mma | f32), else tensor_cores.
+/// starting value comes from LIMARP_CUDA_PREFILL_ATTENTION: f32 (or tiled) the f32 kernel,
+/// simple the first f32 kernel (measurements only); anything else (mma) the tensor cores.
 void set_prefill_attention(PrefillAttention mode);
 /// The current choice (see `set_prefill_attention`).
 PrefillAttention prefill_attention();

@@ -56,7 +56,7 @@ struct ThreadState {
     // [n_in] and their count [1] (written and read on the device), the weight bytes of those
     // columns [count, n_out] (sized n_in * n_out, the worst case).
     DeviceBuffer<std::int8_t> x_int8, w_outliers;
-    DeviceBuffer<float> x_scale, x_outliers;
+    DeviceBuffer<float> x_scale, x_outliers, x_aligned;
     DeviceBuffer<std::int32_t> acc_int32;
     DeviceBuffer<unsigned> col_absmax;
     DeviceBuffer<int> outlier_cols, outlier_count;
@@ -261,7 +261,16 @@ void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int6
     using namespace cuda_detail;
     if (T <= 0 || w.n_out() <= 0) return;
     ThreadState& st = thread_state();
-    if (T == 1 && aligned_to(x, 16)) return ops::qgemv_int8(Cuda<90>{}, y, x, w, accumulate, st.stream);
+    if (T == 1) {  // decode: the weight-only GEMV, from an aligned copy of x when needed
+        const float* xa = x;
+        if (!aligned_to(x, 16)) {
+            float* c = grow(st.x_aligned, w.n_in(), "aligned copy of a GEMV input");
+            LIMARP_CUDA_CHECK(cudaMemcpyAsync(c, x, static_cast<std::size_t>(w.n_in()) * sizeof(float),
+                                              cudaMemcpyDeviceToDevice, st.stream));
+            xa = c;
+        }
+        return ops::qgemv_int8(Cuda<90>{}, y, xa, w, accumulate, st.stream);
+    }
     const std::int64_t n_out = w.n_out(), n_in = w.n_in();
     const auto widen_weight = [&] {
         __nv_bfloat16* wb = grow(st.w_bf16, n_out * n_in, "bf16 copy of an int8 weight (GEMM scratch)");
@@ -284,7 +293,9 @@ void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int6
     int* count = outl ? grow(st.outlier_count, 1, "outlier column count (GEMM scratch)") : nullptr;
     // Outside graph capture the outlier count comes to the host (one 4-byte read per product), and
     // the outlier columns go through a tensor-core GEMM after the int8 epilogue; while a graph is
-    // being recorded (no host reads) the epilogue sums them from the device count.
+    // being recorded (no host reads) the epilogue sums them from the device count. (The model
+    // records only one-token steps, which take the GEMV above; a prefill recorded by a caller must
+    // find the scratch grown, or its recording fails and the step runs eagerly.)
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     LIMARP_CUDA_CHECK(cudaStreamIsCapturing(st.stream, &capturing));
     const bool device_count = outl && capturing != cudaStreamCaptureStatusNone;

@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     attention_prefill_mma_kernel(float* __restrict__ out, const float* __restrict__ q,
                                  const __nv_bfloat16* __restrict__ kb, const __nv_bfloat16* __restrict__ vb,
                                  const std::int64_t* __restrict__ positions, int T, int n_kv_heads, int window,
-                                 float scale_log2) {
+                                 float scale_log2, int max_rows) {
     static_assert(HD % 32 == 0 && HD <= 128, "attention_prefill_mma_kernel: head_dim 32, 64 or 128");
     constexpr int LDS = HD + 8;          // bf16 per shared row (16 bytes of padding)
     constexpr int QT = kMmaRows / NREP;  // tokens per block
@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(kMmaThreads)
         for (int c = threadIdx.x; c < kMmaKeys * CPR; c += kMmaThreads) {
             const int j = c / CPR, d = (c % CPR) * 8;
             const long long kp = k0 + j;
-            const bool ok = kp <= qlast;
+            const bool ok = kp <= qlast && kp - kfirst < max_rows;  // rows past the staging: zeros
             const long long src = (ok ? kp - kfirst : 0) * kvd + g * HD + d;
             cp_async_16_zfill(Ks + (s * kMmaKeys + j) * LDS + d, kb + src, ok);
             cp_async_16_zfill(Vs + (s * kMmaKeys + j) * LDS + d, vb + src, ok);
@@ -345,7 +345,8 @@ void launch_attention_prefill_mma(float* out, const float* q, const float* k_new
     constexpr float kLog2e = 1.4426950408889634f;
     launch_checked(__FILE__, __LINE__, attention_prefill_mma_kernel<HD, NREP>, grid, dim3(kMmaThreads),
                    static_cast<std::size_t>(smem), stream, out, q, kb, vb, positions, static_cast<int>(T),
-                   static_cast<int>(s.n_kv_heads), static_cast<int>(s.window_keys), scale * kLog2e);
+                   static_cast<int>(s.n_kv_heads), static_cast<int>(s.window_keys), scale * kLog2e,
+                   static_cast<int>(max_rows));
 }
 
 template <int HD>

@@ -2,8 +2,9 @@
 /// \file attention_prefill.cuh
 /// \brief CUDA prefill attention over the rolling KV cache: `ops::attention_prefill` (T new tokens
 /// at consecutive positions attend, causally and inside the sliding window, to the cached keys and
-/// to each other; tiled, online softmax, f32 on the CUDA cores) and `ops::kv_cache_store_rows`
-/// (the newest min(T, C) keys and values into the ring afterwards).
+/// to each other; tiled, online softmax; on the tensor cores with bf16 operands by default, see
+/// attention_flash.cuh, or f32 on the CUDA cores) and `ops::kv_cache_store_rows` (the newest
+/// min(T, C) keys and values into the ring afterwards).
 ///
 /// Same function as the CPU `ops::attention_sliding_window` (and the decode kernel for T = 1).
 /// Cache layout: the CPU `KvCache`'s, f32 rings [C, n_kv_heads * head_dim], position p in row
@@ -30,7 +31,8 @@
 /// shuffles, then O += P · V. Shared memory: Q, K and V tiles (3 x 32 x HD floats, Q and K rows
 /// padded by one float against bank conflicts) and P (32 x 32), 52 KB at HD = 128 (opted in once
 /// per device). Summation order is fixed: results are
-/// reproducible run to run; they differ from the CPU's by f32 rounding.
+/// reproducible run to run; the f32 kernels differ from the CPU's by f32 rounding, the tensor-core
+/// kernel by its bf16 operands (1e-3..1e-2 relative).
 ///
 /// Supported: head_dim 8..256 (powers of two), n_heads / n_kv_heads 1, 2, 4 or 8 (as the decode
 /// kernel). Floor and measurements: benchmarks/NOTES.md ("CUDA model").
@@ -378,7 +380,12 @@ namespace ops {
 
 /// Prefill attention on the GPU (see the file comment): out[t] for the T new tokens at positions
 /// p0 = positions[0] .. p0 + T - 1 (device memory), keys and values before p0 from the rings,
-/// the rest from k_new / v_new. Asynchronous on `stream`; the launch is checked.
+/// the rest from k_new / v_new. Asynchronous on `stream`; the launch is checked. The kernel is the
+/// one `cuda_api::set_prefill_attention` chose: the tensor cores (bf16 operands) by default when
+/// head_dim is 32, 64 or 128, the device is sm_80+, and q, out are 8-byte and k_new, v_new and the
+/// rings 16-byte aligned; the f32 kernels otherwise. The tensor-core path stages bf16 keys and
+/// values in a per-thread scratch: a thread's prefills must all use one stream (as `cuda_api`
+/// does).
 /// \pre positions consecutive; the rings hold every earlier key a query needs (C >= window_keys - 1
 ///      when windowed, C >= p0 without a window) and are not yet written with the new tokens;
 ///      out does not overlap any input.
@@ -395,7 +402,7 @@ void attention_prefill(Cuda<Sm>, float* out /*[T, n_heads*head_dim]*/, const flo
     cuda_detail::check_attention_heads("attention_prefill", s);  // the decode kernel's set: what prefills, decodes
     if (C < 1) throw ArgumentError("attention_prefill (CUDA): the ring needs at least one row");
     if (cuda_detail::prefill_attention_mode().load(std::memory_order_relaxed) == 0 &&
-        cuda_detail::attention_mma_supported(s) && cuda_detail::aligned_to(q, 8) &&
+        cuda_detail::attention_mma_supported(s) && cuda_detail::aligned_to(q, 8) && cuda_detail::aligned_to(out, 8) &&
         cuda_detail::aligned_to(k_new, 16) && cuda_detail::aligned_to(v_new, 16) &&
         cuda_detail::aligned_to(k_cache, 16) && cuda_detail::aligned_to(v_cache, 16))
         return cuda_detail::attention_prefill_mma(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale,

@@ -1,7 +1,7 @@
 #pragma once
 /// \file qgemm_int8.cuh
 /// \brief The CUDA prefill product of `QuantizedLinear<Int8Rowwise, Cuda<Sm>>` with int8
-/// activations (LLM.int8(): int8 x int8 on the tensor cores, outlier columns in f32), the
+/// activations (LLM.int8(): int8 x int8 on the tensor cores, outlier columns close to f32), the
 /// kernels behind `cuda_api::qmatmul_int8` for T > 1.
 ///
 /// Semantics: those of the CPU `ops::qmatmul_wt(Cpu<A>, ..., QuantizedWeight<Int8Rowwise>, ...)`
@@ -16,8 +16,8 @@
 /// - y[t, o] (=|+=) (s_x[t] * s_w[o]) * float(sum_j q_x[t, j] q_w[o, j])
 ///                  + s_w[o] * sum_{outlier j, ascending} x[t, j] * float(q_w[o, j])   (f32).
 /// The integer dots are exact on both sides and the quantized bytes are the same, so the results
-/// differ from the CPU only by f32 rounding: the order (or FMA contraction) of the outlier sums
-/// and of the final multiply-add.
+/// differ from the CPU only in the outlier part (x split into bf16 hi + lo: about 2^-16 relative
+/// per input, step 5) and by f32 rounding (the order of the sums, the final multiply-add).
 ///
 /// Steps (asynchronous on one stream, except one 4-byte read of the outlier count per product,
 /// see step 5):
@@ -25,9 +25,9 @@
 ///    rows per block, atomicMax of the f32 bits, which order like the values for |x| >= 0) into
 ///    colmax [n_in] (zeroed first); `outlier_columns_kernel` (one block: per-thread column
 ///    counts, a block scan, ascending compaction) writes cols [n_in] and count [1];
-///    `gather_outlier_weights_kernel` copies the weight bytes of those columns into
-///    w_outl [count, n_out] (int8, coalesced along o for the epilogue; sized n_in * n_out, the
-///    worst case, since the count is not known on the host).
+///    while a graph is being recorded only (see step 5), `gather_outlier_weights_kernel` copies
+///    the weight bytes of those columns into w_outl [count, n_out] (int8, coalesced along o for
+///    the epilogue; sized n_in * n_out, the worst case, since the count is not known on the host).
 /// 2. `quantize_rows_int8_kernel`: one block per row, absmax over the non-outlier columns (block
 ///    max), then the int8 row written 4 bytes at a time into xq [T, ld] (ld = `w.ld()`, a
 ///    multiple of 16), zeros in the outlier columns and in the padding n_in..ld-1; s_x [T].
@@ -61,9 +61,8 @@
 ///    4096-token prefill 5x slower (H200); as a GEMM the whole outlier path (scan, host read,
 ///    GEMM) costs 45% over threshold 0 there (benchmarks/NOTES.md).
 ///
-/// Cost: step 1 reads x once and w_outl is count * n_out bytes; the epilogue does T * n_out *
-/// count FMAs on the CUDA cores, which is small next to the GEMM while count is a small fraction
-/// of n_in (LLM.int8()'s regime at threshold 6).
+/// Cost: step 1 reads x once; the outlier GEMM of step 5 is 2 x T * n_out * count multiply-adds
+/// on the tensor cores (the recorded-graph variant: T * n_out * count FMAs on the CUDA cores).
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
