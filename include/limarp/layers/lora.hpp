@@ -113,18 +113,19 @@ public:
 
     /// y = base(x) + Σ scale · (x Aᵀ) Bᵀ over attached, unmerged adapters.
     void forward(float* y /*[T, out]*/, const float* x /*[T, in]*/, std::int64_t T) {
+        const auto a_product = [&](const LoraFactors& f) {  // z = scale · x Aᵀ, in tmp_
+            float* z = BackendMemory<backend_type>::ensure(tmp_, T * f.A.shape[0]);
+            scaled_a_product(f, z, x, T);
+            return z;
+        };
         const LoraFactors* fused = nullptr;
         // A base with `forward_lora` (the CUDA int8 layer) adds the first active adapter's B
         // product inside its own pass: z = scale · x Aᵀ first, then base + z Bᵀ.
         if constexpr (requires(Base& b, const bf16* bb, const float* z) { b.forward_lora(y, x, T, bb, z, T); }) {
             for (auto& f : factors_) {
                 if (f.merged || f.scale() == 0.0f || f.B.dtype != DType::BF16) continue;
-                const std::int64_t r = f.A.shape[0];
-                float* z = BackendMemory<backend_type>::ensure(tmp_, T * r);
-                visit_weight(f.A, [&](const auto* a) {
-                    ops::matmul_wt_scaled(backend_type{}, z, x, a, T, in_features(), r, f.scale());
-                });
-                base_.forward_lora(y, x, T, f.B.as<bf16>(), z, r);
+                const float* z = a_product(f);
+                base_.forward_lora(y, x, T, f.B.as<bf16>(), z, f.A.shape[0]);
                 fused = &f;
                 break;
             }
@@ -133,10 +134,7 @@ public:
         for (auto& f : factors_) {
             if (&f == fused || f.merged || f.scale() == 0.0f) continue;
             const std::int64_t r = f.A.shape[0];
-            float* z = BackendMemory<backend_type>::ensure(tmp_, T * r);
-            visit_weight(f.A, [&](const auto* a) {  // z = scale · x Aᵀ (one pass on CUDA)
-                ops::matmul_wt_scaled(backend_type{}, z, x, a, T, in_features(), r, f.scale());
-            });
+            const float* z = a_product(f);
             visit_weight(f.B, [&](const auto* b) {
                 ops::matmul_wt(backend_type{}, y, z, b, T, r, out_features(), /*accumulate=*/true);
             });
@@ -242,8 +240,7 @@ public:
             const std::int64_t r = f.A.shape[0];
             const float* xin = dropped_input(f, x, T);
             float* z = scratch(0, T * r);
-            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z, xin, a, T, in_features(), r); });
-            ops::scale_inplace(backend_type{}, z, f.scale(), T * r);
+            scaled_a_product(f, z, xin, T);
             visit_weight(f.B, [&](const auto* b) {
                 ops::matmul_wt(backend_type{}, y, z, b, T, r, out_features(), /*accumulate=*/true);
             });
@@ -270,8 +267,7 @@ public:
             float* z = scratch(0, T * r);
             float* dz = scratch(1, T * r);
             // z = s · dropout(x) Aᵀ; dB += dyᵀ z
-            visit_weight(f.A, [&](const auto* a) { ops::matmul_wt(backend_type{}, z, xin, a, T, n_in, r); });
-            ops::scale_inplace(backend_type{}, z, s, T * r);
+            scaled_a_product(f, z, xin, T);
             ops::matmul_at_b(backend_type{}, g.B.data(), dy, z, T, n_out, r, /*accumulate=*/true);
             // dz = s · dy B; dA += dzᵀ dropout(x)
             visit_weight(f.B, [&](const auto* b) { ops::matmul_w(backend_type{}, dz, dy, b, T, n_out, r); });
@@ -314,6 +310,13 @@ public:
     }
 
 private:
+    /// z [T, r] = scale · x Aᵀ (the scale inside the product's own pass on CUDA).
+    void scaled_a_product(const LoraFactors& f, float* z, const float* x, std::int64_t T) const {
+        visit_weight(f.A, [&](const auto* a) {
+            ops::matmul_wt_scaled(backend_type{}, z, x, a, T, in_features(), f.A.shape[0], f.scale());
+        });
+    }
+
     MergeReport fold(const std::string& name, float sign, bool merging) {
         static_assert(MergeableLinear<Base>, "Lora::merge needs a base layer with add_delta (DenseLinear, QuantizedLinear)");
         auto* f = find(name);
