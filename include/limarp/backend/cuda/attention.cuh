@@ -45,6 +45,7 @@
 #include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "limarp/backend/attention_shape.hpp"
 #include "limarp/backend/backend.hpp"
@@ -324,6 +325,34 @@ inline void check_attention_heads(const char* who, const ops::AttentionShape& s)
                             "1/2/4/8); use the CPU backend for this model");
 }
 
+// Calls f(std::integral_constant<int, HD>{}) with the first HD of the list equal to head_dim, or
+// the last one (the caller has checked head_dim: check_attention_heads).
+template <int HD, int... More, class F>
+void with_head_dim(std::int64_t head_dim, F&& f) {
+    if constexpr (sizeof...(More) == 0) {
+        f(std::integral_constant<int, HD>{});
+    } else {
+        if (head_dim == HD) return f(std::integral_constant<int, HD>{});
+        with_head_dim<More...>(head_dim, std::forward<F>(f));
+    }
+}
+
+// Calls f(std::integral_constant<int, HD>{}, std::integral_constant<int, NREP>{}) for the layout
+// of s: head_dim among HDs (the last one otherwise), NREP = n_heads / n_kv_heads in 1, 2, 4 (8
+// otherwise). The attention kernels' one dispatch from run-time shapes to template arguments; the
+// caller has checked s (check_attention_heads).
+template <int... HDs, class F>
+void with_attention_layout(const ops::AttentionShape& s, F&& f) {
+    with_head_dim<HDs...>(s.head_dim, [&](auto hd) {
+        switch (s.n_heads / s.n_kv_heads) {
+            case 1: return f(hd, std::integral_constant<int, 1>{});
+            case 2: return f(hd, std::integral_constant<int, 2>{});
+            case 4: return f(hd, std::integral_constant<int, 4>{});
+            default: return f(hd, std::integral_constant<int, 8>{});
+        }
+    });
+}
+
 }  // namespace cuda_detail
 /// \endcond
 
@@ -410,20 +439,6 @@ void launch_attention_decode_kernel(int splits, bool fused, float* out, Attentio
                        static_cast<int>(s.head_dim));
 }
 
-template <int HD, class KV>
-void launch_attention_decode_rep(int splits, bool fused, float* out, AttentionDecodeWorkspace& ws, const float* q,
-                                 const float* k_new, const float* v_new, const KV* k_cache, const KV* v_cache,
-                                 std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s, float scale,
-                                 cudaStream_t stream) {
-    switch (s.n_heads / s.n_kv_heads) {
-        case 1: return launch_attention_decode_kernel<HD, 1>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 2: return launch_attention_decode_kernel<HD, 2>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 4: return launch_attention_decode_kernel<HD, 4>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 8: return launch_attention_decode_kernel<HD, 8>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        default: break;
-    }
-}
-
 }  // namespace cuda_detail
 /// \endcond
 
@@ -466,7 +481,6 @@ void attention_sliding_window_decode(Cuda<Sm>, float* out /*[n_heads*head_dim]*/
                                      const std::int64_t* position /*[1]*/, const AttentionShape& s, float scale,
                                      AttentionDecodeWorkspace& ws, cudaStream_t stream = nullptr,
                                      AttentionDecodeConfig cfg = {}) {
-    const std::int64_t hd = s.head_dim;
     cuda_detail::check_attention_heads("attention_sliding_window_decode", s);
     using cuda_detail::aligned_to;
     if (!aligned_to(q, 16) || !aligned_to(k_new, 16) || !aligned_to(v_new, 16) || !aligned_to(k_cache, 16) ||
@@ -483,14 +497,10 @@ void attention_sliding_window_decode(Cuda<Sm>, float* out /*[n_heads*head_dim]*/
         throw ArgumentError("attention_sliding_window_decode (CUDA): the workspace holds " +
                             std::to_string(ws.max_splits()) + " splits of this shape, " + std::to_string(splits) +
                             " asked; make it with AttentionDecodeWorkspace(shape, attention_decode_default_splits(...))");
-    switch (hd) {
-        case 8: return cuda_detail::launch_attention_decode_rep<8>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 16: return cuda_detail::launch_attention_decode_rep<16>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 32: return cuda_detail::launch_attention_decode_rep<32>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 64: return cuda_detail::launch_attention_decode_rep<64>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        case 128: return cuda_detail::launch_attention_decode_rep<128>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-        default: return cuda_detail::launch_attention_decode_rep<256>(splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-    }
+    cuda_detail::with_attention_layout<8, 16, 32, 64, 128, 256>(s, [&](auto hd, auto rep) {
+        cuda_detail::launch_attention_decode_kernel<decltype(hd)::value, decltype(rep)::value>(
+            splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
+    });
 }
 
 /// Stores the new token's key and value into ring row p % C (p = *position), converted to the

@@ -38,6 +38,7 @@
 #include <string>
 
 #include "limarp/backend/attention_shape.hpp"
+#include "limarp/backend/cuda/attention.cuh"
 #include "limarp/backend/cuda/check.cuh"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
@@ -349,29 +350,15 @@ void launch_attention_prefill_mma(float* out, const float* q, const float* k_new
                    static_cast<int>(max_rows));
 }
 
-template <int HD>
-void launch_attention_prefill_mma_rep(float* out, const float* q, const float* k_new, const float* v_new,
-                                      const float* k_cache, const float* v_cache, std::int64_t C,
-                                      const std::int64_t* positions, std::int64_t T, const ops::AttentionShape& s,
-                                      float scale, cudaStream_t stream) {
-    switch (s.n_heads / s.n_kv_heads) {
-        case 1: return launch_attention_prefill_mma<HD, 1>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 2: return launch_attention_prefill_mma<HD, 2>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 4: return launch_attention_prefill_mma<HD, 4>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        default: return launch_attention_prefill_mma<HD, 8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-    }
-}
-
 /// Runs the tensor-core prefill for head_dim 32 / 64 / 128 (`attention_mma_supported`).
 inline void attention_prefill_mma(float* out, const float* q, const float* k_new, const float* v_new,
                                   const float* k_cache, const float* v_cache, std::int64_t C,
                                   const std::int64_t* positions, std::int64_t T, const ops::AttentionShape& s,
                                   float scale, cudaStream_t stream) {
-    switch (s.head_dim) {
-        case 32: return launch_attention_prefill_mma_rep<32>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 64: return launch_attention_prefill_mma_rep<64>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        default: return launch_attention_prefill_mma_rep<128>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-    }
+    with_attention_layout<32, 64, 128>(s, [&](auto hd, auto rep) {
+        launch_attention_prefill_mma<decltype(hd)::value, decltype(rep)::value>(out, q, k_new, v_new, k_cache, v_cache,
+                                                                                C, positions, T, s, scale, stream);
+    });
 }
 
 }  // namespace cuda_detail

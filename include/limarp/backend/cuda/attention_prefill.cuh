@@ -360,19 +360,6 @@ void launch_attention_prefill(float* out, const float* q, const float* k_new, co
                    scale);
 }
 
-template <int HD>
-void launch_attention_prefill_rep(float* out, const float* q, const float* k_new, const float* v_new,
-                                  const float* k_cache, const float* v_cache, std::int64_t C,
-                                  const std::int64_t* positions, std::int64_t T, const ops::AttentionShape& s,
-                                  float scale, cudaStream_t stream) {
-    switch (s.n_heads / s.n_kv_heads) {
-        case 1: return launch_attention_prefill<HD, 1>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 2: return launch_attention_prefill<HD, 2>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 4: return launch_attention_prefill<HD, 4>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        default: return launch_attention_prefill<HD, 8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-    }
-}
-
 }  // namespace cuda_detail
 /// \endcond
 
@@ -398,7 +385,6 @@ void attention_prefill(Cuda<Sm>, float* out /*[T, n_heads*head_dim]*/, const flo
                        const std::int64_t* positions /*[T]*/, std::int64_t T, const AttentionShape& s, float scale,
                        cudaStream_t stream = nullptr) {
     if (T <= 0) return;
-    const std::int64_t hd = s.head_dim;
     cuda_detail::check_attention_heads("attention_prefill", s);  // the decode kernel's set: what prefills, decodes
     if (C < 1) throw ArgumentError("attention_prefill (CUDA): the ring needs at least one row");
     if (cuda_detail::prefill_attention_mode().load(std::memory_order_relaxed) == 0 &&
@@ -407,14 +393,10 @@ void attention_prefill(Cuda<Sm>, float* out /*[T, n_heads*head_dim]*/, const flo
         cuda_detail::aligned_to(k_cache, 16) && cuda_detail::aligned_to(v_cache, 16))
         return cuda_detail::attention_prefill_mma(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale,
                                                   stream);
-    switch (hd) {
-        case 8: return cuda_detail::launch_attention_prefill_rep<8>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 16: return cuda_detail::launch_attention_prefill_rep<16>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 32: return cuda_detail::launch_attention_prefill_rep<32>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 64: return cuda_detail::launch_attention_prefill_rep<64>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        case 128: return cuda_detail::launch_attention_prefill_rep<128>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-        default: return cuda_detail::launch_attention_prefill_rep<256>(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
-    }
+    cuda_detail::with_attention_layout<8, 16, 32, 64, 128, 256>(s, [&](auto hd, auto rep) {
+        cuda_detail::launch_attention_prefill<decltype(hd)::value, decltype(rep)::value>(
+            out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, stream);
+    });
 }
 
 /// After `attention_prefill`: the newest min(T, C) new keys and values into ring rows pos % C
