@@ -11,6 +11,8 @@
 #include <random>
 #include <vector>
 
+#include "common/rel_err.hpp"
+
 namespace limarp::test {
 
 /// ||a - b|| / ||b|| bound for kernels computing in f32 against the CPU f32 kernels (orders and
@@ -41,13 +43,7 @@ inline void round_to_bf16(std::vector<float>& x, std::vector<__nv_bfloat16>& dev
 }
 
 inline double rel_l2(const float* a, const float* b, std::size_t n) {
-    double num = 0, den = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-        const double d = static_cast<double>(a[i]) - b[i];
-        num += d * d;
-        den += static_cast<double>(b[i]) * b[i];
-    }
-    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+    return norm_rel_err(a, b, static_cast<std::int64_t>(n));
 }
 inline double rel_l2(const std::vector<float>& a, const std::vector<float>& b) { return rel_l2(a.data(), b.data(), b.size()); }
 
