@@ -9,9 +9,10 @@
 // median of --reps repetitions (default 15), after a warm-up; once as plain stream launches (the
 // launch gaps included) and once replaying the same launches from a CUDA graph. Variants: the
 // public entry point (`auto`: its default configuration; `auto-bf16`: the same with bf16 x), the
-// cp.async path at the default rows per block with programmatic dependent launch (`async-pdl`:
-// each launch overlaps the previous one's tail), and every configuration of both weight load paths
-// (`regs-rN`: registers, `async-rN`: cp.async ring) with N = 1/2/4/8 rows per block, f32 x.
+// two load paths at the default rows per block with programmatic dependent launch (`async-pdl`,
+// `regs-pdl`: each launch overlaps the previous one's tail), and every configuration of both
+// weight load paths (`regs-rN`: registers, `async-rN`: cp.async ring) with N = 1/2/4/8 rows per
+// block, f32 x.
 // Every variant's result is checked against a float64 host sum first (exit status 1 when one is
 // outside the f32 band).
 //
@@ -189,14 +190,19 @@ int main(int argc, char** argv) try {
             cuda_detail::QGemvConfig config;
         };
         cuda_detail::QGemvConfig pdl = cuda_detail::qgemv_default_config(sh.n_out, info.sm_count);
+        const bool auto_pdl = pdl.programmatic;
         pdl.load = cuda_detail::QGemvLoad::CpAsync;
         pdl.programmatic = true;
-        std::vector<Variant> variants{{"auto", true, false, false, {}},
+        cuda_detail::QGemvConfig regs_pdl = pdl;
+        regs_pdl.load = cuda_detail::QGemvLoad::Registers;
+        std::vector<Variant> variants{{"auto", true, auto_pdl, false, {}},
                                       {"async-pdl", false, true, false, pdl},
+                                      {"regs-pdl", false, true, false, regs_pdl},
                                       {"auto-bf16", true, false, true, {}}};
-        for (auto load : {cuda_detail::QGemvLoad::Registers, cuda_detail::QGemvLoad::CpAsync})
+        using cuda_detail::QGemvLoad;
+        for (auto load : {QGemvLoad::Registers, QGemvLoad::CpAsync})
             for (int rows : {1, 2, 4, 8})
-                variants.push_back({std::string(load == cuda_detail::QGemvLoad::Registers ? "regs-r" : "async-r") +
+                variants.push_back({std::string(load == QGemvLoad::Registers ? "regs-r" : "async-r") +
                                         std::to_string(rows),
                                     false, false, false, cuda_detail::QGemvConfig{rows, load, false}});
         for (const Variant& var : variants) {

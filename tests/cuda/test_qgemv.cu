@@ -3,7 +3,8 @@
 // float64 sum, on random weights of odd and Mistral shapes, every configuration (both weight load
 // paths x rows per block 1/2/4/8, the default, the cp.async path with programmatic launch), f32
 // and bf16 x, overwrite and accumulate; a programmatic launch that reads the previous kernel's
-// output; the device layout; and the errors.
+// output; the q/k/v group and gate/up SwiGLU launches against single launches; the device
+// layout; and the errors.
 //
 // Tolerances (METHOD.md: f32 arithmetic lands far under 1e-3): per element
 // |y - y64| <= kTolF32 * sum_k |scale q x| (+ tiny), and ||y - y_cpu|| / ||y_cpu|| <= kTolF32, with
@@ -13,6 +14,7 @@
 
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -165,10 +167,10 @@ void run_case(const HostWeight& hw, const DeviceInt8Weight& dw, std::uint32_t se
     pdl.programmatic = true;
     std::vector<std::string> names{"ops::qgemv_int8", "cp.async programmatic rows/block " + std::to_string(pdl.rows)};
     std::vector<cd::QGemvConfig> configs{{}, pdl};
-    for (auto load : {limarp::cuda_detail::QGemvLoad::Registers, limarp::cuda_detail::QGemvLoad::CpAsync})
+    for (auto load : {cd::QGemvLoad::Registers, cd::QGemvLoad::CpAsync})
         for (int rows : {1, 2, 4, 8}) {
             configs.push_back({rows, load, false});
-            names.push_back(std::string(load == limarp::cuda_detail::QGemvLoad::Registers ? "registers" : "cp.async") +
+            names.push_back(std::string(load == cd::QGemvLoad::Registers ? "registers" : "cp.async") +
                             " rows/block " + std::to_string(rows));
         }
     std::vector<float> first;
@@ -218,9 +220,9 @@ BOOST_AUTO_TEST_CASE(matches_cpu_qmatmul_wt_mistral_shapes) {
 }
 
 BOOST_AUTO_TEST_CASE(programmatic_launch_waits_for_the_previous_kernel) {
-    // y1 = W1 x (a long kernel), then y2 = W2 y1 launched programmatically (the cp.async path, the
-    // one that streams weights before griddepcontrol.wait): W2's weights stream early, but y1 must
-    // be read only after the first kernel wrote it (y1 starts as NaN each time).
+    // y1 = W1 x (a long kernel), then y2 = W2 y1 launched programmatically with both load paths
+    // (cp.async streams weights before griddepcontrol.wait): W2's launch overlaps the first
+    // kernel, but y1 must be read only after the first kernel wrote it (y1 starts as NaN each time).
     const HostWeight h1(4096, 14336, 41), h2(1027, 4096, 42);
     const DeviceInt8Weight w1(h1.w), w2(h2.w);
     const auto x = random_vec(14336, 43, -1.f, 1.f);
@@ -228,14 +230,14 @@ BOOST_AUTO_TEST_CASE(programmatic_launch_waits_for_the_previous_kernel) {
     dx.upload(x.data(), x.size());
     cudaStream_t stream{};
     LIMARP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    for (int rep = 0; rep < 5; ++rep) {
+    for (int rep = 0; rep < 8; ++rep) {
         LIMARP_CUDA_CHECK(cudaMemsetAsync(y1.data(), 0xff, y1.bytes(), stream));  // NaN
         LIMARP_CUDA_CHECK(cudaMemsetAsync(y2.data(), 0xff, y2.bytes(), stream));
         namespace cd = limarp::cuda_detail;
-        cd::launch_qgemv_int8(cd::QGemvConfig{4, cd::QGemvLoad::CpAsync, rep % 2 == 1}, y1.data(), dx.data(), w1,
-                              false, stream);
-        cd::launch_qgemv_int8(cd::QGemvConfig{2, cd::QGemvLoad::CpAsync, true}, y2.data(), y1.data(), w2, false,
+        const auto load = rep < 4 ? cd::QGemvLoad::CpAsync : cd::QGemvLoad::Registers;
+        cd::launch_qgemv_int8(cd::QGemvConfig{4, load, rep % 2 == 1}, y1.data(), dx.data(), w1, false,
                               stream);
+        cd::launch_qgemv_int8(cd::QGemvConfig{2, load, true}, y2.data(), y1.data(), w2, false, stream);
         LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
         std::vector<float> h_y1(4096), h_y2(1027);
         y1.download(h_y1.data(), h_y1.size());
@@ -248,6 +250,133 @@ BOOST_AUTO_TEST_CASE(programmatic_launch_waits_for_the_previous_kernel) {
         BOOST_TEST(bad == 0u, "rep " << rep << ": " << bad << " outputs of the second GEMV are wrong");
     }
     LIMARP_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+BOOST_AUTO_TEST_CASE(group_and_swiglu_launches_match_single_launches) {
+    // ops::qgemv_int8_group (q/k/v in one launch) and ops::qgemv_int8_swiglu (gate and up side by
+    // side, silu(g) * u in the epilogue) against one ops::qgemv_int8 launch per weight: each row's
+    // summation order does not depend on the rows per block, so the group must match bitwise and
+    // the SwiGLU within expf's rounding. Odd shapes (n_in not a multiple of 512, part sizes that
+    // leave partial blocks), without and with LoRA terms of different ranks, overwrite and
+    // accumulate.
+    namespace cd = limarp::cuda_detail;
+    using limarp::Cuda;
+    const std::int64_t n_in = 1000;
+    const HostWeight h[4] = {HostWeight(37, n_in, 51), HostWeight(1027, n_in, 52), HostWeight(64, n_in, 53),
+                             HostWeight(1027, n_in, 54)};
+    std::vector<std::unique_ptr<DeviceInt8Weight>> dw;
+    for (const auto& hw : h) dw.push_back(std::make_unique<DeviceInt8Weight>(hw.w));
+    const auto x = random_vec(static_cast<std::size_t>(n_in), 55, -2.f, 2.f);
+    DeviceBuffer<float> dx(x.size(), "x");
+    dx.upload(x.data(), x.size());
+    const int ranks[4] = {16, 8, 24, 16};
+    std::vector<std::unique_ptr<DeviceBuffer<__nv_bfloat16>>> db;
+    std::vector<std::unique_ptr<DeviceBuffer<float>>> dz;
+    for (int i = 0; i < 4; ++i) {
+        const std::int64_t n_out = h[i].w.n_out();
+        const auto bf = random_vec(static_cast<std::size_t>(n_out * ranks[i]), 60 + i, -0.5f, 0.5f);
+        std::vector<__nv_bfloat16> b(bf.size());
+        for (std::size_t j = 0; j < bf.size(); ++j) b[j] = __float2bfloat16(bf[j]);
+        const auto z = random_vec(static_cast<std::size_t>(ranks[i]), 70 + i, -1.f, 1.f);
+        db.push_back(std::make_unique<DeviceBuffer<__nv_bfloat16>>(b.size(), "B"));
+        dz.push_back(std::make_unique<DeviceBuffer<float>>(z.size(), "z"));
+        db.back()->upload(b.data(), b.size());
+        dz.back()->upload(z.data(), z.size());
+    }
+    const auto download = [](const DeviceBuffer<float>& d, std::size_t n) {
+        std::vector<float> v(n);
+        d.download(v.data(), n);
+        return v;
+    };
+    for (const bool with_lora : {false, true}) {
+        const auto lora = [&](int i) {
+            return with_lora ? cd::QGemvLora{db[static_cast<std::size_t>(i)]->data(),
+                                             dz[static_cast<std::size_t>(i)]->data(), ranks[i]}
+                             : cd::QGemvLora{};
+        };
+        std::vector<std::vector<float>> single(4);
+        for (int i = 0; i < 4; ++i) {
+            const auto n = static_cast<std::size_t>(h[i].w.n_out());
+            DeviceBuffer<float> y(n, "y");
+            limarp::ops::qgemv_int8(Cuda<90>{}, y.data(), dx.data(), *dw[static_cast<std::size_t>(i)], false, nullptr,
+                                    lora(i));
+            single[static_cast<std::size_t>(i)] = download(y, n);
+        }
+        for (const bool accumulate : {false, true}) {
+            const std::vector<float> nan(1027, std::numeric_limits<float>::quiet_NaN());
+            std::vector<std::vector<float>> y0(3);
+            std::vector<std::unique_ptr<DeviceBuffer<float>>> dy;
+            cd::QGemvTarget t[3];
+            for (int i = 0; i < 3; ++i) {
+                const auto n = static_cast<std::size_t>(h[i].w.n_out());
+                y0[static_cast<std::size_t>(i)] = accumulate ? random_vec(n, 80 + i, -1.f, 1.f) : nan;
+                dy.push_back(std::make_unique<DeviceBuffer<float>>(n, "y"));
+                dy.back()->upload(y0[static_cast<std::size_t>(i)].data(), n);
+                t[i] = cd::QGemvTarget{dy.back()->data(), dw[static_cast<std::size_t>(i)].get(), lora(i)};
+            }
+            limarp::ops::qgemv_int8_group(Cuda<90>{}, dx.data(), t, 3, accumulate);
+            for (int i = 0; i < 3; ++i) {
+                const auto n = static_cast<std::size_t>(h[i].w.n_out());
+                const auto y = download(*dy[static_cast<std::size_t>(i)], n);
+                std::size_t bad = 0;
+                for (std::size_t o = 0; o < n; ++o) {
+                    const float want = accumulate ? y0[static_cast<std::size_t>(i)][o] + single[static_cast<std::size_t>(i)][o]
+                                                  : single[static_cast<std::size_t>(i)][o];
+                    bad += !(y[o] == want);  // NaN (unwritten) counts as bad
+                }
+                BOOST_TEST(bad == 0u, "group part " << i << (with_lora ? " with LoRA" : "")
+                                                    << (accumulate ? " accumulate" : "") << ": " << bad
+                                                    << " outputs differ from the single launch");
+            }
+        }
+        // SwiGLU: gate = weight 1, up = weight 3 (same shape), every rows-per-block value >= 2
+        const std::size_t n = 1027;
+        for (int rows : {0, 2, 4, 8}) {  // 0: the entry point's own configuration
+            DeviceBuffer<float> dh(n, "h");
+            const std::vector<float> nan(n, std::numeric_limits<float>::quiet_NaN());
+            dh.upload(nan.data(), n);
+            if (rows == 0) {
+                limarp::ops::qgemv_int8_swiglu(Cuda<90>{}, dh.data(), dx.data(), *dw[1], *dw[3], nullptr, lora(1),
+                                               lora(3));
+            } else {
+                cd::QGemvArgs a;
+                a.part[0] = cd::QGemvPart{dw[1]->data(), dw[1]->scales(), dh.data(), 1027, lora(1)};
+                a.part[1] = cd::QGemvPart{dw[3]->data(), dw[3]->scales(), nullptr, 1027, lora(3)};
+                a.n_parts = 2;
+                a.n_in = static_cast<int>(n_in);
+                a.ld = static_cast<int>(dw[1]->ld());
+                a.gated = true;
+                cd::launch_qgemv_int8(cd::QGemvConfig{rows, cd::QGemvLoad::Registers, false}, dx.data(), a, nullptr);
+            }
+            const auto hv = download(dh, n);
+            double worst = 0;
+            for (std::size_t o = 0; o < n; ++o) {
+                const double g = single[1][o], u = single[3][o];
+                const double want = g / (1.0 + std::exp(-g)) * u;
+                const double e = std::fabs(hv[o] - want) / (std::fabs(want) + 1e-6);
+                worst = std::isfinite(hv[o]) ? std::max(worst, e) : 1e30;
+            }
+            BOOST_TEST(worst <= 1e-5, "swiglu rows/block " << rows << (with_lora ? " with LoRA" : "")
+                                                           << ": max relative error " << worst);
+        }
+    }
+    // errors: shapes that differ, too many weights, rows per block 1 for the gated form
+    DeviceBuffer<float> dh(1027, "h");
+    BOOST_CHECK_THROW(limarp::ops::qgemv_int8_swiglu(Cuda<90>{}, dh.data(), dx.data(), *dw[1], *dw[2]),
+                      limarp::ArgumentError);
+    cd::QGemvTarget t4[4] = {{dh.data(), dw[0].get(), {}}, {dh.data(), dw[0].get(), {}}, {dh.data(), dw[0].get(), {}},
+                             {dh.data(), dw[0].get(), {}}};
+    BOOST_CHECK_THROW(limarp::ops::qgemv_int8_group(Cuda<90>{}, dx.data(), t4, 4), limarp::ArgumentError);
+    cd::QGemvArgs a;
+    a.part[0] = cd::QGemvPart{dw[1]->data(), dw[1]->scales(), dh.data(), 1027, {}};
+    a.part[1] = cd::QGemvPart{dw[3]->data(), dw[3]->scales(), nullptr, 1027, {}};
+    a.n_parts = 2;
+    a.n_in = static_cast<int>(n_in);
+    a.ld = static_cast<int>(dw[1]->ld());
+    a.gated = true;
+    BOOST_CHECK_THROW(cd::launch_qgemv_int8(cd::QGemvConfig{1, cd::QGemvLoad::Registers, false}, dx.data(), a, nullptr),
+                      limarp::ArgumentError);
+    BOOST_TEST(cudaDeviceSynchronize() == cudaSuccess);
 }
 
 BOOST_AUTO_TEST_CASE(device_layout_pads_rows_with_zeros) {

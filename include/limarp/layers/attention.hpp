@@ -59,9 +59,14 @@ public:
         float* ob = Mem::ensure(o_buf_, T * qd);
         float* kb = Mem::ensure(k_buf_, T * kvd);
         float* vb = Mem::ensure(v_buf_, T * kvd);
-        q_.forward(qb, x, T);
-        k_.forward(kb, x, T);
-        v_.forward(vb, x, T);
+        bool fused = false;  // q/k/v in one pass where the projection type has that form
+        if constexpr (requires { { Proj::try_forward_qkv(q_, qb, k_, kb, v_, vb, x, T) } -> std::convertible_to<bool>; })
+            fused = Proj::try_forward_qkv(q_, qb, k_, kb, v_, vb, x, T);
+        if (!fused) {
+            q_.forward(qb, x, T);
+            k_.forward(kb, x, T);
+            v_.forward(vb, x, T);
+        }
         rope_.forward_qk(qb, kb, positions, T, shape_.n_heads, shape_.n_kv_heads);
         // attend, then keep the newest keys/values in the ring
         ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,

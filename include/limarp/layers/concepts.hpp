@@ -21,6 +21,12 @@ namespace limarp {
 /// - `l.in_features()`, `l.out_features()`;
 /// - `l.forward(y, x, T)` writes y [T, out] from x [T, in] (pointers in the backend's memory);
 /// - `L::load(ctx, name, in, out)` builds the layer from the module at `name` (no ".weight" suffix).
+///
+/// Optional fused forms, used when present (checked at compile time) and when they return true:
+/// `L::try_forward_qkv(q, yq, k, yk, v, yv, x, T)` (three projections of the same x in one pass,
+/// `GqaAttention`) and `L::try_forward_swiglu(gate, up, h, x, T)` (h = silu(gate(x)) * up(x) in
+/// one pass, `SwiGluMlp`); a false return means "not for these operands": the caller runs the
+/// plain `forward`s. The CUDA int8 layer and `Lora` over it have them.
 template <class L>
 concept Linear = requires(L& l, const L& cl, float* y, const float* x, std::int64_t T, const LoadContext& ctx,
                           const std::string& name) {

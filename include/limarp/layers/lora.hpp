@@ -141,6 +141,43 @@ public:
         }
     }
 
+    /// The fused one-token forms of the base (`QuantizedLinear<Int8Rowwise, Cuda<>>`) with each
+    /// layer's adapter inside the same pass: q/k/v in one launch. Applies when each layer has at
+    /// most one active (unmerged, non-zero scale) adapter and its B is bf16; returns false, doing
+    /// nothing, otherwise or when the base declines (the caller runs each layer's `forward`).
+    static bool try_forward_qkv(Lora& q, float* yq, Lora& k, float* yk, Lora& v, float* yv, const float* x,
+                                std::int64_t T)
+        requires requires(Base* const* l, float* const* y, const typename Base::LoraTerm* t) {
+            { Base::try_forward_group(l, y, t, 3, x, T) } -> std::convertible_to<bool>;
+            { Base::fuses(T) } -> std::convertible_to<bool>;
+        }
+    {
+        Lora* layers[3] = {&q, &k, &v};
+        if (!Base::fuses(T)) return false;
+        for (Lora* l : layers)
+            if (!l->fusable()) return false;
+        Base* bases[3];
+        float* ys[3] = {yq, yk, yv};
+        typename Base::LoraTerm terms[3];
+        for (int i = 0; i < 3; ++i) {
+            bases[i] = &layers[i]->base_;
+            terms[i] = layers[i]->fused_term(x, T);
+        }
+        return Base::try_forward_group(bases, ys, terms, 3, x, T);
+    }
+    /// h = silu(gate(x)) * up(x) through the base's fused one-token form, with the same
+    /// conditions as `try_forward_qkv`.
+    static bool try_forward_swiglu(Lora& gate, Lora& up, float* h, const float* x, std::int64_t T)
+        requires requires(Base& b, typename Base::LoraTerm t) {
+            { Base::try_forward_swiglu(b, b, h, x, T, t, t) } -> std::convertible_to<bool>;
+            { Base::fuses(T) } -> std::convertible_to<bool>;
+        }
+    {
+        if (!Base::fuses(T) || !gate.fusable() || !up.fusable()) return false;
+        const auto lg = gate.fused_term(x, T), lu = up.fused_term(x, T);
+        return Base::try_forward_swiglu(gate.base_, up.base_, h, x, T, lg, lu);
+    }
+
     /// Attaches the factors of `adapter` for this module, if it targets it; returns whether it did.
     /// \throws ArgumentError when an adapter of that name is already attached; ShapeError / FormatError
     ///         (naming the tensor) when the factors do not fit this module.
@@ -310,6 +347,26 @@ public:
     }
 
 private:
+    /// At most one active adapter, with a bf16 B (what the fused forms can carry).
+    bool fusable() const {
+        int active = 0;
+        for (const auto& f : factors_) {
+            if (f.merged || f.scale() == 0.0f) continue;
+            if (f.B.dtype != DType::BF16 || ++active > 1) return false;
+        }
+        return true;
+    }
+    /// The base's LoRA term of the active adapter (z = scale · x Aᵀ computed into tmp_), or none.
+    template <class B2 = Base, class Term = typename B2::LoraTerm>
+    Term fused_term(const float* x, std::int64_t T) {
+        for (const auto& f : factors_) {
+            if (f.merged || f.scale() == 0.0f) continue;
+            float* z = BackendMemory<backend_type>::ensure(tmp_, T * f.A.shape[0]);
+            scaled_a_product(f, z, x, T);
+            return Term{f.B.as<bf16>(), z, f.A.shape[0]};
+        }
+        return Term{};
+    }
     /// z [T, r] = scale · x Aᵀ (the scale inside the product's own pass on CUDA).
     void scaled_a_product(const LoraFactors& f, float* z, const float* x, std::int64_t T) const {
         visit_weight(f.A, [&](const auto* a) {

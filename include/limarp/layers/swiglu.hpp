@@ -33,10 +33,18 @@ public:
         Proj down = Proj::load(ctx, prefix + ".down_proj", d_ff, d_model);    // the one reported
         return SwiGluMlp(std::move(gate), std::move(up), std::move(down));
     }
-    /// y = down(silu(gate(x)) * up(x)). y must not alias x.
+    /// y = down(silu(gate(x)) * up(x)). y must not alias x. Where the projection type has a fused
+    /// form (`Proj::try_forward_swiglu`, e.g. the CUDA int8 GEMV for one token), gate, up and the
+    /// SwiGLU run as one pass.
     void forward(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T) {
         const std::int64_t d_ff = gate_.out_features();
         float* g = BackendMemory<B>::ensure(g_, T * d_ff);
+        if constexpr (requires { { Proj::try_forward_swiglu(gate_, up_, g, x, T) } -> std::convertible_to<bool>; }) {
+            if (Proj::try_forward_swiglu(gate_, up_, g, x, T)) {
+                down_.forward(y, g, T);
+                return;
+            }
+        }
         float* u = BackendMemory<B>::ensure(u_, T * d_ff);
         gate_.forward(g, x, T);
         up_.forward(u, x, T);

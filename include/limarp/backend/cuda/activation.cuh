@@ -14,6 +14,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/backend/cuda/detail/pdl.cuh"
 
 namespace limarp {
 
@@ -25,6 +26,7 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return (g / (1.0f 
 template <int V>
 __global__ void __launch_bounds__(256)
     swiglu_kernel(float* h, const float* gate, const float* up, long long n) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x * V;
     for (long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
         if constexpr (V == 4) {
@@ -39,6 +41,7 @@ __global__ void __launch_bounds__(256)
 
 template <int V>
 __global__ void __launch_bounds__(256) add_inplace_kernel(float* y, const float* x, long long n) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     const long long stride = static_cast<long long>(gridDim.x) * blockDim.x * V;
     for (long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
         if constexpr (V == 4) {
@@ -76,10 +79,10 @@ void swiglu(Cuda<Sm>, float* h /*[n]*/, const float* gate /*[n]*/, const float* 
     using namespace cuda_detail;
     if (n <= 0) return;
     if (n % 4 == 0 && aligned_to(h, 16) && aligned_to(gate, 16) && aligned_to(up, 16))
-        launch_checked(__FILE__, __LINE__, swiglu_kernel<4>, dim3(elementwise_blocks(n, 4)), dim3(256), 0, stream, h,
+        launch_chained(__FILE__, __LINE__, swiglu_kernel<4>, dim3(elementwise_blocks(n, 4)), dim3(256), 0, stream, h,
                        gate, up, static_cast<long long>(n));
     else
-        launch_checked(__FILE__, __LINE__, swiglu_kernel<1>, dim3(elementwise_blocks(n, 1)), dim3(256), 0, stream, h,
+        launch_chained(__FILE__, __LINE__, swiglu_kernel<1>, dim3(elementwise_blocks(n, 1)), dim3(256), 0, stream, h,
                        gate, up, static_cast<long long>(n));
 }
 
@@ -95,10 +98,10 @@ void add_inplace(Cuda<Sm>, float* y /*[n]*/, const float* x /*[n]*/, std::int64_
     using namespace cuda_detail;
     if (n <= 0) return;
     if (n % 4 == 0 && aligned_to(y, 16) && aligned_to(x, 16))
-        launch_checked(__FILE__, __LINE__, add_inplace_kernel<4>, dim3(elementwise_blocks(n, 4)), dim3(256), 0, stream,
+        launch_chained(__FILE__, __LINE__, add_inplace_kernel<4>, dim3(elementwise_blocks(n, 4)), dim3(256), 0, stream,
                        y, x, static_cast<long long>(n));
     else
-        launch_checked(__FILE__, __LINE__, add_inplace_kernel<1>, dim3(elementwise_blocks(n, 1)), dim3(256), 0, stream,
+        launch_chained(__FILE__, __LINE__, add_inplace_kernel<1>, dim3(elementwise_blocks(n, 1)), dim3(256), 0, stream,
                        y, x, static_cast<long long>(n));
 }
 

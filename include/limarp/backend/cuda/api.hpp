@@ -82,6 +82,27 @@ void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int6
 void qmatmul_int8_lora(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, const QuantOptions& opt,
                        const void* b_bf16, const float* z, std::int64_t r);
 
+/// One product of a fused one-token launch: y = x · Wᵀ (+ z · Bᵀ when b_bf16 is not null: B bf16
+/// [n_out, r], z [r] = scale · x Aᵀ, r % 8 == 0, 16-byte aligned).
+struct FusedGemv {
+    float* y = nullptr;                   ///< [n_out] output (device)
+    const DeviceInt8Weight* w = nullptr;  ///< the weight
+    const void* b_bf16 = nullptr;         ///< LoRA B, or null
+    const float* z = nullptr;             ///< the scaled LoRA A product
+    std::int64_t r = 0;                   ///< LoRA rank
+};
+
+/// Up to three one-token products that share x (16-byte aligned, n_in the same) in one GEMV launch
+/// (`ops::qgemv_int8_group`: q/k/v). Returns false, doing nothing, when it cannot (T != 1, more
+/// than three, an x or LoRA operand that is not aligned): the caller runs the products one by one.
+bool qmatmul_int8_group(const float* x, std::int64_t T, const FusedGemv* products, int n);
+
+/// h = silu(x · Gateᵀ (+ its LoRA term)) * (x · Upᵀ (+ its LoRA term)) for one token in one GEMV
+/// launch (`ops::qgemv_int8_swiglu`): gate and up are never written. Returns false, doing nothing,
+/// when it cannot (T != 1, shapes that differ, unaligned operands): the caller runs gate, up and
+/// `swiglu`.
+bool qmatmul_int8_swiglu(float* h, const float* x, std::int64_t T, const FusedGemv& gate, const FusedGemv& up);
+
 /// RMSNorm rows of width d (weight f32, or bf16 when `w_bf16`); y may alias x.
 void rms_norm(float* y, const float* x, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, float eps);
 /// x += a; h = RMSNorm(x) (one kernel); h, x and a do not overlap.

@@ -28,6 +28,7 @@
 #include "limarp/backend/cuda/check.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
+#include "limarp/backend/cuda/detail/pdl.cuh"
 #include "limarp/backend/cuda/embedding.cuh"
 #include "limarp/backend/cuda/norm.cuh"
 #include "limarp/backend/cuda/qgemm_int8.cuh"
@@ -121,9 +122,19 @@ __global__ void int8_to_bf16_kernel(__nv_bfloat16* w, const std::int8_t* q, int 
 }
 
 __global__ void scale_kernel(float* x, float s, long long n) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += static_cast<long long>(gridDim.x) * blockDim.x)
         x[i] *= s;
+}
+
+// 8 bf16 weights read once (volatile: stays ahead of griddepcontrol.wait and of the arithmetic).
+__device__ __forceinline__ uint4 load_bf16x8_streaming(const __nv_bfloat16* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
 }
 
 // One token with bf16 weights (decode: LoRA factors, the lm_head, dense projections):
@@ -131,6 +142,8 @@ __global__ void scale_kernel(float* x, float s, long long n) {
 // block; WPR warps share a row (split-K, partial sums through shared memory: WPR = 8 for short
 // columns such as LoRA A [r, n_in], where a warp per row would leave most SMs idle), so a block
 // covers 8 / WPR rows. With VEC each lane reads 8 weights (16 bytes) and 8 x values per step.
+// Chained (detail/pdl.cuh): with VEC each lane loads its first 16 weight bytes (which no kernel
+// writes) before waiting for the previous kernel, and the next ones before each step's arithmetic.
 template <bool VEC, int WPR>
 __global__ void __launch_bounds__(256)
     gemv_bf16_kernel(float* __restrict__ y, const float* __restrict__ x, const __nv_bfloat16* __restrict__ w,
@@ -140,22 +153,30 @@ __global__ void __launch_bounds__(256)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int o = blockIdx.x * (8 / WPR) + warp / WPR, slice = warp % WPR;
     float acc = 0.0f;
-    if (o < n_out) {
-        const __nv_bfloat16* row = w + static_cast<long long>(o) * n_in;
-        if constexpr (VEC) {
-            for (int k = (slice * 32 + lane) * 8; k < n_in; k += 256 * WPR) {
-                const uint4 wv = __ldg(reinterpret_cast<const uint4*>(row + k));
+    const __nv_bfloat16* row = w + static_cast<long long>(o < n_out ? o : 0) * n_in;
+    if constexpr (VEC) {
+        constexpr int kStride = 256 * WPR;
+        int k = (slice * 32 + lane) * 8;
+        uint4 wv{};
+        if (o < n_out && k < n_in) wv = load_bf16x8_streaming(row + k);
+        pdl_enter();
+        if (o < n_out) {
+            for (; k < n_in; k += kStride) {
+                const uint4 cur = wv;
+                if (k + kStride < n_in) wv = load_bf16x8_streaming(row + k + kStride);
                 const float4 x0 = __ldg(reinterpret_cast<const float4*>(x + k));
                 const float4 x1 = __ldg(reinterpret_cast<const float4*>(x + k + 4));
-                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&wv);
+                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&cur);
                 const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
                 const float2 c = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
                 acc += a.x * x0.x + a.y * x0.y + b.x * x0.z + b.y * x0.w + c.x * x1.x + c.y * x1.y + d.x * x1.z +
                        d.y * x1.w;
             }
-        } else {
-            for (int k = slice * 32 + lane; k < n_in; k += 32 * WPR) acc += __bfloat162float(row[k]) * x[k];
         }
+    } else {
+        pdl_enter();
+        if (o < n_out)
+            for (int k = slice * 32 + lane; k < n_in; k += 32 * WPR) acc += __bfloat162float(row[k]) * x[k];
     }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
@@ -245,7 +266,7 @@ void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T
         const bool split = n_out <= 1024;
         const dim3 grid(static_cast<unsigned>(split ? n_out : (n_out + 7) / 8));
         const auto args = [&](auto kernel) {
-            launch_checked(__FILE__, __LINE__, kernel, grid, dim3(256), 0, stream(), y, x, w, static_cast<int>(n_in),
+            launch_chained(__FILE__, __LINE__, kernel, grid, dim3(256), 0, stream(), y, x, w, static_cast<int>(n_in),
                            static_cast<int>(n_out), accumulate, alpha);
         };
         if (vec) split ? args(gemv_bf16_kernel<true, 8>) : args(gemv_bf16_kernel<true, 1>);
@@ -355,6 +376,41 @@ void qmatmul_int8_lora(float* y, const float* x, const DeviceInt8Weight& w, std:
     matmul_wt_bf16(y, z, b_bf16, T, r, w.n_out(), /*accumulate=*/true);
 }
 
+namespace {
+// The GEMV form of a fused product, or false when its operands do not allow it.
+bool gemv_target(const FusedGemv& p, const float* x, std::int64_t n_in, cuda_detail::QGemvTarget& t) {
+    using cuda_detail::aligned_to;
+    if (p.w == nullptr || p.w->empty() || p.w->n_in() != n_in || !aligned_to(x, 16)) return false;
+    t.y = p.y;
+    t.w = p.w;
+    t.lora = {};
+    if (p.b_bf16 != nullptr) {
+        if (p.r <= 0 || p.r % 8 != 0 || !aligned_to(p.b_bf16, 16) || !aligned_to(p.z, 16)) return false;
+        t.lora = cuda_detail::QGemvLora{static_cast<const __nv_bfloat16*>(p.b_bf16), p.z, static_cast<int>(p.r)};
+    }
+    return true;
+}
+}  // namespace
+
+bool qmatmul_int8_group(const float* x, std::int64_t T, const FusedGemv* products, int n) {
+    using cuda_detail::QGemvTarget;
+    if (T != 1 || n < 1 || n > cuda_detail::QGemvArgs::kMaxParts || products[0].w == nullptr) return false;
+    QGemvTarget t[cuda_detail::QGemvArgs::kMaxParts];
+    for (int i = 0; i < n; ++i)
+        if (!gemv_target(products[i], x, products[0].w->n_in(), t[i])) return false;
+    ops::qgemv_int8_group(Cuda<90>{}, x, t, n, /*accumulate=*/false, stream());
+    return true;
+}
+
+bool qmatmul_int8_swiglu(float* h, const float* x, std::int64_t T, const FusedGemv& gate, const FusedGemv& up) {
+    cuda_detail::QGemvTarget g, u;
+    if (T != 1 || gate.w == nullptr || up.w == nullptr || gate.w->n_out() != up.w->n_out() ||
+        !gemv_target(gate, x, gate.w->n_in(), g) || !gemv_target(up, x, gate.w->n_in(), u))
+        return false;
+    ops::qgemv_int8_swiglu(Cuda<90>{}, h, x, *gate.w, *up.w, stream(), g.lora, u.lora);
+    return true;
+}
+
 void rms_norm(float* y, const float* x, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, float eps) {
     if (w_bf16)
         ops::rms_norm(Cuda<90>{}, y, x, static_cast<const __nv_bfloat16*>(w), T, d, eps, stream());
@@ -433,7 +489,7 @@ void swiglu(float* h, const float* gate, const float* up, std::int64_t n) {
 void scale_inplace(float* x, float s, std::int64_t n) {
     using namespace cuda_detail;
     if (n <= 0) return;
-    launch_checked(__FILE__, __LINE__, scale_kernel, dim3(elementwise_blocks(n, 1)), dim3(256), 0, stream(), x, s,
+    launch_chained(__FILE__, __LINE__, scale_kernel, dim3(elementwise_blocks(n, 1)), dim3(256), 0, stream(), x, s,
                    static_cast<long long>(n));
 }
 

@@ -50,6 +50,7 @@
 #include "limarp/backend/attention_shape.hpp"
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/backend/cuda/detail/pdl.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/core/error.hpp"
 
@@ -86,6 +87,7 @@ __global__ void __launch_bounds__(kAttnThreads)
                             const KV* __restrict__ k_cache /*[C, n_kv * HD]*/, const KV* __restrict__ v_cache, int C,
                             const std::int64_t* __restrict__ position, int window, int n_kv, float scale,
                             unsigned* __restrict__ counters /*[n_kv]: fused combine, or null*/) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     constexpr int G = HD / 8;              // lanes per key
     constexpr int KPW = 32 / G;            // keys per warp step
     constexpr int NG = kAttnWarps * KPW;   // groups per block
@@ -276,6 +278,7 @@ __global__ void __launch_bounds__(kAttnThreads)
 __global__ void __launch_bounds__(128)
     attention_decode_combine_kernel(float* __restrict__ out /*[n_heads * hd]*/, const float* __restrict__ part_o,
                                     const float* __restrict__ part_ml, int n_splits, int hd) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     constexpr float kNegInf = -__builtin_huge_valf();
     const int h = static_cast<int>(blockIdx.x);
     const float* ml = part_ml + static_cast<long long>(h) * n_splits * 2;
@@ -298,6 +301,7 @@ template <class KV>
 __global__ void __launch_bounds__(256)
     kv_cache_store_kernel(KV* __restrict__ k_cache, KV* __restrict__ v_cache, const float* __restrict__ k_new,
                           const float* __restrict__ v_new, int C, const std::int64_t* __restrict__ position, int kvd) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     const long long row = static_cast<long long>(*position % C) * kvd;
     for (int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); i < kvd;
          i += static_cast<int>(gridDim.x * blockDim.x)) {
@@ -429,12 +433,12 @@ void launch_attention_decode_kernel(int splits, bool fused, float* out, Attentio
                                     std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s,
                                     float scale, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(splits));
-    launch_checked(__FILE__, __LINE__, attention_decode_kernel<HD, NREP, KV>, grid, dim3(kAttnThreads), 0, stream,
+    launch_chained(__FILE__, __LINE__, attention_decode_kernel<HD, NREP, KV>, grid, dim3(kAttnThreads), 0, stream,
                    out, ws.partial_out(), ws.partial_max_sum(), q, k_new, v_new, k_cache, v_cache,
                    static_cast<int>(C), position, static_cast<int>(s.window_keys), static_cast<int>(s.n_kv_heads),
                    scale, fused ? ws.counters() : nullptr);
     if (splits > 1 && !fused)
-        launch_checked(__FILE__, __LINE__, attention_decode_combine_kernel, dim3(static_cast<unsigned>(s.n_heads)),
+        launch_chained(__FILE__, __LINE__, attention_decode_combine_kernel, dim3(static_cast<unsigned>(s.n_heads)),
                        dim3(128), 0, stream, out, ws.partial_out(), ws.partial_max_sum(), splits,
                        static_cast<int>(s.head_dim));
 }
@@ -523,7 +527,7 @@ void kv_cache_store(Cuda<Sm>, KV* k_cache /*[C, kv_dim]*/, KV* v_cache /*[C, kv_
                     std::int64_t kv_dim, cudaStream_t stream = nullptr) {
     if (kv_dim <= 0) return;
     const std::int64_t blocks = std::min<std::int64_t>(32, (kv_dim + 255) / 256);
-    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::kv_cache_store_kernel<KV>,
+    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::kv_cache_store_kernel<KV>,
                                 dim3(static_cast<unsigned>(blocks)), dim3(256), 0, stream, k_cache, v_cache, k_new,
                                 v_new, static_cast<int>(C), position, static_cast<int>(kv_dim));
 }

@@ -15,6 +15,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/backend/cuda/detail/pdl.cuh"
 
 namespace limarp {
 
@@ -25,6 +26,7 @@ template <int V, class W>
 __global__ void __launch_bounds__(256)
     embedding_gather_kernel(float* __restrict__ y /*[T, d]*/, const W* __restrict__ table /*[vocab, d]*/,
                             const std::int32_t* __restrict__ ids /*[T]*/, int d) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     const long long t = blockIdx.x;
     const W* src = table + static_cast<long long>(ids[t]) * d;
     float* dst = y + t * d;
@@ -62,10 +64,10 @@ void embedding_gather(Cuda<Sm>, float* y /*[T, d]*/, const W* table /*[vocab, d]
     const std::int64_t want = ((vec ? d / 4 : d) + 31) / 32 * 32;
     const unsigned threads = static_cast<unsigned>(want > 256 ? 256 : want);
     if (vec)
-        launch_checked(__FILE__, __LINE__, embedding_gather_kernel<4, W>, dim3(static_cast<unsigned>(T)),
+        launch_chained(__FILE__, __LINE__, embedding_gather_kernel<4, W>, dim3(static_cast<unsigned>(T)),
                        dim3(threads), 0, stream, y, table, ids, static_cast<int>(d));
     else
-        launch_checked(__FILE__, __LINE__, embedding_gather_kernel<1, W>, dim3(static_cast<unsigned>(T)),
+        launch_chained(__FILE__, __LINE__, embedding_gather_kernel<1, W>, dim3(static_cast<unsigned>(T)),
                        dim3(threads), 0, stream, y, table, ids, static_cast<int>(d));
 }
 

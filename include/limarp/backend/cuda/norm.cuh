@@ -23,6 +23,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/backend/cuda/detail/pdl.cuh"
 #include "limarp/core/error.hpp"
 
 namespace limarp {
@@ -35,6 +36,7 @@ template <int V, bool ADD, class W>
 __global__ void __launch_bounds__(1024)
     rms_norm_kernel(float* y /*[T, d]*/, float* x /*[T, d]*/, const float* a /*[T, d] (ADD)*/,
                     const W* __restrict__ w /*[d]*/, int d, float eps) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     __shared__ float red[32];
     const long long off = static_cast<long long>(blockIdx.x) * d;
     float* xr = x + off;
@@ -86,10 +88,10 @@ void launch_rms_norm(float* y, float* x, const float* a, const W* w, std::int64_
     const unsigned threads = static_cast<unsigned>(want < 32 ? 32 : (want > 1024 ? 1024 : want));
     const dim3 grid(static_cast<unsigned>(T));
     if (vec)
-        launch_checked(__FILE__, __LINE__, rms_norm_kernel<4, ADD, W>, grid, dim3(threads), 0, stream, y, x, a, w,
+        launch_chained(__FILE__, __LINE__, rms_norm_kernel<4, ADD, W>, grid, dim3(threads), 0, stream, y, x, a, w,
                        static_cast<int>(d), eps);
     else
-        launch_checked(__FILE__, __LINE__, rms_norm_kernel<1, ADD, W>, grid, dim3(threads), 0, stream, y, x, a, w,
+        launch_chained(__FILE__, __LINE__, rms_norm_kernel<1, ADD, W>, grid, dim3(threads), 0, stream, y, x, a, w,
                        static_cast<int>(d), eps);
 }
 

@@ -15,6 +15,13 @@
 ///   the machine code ptxas interleaves these loads with the arithmetic (two or so loads in
 ///   flight per warp at a time), so the bandwidth comes from occupancy: 0.89-0.98 of the copy
 ///   bandwidth for the large Mistral shapes on an H100 (benchmarks/NOTES.md).
+/// - Chained launches (`QGemvConfig::programmatic`, on by default on sm_90, `detail/pdl.cuh`):
+///   the kernel is launched while the previous kernel of the decode step runs and waits for it
+///   before its first load.
+/// - Several weights in one launch (`QGemvArgs`): up to three weights that read the same x
+///   (q/k/v: k and v alone are too small to reach the bandwidth) each over their own blocks; or
+///   gate and up side by side, R/2 rows of each per block, combined as silu(gate) * up in the
+///   epilogue (SwiGLU without its own kernel and without writing gate and up).
 /// - `QGemvLoad::CpAsync` (measured slower, kept for the next step): `cp.async.cg` copies into a
 ///   per-warp ring of P shared-memory stages, (P - 1) * R * 512 bytes per warp in flight whatever
 ///   ptxas schedules, read back when their group has landed. Because the copies need no
@@ -44,13 +51,16 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
 #include "limarp/backend/backend.hpp"
+#include "limarp/backend/cuda/activation.cuh"
 #include "limarp/backend/cuda/check.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
+#include "limarp/backend/cuda/detail/pdl.cuh"
 #include "limarp/core/error.hpp"
 
 namespace limarp {
@@ -142,9 +152,9 @@ enum class QGemvLoad {
 struct QGemvConfig {
     int rows = 4;                            ///< output rows per block: 1, 2, 4 or 8
     QGemvLoad load = QGemvLoad::Registers;   ///< weight load path
-    /// Programmatic dependent launch (sm_90): the kernel may start while the previous kernel in the
-    /// stream runs; it waits (`griddepcontrol.wait`) for that kernel's writes before reading x or
-    /// y, so the previous kernel must not write the weight. Tested and measured with CpAsync only.
+    /// Programmatic dependent launch (sm_90, `detail/pdl.cuh`): the kernel may start while the
+    /// previous kernel in the stream runs; it waits (`griddepcontrol.wait`) for that kernel's
+    /// writes before reading x, z or y, so the previous kernel must not write the weight.
     bool programmatic = false;
 };
 
@@ -177,37 +187,75 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Programmatic dependent launch (sm_90): let the next kernel in the stream start launching, and
-// wait until the previous kernel's memory is visible. Both are no-ops without the launch attribute.
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
+/// One weight of a launch: y[o] (=|+=) scale[o] * (q[o, :] · x) (+ the LoRA term) for o < n_out.
+struct QGemvPart {
+    const std::int8_t* q = nullptr;  ///< values [n_out, ld] (device)
+    const float* scale = nullptr;    ///< row scales [n_out] (device)
+    float* y = nullptr;              ///< output [n_out] (device)
+    int n_out = 0;                   ///< rows
+    QGemvLora lora{};                ///< optional unmerged LoRA term
+};
+
+/// The kernel's arguments: up to `kQGemvMaxParts` weights with the same input x (one launch for
+/// q/k/v), each over its own blocks, or (`gated`) two weights of the same shape read side by side,
+/// gate and up, whose rows meet in the epilogue: y = parts[0].y = silu(gate x) * (up x).
+struct QGemvArgs {
+    static constexpr int kMaxParts = 3;  ///< weights per launch
+    QGemvPart part[kMaxParts]{};
+    int n_parts = 1;                  ///< 1..kMaxParts (2 when gated)
+    int block_end[kMaxParts]{};       ///< cumulative block counts of the parts (not gated)
+    int n_in = 0, ld = 0;             ///< shared input width and row stride (bytes)
+    bool accumulate = false;          ///< y += instead of y = (not gated)
+    bool gated = false;               ///< silu(part 0) * part 1 into part 0's y
+};
+
+// The R rows of this block: part p_r, row o_r of it. Gated: rows 0..R/2-1 of the block are gate
+// rows row0 + r, rows R/2..R-1 the same rows of up. Otherwise all R rows lie in one part.
+// Rows past a part's n_out re-read its last row (no divergent loads); their sums are dropped.
+template <int R>
+__device__ __forceinline__ void qgemv_block_rows(const QGemvArgs& a, int (&part)[R], int (&o)[R]) {
+    const int b = static_cast<int>(blockIdx.x);
+    if (a.gated) {
+        constexpr int H = R / 2 > 0 ? R / 2 : 1;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            part[r] = r < H ? 0 : 1;
+            o[r] = b * H + r % H;
+        }
+        return;
+    }
+    int p = 0;
+#pragma unroll
+    for (int i = 0; i + 1 < QGemvArgs::kMaxParts; ++i) p += (i + 1 < a.n_parts && b >= a.block_end[i]) ? 1 : 0;
+    const int row0 = (b - (p > 0 ? a.block_end[p - 1] : 0)) * R;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        part[r] = p;
+        o[r] = row0 + r;
+    }
 }
 
-// y[o] (=|+=) scale[o] * sum_k q[o, k] x[k] for the R rows o = blockIdx.x * R + r < n_out.
+// See QGemvArgs: the R rows of this block (qgemv_block_rows), each row's dot product with x over
+// n_in, scaled, plus its LoRA term; stored per part, or combined by silu(gate) * up when gated.
 template <int R, class X, QGemvLoad L>
 __global__ void __launch_bounds__(kQGemvThreads)
-    gemv_int8_rowwise_kernel(float* __restrict__ y /*[n_out]*/, const X* __restrict__ x /*[n_in]*/,
-                             const std::int8_t* __restrict__ q /*[n_out, ld]*/, const float* __restrict__ scale,
-                             int n_out, int n_in, int ld, bool accumulate, QGemvLora lora) {
+    gemv_int8_rowwise_kernel(const X* __restrict__ x /*[n_in]*/, const QGemvArgs a) {
     constexpr int W = kQGemvWarps;
     __shared__ float partial[W][R];
     __shared__ float partial_lora[W][R];
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int lane = static_cast<int>(threadIdx.x) % 32;
-    const int row0 = static_cast<int>(blockIdx.x) * R;
-    pdl_launch_dependents();
-    // Rows past n_out (last block) re-read row n_out - 1: no divergent loads; their sums are dropped.
-    const std::int8_t* rows = q + static_cast<long long>(row0) * ld + lane * 16;
-    long long row_off[R];
+    const int n_in = a.n_in, ld = a.ld;
+    const std::int8_t* wrow[R];  // this lane's first chunk of each row
+    {
+        int part[R], o[R];
+        qgemv_block_rows<R>(a, part, o);
 #pragma unroll
-    for (int r = 0; r < R; ++r) row_off[r] = static_cast<long long>(min(r, n_out - 1 - row0)) * ld;
+        for (int r = 0; r < R; ++r) {
+            const QGemvPart& pr = a.part[part[r]];
+            wrow[r] = pr.q + static_cast<long long>(min(o[r], pr.n_out - 1)) * ld + lane * 16;
+        }
+    }
 
     float acc[R];
 #pragma unroll
@@ -219,7 +267,7 @@ __global__ void __launch_bounds__(kQGemvThreads)
 
     if constexpr (L == QGemvLoad::Registers) {
         constexpr int U = kQGemvUnroll<R>;
-        pdl_wait();
+        pdl_enter();
         int s = warp;
         for (; s + (U - 1) * W < n_full; s += U * W) {  // U steps at once: all loads, then the arithmetic
             uint4 wq[U][R];
@@ -227,8 +275,7 @@ __global__ void __launch_bounds__(kQGemvThreads)
 #pragma unroll
             for (int u = 0; u < U; ++u)
 #pragma unroll
-                for (int r = 0; r < R; ++r)
-                    wq[u][r] = load_weights_streaming(rows + row_off[r] + (s + u * W) * kQGemvStep);
+                for (int r = 0; r < R; ++r) wq[u][r] = load_weights_streaming(wrow[r] + (s + u * W) * kQGemvStep);
 #pragma unroll
             for (int u = 0; u < U; ++u) load_x16(xv[u], x, (s + u * W) * kQGemvStep + lane * 16);
 #pragma unroll
@@ -240,7 +287,7 @@ __global__ void __launch_bounds__(kQGemvThreads)
             uint4 wq[R];
             float xv[16];
 #pragma unroll
-            for (int r = 0; r < R; ++r) wq[r] = load_weights_streaming(rows + row_off[r] + s * kQGemvStep);
+            for (int r = 0; r < R; ++r) wq[r] = load_weights_streaming(wrow[r] + s * kQGemvStep);
             load_x16(xv, x, s * kQGemvStep + lane * 16);
 #pragma unroll
             for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[r], xv, acc[r]);
@@ -251,7 +298,7 @@ __global__ void __launch_bounds__(kQGemvThreads)
                 uint4 wq[R];
                 float xv[16];
 #pragma unroll
-                for (int r = 0; r < R; ++r) wq[r] = load_weights_streaming(rows + row_off[r] + s * kQGemvStep);
+                for (int r = 0; r < R; ++r) wq[r] = load_weights_streaming(wrow[r] + s * kQGemvStep);
                 load_x16_tail(xv, x, k0, n_in);
 #pragma unroll
                 for (int r = 0; r < R; ++r) acc[r] = dot16_int8(wq[r], xv, acc[r]);
@@ -267,8 +314,7 @@ __global__ void __launch_bounds__(kQGemvThreads)
             const bool in_row = s * kQGemvStep + lane * 16 < ld;  // false only in the last step
 #pragma unroll
             for (int r = 0; r < R; ++r)  // past ld: 0 source bytes, the chunk is zero-filled
-                cp_async_16(&ring[warp][i % P][r][lane], rows + row_off[r] + (in_row ? s * kQGemvStep : 0),
-                            in_row ? 16 : 0);
+                cp_async_16(&ring[warp][i % P][r][lane], wrow[r] + (in_row ? s * kQGemvStep : 0), in_row ? 16 : 0);
         };
         // Weights never depend on the previous kernel: start streaming them before waiting for it.
 #pragma unroll
@@ -276,7 +322,7 @@ __global__ void __launch_bounds__(kQGemvThreads)
             if (i < n_mine) issue(i);
             cp_async_commit();  // one group per step, empty ones included, so the wait count is fixed
         }
-        pdl_wait();
+        pdl_enter();
         for (int i = 0; i < n_mine; ++i) {
             if (i + P - 1 < n_mine) issue(i + P - 1);
             cp_async_commit();
@@ -293,24 +339,32 @@ __global__ void __launch_bounds__(kQGemvThreads)
         }
     }
 
-    // The LoRA term (not scaled by the row scale): lane chunks of 8 bf16 of B's rows times z.
+    // The LoRA terms (not scaled by the row scale): lane chunks of 8 bf16 of B's rows times z.
+    int part[R], o[R];  // recomputed rather than kept live through the loop (registers)
+    qgemv_block_rows<R>(a, part, o);
     float accl[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) accl[r] = 0.f;
-    if (lora.b != nullptr) {  // uniform: the whole grid takes it or not
-        for (int c = (warp * 32 + lane) * 8; c < lora.r; c += W * 32 * 8) {
-            const float4 z0 = __ldg(reinterpret_cast<const float4*>(lora.z + c));
-            const float4 z1 = __ldg(reinterpret_cast<const float4*>(lora.z + c + 4));
+    int max_rank = 0;
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const long long o = min(row0 + r, n_out - 1);
-                const uint4 bv = __ldg(reinterpret_cast<const uint4*>(lora.b + o * lora.r + c));
-                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&bv);
-                const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
-                const float2 e = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
-                accl[r] += a.x * z0.x + a.y * z0.y + b.x * z0.z + b.y * z0.w + e.x * z1.x + e.y * z1.y + d.x * z1.z +
-                           d.y * z1.w;
-            }
+    for (int r = 0; r < R; ++r) {
+        const QGemvLora& l = a.part[part[r]].lora;
+        max_rank = max(max_rank, l.b != nullptr ? l.r : 0);
+    }
+    for (int c = (warp * 32 + lane) * 8; c < max_rank; c += W * 32 * 8) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const QGemvPart& pr = a.part[part[r]];
+            if (pr.lora.b == nullptr || c >= pr.lora.r) continue;
+            const float4 z0 = __ldg(reinterpret_cast<const float4*>(pr.lora.z + c));
+            const float4 z1 = __ldg(reinterpret_cast<const float4*>(pr.lora.z + c + 4));
+            const long long row = min(o[r], pr.n_out - 1);
+            const uint4 bv = __ldg(reinterpret_cast<const uint4*>(pr.lora.b + row * pr.lora.r + c));
+            const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&bv);
+            const float2 b0 = __bfloat1622float2(h[0]), b1 = __bfloat1622float2(h[1]);
+            const float2 b2 = __bfloat1622float2(h[2]), b3 = __bfloat1622float2(h[3]);
+            accl[r] += b0.x * z0.x + b0.y * z0.y + b1.x * z0.z + b1.y * z0.w + b2.x * z1.x + b2.y * z1.y +
+                       b3.x * z1.z + b3.y * z1.w;
         }
     }
 
@@ -330,45 +384,83 @@ __global__ void __launch_bounds__(kQGemvThreads)
         }
     }
     __syncthreads();
-    if (threadIdx.x < R) {
-        const int r = static_cast<int>(threadIdx.x);
-        const int o = row0 + r;
-        if (o < n_out) {
-            float sum = 0.f, suml = 0.f;
+    const auto row_value = [&](int r) {  // scale * (sum over the warps) + the LoRA term
+        float sum = 0.f, suml = 0.f;
 #pragma unroll
-            for (int w = 0; w < W; ++w) {
-                sum += partial[w][r];
-                suml += partial_lora[w][r];
-            }
-            const float v = scale[o] * sum + suml;
-            y[o] = accumulate ? y[o] + v : v;
+        for (int w = 0; w < W; ++w) {
+            sum += partial[w][r];
+            suml += partial_lora[w][r];
         }
+        return a.part[part[r]].scale[min(o[r], a.part[part[r]].n_out - 1)] * sum + suml;
+    };
+    const int t = static_cast<int>(threadIdx.x);
+    if (a.gated) {  // thread r < R/2: gate row r and up row r + R/2 of the block
+        constexpr int H = R / 2 > 0 ? R / 2 : 1;
+#pragma unroll
+        for (int r = 0; r < H; ++r)
+            if (R >= 2 && t == r && o[r] < a.part[0].n_out)
+                a.part[0].y[o[r]] = silu_mul(row_value(r), row_value(r + H));
+    } else {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            if (t == r && o[r] < a.part[part[r]].n_out) {
+                const float v = row_value(r);
+                float* y = a.part[part[r]].y + o[r];
+                *y = a.accumulate ? *y + v : v;
+            }
     }
 }
 
-/// The configuration `ops::qgemv_int8` uses for `n_out` output rows on a device with `sm_count`
-/// multiprocessors: `QGemvLoad::Registers` with the largest R of 4, 2, 1 that still gives at least
-/// 2 * sm_count blocks (on the H100: R = 4 for n_out >= 1056, R = 2 for k/v's 1024 rows). Picked
-/// from the H100 measurements in benchmarks/NOTES.md, where it was the fastest configuration for
-/// every Mistral shape (R = 2 and 4 within 1% for gate/up).
-inline QGemvConfig qgemv_default_config(std::int64_t n_out, int sm_count) {
+/// The largest rows per block the default configuration takes: 4, or `LIMARP_CUDA_QGEMV_MAX_ROWS`
+/// = 1 | 2 | 4 | 8 (read once; a measurement switch). \throws ArgumentError for another value
+inline int qgemv_max_rows() {
+    static const int rows = [] {
+        const char* e = std::getenv("LIMARP_CUDA_QGEMV_MAX_ROWS");
+        const std::string v = e ? e : "";
+        if (v.empty()) return 4;
+        if (v == "1" || v == "2" || v == "4" || v == "8") return std::stoi(v);
+        throw ArgumentError("LIMARP_CUDA_QGEMV_MAX_ROWS must be 1, 2, 4 or 8, got '" + v + "'");
+    }();
+    return rows;
+}
+
+/// The configuration `ops::qgemv_int8` uses for `n_rows` weight rows in one launch (all parts;
+/// both halves when gated) on a device with `sm_count` multiprocessors: `QGemvLoad::Registers`
+/// with the largest R of 8, 4, 2 up to `qgemv_max_rows()` that still gives at least
+/// 2 * sm_count blocks, else 2 (on the H100: R = 4 for n_out >= 1056, R = 2 for k/v's 1024
+/// rows), picked from the H100 measurements in benchmarks/NOTES.md, where it was the fastest
+/// configuration for every Mistral shape (R = 2 and 4 within 1% for gate/up); programmatic launch
+/// where `pdl_enabled()`.
+inline QGemvConfig qgemv_default_config(std::int64_t n_rows, int sm_count) {
     QGemvConfig c;
+    c.programmatic = pdl_enabled();
     c.load = QGemvLoad::Registers;
-    c.rows = 1;
-    for (int r : {4, 2})
-        if ((n_out + r - 1) / r >= 2 * static_cast<std::int64_t>(sm_count)) {
+    c.rows = n_rows >= 2 ? 2 : 1;
+    for (int r : {8, 4})
+        if (r <= qgemv_max_rows() && (n_rows + r - 1) / r >= 2 * static_cast<std::int64_t>(sm_count)) {
             c.rows = r;
             break;
         }
     return c;
 }
 
+/// Blocks of a launch of `a` with R rows per block (and `a.block_end` filled in when not gated).
+template <int R>
+inline int qgemv_grid(QGemvArgs& a) {
+    constexpr int H = R / 2 > 0 ? R / 2 : 1;
+    if (a.gated) return (a.part[0].n_out + H - 1) / H;
+    int blocks = 0;
+    for (int i = 0; i < a.n_parts; ++i) {
+        blocks += (a.part[i].n_out + R - 1) / R;
+        a.block_end[i] = blocks;
+    }
+    return blocks;
+}
+
 template <int R, class X, QGemvLoad L>
-void launch_qgemv_int8_kernel(bool programmatic, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
-                              cudaStream_t stream, QGemvLora lora) {
-    const int n_out = static_cast<int>(w.n_out()), n_in = static_cast<int>(w.n_in()), ld = static_cast<int>(w.ld());
+void launch_qgemv_int8_kernel(const QGemvConfig& c, const X* x, QGemvArgs a, cudaStream_t stream) {
     cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(static_cast<unsigned>((n_out + R - 1) / R));
+    cfg.gridDim = dim3(static_cast<unsigned>(qgemv_grid<R>(a)));
     cfg.blockDim = dim3(kQGemvThreads);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = stream;
@@ -376,40 +468,79 @@ void launch_qgemv_int8_kernel(bool programmatic, float* y, const X* x, const Dev
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = programmatic && device_info().compute_capability >= 90 ? 1 : 0;  // sm_90 feature
-    LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L>, y, x, w.data(), w.scales(), n_out,
-                                         n_in, ld, accumulate, lora));
+    cfg.numAttrs = c.programmatic && device_info().compute_capability >= 90 ? 1 : 0;  // sm_90 feature
+    LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L>, x, a));
     LIMARP_CUDA_CHECK_LAUNCH();
 }
 
 template <class X, QGemvLoad L>
-void launch_qgemv_int8_rows(const QGemvConfig& c, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
-                            cudaStream_t stream, QGemvLora lora) {
+void launch_qgemv_int8_rows(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
     switch (c.rows) {
-        case 8: return launch_qgemv_int8_kernel<8, X, L>(c.programmatic, y, x, w, accumulate, stream, lora);
-        case 4: return launch_qgemv_int8_kernel<4, X, L>(c.programmatic, y, x, w, accumulate, stream, lora);
-        case 2: return launch_qgemv_int8_kernel<2, X, L>(c.programmatic, y, x, w, accumulate, stream, lora);
-        case 1: return launch_qgemv_int8_kernel<1, X, L>(c.programmatic, y, x, w, accumulate, stream, lora);
+        case 8: return launch_qgemv_int8_kernel<8, X, L>(c, x, a, stream);
+        case 4: return launch_qgemv_int8_kernel<4, X, L>(c, x, a, stream);
+        case 2: return launch_qgemv_int8_kernel<2, X, L>(c, x, a, stream);
+        case 1:
+            if (a.gated) throw ArgumentError("qgemv_int8: the gated (SwiGLU) form needs 2 or more rows per block");
+            return launch_qgemv_int8_kernel<1, X, L>(c, x, a, stream);
         default:
             throw ArgumentError("qgemv_int8: rows per block must be 1, 2, 4 or 8, got " + std::to_string(c.rows));
     }
 }
 
-/// Launches the GEMV kernel in configuration `c` on `stream` and checks the launch. The tests and
-/// the benchmark call it to cover and compare every configuration; everything else goes through
-/// `ops::qgemv_int8`.
-/// \throws ArgumentError for rows not in {1, 2, 4, 8}; CudaError when the launch fails
+/// Launches the GEMV kernel over the parts of `a` (see QGemvArgs; `a.block_end` is filled in
+/// here) in configuration `c` on `stream` and checks the launch. The tests and the benchmark call
+/// it to cover and compare every configuration; everything else goes through `ops::qgemv_int8*`.
+/// \throws ArgumentError for rows not in {1, 2, 4, 8} (1 when gated); CudaError when the launch fails
+template <class X>
+void launch_qgemv_int8(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
+    if (c.load == QGemvLoad::Registers)
+        launch_qgemv_int8_rows<X, QGemvLoad::Registers>(c, x, a, stream);
+    else
+        launch_qgemv_int8_rows<X, QGemvLoad::CpAsync>(c, x, a, stream);
+}
+
+/// One weight: y (=|+=) x · Wᵀ (+ lora), as `launch_qgemv_int8` above.
 template <class X>
 void launch_qgemv_int8(const QGemvConfig& c, float* y, const X* x, const DeviceInt8Weight& w, bool accumulate,
                        cudaStream_t stream, QGemvLora lora = {}) {
-    if (c.load == QGemvLoad::Registers)
-        launch_qgemv_int8_rows<X, QGemvLoad::Registers>(c, y, x, w, accumulate, stream, lora);
-    else
-        launch_qgemv_int8_rows<X, QGemvLoad::CpAsync>(c, y, x, w, accumulate, stream, lora);
+    QGemvArgs a;
+    a.part[0] = QGemvPart{w.data(), w.scales(), y, static_cast<int>(w.n_out()), lora};
+    a.n_parts = 1;
+    a.n_in = static_cast<int>(w.n_in());
+    a.ld = static_cast<int>(w.ld());
+    a.accumulate = accumulate;
+    launch_qgemv_int8(c, x, a, stream);
 }
 
 }  // namespace cuda_detail
 /// \endcond
+
+namespace cuda_detail {
+
+/// One weight of `ops::qgemv_int8_group`: y (=|+=) x · Wᵀ (+ lora).
+struct QGemvTarget {
+    float* y = nullptr;                   ///< [n_out] device output
+    const DeviceInt8Weight* w = nullptr;  ///< the weight
+    QGemvLora lora{};                     ///< optional LoRA term
+};
+
+/// The checks of the `ops::qgemv_int8*` entry points. \throws ArgumentError
+inline void check_qgemv_operands(const DeviceInt8Weight& w, const void* x, const QGemvLora& lora,
+                                 std::int64_t n_in) {
+    if (w.empty()) throw ArgumentError("qgemv_int8: the weight is empty");
+    if (w.n_in() != n_in)
+        throw ArgumentError("qgemv_int8: " + w.name() + " takes " + std::to_string(w.n_in()) +
+                            " inputs, the launch's other weights " + std::to_string(n_in));
+    if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0)
+        throw ArgumentError("qgemv_int8 with " + w.name() + ": x must be 16-byte aligned (got a pointer offset by " +
+                            std::to_string(reinterpret_cast<std::uintptr_t>(x) % 16) + " bytes)");
+    if (lora.b != nullptr && (lora.r % 8 != 0 || reinterpret_cast<std::uintptr_t>(lora.b) % 16 != 0 ||
+                              reinterpret_cast<std::uintptr_t>(lora.z) % 16 != 0))
+        throw ArgumentError("qgemv_int8 with " + w.name() + ": the fused LoRA term needs r % 8 == 0 and 16-byte "
+                            "aligned B and z");
+}
+
+}  // namespace cuda_detail
 
 namespace ops {
 
@@ -433,16 +564,67 @@ template <int Sm, class X>
 void qgemv_int8(Cuda<Sm>, float* y /*[n_out]*/, const X* x /*[n_in]*/, const DeviceInt8Weight& w,
                 bool accumulate = false, cudaStream_t stream = nullptr, cuda_detail::QGemvLora lora = {}) {
     static_assert(Sm >= 80, "ops::qgemv_int8 needs Cuda<Sm> with Sm >= 80 (cp.async, L2 prefetch hints)");
-    if (w.empty()) throw ArgumentError("qgemv_int8: the weight is empty");
-    if (reinterpret_cast<std::uintptr_t>(x) % 16 != 0)
-        throw ArgumentError("qgemv_int8 with " + w.name() + ": x must be 16-byte aligned (got a pointer offset by " +
-                            std::to_string(reinterpret_cast<std::uintptr_t>(x) % 16) + " bytes)");
-    if (lora.b != nullptr && (lora.r % 8 != 0 || reinterpret_cast<std::uintptr_t>(lora.b) % 16 != 0 ||
-                              reinterpret_cast<std::uintptr_t>(lora.z) % 16 != 0))
-        throw ArgumentError("qgemv_int8 with " + w.name() + ": the fused LoRA term needs r % 8 == 0 and 16-byte "
-                            "aligned B and z");
+    cuda_detail::check_qgemv_operands(w, x, lora, w.n_in());
     const auto c = cuda_detail::qgemv_default_config(w.n_out(), device_info().sm_count);
     cuda_detail::launch_qgemv_int8(c, y, x, w, accumulate, stream, lora);
+}
+
+/// `qgemv_int8` for up to three weights that take the same x, in one launch (q/k/v of a decode
+/// step): each target's y (=|+=) x · Wᵀ (+ its LoRA term), with the numerics of separate calls.
+/// \pre as `qgemv_int8`, for each target; the outputs do not overlap each other.
+/// \throws ArgumentError for 0 or more than 3 targets, weights of different input widths, or the
+///         operand errors of `qgemv_int8`; CudaError when the launch fails
+template <int Sm, class X>
+    requires(std::is_same_v<X, float> || std::is_same_v<X, __nv_bfloat16>)
+void qgemv_int8_group(Cuda<Sm>, const X* x /*[n_in]*/, const cuda_detail::QGemvTarget* targets, int n_targets,
+                      bool accumulate = false, cudaStream_t stream = nullptr) {
+    static_assert(Sm >= 80, "ops::qgemv_int8_group needs Cuda<Sm> with Sm >= 80");
+    using cuda_detail::QGemvArgs;
+    if (n_targets < 1 || n_targets > QGemvArgs::kMaxParts)
+        throw ArgumentError("qgemv_int8_group: 1 to " + std::to_string(QGemvArgs::kMaxParts) + " weights, got " +
+                            std::to_string(n_targets));
+    QGemvArgs a;
+    std::int64_t rows = 0;
+    for (int i = 0; i < n_targets; ++i) {
+        const auto& t = targets[i];
+        if (t.w == nullptr) throw ArgumentError("qgemv_int8_group: a null weight");
+        cuda_detail::check_qgemv_operands(*t.w, x, t.lora, targets[0].w->n_in());
+        a.part[i] = cuda_detail::QGemvPart{t.w->data(), t.w->scales(), t.y, static_cast<int>(t.w->n_out()), t.lora};
+        rows += t.w->n_out();
+    }
+    a.n_parts = n_targets;
+    a.n_in = static_cast<int>(targets[0].w->n_in());
+    a.ld = static_cast<int>(targets[0].w->ld());
+    a.accumulate = accumulate;
+    cuda_detail::launch_qgemv_int8(cuda_detail::qgemv_default_config(rows, device_info().sm_count), x, a, stream);
+}
+
+/// The SwiGLU input of Mistral's down_proj in one launch, for one token:
+///   h[o] = silu(g[o]) * u[o],  g = x · Gateᵀ (+ lg),  u = x · Upᵀ (+ lu)
+/// with silu(g) = g / (1 + exp(-g)) as `ops::swiglu`: gate and up are read side by side and never
+/// written. \pre as `qgemv_int8`; h does not overlap x.
+/// \throws ArgumentError when gate and up differ in shape, or the operand errors of `qgemv_int8`;
+///         CudaError when the launch fails
+template <int Sm, class X>
+    requires(std::is_same_v<X, float> || std::is_same_v<X, __nv_bfloat16>)
+void qgemv_int8_swiglu(Cuda<Sm>, float* h /*[n_out]*/, const X* x /*[n_in]*/, const DeviceInt8Weight& gate,
+                       const DeviceInt8Weight& up, cudaStream_t stream = nullptr, cuda_detail::QGemvLora lg = {},
+                       cuda_detail::QGemvLora lu = {}) {
+    static_assert(Sm >= 80, "ops::qgemv_int8_swiglu needs Cuda<Sm> with Sm >= 80");
+    cuda_detail::check_qgemv_operands(gate, x, lg, gate.n_in());
+    cuda_detail::check_qgemv_operands(up, x, lu, gate.n_in());
+    if (up.n_out() != gate.n_out())
+        throw ArgumentError("qgemv_int8_swiglu: " + gate.name() + " has " + std::to_string(gate.n_out()) + " rows, " +
+                            up.name() + " " + std::to_string(up.n_out()));
+    cuda_detail::QGemvArgs a;
+    a.part[0] = cuda_detail::QGemvPart{gate.data(), gate.scales(), h, static_cast<int>(gate.n_out()), lg};
+    a.part[1] = cuda_detail::QGemvPart{up.data(), up.scales(), nullptr, static_cast<int>(up.n_out()), lu};
+    a.n_parts = 2;
+    a.n_in = static_cast<int>(gate.n_in());
+    a.ld = static_cast<int>(gate.ld());
+    a.gated = true;
+    cuda_detail::launch_qgemv_int8(cuda_detail::qgemv_default_config(2 * gate.n_out(), device_info().sm_count), x,
+                                   a, stream);
 }
 
 }  // namespace ops

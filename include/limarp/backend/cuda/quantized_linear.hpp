@@ -16,6 +16,9 @@
 ///   cores (backend/cuda/qgemm_int8.cuh); results equal the CPU layer's up to f32 rounding;
 /// - more tokens, "quant.activations" = "f32" (weight-only): the int8 weights widened to bf16 and
 ///   the activations split into bf16 hi + lo (twice the tensor-core work), products close to f32.
+/// - fused one-token forms (`try_forward_qkv`, `try_forward_group`, `try_forward_swiglu`): q/k/v in
+///   one GEMV launch, gate and up in one launch with SwiGLU in its epilogue; `GqaAttention` and
+///   `SwiGluMlp` use them when the projection type has them (`Lora` forwards them to its base).
 /// Included by layers/quantized_linear.hpp when `LIMARP_WITH_CUDA_BACKEND` is defined.
 
 #include <cstdint>
@@ -69,6 +72,45 @@ public:
     void forward_lora(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T, const bf16* b,
                       const float* z /*[T, r]*/, std::int64_t r) {
         cuda_api::qmatmul_int8_lora(y, x, w_, T, opt_, b, z, r);
+    }
+
+    /// An unmerged LoRA term for the fused forms: z · Bᵀ with B bf16 [n_out, r] and z [T, r] =
+    /// scale · x Aᵀ (device pointers); b null: none.
+    struct LoraTerm {
+        const bf16* b = nullptr;  ///< LoRA B, or null
+        const float* z = nullptr;  ///< the scaled A product
+        std::int64_t r = 0;        ///< rank
+    };
+    /// Whether the fused forms below can run for `T` tokens (one token: the GEMV).
+    static bool fuses(std::int64_t T) noexcept { return T == 1; }
+
+    /// ys[i] = x · W_iᵀ (+ lora[i]) for n <= 3 layers that share x, in one GEMV launch (q/k/v:
+    /// `cuda_api::qmatmul_int8_group`). Returns false, doing nothing, when it cannot (T != 1,
+    /// unaligned operands): the caller runs each layer's `forward`.
+    static bool try_forward_group(QuantizedLinear* const* layers, float* const* ys, const LoraTerm* lora, int n,
+                                  const float* x, std::int64_t T) {
+        if (!fuses(T) || n < 1 || n > 3) return false;
+        cuda_api::FusedGemv p[3];
+        for (int i = 0; i < n; ++i)
+            p[i] = cuda_api::FusedGemv{ys[i], &layers[i]->w_, lora ? lora[i].b : nullptr, lora ? lora[i].z : nullptr,
+                                       lora ? lora[i].r : 0};
+        return cuda_api::qmatmul_int8_group(x, T, p, n);
+    }
+    /// q/k/v in one launch: `try_forward_group` over three layers without LoRA terms.
+    static bool try_forward_qkv(QuantizedLinear& q, float* yq, QuantizedLinear& k, float* yk, QuantizedLinear& v,
+                                float* yv, const float* x, std::int64_t T) {
+        QuantizedLinear* l[3] = {&q, &k, &v};
+        float* y[3] = {yq, yk, yv};
+        return try_forward_group(l, y, nullptr, 3, x, T);
+    }
+    /// h = silu(x · Gateᵀ (+ lg)) * (x · Upᵀ (+ lu)) in one GEMV launch
+    /// (`cuda_api::qmatmul_int8_swiglu`). Returns false, doing nothing, when it cannot (T != 1,
+    /// shapes that differ, unaligned operands): the caller runs gate, up and `ops::swiglu`.
+    static bool try_forward_swiglu(QuantizedLinear& gate, QuantizedLinear& up, float* h, const float* x,
+                                   std::int64_t T, LoraTerm lg = {}, LoraTerm lu = {}) {
+        if (!fuses(T)) return false;
+        return cuda_api::qmatmul_int8_swiglu(h, x, T, cuda_api::FusedGemv{h, &gate.w_, lg.b, lg.z, lg.r},
+                                             cuda_api::FusedGemv{nullptr, &up.w_, lu.b, lu.z, lu.r});
     }
 
 private:

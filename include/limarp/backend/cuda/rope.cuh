@@ -29,6 +29,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/backend/cuda/detail/pdl.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/core/error.hpp"
 
@@ -59,6 +60,7 @@ __global__ void __launch_bounds__(128)
     rope_rotate_half_kernel(float* a /*[T, n_a, hd]*/, float* b /*[T, n_b, hd]*/,
                             const std::int64_t* __restrict__ positions /*[T]*/, int n_a, int n_b, int head_dim,
                             float theta) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     const int t = static_cast<int>(blockIdx.x);
     const int half = head_dim / 2;
     const int h0 = static_cast<int>(blockIdx.y) * kRopeHeadsPerBlock;
@@ -81,6 +83,7 @@ __global__ void __launch_bounds__(128)
                                   const std::int64_t* __restrict__ positions /*[T]*/,
                                   const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int n_a,
                                   int n_b, int head_dim) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     const int t = static_cast<int>(blockIdx.x);
     const int half = head_dim / 2;
     const int h0 = static_cast<int>(blockIdx.y) * kRopeHeadsPerBlock;
@@ -100,7 +103,7 @@ inline void launch_rope_rotate_half(float* a, float* b, const std::int64_t* posi
     const std::int64_t half = head_dim / 2;
     const unsigned threads = static_cast<unsigned>(half >= 128 ? 128 : (half + 31) / 32 * 32);
     const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((heads + kRopeHeadsPerBlock - 1) / kRopeHeadsPerBlock));
-    launch_checked(__FILE__, __LINE__, rope_rotate_half_kernel, grid, dim3(threads), 0, stream, a, b, positions,
+    launch_chained(__FILE__, __LINE__, rope_rotate_half_kernel, grid, dim3(threads), 0, stream, a, b, positions,
                    static_cast<int>(n_a), static_cast<int>(n_b), static_cast<int>(head_dim),
                    static_cast<float>(theta));
 }
@@ -217,7 +220,7 @@ void rope_rotate_half_qk(Cuda<Sm>, float* q /*[T, n_heads, head_dim]*/, float* k
     const unsigned threads = static_cast<unsigned>(half >= 128 ? 128 : (half + 31) / 32 * 32);
     const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((heads + cuda_detail::kRopeHeadsPerBlock - 1) /
                                                                     cuda_detail::kRopeHeadsPerBlock));
-    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::rope_rotate_half_table_kernel, grid, dim3(threads), 0,
+    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::rope_rotate_half_table_kernel, grid, dim3(threads), 0,
                                 stream, q, k, positions, table.cos(), table.sin(), static_cast<int>(n_heads),
                                 static_cast<int>(n_kv_heads), static_cast<int>(table.head_dim()));
 }

@@ -39,6 +39,7 @@
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
+#include "limarp/backend/cuda/detail/pdl.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/core/error.hpp"
 #include "limarp/generate/sampler.hpp"
@@ -257,6 +258,7 @@ struct SampleArgs {
 __global__ void __launch_bounds__(kSampleThreads)
     sample_top_k_top_p_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, SampleArgs a,
                               unsigned long long* __restrict__ counter, std::uint8_t* __restrict__ kept) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     extern __shared__ unsigned cols[];  // [2][kDigitBins][kSampleThreads]
     __shared__ unsigned long long tot[kDigitBins];
     __shared__ unsigned long long s_warp[32];
@@ -421,6 +423,7 @@ __device__ __forceinline__ void warp_argmax(float& best, int& bi) {
 // argmax over the logits, ties to the smaller id (the CPU sampler's greedy pick).
 __global__ void __launch_bounds__(kGreedyThreads)
     sample_greedy_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, int vocab) {
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     __shared__ float sv[32];
     __shared__ int si[32];
     const int tid = static_cast<int>(threadIdx.x);
@@ -458,7 +461,7 @@ namespace ops {
 template <int Sm>
 void sample_greedy(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits /*[vocab]*/, std::int64_t vocab,
                    cudaStream_t stream = nullptr) {
-    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::sample_greedy_kernel, dim3(1),
+    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::sample_greedy_kernel, dim3(1),
                                 dim3(cuda_detail::kGreedyThreads), 0, stream, id, logits, static_cast<int>(vocab));
 }
 
@@ -492,7 +495,7 @@ void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits 
     a.temperature = p.temperature;
     a.seed = p.seed;
     cuda_detail::sample_kernel_smem_optin();
-    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::sample_top_k_top_p_kernel, dim3(1),
+    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::sample_top_k_top_p_kernel, dim3(1),
                                 dim3(cuda_detail::kSampleThreads), cuda_detail::kSampleSmem, stream, id, logits, a,
                                 reinterpret_cast<unsigned long long*>(counter), kept);
 }
