@@ -25,6 +25,7 @@
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cpu/ops.hpp"
 #include "limarp/backend/memory.hpp"
+#include "limarp/backend/scaled_product.hpp"
 #include "limarp/core/error.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/io/peft_adapter.hpp"
@@ -112,7 +113,17 @@ public:
     const std::vector<LoraFactors>& adapters() const noexcept { return factors_; }
 
     /// y = base(x) + Σ scale · (x Aᵀ) Bᵀ over attached, unmerged adapters.
-    void forward(float* y /*[T, out]*/, const float* x /*[T, in]*/, std::int64_t T) {
+    void forward(float* y /*[T, out]*/, const float* x /*[T, in]*/, std::int64_t T) { forward_impl(y, x, T, false); }
+    /// y (=|+=) base(x) + Σ scale · (x Aᵀ) Bᵀ: with `accumulate` the result is added to y (the
+    /// residual add of down_proj inside its own pass), where the base can accumulate.
+    void forward(float* y /*[T, out]*/, const float* x /*[T, in]*/, std::int64_t T, bool accumulate)
+        requires requires(Base& b) { b.forward(y, x, T, accumulate); }
+    {
+        forward_impl(y, x, T, accumulate);
+    }
+
+private:
+    void forward_impl(float* y, const float* x, std::int64_t T, bool accumulate) {
         const auto a_product = [&](const LoraFactors& f) {  // z = scale · x Aᵀ, in tmp_
             float* z = BackendMemory<backend_type>::ensure(tmp_, T * f.A.shape[0]);
             scaled_a_product(f, z, x, T);
@@ -121,16 +132,21 @@ public:
         const LoraFactors* fused = nullptr;
         // A base with `forward_lora` (the CUDA int8 layer) adds the first active adapter's B
         // product inside its own pass: z = scale · x Aᵀ first, then base + z Bᵀ.
-        if constexpr (requires(Base& b, const bf16* bb, const float* z) { b.forward_lora(y, x, T, bb, z, T); }) {
+        if constexpr (requires(Base& b, const bf16* bb, const float* z) { b.forward_lora(y, x, T, bb, z, T, true); }) {
             for (auto& f : factors_) {
                 if (f.merged || f.scale() == 0.0f || f.B.dtype != DType::BF16) continue;
                 const float* z = a_product(f);
-                base_.forward_lora(y, x, T, f.B.as<bf16>(), z, f.A.shape[0]);
+                base_.forward_lora(y, x, T, f.B.as<bf16>(), z, f.A.shape[0], accumulate);
                 fused = &f;
                 break;
             }
         }
-        if (!fused) base_.forward(y, x, T);
+        if (!fused) {
+            if constexpr (requires(Base& b) { b.forward(y, x, T, true); })
+                base_.forward(y, x, T, accumulate);
+            else
+                base_.forward(y, x, T);  // accumulate is false: the public overload requires the form above
+        }
         for (auto& f : factors_) {
             if (&f == fused || f.merged || f.scale() == 0.0f) continue;
             const std::int64_t r = f.A.shape[0];
@@ -141,6 +157,7 @@ public:
         }
     }
 
+public:
     /// The fused one-token forms of the base (`QuantizedLinear<Int8Rowwise, Cuda<>>`) with each
     /// layer's adapter inside the same pass: q/k/v in one launch. Applies when each layer has at
     /// most one active (unmerged, non-zero scale) adapter and its B is bf16; returns false, doing
@@ -159,10 +176,8 @@ public:
         Base* bases[3];
         float* ys[3] = {yq, yk, yv};
         typename Base::LoraTerm terms[3];
-        for (int i = 0; i < 3; ++i) {
-            bases[i] = &layers[i]->base_;
-            terms[i] = layers[i]->fused_term(x, T);
-        }
+        fused_terms(layers, x, T, terms);
+        for (int i = 0; i < 3; ++i) bases[i] = &layers[i]->base_;
         return Base::try_forward_group(bases, ys, terms, 3, x, T);
     }
     /// h = silu(gate(x)) * up(x) through the base's fused one-token form, with the same
@@ -174,8 +189,10 @@ public:
         }
     {
         if (!Base::fuses(T) || !gate.fusable() || !up.fusable()) return false;
-        const auto lg = gate.fused_term(x, T), lu = up.fused_term(x, T);
-        return Base::try_forward_swiglu(gate.base_, up.base_, h, x, T, lg, lu);
+        Lora* layers[2] = {&gate, &up};
+        typename Base::LoraTerm terms[2];
+        fused_terms(layers, x, T, terms);
+        return Base::try_forward_swiglu(gate.base_, up.base_, h, x, T, terms[0], terms[1]);
     }
 
     /// Attaches the factors of `adapter` for this module, if it targets it; returns whether it did.
@@ -356,16 +373,40 @@ private:
         }
         return true;
     }
-    /// The base's LoRA term of the active adapter (z = scale · x Aᵀ computed into tmp_), or none.
-    template <class B2 = Base, class Term = typename B2::LoraTerm>
-    Term fused_term(const float* x, std::int64_t T) {
-        for (const auto& f : factors_) {
-            if (f.merged || f.scale() == 0.0f) continue;
-            float* z = BackendMemory<backend_type>::ensure(tmp_, T * f.A.shape[0]);
-            scaled_a_product(f, z, x, T);
-            return Term{f.B.as<bf16>(), z, f.A.shape[0]};
+    /// The active adapter, or null.
+    const LoraFactors* active_adapter() const {
+        for (const auto& f : factors_)
+            if (!f.merged && f.scale() != 0.0f) return &f;
+        return nullptr;
+    }
+    /// The base's LoRA terms of the active adapters of N layers that share x (z = scale · x Aᵀ
+    /// into each layer's tmp_): the A products in one grouped call (`ops::matmul_wt_scaled_group`:
+    /// one launch on CUDA) when they are all bf16, else one product per layer.
+    template <class Term, std::size_t N>
+    static void fused_terms(Lora* const (&layers)[N], const float* x, std::int64_t T, Term (&terms)[N]) {
+        ops::ScaledProduct p[N];
+        float* zs[N]{};
+        int n = 0;
+        bool grouped = true;
+        for (std::size_t i = 0; i < N; ++i) {
+            terms[i] = Term{};
+            const LoraFactors* f = layers[i]->active_adapter();
+            if (!f) continue;
+            const std::int64_t r = f->A.shape[0];
+            float* z = zs[i] = BackendMemory<backend_type>::ensure(layers[i]->tmp_, T * r);
+            terms[i] = Term{f->B.template as<bf16>(), z, r};
+            if (f->A.dtype == DType::BF16)
+                p[n++] = ops::ScaledProduct{z, f->A.template as<bf16>(), r, f->scale()};
+            else
+                grouped = false;
         }
-        return Term{};
+        if (grouped) {
+            if (n > 0) ops::matmul_wt_scaled_group(backend_type{}, x, T, layers[0]->in_features(), p, n);
+            return;
+        }
+        for (std::size_t i = 0; i < N; ++i)
+            if (const LoraFactors* f = layers[i]->active_adapter())
+                layers[i]->scaled_a_product(*f, zs[i], x, T);
     }
     /// z [T, r] = scale · x Aᵀ (the scale inside the product's own pass on CUDA).
     void scaled_a_product(const LoraFactors& f, float* z, const float* x, std::int64_t T) const {

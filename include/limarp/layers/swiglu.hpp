@@ -37,19 +37,16 @@ public:
     /// form (`Proj::try_forward_swiglu`, e.g. the CUDA int8 GEMV for one token), gate, up and the
     /// SwiGLU run as one pass.
     void forward(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T) {
-        const std::int64_t d_ff = gate_.out_features();
-        float* g = BackendMemory<B>::ensure(g_, T * d_ff);
-        if constexpr (requires { { Proj::try_forward_swiglu(gate_, up_, g, x, T) } -> std::convertible_to<bool>; }) {
-            if (Proj::try_forward_swiglu(gate_, up_, g, x, T)) {
-                down_.forward(y, g, T);
-                return;
-            }
-        }
-        float* u = BackendMemory<B>::ensure(u_, T * d_ff);
-        gate_.forward(g, x, T);
-        up_.forward(u, x, T);
-        ops::swiglu(B{}, g, g, u, T * d_ff);
-        down_.forward(y, g, T);
+        forward_hidden(x, T);
+        down_.forward(y, g_.data(), T);
+    }
+    /// y += down(silu(gate(x)) * up(x)): the residual add inside down_proj's own pass. Exists when
+    /// the projection can accumulate (`forward(y, x, T, true)`). y must not alias x.
+    void forward_add(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T)
+        requires requires(Proj& p) { p.forward(y, x, T, true); }
+    {
+        forward_hidden(x, T);
+        down_.forward(y, g_.data(), T, true);
     }
     /// What `forward_train` keeps for `backward`, and the backward's scratch: one block's
     /// feed-forward working set (reused from call to call).
@@ -103,6 +100,19 @@ public:
     Proj& down() noexcept { return down_; }
 
 private:
+    /// g_ [T, d_ff] = silu(gate(x)) * up(x) (the input of down_proj).
+    void forward_hidden(const float* x, std::int64_t T) {
+        const std::int64_t d_ff = gate_.out_features();
+        float* g = BackendMemory<B>::ensure(g_, T * d_ff);
+        if constexpr (requires { { Proj::try_forward_swiglu(gate_, up_, g, x, T) } -> std::convertible_to<bool>; }) {
+            if (Proj::try_forward_swiglu(gate_, up_, g, x, T)) return;
+        }
+        float* u = BackendMemory<B>::ensure(u_, T * d_ff);
+        gate_.forward(g, x, T);
+        up_.forward(u, x, T);
+        ops::swiglu(B{}, g, g, u, T * d_ff);
+    }
+
     Proj gate_, up_, down_;
     Buffer<B, float> g_, u_;
 };

@@ -61,8 +61,12 @@ public:
             ops::add_inplace(B{}, x, a, T * d);
             norm2_.forward(h, x, T);
         }
-        mlp_.forward(a, h, T);
-        ops::add_inplace(B{}, x, a, T * d);
+        if constexpr (requires { mlp_.forward_add(x, h, T); }) {
+            mlp_.forward_add(x, h, T);  // x += mlp(h) inside down_proj's pass
+        } else {
+            mlp_.forward(a, h, T);
+            ops::add_inplace(B{}, x, a, T * d);
+        }
     }
 
     /// One block's training working set: what `forward_train` keeps for `backward` plus the

@@ -24,6 +24,7 @@
 #include "limarp/backend/cpu/detail/eigen.hpp"
 #include "limarp/backend/cpu/detail/gemm_kernel.hpp"
 #include "limarp/backend/cpu/detail/simd.hpp"
+#include "limarp/backend/scaled_product.hpp"
 #include "limarp/core/dtype.hpp"
 #include "limarp/core/thread_pool.hpp"
 
@@ -209,6 +210,14 @@ void matmul_wt_scaled(Cpu<A> b, float* y /*[T, n_out]*/, const float* x /*[T, n_
     matmul_wt(b, y, x, w, T, n_in, n_out, false, pool);
     if (alpha != 1.0f)
         for (std::int64_t i = 0; i < T * n_out; ++i) y[i] *= alpha;
+}
+
+/// The grouped form (`ops::ScaledProduct`, bf16 weights sharing x): one `matmul_wt_scaled` per
+/// product on the CPU (the CUDA backend runs one launch).
+template <class A>
+void matmul_wt_scaled_group(Cpu<A> b, const float* x, std::int64_t T, std::int64_t n_in, const ScaledProduct* p,
+                            int n) {
+    for (int i = 0; i < n; ++i) matmul_wt_scaled(b, p[i].y, x, p[i].w, T, n_in, p[i].n_out, p[i].alpha);
 }
 
 /// y (=|+=) x · b: a plain row-major matrix product (Eigen's GEMM, parallel over column blocks).

@@ -29,6 +29,7 @@
 #include "limarp/backend/attention_shape.hpp"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
 #include "limarp/backend/memory.hpp"
+#include "limarp/backend/scaled_product.hpp"
 #include "limarp/quant/scheme.hpp"
 
 namespace limarp::cuda_api {
@@ -76,11 +77,17 @@ void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T
 void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate,
                   const QuantOptions& opt);
 
-/// y = x · Wᵀ + z · Bᵀ (B bf16 [n_out, r], z [T, r]): one token through the int8 GEMV with the B
-/// term in the same pass (r % 8 == 0, 16-byte aligned pointers); otherwise `qmatmul_int8` and then
-/// `matmul_wt_bf16` accumulating z · Bᵀ.
+/// y (=|+=) x · Wᵀ + z · Bᵀ (B bf16 [n_out, r], z [T, r]; added to y when `accumulate`): one token
+/// through the int8 GEMV with the B term in the same pass (r % 8 == 0, 16-byte aligned pointers);
+/// otherwise `qmatmul_int8` and then `matmul_wt_bf16` accumulating z · Bᵀ.
 void qmatmul_int8_lora(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, const QuantOptions& opt,
-                       const void* b_bf16, const float* z, std::int64_t r);
+                       const void* b_bf16, const float* z, std::int64_t r, bool accumulate = false);
+
+/// Up to three one-token products y_i = alpha_i · x W_iᵀ with bf16 weights that share x [n_in]
+/// (the LoRA A products of q/k/v or gate/up) in one GEMV launch, each with the numerics of
+/// `matmul_wt_bf16`'s one-token form. Returns false, doing nothing, when it cannot (T != 1, more
+/// than three, n_in % 8 != 0, unaligned x or W): the caller runs them one by one.
+bool matmul_wt_bf16_group(const float* x, std::int64_t T, std::int64_t n_in, const ops::ScaledProduct* p, int n);
 
 /// One product of a fused one-token launch: y = x · Wᵀ (+ z · Bᵀ when b_bf16 is not null: B bf16
 /// [n_out, r], z [r] = scale · x Aᵀ, r % 8 == 0, 16-byte aligned).

@@ -193,6 +193,56 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+// Up to three bf16 GEMVs of one token that share x, one block per row of their concatenation
+// (the LoRA A products of q/k/v or gate/up): row `row` of part p, y_p[o] = alpha_p · W_p[o, :] x,
+// with the arithmetic and summation order of gemv_bf16_kernel<true, 8> (bitwise the same result).
+struct Bf16GemvGroup {
+    const __nv_bfloat16* w[3];
+    float* y[3];
+    float alpha[3];
+    int row_end[3];  // cumulative rows
+    int n_parts;
+    int n_in;        // % 8 == 0, rows and x 16-byte aligned
+};
+__global__ void __launch_bounds__(256) gemv_bf16_group_kernel(const float* __restrict__ x, const Bf16GemvGroup g) {
+    __shared__ float part[8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = static_cast<int>(blockIdx.x);
+    const int p = (g.n_parts > 1 && row >= g.row_end[0]) + (g.n_parts > 2 && row >= g.row_end[1]);
+    const int o = row - (p > 0 ? g.row_end[p - 1] : 0);
+    const __nv_bfloat16* w = g.w[0];
+    float* y = g.y[0];
+    float alpha = g.alpha[0];
+    if (p == 1) w = g.w[1], y = g.y[1], alpha = g.alpha[1];
+    if (p == 2) w = g.w[2], y = g.y[2], alpha = g.alpha[2];
+    const __nv_bfloat16* wr = w + static_cast<long long>(o) * g.n_in;
+    constexpr int kStride = 256 * 8;
+    int k = (warp * 32 + lane) * 8;
+    uint4 wv{};
+    if (k < g.n_in) wv = load_bf16x8_streaming(wr + k);  // weights: before the wait
+    pdl_enter();
+    float acc = 0.0f;
+    for (; k < g.n_in; k += kStride) {
+        const uint4 cur = wv;
+        if (k + kStride < g.n_in) wv = load_bf16x8_streaming(wr + k + kStride);
+        const float4 x0 = __ldg(reinterpret_cast<const float4*>(x + k));
+        const float4 x1 = __ldg(reinterpret_cast<const float4*>(x + k + 4));
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&cur);
+        const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+        const float2 c = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
+        acc += a.x * x0.x + a.y * x0.y + b.x * x0.z + b.y * x0.w + c.x * x1.x + c.y * x1.y + d.x * x1.z + d.y * x1.w;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float sum = 0.0f;
+        for (int i = 0; i < 8; ++i) sum += part[i];
+        y[o] = alpha * sum;
+    }
+}
+
 // y (=|+=) (x · Wᵀ) * s[o] with W bf16 row-major [n_out, n_in] and x f32 [T, n_in]: x split into
 // bf16 hi + lo rows, one tensor-core GEMM over the 2T rows (W read once, f32 accumulation), then
 // the two halves summed and scaled. Close to an f32 product with the bf16 weights: about 2^-16
@@ -275,6 +325,27 @@ void matmul_wt_bf16(float* y, const float* x, const void* w_bf16, std::int64_t T
     }
     cuda_detail::gemm_bf16_split(y, x, static_cast<const __nv_bfloat16*>(w_bf16), nullptr, T, n_in, n_out, accumulate,
                                  /*split=*/true, alpha);
+}
+
+bool matmul_wt_bf16_group(const float* x, std::int64_t T, std::int64_t n_in, const ops::ScaledProduct* p, int n) {
+    using namespace cuda_detail;
+    if (T != 1 || n < 1 || n > 3 || n_in % 8 != 0 || n_in > (1 << 30) || !aligned_to(x, 16)) return false;
+    Bf16GemvGroup g{};
+    std::int64_t rows = 0;
+    for (int i = 0; i < n; ++i) {
+        if (p[i].n_out <= 0 || !aligned_to(p[i].w, 16)) return false;
+        g.w[i] = reinterpret_cast<const __nv_bfloat16*>(p[i].w);
+        g.y[i] = p[i].y;
+        g.alpha[i] = p[i].alpha;
+        rows += p[i].n_out;
+        g.row_end[i] = static_cast<int>(rows);
+    }
+    if (rows > (1 << 30)) return false;
+    g.n_parts = n;
+    g.n_in = static_cast<int>(n_in);
+    launch_chained(__FILE__, __LINE__, gemv_bf16_group_kernel, dim3(static_cast<unsigned>(rows)), dim3(256), 0,
+                   stream(), x, g);
+    return true;
 }
 
 void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate,
@@ -366,13 +437,13 @@ void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int6
 }
 
 void qmatmul_int8_lora(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, const QuantOptions& opt,
-                       const void* b_bf16, const float* z, std::int64_t r) {
+                       const void* b_bf16, const float* z, std::int64_t r, bool accumulate) {
     using namespace cuda_detail;
     if (T <= 0 || w.n_out() <= 0) return;
     if (T == 1 && r > 0 && r % 8 == 0 && aligned_to(x, 16) && aligned_to(b_bf16, 16) && aligned_to(z, 16))
-        return ops::qgemv_int8(Cuda<90>{}, y, x, w, false, stream(),
+        return ops::qgemv_int8(Cuda<90>{}, y, x, w, accumulate, stream(),
                                QGemvLora{static_cast<const __nv_bfloat16*>(b_bf16), z, static_cast<int>(r)});
-    qmatmul_int8(y, x, w, T, false, opt);
+    qmatmul_int8(y, x, w, T, accumulate, opt);
     matmul_wt_bf16(y, z, b_bf16, T, r, w.n_out(), /*accumulate=*/true);
 }
 

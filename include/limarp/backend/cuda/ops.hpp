@@ -21,6 +21,7 @@
 #include "limarp/backend/cuda/api.hpp"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/backend/memory.hpp"
+#include "limarp/backend/scaled_product.hpp"
 #include "limarp/core/dtype.hpp"
 #include "limarp/core/error.hpp"
 #include "limarp/layers/weight.hpp"
@@ -112,6 +113,15 @@ template <int Sm>
 void matmul_wt_scaled(Cuda<Sm>, float* y, const float* x, const bf16* w, std::int64_t T, std::int64_t n_in,
                       std::int64_t n_out, float alpha) {
     cuda_api::matmul_wt_bf16(y, x, w, T, n_in, n_out, false, alpha);
+}
+/// The grouped form of `matmul_wt_scaled` for bf16 weights that share x (`ops::ScaledProduct`:
+/// y_i = alpha_i · x W_iᵀ): one launch for one token (`cuda_api::matmul_wt_bf16_group`), else
+/// one call per product.
+template <int Sm>
+void matmul_wt_scaled_group(Cuda<Sm>, const float* x, std::int64_t T, std::int64_t n_in, const ScaledProduct* p,
+                            int n) {
+    if (cuda_api::matmul_wt_bf16_group(x, T, n_in, p, n)) return;
+    for (int i = 0; i < n; ++i) cuda_api::matmul_wt_bf16(p[i].y, x, p[i].w, T, n_in, p[i].n_out, false, p[i].alpha);
 }
 /// RMSNorm with an f32 or bf16 weight.
 template <int Sm, class W>

@@ -237,7 +237,7 @@ __device__ __forceinline__ void qgemv_block_rows(const QGemvArgs& a, int (&part)
 
 // See QGemvArgs: the R rows of this block (qgemv_block_rows), each row's dot product with x over
 // n_in, scaled, plus its LoRA term; stored per part, or combined by silu(gate) * up when gated.
-template <int R, class X, QGemvLoad L>
+template <int R, class X, QGemvLoad L, bool kLora>
 __global__ void __launch_bounds__(kQGemvThreads)
     gemv_int8_rowwise_kernel(const X* __restrict__ x /*[n_in]*/, const QGemvArgs a) {
     constexpr int W = kQGemvWarps;
@@ -261,6 +261,31 @@ __global__ void __launch_bounds__(kQGemvThreads)
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
 
+    // kLora: row r's LoRA term belongs to warp r % W, its lanes taking 8 ranks each; the first 256
+    // ranks (all of them up to r = 256) are loaded right after the wait, with the first weights,
+    // so that the term costs no memory round trip of its own after the loop.
+    constexpr int NL = kLora ? (R + W - 1) / W : 1;  // LoRA rows per warp
+    uint4 lb[NL];
+    float4 lz0[NL], lz1[NL];
+    const auto lora_preload = [&] {
+        if constexpr (kLora) {
+            int part[R], o[R];
+            qgemv_block_rows<R>(a, part, o);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                if (r % W != warp) continue;
+                const QGemvPart& pr = a.part[part[r]];
+                lb[r / W] = uint4{};
+                lz0[r / W] = lz1[r / W] = float4{};
+                if (pr.lora.b == nullptr || lane * 8 >= pr.lora.r) continue;
+                const long long row = min(o[r], pr.n_out - 1);
+                lb[r / W] = __ldg(reinterpret_cast<const uint4*>(pr.lora.b + row * pr.lora.r + lane * 8));
+                lz0[r / W] = __ldg(reinterpret_cast<const float4*>(pr.lora.z + lane * 8));
+                lz1[r / W] = __ldg(reinterpret_cast<const float4*>(pr.lora.z + lane * 8 + 4));
+            }
+        }
+    };
+
     // Steps 0 .. n_full-1 lie wholly inside n_in; a last step n_full exists when n_in % 512 != 0.
     const int n_full = n_in / kQGemvStep;
     const int n_steps = (ld + kQGemvStep - 1) / kQGemvStep;
@@ -268,6 +293,7 @@ __global__ void __launch_bounds__(kQGemvThreads)
     if constexpr (L == QGemvLoad::Registers) {
         constexpr int U = kQGemvUnroll<R>;
         pdl_enter();
+        lora_preload();
         int s = warp;
         for (; s + (U - 1) * W < n_full; s += U * W) {  // U steps at once: all loads, then the arithmetic
             uint4 wq[U][R];
@@ -323,6 +349,7 @@ __global__ void __launch_bounds__(kQGemvThreads)
             cp_async_commit();  // one group per step, empty ones included, so the wait count is fixed
         }
         pdl_enter();
+        lora_preload();
         for (int i = 0; i < n_mine; ++i) {
             if (i + P - 1 < n_mine) issue(i + P - 1);
             cp_async_commit();
@@ -339,32 +366,33 @@ __global__ void __launch_bounds__(kQGemvThreads)
         }
     }
 
-    // The LoRA terms (not scaled by the row scale): lane chunks of 8 bf16 of B's rows times z.
+    // The LoRA terms (not scaled by the row scale): B's row chunks of 8 bf16 times z, each row by
+    // its warp (the preloaded first chunk, then the ranks past 256).
     int part[R], o[R];  // recomputed rather than kept live through the loop (registers)
     qgemv_block_rows<R>(a, part, o);
     float accl[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) accl[r] = 0.f;
-    int max_rank = 0;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const QGemvLora& l = a.part[part[r]].lora;
-        max_rank = max(max_rank, l.b != nullptr ? l.r : 0);
-    }
-    for (int c = (warp * 32 + lane) * 8; c < max_rank; c += W * 32 * 8) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const QGemvPart& pr = a.part[part[r]];
-            if (pr.lora.b == nullptr || c >= pr.lora.r) continue;
-            const float4 z0 = __ldg(reinterpret_cast<const float4*>(pr.lora.z + c));
-            const float4 z1 = __ldg(reinterpret_cast<const float4*>(pr.lora.z + c + 4));
-            const long long row = min(o[r], pr.n_out - 1);
-            const uint4 bv = __ldg(reinterpret_cast<const uint4*>(pr.lora.b + row * pr.lora.r + c));
+    if constexpr (kLora) {
+        const auto bdot = [](uint4 bv, float4 z0, float4 z1) {
             const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&bv);
             const float2 b0 = __bfloat1622float2(h[0]), b1 = __bfloat1622float2(h[1]);
             const float2 b2 = __bfloat1622float2(h[2]), b3 = __bfloat1622float2(h[3]);
-            accl[r] += b0.x * z0.x + b0.y * z0.y + b1.x * z0.z + b1.y * z0.w + b2.x * z1.x + b2.y * z1.y +
-                       b3.x * z1.z + b3.y * z1.w;
+            return b0.x * z0.x + b0.y * z0.y + b1.x * z0.z + b1.y * z0.w + b2.x * z1.x + b2.y * z1.y + b3.x * z1.z +
+                   b3.y * z1.w;
+        };
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            if (r % W != warp) continue;
+            const QGemvPart& pr = a.part[part[r]];
+            if (pr.lora.b == nullptr) continue;
+            float v = lane * 8 < pr.lora.r ? bdot(lb[r / W], lz0[r / W], lz1[r / W]) : 0.f;
+            const long long row = min(o[r], pr.n_out - 1);
+            for (int c = lane * 8 + 32 * 8; c < pr.lora.r; c += 32 * 8)
+                v += bdot(__ldg(reinterpret_cast<const uint4*>(pr.lora.b + row * pr.lora.r + c)),
+                          __ldg(reinterpret_cast<const float4*>(pr.lora.z + c)),
+                          __ldg(reinterpret_cast<const float4*>(pr.lora.z + c + 4)));
+            accl[r] = v;
         }
     }
 
@@ -469,7 +497,11 @@ void launch_qgemv_int8_kernel(const QGemvConfig& c, const X* x, QGemvArgs a, cud
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = c.programmatic && device_info().compute_capability >= 90 ? 1 : 0;  // sm_90 feature
-    LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L>, x, a));
+    bool lora = false;
+    for (int i = 0; i < a.n_parts; ++i) lora = lora || a.part[i].lora.b != nullptr;
+    // kLora: an instance that holds the LoRA chunks in registers; the base GEMV keeps its count
+    LIMARP_CUDA_CHECK(lora ? cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L, true>, x, a)
+                           : cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L, false>, x, a));
     LIMARP_CUDA_CHECK_LAUNCH();
 }
 

@@ -65,13 +65,13 @@ public:
         cuda_api::qmatmul_int8(y, x, w_, T, accumulate, opt_);
     }
 
-    /// y = x · Wᵀ + z · Bᵀ: the product with one unmerged LoRA term (z = scale · x Aᵀ [T, r] and
+    /// y (=|+=) x · Wᵀ + z · Bᵀ: the product with one unmerged LoRA term (z = scale · x Aᵀ [T, r] and
     /// B bf16 [n_out, r], device pointers). One token: one pass, the B rows read next to the int8
     /// rows (`cuda_detail::QGemvLora`); more tokens: the product, then B accumulated. `Lora` calls
     /// it when the base has it (saves a launch per projection and token).
     void forward_lora(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T, const bf16* b,
-                      const float* z /*[T, r]*/, std::int64_t r) {
-        cuda_api::qmatmul_int8_lora(y, x, w_, T, opt_, b, z, r);
+                      const float* z /*[T, r]*/, std::int64_t r, bool accumulate = false) {
+        cuda_api::qmatmul_int8_lora(y, x, w_, T, opt_, b, z, r, accumulate);
     }
 
     /// An unmerged LoRA term for the fused forms: z · Bᵀ with B bf16 [n_out, r] and z [T, r] =
