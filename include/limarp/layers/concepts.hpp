@@ -26,7 +26,9 @@ namespace limarp {
 /// `L::try_forward_qkv(q, yq, k, yk, v, yv, x, T)` (three projections of the same x in one pass,
 /// `GqaAttention`) and `L::try_forward_swiglu(gate, up, h, x, T)` (h = silu(gate(x)) * up(x) in
 /// one pass, `SwiGluMlp`); a false return means "not for these operands": the caller runs the
-/// plain `forward`s. The CUDA int8 layer and `Lora` over it have them.
+/// plain `forward`s. The CUDA int8 layer and `Lora` over it have them. With
+/// `l.forward(y, x, T, accumulate)` (y += x · Wᵀ) `SwiGluMlp::forward_add` adds down_proj's
+/// output to the residual stream in the projection's own pass (`MistralBlock` uses it).
 template <class L>
 concept Linear = requires(L& l, const L& cl, float* y, const float* x, std::int64_t T, const LoadContext& ctx,
                           const std::string& name) {
