@@ -2,7 +2,7 @@
 /// \file pdl.cuh
 /// \brief Programmatic dependent launch (sm_90) for the kernels of a decode step.
 ///
-/// A decode step is a chain of ~15 short kernels per layer; between two plain launches the GPU
+/// A decode step is a chain of short kernels (9 per layer); between two plain launches the GPU
 /// drains the first kernel completely, flushes its writes and only then starts the second one's
 /// blocks, a few microseconds per edge that no byte moves in. With programmatic dependent launch
 /// the next kernel is launched while the current one still runs:
@@ -14,11 +14,11 @@
 ///   (`griddepcontrol.launch_dependents`), which lets the *next* kernel launch once every block of
 ///   this one has passed its wait. Triggering only after the wait keeps at most one kernel
 ///   waiting ahead of the running one, so waiting blocks never crowd out running ones;
-/// - before its wait a GEMV only touches its weights, which no kernel writes: it issues its first
-///   weight loads, so they stream from HBM while the previous kernel (a norm, RoPE, the
-///   attention: latency bound, HBM idle) finishes. (Asking the L2 for each block's whole rows
-///   with `cp.async.bulk.prefetch.L2` instead made decode 9% slower on an H200:
-///   benchmarks/NOTES.md.)
+/// - before its wait a kernel may touch what no kernel of the step writes: the bf16 GEMVs issue
+///   their first weight loads there, the int8 GEMV's cp.async path its first copies. (The int8
+///   register path waits first: hoisting its loads above the wait, or asking the L2 for each
+///   block's rows with `cp.async.bulk.prefetch.L2`, made decode slower on an H200:
+///   benchmarks/NOTES.md, session 5.)
 /// `pdl_enter()` is the usual prologue: wait, then trigger. A kernel launched through
 /// `launch_chained` that did not wait would race with its predecessor: only kernels that start
 /// with `pdl_enter()` (or call `pdl_wait()` before their first dependent access) may be.
