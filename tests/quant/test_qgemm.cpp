@@ -5,6 +5,7 @@
 #include <boost/mpl/list.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -219,6 +220,44 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(accumulate_adds_to_y, A, Archs) {
             b = y0;
             ops::qmatmul_wt(Cpu<A>{}, b.data(), x.data(), wq, T, true, opt, &p2);
             for (std::size_t i = 0; i < a.size(); ++i) BOOST_CHECK_SMALL(b[i] - (y0[i] + a[i]), 1e-5f);
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE_TEMPLATE(lora_term_in_the_gemv_pass_matches_two_passes, A, Archs) {
+    // ops::qmatmul_wt_lora (the B rows added by each GEMV thread right after its weight rows)
+    // against qmatmul_wt followed by a bf16 matmul_wt accumulating z · Bᵀ: the same dot tiles, so
+    // the same values up to f32 rounding (bitwise for one token); T = 5 and 9 take the two-pass
+    // fallback of the GEMM path. Odd shapes, ranks 8 and 13, both activation modes, overwrite and
+    // accumulate, 1 and 2 threads.
+    ThreadPool p1(1), p2(2);
+    const std::int64_t n_in = 200, n_out = 37;
+    const auto w = QuantizedWeight<Int8Rowwise>::quantize(random_weight(n_out, n_in, 61u), &p1);
+    for (std::int64_t r : {8, 13}) {
+        const auto bf = test::random_floats(static_cast<std::size_t>(n_out * r), 67u + r, -0.5f, 0.5f);
+        std::vector<bf16> b(bf.size());
+        for (std::size_t i = 0; i < bf.size(); ++i) b[i] = bf16{f32_to_bf16(bf[i])};
+        for (std::int64_t T : {1, 2, 4, 5, 9}) {
+            const auto x = test::random_floats(static_cast<std::size_t>(T * n_in), 71u + T, -2.0f, 2.0f);
+            const auto z = test::random_floats(static_cast<std::size_t>(T * r), 73u + T, -1.0f, 1.0f);
+            const auto y0 = test::random_floats(static_cast<std::size_t>(T * n_out), 79u + T);
+            for (const QuantOptions& opt : {QuantOptions::int8(6.0f), QuantOptions::weight_only()})
+                for (const bool acc : {false, true})
+                    for (ThreadPool* p : {&p1, &p2}) {
+                        std::vector<float> want = y0, got = y0;
+                        ops::qmatmul_wt(Cpu<A>{}, want.data(), x.data(), w, T, acc, opt, p);
+                        ops::matmul_wt(Cpu<A>{}, want.data(), z.data(), b.data(), T, r, n_out, true, p);
+                        ops::qmatmul_wt_lora(Cpu<A>{}, got.data(), x.data(), w, T, acc, opt, b.data(), z.data(), r,
+                                             p);
+                        double worst = 0;
+                        for (std::size_t i = 0; i < got.size(); ++i)
+                            worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - want[i]) /
+                                                        (std::fabs(static_cast<double>(want[i])) + 1e-3));
+                        BOOST_TEST(worst <= (T == 1 ? 0.0 : 1e-6),
+                                   isa_name<A>() << " r " << r << " T " << T << (opt.int8_activations ? " int8" : " f32")
+                                                 << (acc ? " accumulate" : "") << " threads " << p->size()
+                                                 << ": max relative difference " << worst);
+                    }
         }
     }
 }

@@ -126,6 +126,16 @@ public:
         ops::qmatmul_wt(B{}, y, x, w_, T, accumulate, opt_);
     }
 
+    /// y (=|+=) x · Wᵀ + z · Bᵀ with one unmerged LoRA term (z = scale · x Aᵀ [T, r], B bf16
+    /// [n_out, r]): int8 row-wise weights, the B rows added in the GEMV's own pass
+    /// (`ops::qmatmul_wt_lora`). `Lora` calls it when the base has it.
+    void forward_lora(float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, std::int64_t T, const bf16* b,
+                      const float* z /*[T, r]*/, std::int64_t r, bool accumulate = false)
+        requires std::is_same_v<Scheme, Int8Rowwise>
+    {
+        ops::qmatmul_wt_lora(B{}, y, x, w_, T, accumulate, opt_, b, z, r);
+    }
+
     /// W += alpha · delta in the 8-bit format (an in-memory LoRA merge into a quantized base):
     /// dequantize, add in f32, quantize again with fresh scales (the layer then owns its bytes;
     /// a mapped checkpoint is not touched). Returns the largest |stored - exact| of the result,

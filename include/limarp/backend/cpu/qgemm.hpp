@@ -151,6 +151,50 @@ void qmatmul_wt(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, c
     (void)n_out;
 }
 
+/// y (=|+=) x · Wᵀ + z · Bᵀ: `qmatmul_wt` with one unmerged LoRA term (B bf16 [n_out, r]
+/// row-major, z [T, r] = scale · x Aᵀ) in the same pass where the GEMV path runs (T <=
+/// kQGemvMaxRows, or any T on the scalar ISA with int8 activations): each thread adds the B rows
+/// of its group of 4 weight rows right after them (the `matmul_wt` dot tiles, so the term equals
+/// that of a separate bf16 `matmul_wt` pass), with no second parallel pass over y. Other shapes run
+/// the product, then `matmul_wt` accumulating z · Bᵀ.
+/// \pre as `qmatmul_wt`; b and z do not overlap y.
+template <class A>
+void qmatmul_wt_lora(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/,
+                     const QuantizedWeight<Int8Rowwise>& w, std::int64_t T, bool accumulate, const QuantOptions& opt,
+                     const bf16* b /*[n_out, r]*/, const float* z /*[T, r]*/, std::int64_t r,
+                     ThreadPool* pool = nullptr) {
+    using namespace qdetail;
+    if (T <= 0 || w.n_out() <= 0) return;
+    ThreadPool& p = pool ? *pool : ThreadPool::global();
+    constexpr QIsa I = qisa<A>();
+    const std::int64_t n_in = w.n_in(), n_out = w.n_out();
+    const bool gemv = T <= kQGemvMaxRows || (opt.int8_activations && I == QIsa::Scalar);
+    if (!gemv || r <= 0) {
+        qmatmul_wt(Cpu<A>{}, y, x, w, T, accumulate, opt, &p);
+        if (r > 0) matmul_wt(Cpu<A>{}, y, z, b, T, r, n_out, /*accumulate=*/true, &p);
+        return;
+    }
+    constexpr bool wide_regs = cpu_detail::lanes<A> >= 16;
+    const auto lora = [&](std::int64_t o, int g) {  // y[:, o .. o+g) += z · B[o .. o+g)ᵀ
+        if (T == 1) {
+            cpu_detail::dot_tile_dispatch<A, 1, 4>(1, g, y + o, n_out, z, r, b + o * r, r, true);
+            return;
+        }
+        constexpr int G = wide_regs ? 4 : 3;
+        for (int g0 = 0; g0 < g; g0 += G)
+            for (std::int64_t t = 0; t < T; t += 4)
+                cpu_detail::dot_tile_dispatch<A, 4, G>(static_cast<int>(std::min<std::int64_t>(4, T - t)),
+                                                       std::min(G, g - g0), y + t * n_out + o + g0, n_out, z + t * r,
+                                                       r, b + (o + g0) * r, r, true);
+    };
+    if (!opt.int8_activations) {
+        gemv_i8w<I>(y, x, w, T, accumulate, p, lora);
+        return;
+    }
+    const XQuant xq = quantize_x_int8<A, I>(x, T, n_in, opt.outlier_threshold, XFormat::S8, 0, p);
+    gemv_i8<I>(y, xq, w, T, accumulate, p, lora);
+}
+
 /// y (=|+=) x · Wᵀ with GGUF Q8_0 weights.
 ///
 /// int8 activations (`opt.int8_activations`; the outlier threshold does not apply): every block

@@ -297,10 +297,17 @@ inline constexpr int kGemvRows = 4;
 /// x rows per GEMV tile.
 inline constexpr int kGemvX = 4;
 
+/// The GEMVs' per-group hook: nothing.
+struct NoGroupEpilogue {
+    void operator()(std::int64_t, int) const noexcept {}
+};
+
 /// GEMV-style int8 x int8 product for any T: parallel over groups of weight rows, every weight
-/// row streamed once from memory per call (per kGemvX rows of x).
-template <QIsa I>
-void gemv_i8(float* y, const XQuant& xq, const I8Weight& w, std::int64_t T, bool accumulate, ThreadPool& pool) {
+/// row streamed once from memory per call (per kGemvX rows of x). `epi(o, g)` runs after the
+/// group of rows [o, o + g) is done, on the thread that did it (e.g. a LoRA term of those rows).
+template <QIsa I, class Epi = NoGroupEpilogue>
+void gemv_i8(float* y, const XQuant& xq, const I8Weight& w, std::int64_t T, bool accumulate, ThreadPool& pool,
+             const Epi& epi = {}) {
     const std::int64_t n_out = w.n_out();
     const std::int64_t n_groups = (n_out + kGemvRows - 1) / kGemvRows;
     for_each_range(pool, n_groups, static_cast<double>(T * kGemvRows * w.n_in()) / 16.0,
@@ -313,13 +320,15 @@ void gemv_i8(float* y, const XQuant& xq, const I8Weight& w, std::int64_t T, bool
                                tile_dispatch<GemvI8Tile, I, kGemvX, kGemvRows>(rx, g, y, n_out, xq, t, w, o,
                                                                               accumulate);
                            }
+                           epi(o, g);
                        }
                    });
 }
 
-/// GEMV-style weight-only product (f32 x) for any T.
-template <QIsa I>
-void gemv_i8w(float* y, const float* x, const I8Weight& w, std::int64_t T, bool accumulate, ThreadPool& pool) {
+/// GEMV-style weight-only product (f32 x) for any T; `epi` as in `gemv_i8`.
+template <QIsa I, class Epi = NoGroupEpilogue>
+void gemv_i8w(float* y, const float* x, const I8Weight& w, std::int64_t T, bool accumulate, ThreadPool& pool,
+              const Epi& epi = {}) {
     const std::int64_t n_out = w.n_out(), n_in = w.n_in();
     const std::int64_t n_groups = (n_out + kGemvRows - 1) / kGemvRows;
     for_each_range(pool, n_groups, static_cast<double>(T * kGemvRows * n_in) / 8.0,
@@ -332,6 +341,7 @@ void gemv_i8w(float* y, const float* x, const I8Weight& w, std::int64_t T, bool 
                                tile_dispatch<GemvI8wTile, I, kGemvX, kGemvRows>(rx, g, y, n_out, x, n_in, t, w, o,
                                                                                accumulate);
                            }
+                           epi(o, g);
                        }
                    });
 }
