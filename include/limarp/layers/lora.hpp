@@ -130,7 +130,7 @@ private:
             return z;
         };
         const LoraFactors* fused = nullptr;
-        // A base with `forward_lora` (the CUDA int8 layer) adds the first active adapter's B
+        // A base with `forward_lora` (the int8 row-wise layer, CPU and CUDA) adds the first active adapter's B
         // product inside its own pass: z = scale · x Aᵀ first, then base + z Bᵀ.
         if constexpr (requires(Base& b, const bf16* bb, const float* z) { b.forward_lora(y, x, T, bb, z, T, true); }) {
             for (auto& f : factors_) {
