@@ -50,6 +50,8 @@ struct LoraFactors {
     bool merged = false;  ///< true while folded into the base weight
     /// Effective scale.
     float scale() const noexcept { return file_scale * user_scale; }
+    /// Whether the forward adds it (unmerged, non-zero scale).
+    bool active() const noexcept { return !merged && scale() != 0.0f; }
 };
 
 /// Statistics of a merge or unmerge.
@@ -134,7 +136,7 @@ private:
         // product inside its own pass: z = scale · x Aᵀ first, then base + z Bᵀ.
         if constexpr (requires(Base& b, const bf16* bb, const float* z) { b.forward_lora(y, x, T, bb, z, T, true); }) {
             for (auto& f : factors_) {
-                if (f.merged || f.scale() == 0.0f || f.B.dtype != DType::BF16) continue;
+                if (!f.active() || f.B.dtype != DType::BF16) continue;
                 const float* z = a_product(f);
                 base_.forward_lora(y, x, T, f.B.as<bf16>(), z, f.A.shape[0], accumulate);
                 fused = &f;
@@ -148,7 +150,7 @@ private:
                 base_.forward(y, x, T);  // accumulate is false: the public overload requires the form above
         }
         for (auto& f : factors_) {
-            if (&f == fused || f.merged || f.scale() == 0.0f) continue;
+            if (&f == fused || !f.active()) continue;
             const std::int64_t r = f.A.shape[0];
             const float* z = a_product(f);
             visit_weight(f.B, [&](const auto* b) {
@@ -290,7 +292,7 @@ public:
     {
         base_.forward_train(y, x, T);
         for (auto& f : factors_) {
-            if (f.merged || f.scale() == 0.0f) continue;
+            if (!f.active()) continue;
             const std::int64_t r = f.A.shape[0];
             const float* xin = dropped_input(f, x, T);
             float* z = scratch(0, T * r);
@@ -368,7 +370,7 @@ private:
     bool fusable() const {
         int active = 0;
         for (const auto& f : factors_) {
-            if (f.merged || f.scale() == 0.0f) continue;
+            if (!f.active()) continue;
             if (f.B.dtype != DType::BF16 || ++active > 1) return false;
         }
         return true;
@@ -376,7 +378,7 @@ private:
     /// The active adapter, or null.
     const LoraFactors* active_adapter() const {
         for (const auto& f : factors_)
-            if (!f.merged && f.scale() != 0.0f) return &f;
+            if (f.active()) return &f;
         return nullptr;
     }
     /// The base's LoRA terms of the active adapters of N layers that share x (z = scale · x Aᵀ

@@ -85,30 +85,49 @@ inline void dot_tile_dispatch(int rx, int g, float* y, std::int64_t ldy, const f
     dot_tile<A, RX, G>(y, ldy, x, ldx, w, n_in, accumulate);
 }
 
+/// Weight rows per dot tile of the few-rows matmul_wt: 4 for one row of x (or with AVX-512's 32
+/// vector registers), else 3.
+template <class A>
+inline int dot_tile_rows(std::int64_t T) noexcept {
+    return T == 1 || lanes<A> >= 16 ? 4 : 3;
+}
+
+/// y[:, o .. o+g) (=|+=) x · w[o .. o+g)ᵀ for the T rows of x, in dot tiles of up to 4 x rows and
+/// `dot_tile_rows<A>(T)` weight rows: one group of the few-rows matmul_wt, also the LoRA term
+/// the int8 GEMV adds to each of its groups of rows (`ops::qmatmul_wt_lora`).
+template <class A, class W>
+inline void matmul_wt_row_group(float* y, const float* x, const W* w, std::int64_t T, std::int64_t n_in,
+                                std::int64_t n_out, std::int64_t o, int g, bool accumulate) noexcept {
+    constexpr int RX = 4;
+    const int G = dot_tile_rows<A>(T);
+    for (int g0 = 0; g0 < g; g0 += G) {
+        const int gg = std::min(G, g - g0);
+        const W* wg = w + (o + g0) * n_in;
+        for (std::int64_t t = 0; t < T; t += RX) {
+            const int rx = static_cast<int>(std::min<std::int64_t>(RX, T - t));
+            if (T == 1)
+                dot_tile_dispatch<A, 1, 4>(1, gg, y + o + g0, n_out, x, n_in, wg, n_in, accumulate);
+            else if constexpr (lanes<A> >= 16)
+                dot_tile_dispatch<A, RX, 4>(rx, gg, y + t * n_out + o + g0, n_out, x + t * n_in, n_in, wg, n_in,
+                                            accumulate);
+            else
+                dot_tile_dispatch<A, RX, 3>(rx, gg, y + t * n_out + o + g0, n_out, x + t * n_in, n_in, wg, n_in,
+                                            accumulate);
+        }
+    }
+}
+
 /// Few-rows matmul_wt: parallel over groups of output rows, every weight row read once.
 template <class A, class W>
 void matmul_wt_rows(float* y, const float* x, const W* w, std::int64_t T, std::int64_t n_in, std::int64_t n_out,
                     bool accumulate, ThreadPool& pool) {
-    constexpr bool wide_regs = lanes<A> >= 16;  // AVX-512: 32 vector registers
-    constexpr int RX = 4;
-    constexpr int G = 4;  // weight rows per dot tile when T == 1
-    const int g_rows = T == 1 ? G : (wide_regs ? 4 : 3);
+    const int g_rows = dot_tile_rows<A>(T);
     const std::int64_t n_groups = (n_out + g_rows - 1) / g_rows;
     auto body = [&](std::int64_t gb, std::int64_t ge) {
         for (std::int64_t gi = gb; gi < ge; ++gi) {
             const std::int64_t o = gi * g_rows;
-            const int g = static_cast<int>(std::min<std::int64_t>(g_rows, n_out - o));
-            for (std::int64_t t = 0; t < T; t += RX) {
-                const int rx = static_cast<int>(std::min<std::int64_t>(RX, T - t));
-                if (T == 1)
-                    dot_tile_dispatch<A, 1, G>(1, g, y + o, n_out, x, n_in, w + o * n_in, n_in, accumulate);
-                else if constexpr (wide_regs)
-                    dot_tile_dispatch<A, RX, 4>(rx, g, y + t * n_out + o, n_out, x + t * n_in, n_in, w + o * n_in,
-                                                n_in, accumulate);
-                else
-                    dot_tile_dispatch<A, RX, 3>(rx, g, y + t * n_out + o, n_out, x + t * n_in, n_in, w + o * n_in,
-                                                n_in, accumulate);
-            }
+            matmul_wt_row_group<A>(y, x, w, T, n_in, n_out, o,
+                                   static_cast<int>(std::min<std::int64_t>(g_rows, n_out - o)), accumulate);
         }
     };
     // Each group costs ~T * g_rows * n_in multiply-adds.

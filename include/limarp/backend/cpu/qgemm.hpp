@@ -154,8 +154,8 @@ void qmatmul_wt(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, c
 /// y (=|+=) x · Wᵀ + z · Bᵀ: `qmatmul_wt` with one unmerged LoRA term (B bf16 [n_out, r]
 /// row-major, z [T, r] = scale · x Aᵀ) in the same pass where the GEMV path runs (T <=
 /// kQGemvMaxRows, or any T on the scalar ISA with int8 activations): each thread adds the B rows
-/// of its group of 4 weight rows right after them (the `matmul_wt` dot tiles, so the term equals
-/// that of a separate bf16 `matmul_wt` pass), with no second parallel pass over y. Other shapes run
+/// of its group of 4 weight rows right after them (`cpu_detail::matmul_wt_row_group`, the dot
+/// tiles of the few-rows `matmul_wt`, so the term equals that of a separate bf16 `matmul_wt` pass), with no second parallel pass over y. Other shapes run
 /// the product, then `matmul_wt` accumulating z · Bᵀ.
 /// \pre as `qmatmul_wt`; b and z do not overlap y.
 template <class A>
@@ -174,18 +174,8 @@ void qmatmul_wt_lora(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]
         if (r > 0) matmul_wt(Cpu<A>{}, y, z, b, T, r, n_out, /*accumulate=*/true, &p);
         return;
     }
-    constexpr bool wide_regs = cpu_detail::lanes<A> >= 16;
     const auto lora = [&](std::int64_t o, int g) {  // y[:, o .. o+g) += z · B[o .. o+g)ᵀ
-        if (T == 1) {
-            cpu_detail::dot_tile_dispatch<A, 1, 4>(1, g, y + o, n_out, z, r, b + o * r, r, true);
-            return;
-        }
-        constexpr int G = wide_regs ? 4 : 3;
-        for (int g0 = 0; g0 < g; g0 += G)
-            for (std::int64_t t = 0; t < T; t += 4)
-                cpu_detail::dot_tile_dispatch<A, 4, G>(static_cast<int>(std::min<std::int64_t>(4, T - t)),
-                                                       std::min(G, g - g0), y + t * n_out + o + g0, n_out, z + t * r,
-                                                       r, b + (o + g0) * r, r, true);
+        cpu_detail::matmul_wt_row_group<A>(y, z, b, T, r, n_out, o, g, /*accumulate=*/true);
     };
     if (!opt.int8_activations) {
         gemv_i8w<I>(y, x, w, T, accumulate, p, lora);
