@@ -137,6 +137,27 @@ __device__ __forceinline__ uint4 load_bf16x8_streaming(const __nv_bfloat16* p) {
     return v;
 }
 
+// The VEC steps of the bf16 GEMVs for one lane: sum over k = k0, k0 + kStride, ... < n_in of the
+// 8 weights of `row` at k times x[k .. k+7]. The first chunk's weights (which no kernel writes)
+// are loaded before pdl_enter(), each next one before the current chunk's arithmetic. Every lane
+// calls it (pdl_enter() is for the whole grid); a lane without a row (has_row false) returns 0.
+template <int kStride>
+__device__ __forceinline__ float bf16_row_dot_chained(const __nv_bfloat16* row, const float* __restrict__ x,
+                                                      int n_in, int k0, bool has_row) {
+    uint4 wv{};
+    if (has_row && k0 < n_in) wv = load_bf16x8_streaming(row + k0);
+    pdl_enter();
+    float acc = 0.0f;
+    if (!has_row) return acc;
+    for (int k = k0; k < n_in; k += kStride) {
+        const uint4 cur = wv;
+        if (k + kStride < n_in) wv = load_bf16x8_streaming(row + k + kStride);
+        acc += dot8_bf16(cur, __ldg(reinterpret_cast<const float4*>(x + k)),
+                         __ldg(reinterpret_cast<const float4*>(x + k + 4)));
+    }
+    return acc;
+}
+
 // One token with bf16 weights (decode: LoRA factors, the lm_head, dense projections):
 // y[o] (=|+=) sum_k W[o, k] x[k], f32 accumulation of the exact bf16 x f32 products. 8 warps per
 // block; WPR warps share a row (split-K, partial sums through shared memory: WPR = 8 for short
@@ -155,24 +176,7 @@ __global__ void __launch_bounds__(256)
     float acc = 0.0f;
     const __nv_bfloat16* row = w + static_cast<long long>(o < n_out ? o : 0) * n_in;
     if constexpr (VEC) {
-        constexpr int kStride = 256 * WPR;
-        int k = (slice * 32 + lane) * 8;
-        uint4 wv{};
-        if (o < n_out && k < n_in) wv = load_bf16x8_streaming(row + k);
-        pdl_enter();
-        if (o < n_out) {
-            for (; k < n_in; k += kStride) {
-                const uint4 cur = wv;
-                if (k + kStride < n_in) wv = load_bf16x8_streaming(row + k + kStride);
-                const float4 x0 = __ldg(reinterpret_cast<const float4*>(x + k));
-                const float4 x1 = __ldg(reinterpret_cast<const float4*>(x + k + 4));
-                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&cur);
-                const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
-                const float2 c = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
-                acc += a.x * x0.x + a.y * x0.y + b.x * x0.z + b.y * x0.w + c.x * x1.x + c.y * x1.y + d.x * x1.z +
-                       d.y * x1.w;
-            }
-        }
+        acc = bf16_row_dot_chained<256 * WPR>(row, x, n_in, (slice * 32 + lane) * 8, o < n_out);
     } else {
         pdl_enter();
         if (o < n_out)
@@ -215,23 +219,8 @@ __global__ void __launch_bounds__(256) gemv_bf16_group_kernel(const float* __res
     float alpha = g.alpha[0];
     if (p == 1) w = g.w[1], y = g.y[1], alpha = g.alpha[1];
     if (p == 2) w = g.w[2], y = g.y[2], alpha = g.alpha[2];
-    const __nv_bfloat16* wr = w + static_cast<long long>(o) * g.n_in;
-    constexpr int kStride = 256 * 8;
-    int k = (warp * 32 + lane) * 8;
-    uint4 wv{};
-    if (k < g.n_in) wv = load_bf16x8_streaming(wr + k);  // weights: before the wait
-    pdl_enter();
-    float acc = 0.0f;
-    for (; k < g.n_in; k += kStride) {
-        const uint4 cur = wv;
-        if (k + kStride < g.n_in) wv = load_bf16x8_streaming(wr + k + kStride);
-        const float4 x0 = __ldg(reinterpret_cast<const float4*>(x + k));
-        const float4 x1 = __ldg(reinterpret_cast<const float4*>(x + k + 4));
-        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&cur);
-        const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
-        const float2 c = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
-        acc += a.x * x0.x + a.y * x0.y + b.x * x0.z + b.y * x0.w + c.x * x1.x + c.y * x1.y + d.x * x1.z + d.y * x1.w;
-    }
+    float acc = bf16_row_dot_chained<256 * 8>(w + static_cast<long long>(o) * g.n_in, x, g.n_in,
+                                              (warp * 32 + lane) * 8, true);
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (lane == 0) part[warp] = acc;
@@ -436,17 +425,6 @@ void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int6
     outlier_gemm();
 }
 
-void qmatmul_int8_lora(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, const QuantOptions& opt,
-                       const void* b_bf16, const float* z, std::int64_t r, bool accumulate) {
-    using namespace cuda_detail;
-    if (T <= 0 || w.n_out() <= 0) return;
-    if (T == 1 && r > 0 && r % 8 == 0 && aligned_to(x, 16) && aligned_to(b_bf16, 16) && aligned_to(z, 16))
-        return ops::qgemv_int8(Cuda<90>{}, y, x, w, accumulate, stream(),
-                               QGemvLora{static_cast<const __nv_bfloat16*>(b_bf16), z, static_cast<int>(r)});
-    qmatmul_int8(y, x, w, T, accumulate, opt);
-    matmul_wt_bf16(y, z, b_bf16, T, r, w.n_out(), /*accumulate=*/true);
-}
-
 namespace {
 // The GEMV form of a fused product, or false when its operands do not allow it.
 bool gemv_target(const FusedGemv& p, const float* x, std::int64_t n_in, cuda_detail::QGemvTarget& t) {
@@ -462,6 +440,17 @@ bool gemv_target(const FusedGemv& p, const float* x, std::int64_t n_in, cuda_det
     return true;
 }
 }  // namespace
+
+void qmatmul_int8_lora(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, const QuantOptions& opt,
+                       const void* b_bf16, const float* z, std::int64_t r, bool accumulate) {
+    if (T <= 0 || w.n_out() <= 0) return;
+    cuda_detail::QGemvTarget t;
+    if (T == 1 && gemv_target(FusedGemv{y, &w, b_bf16, z, r}, x, w.n_in(), t))
+        return ops::qgemv_int8(Cuda<90>{}, y, x, w, accumulate, stream(), t.lora);
+    qmatmul_int8(y, x, w, T, accumulate, opt);
+    matmul_wt_bf16(y, z, b_bf16, T, r, w.n_out(), /*accumulate=*/true);
+}
+
 
 bool qmatmul_int8_group(const float* x, std::int64_t T, const FusedGemv* products, int n) {
     using cuda_detail::QGemvTarget;

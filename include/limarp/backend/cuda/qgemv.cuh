@@ -51,7 +51,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -196,7 +195,7 @@ struct QGemvPart {
     QGemvLora lora{};                ///< optional unmerged LoRA term
 };
 
-/// The kernel's arguments: up to `kQGemvMaxParts` weights with the same input x (one launch for
+/// The kernel's arguments: up to `kMaxParts` weights with the same input x (one launch for
 /// q/k/v), each over its own blocks, or (`gated`) two weights of the same shape read side by side,
 /// gate and up, whose rows meet in the epilogue: y = parts[0].y = silu(gate x) * (up x).
 struct QGemvArgs {
@@ -374,24 +373,17 @@ __global__ void __launch_bounds__(kQGemvThreads)
 #pragma unroll
     for (int r = 0; r < R; ++r) accl[r] = 0.f;
     if constexpr (kLora) {
-        const auto bdot = [](uint4 bv, float4 z0, float4 z1) {
-            const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&bv);
-            const float2 b0 = __bfloat1622float2(h[0]), b1 = __bfloat1622float2(h[1]);
-            const float2 b2 = __bfloat1622float2(h[2]), b3 = __bfloat1622float2(h[3]);
-            return b0.x * z0.x + b0.y * z0.y + b1.x * z0.z + b1.y * z0.w + b2.x * z1.x + b2.y * z1.y + b3.x * z1.z +
-                   b3.y * z1.w;
-        };
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             if (r % W != warp) continue;
             const QGemvPart& pr = a.part[part[r]];
             if (pr.lora.b == nullptr) continue;
-            float v = lane * 8 < pr.lora.r ? bdot(lb[r / W], lz0[r / W], lz1[r / W]) : 0.f;
+            float v = lane * 8 < pr.lora.r ? dot8_bf16(lb[r / W], lz0[r / W], lz1[r / W]) : 0.f;
             const long long row = min(o[r], pr.n_out - 1);
             for (int c = lane * 8 + 32 * 8; c < pr.lora.r; c += 32 * 8)
-                v += bdot(__ldg(reinterpret_cast<const uint4*>(pr.lora.b + row * pr.lora.r + c)),
-                          __ldg(reinterpret_cast<const float4*>(pr.lora.z + c)),
-                          __ldg(reinterpret_cast<const float4*>(pr.lora.z + c + 4)));
+                v += dot8_bf16(__ldg(reinterpret_cast<const uint4*>(pr.lora.b + row * pr.lora.r + c)),
+                               __ldg(reinterpret_cast<const float4*>(pr.lora.z + c)),
+                               __ldg(reinterpret_cast<const float4*>(pr.lora.z + c + 4)));
             accl[r] = v;
         }
     }
@@ -439,36 +431,18 @@ __global__ void __launch_bounds__(kQGemvThreads)
     }
 }
 
-/// The largest rows per block the default configuration takes: 4, or `LIMARP_CUDA_QGEMV_MAX_ROWS`
-/// = 1 | 2 | 4 | 8 (read once; a measurement switch). \throws ArgumentError for another value
-inline int qgemv_max_rows() {
-    static const int rows = [] {
-        const char* e = std::getenv("LIMARP_CUDA_QGEMV_MAX_ROWS");
-        const std::string v = e ? e : "";
-        if (v.empty()) return 4;
-        if (v == "1" || v == "2" || v == "4" || v == "8") return std::stoi(v);
-        throw ArgumentError("LIMARP_CUDA_QGEMV_MAX_ROWS must be 1, 2, 4 or 8, got '" + v + "'");
-    }();
-    return rows;
-}
-
 /// The configuration `ops::qgemv_int8` uses for `n_rows` weight rows in one launch (all parts;
 /// both halves when gated) on a device with `sm_count` multiprocessors: `QGemvLoad::Registers`
-/// with the largest R of 8, 4, 2 up to `qgemv_max_rows()` that still gives at least
-/// 2 * sm_count blocks, else 2 (on the H100: R = 4 for n_out >= 1056, R = 2 for k/v's 1024
-/// rows), picked from the H100 measurements in benchmarks/NOTES.md, where it was the fastest
-/// configuration for every Mistral shape (R = 2 and 4 within 1% for gate/up); programmatic launch
-/// where `pdl_enabled()`.
+/// with R = 4 when that still gives at least 2 * sm_count blocks, else 2 (1 for a single row;
+/// on the H100: R = 4 for n_out >= 1056, R = 2 for k/v's 1024 rows), picked from the H100
+/// measurements in benchmarks/NOTES.md, where it was the fastest configuration for every Mistral
+/// shape (R = 2 and 4 within 1% for gate/up; R = 8 was slower in the whole model on an H200);
+/// programmatic launch where `pdl_enabled()`.
 inline QGemvConfig qgemv_default_config(std::int64_t n_rows, int sm_count) {
     QGemvConfig c;
     c.programmatic = pdl_enabled();
     c.load = QGemvLoad::Registers;
-    c.rows = n_rows >= 2 ? 2 : 1;
-    for (int r : {8, 4})
-        if (r <= qgemv_max_rows() && (n_rows + r - 1) / r >= 2 * static_cast<std::int64_t>(sm_count)) {
-            c.rows = r;
-            break;
-        }
+    c.rows = (n_rows + 3) / 4 >= 2 * static_cast<std::int64_t>(sm_count) ? 4 : (n_rows >= 2 ? 2 : 1);
     return c;
 }
 

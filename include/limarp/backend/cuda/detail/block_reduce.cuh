@@ -82,6 +82,15 @@ __device__ __forceinline__ float2 bf16x2_to_f32(unsigned u) {
     return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
 }
 
+/// sum_i w_i x_i over 8 bf16 weights packed in `w` (low half first) and 8 f32 values x0, x1, as
+/// one left-to-right expression: the bf16 GEMVs' and the fused LoRA term's step.
+__device__ __forceinline__ float dot8_bf16(uint4 w, float4 x0, float4 x1) {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&w);
+    const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+    const float2 c = __bfloat1622float2(h[2]), d = __bfloat1622float2(h[3]);
+    return a.x * x0.x + a.y * x0.y + b.x * x0.z + b.y * x0.w + c.x * x1.x + c.y * x1.y + d.x * x1.z + d.y * x1.w;
+}
+
 /// Loads 4 consecutive elements (f32: one 16-byte load; bf16: one 8-byte load) as f32.
 /// \pre p is aligned to 4 elements.
 __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
