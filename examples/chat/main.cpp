@@ -26,6 +26,7 @@
 #include "common/model_dispatch.hpp"
 #include "common/program.hpp"
 #include "common/sampler_flags.hpp"
+#include "common/token_picker.hpp"
 #include "common/tokenizer_loading.hpp"
 #include "limarp/generate/generator.hpp"
 #include "limarp/generate/sampler.hpp"
@@ -142,7 +143,7 @@ int main(int argc, char** argv) {
         int max_new = 300, threads = 0, delay_ms = 0;
         std::int64_t context = 4096;
         std::uint64_t seed = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-        bool show_prompt = false;
+        bool show_prompt = false, host_sampling = false;
         programs::SamplerFlags sf;
         // LimaRP's model card: low temperature, high repetition penalty, short penalty range.
         sf.p.temperature = 0.7f;
@@ -182,6 +183,9 @@ int main(int argc, char** argv) {
         app.add_option("--adapter", mo.adapters,
                        "PEFT LoRA adapter folder (e.g. LimaRP-MistralOrca-7B), optionally :SCALE (repeatable)");
         app.add_flag("--show-prompt", show_prompt, "print each prompt to stderr before the reply");
+        app.add_flag("--host-sampling", host_sampling,
+                     "with --device cuda: copy the logits back and sample on the CPU (default: on the GPU, when its "
+                     "sampler takes the settings: penalties first, then top-k, top-p, min-p, temperature)");
         app.add_option("--delay-ms", delay_ms, "pause after each token (demos and tests of streaming and Ctrl-C)")
             ->check(CLI::NonNegativeNumber);
         try {
@@ -220,7 +224,9 @@ int main(int argc, char** argv) {
                 tok.add_special_token("<|im_start|>", 32001);
             }
             if (format == "chatml") text::ChatMlPrompt::require_chatml_tokens(tok);
-            generate::Generator<std::remove_reference_t<decltype(model)>> gen(model, &tok, max_new + 64);
+            using Model = std::remove_reference_t<decltype(model)>;
+            generate::Generator<Model> gen(model, &tok, max_new + 64);
+            programs::TokenPicker<Model> picker(sampler, host_sampling);
 
             struct sigaction sa {};
             sa.sa_handler = on_sigint;
@@ -274,8 +280,8 @@ int main(int argc, char** argv) {
                 g_generating = true;
                 generate::GenerationResult r;
                 try {
-                    r = gen.generate(
-                        ids, sampler, opt, [](std::string_view piece) { out(piece); },
+                    r = picker.generate(
+                        gen, ids, opt, [](std::string_view piece) { out(piece); },
                         [&](std::int32_t) {
                             if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
                         });

@@ -14,6 +14,7 @@
 #include "common/model_dispatch.hpp"
 #include "common/program.hpp"
 #include "common/sampler_flags.hpp"
+#include "common/token_picker.hpp"
 #include "common/tokenizer_loading.hpp"
 #include "limarp/generate/generator.hpp"
 #include "limarp/generate/sampler.hpp"
@@ -52,7 +53,7 @@ int main(int argc, char** argv) {
         int max_new = 32, threads = 0, eos = -1;
         std::int64_t context = 0;
         std::uint64_t seed = 0;
-        bool print_ids = false, stats = false, no_bos = false, show_prompt = false, no_stop = false;
+        bool print_ids = false, stats = false, no_bos = false, show_prompt = false, no_stop = false, host_sampling = false;
         programs::SamplerFlags sf;
         sf.p.temperature = 0.0f;  // greedy unless asked
         programs::ModelOptions mo;
@@ -69,7 +70,10 @@ int main(int argc, char** argv) {
                        "stop after this id (default: none for --ids, the tokenizer's EOS ids otherwise; -1 = none)");
         app.add_flag("--print-ids", print_ids,
                      "print the new ids on one line (the default output without a tokenizer)");
-        app.add_flag("--stats", stats, "print prefill/decode tokens per second to stderr");
+        app.add_flag("--stats", stats, "print prefill/decode tokens per second (and where tokens are sampled) to stderr");
+        app.add_flag("--host-sampling", host_sampling,
+                     "with --device cuda: copy the logits back and sample on the CPU (default: on the GPU, when its "
+                     "sampler takes the settings: penalties first, then top-k, top-p, min-p, temperature)");
         app.add_option("--window-convention", convention, "sliding window: hf (W keys, default) or mistral (W+1 keys)");
         app.add_option("--threads", threads, "worker threads (default: all cores; or LIMARP_THREADS)");
         app.add_option("--quant", mo.quant, "none | int8 | q8_0 | auto (default: what the files hold)");
@@ -189,8 +193,10 @@ int main(int argc, char** argv) {
             opt.keep_leading_space = !roleplay;  // a continuation keeps its first space; a roleplay reply does not
 
             const bool want_text = tok && !print_ids;
-            generate::Generator<std::remove_reference_t<decltype(model)>> gen(model, tok ? &*tok : nullptr, 0);
-            const auto r = gen.generate(ids, sampler, opt,
+            using Model = std::remove_reference_t<decltype(model)>;
+            generate::Generator<Model> gen(model, tok ? &*tok : nullptr, 0);
+            programs::TokenPicker<Model> picker(sampler, host_sampling);
+            const auto r = picker.generate(gen, ids, opt,
                                         want_text ? generate::TextCallback([](std::string_view s) {
                                             std::fwrite(s.data(), 1, s.size(), stdout);
                                             std::fflush(stdout);
@@ -207,13 +213,15 @@ int main(int argc, char** argv) {
             }
             if (stats)
                 std::fprintf(stderr,
-                             "prompt %lld tokens, prefill %.1f tok/s, decode %.2f tok/s, %zu new tokens, stop: %s\n",
+                             "prompt %lld tokens, prefill %.1f tok/s, decode %.2f tok/s, %zu new tokens, stop: %s, "
+                             "sampled on the %s\n",
                              static_cast<long long>(r.prompt_tokens),
                              r.prefill_seconds > 0 ? static_cast<double>(r.prefilled_tokens) / r.prefill_seconds : 0.0,
                              r.tokens.size() > 1 && r.decode_seconds > 0
                                  ? static_cast<double>(r.tokens.size() - 1) / r.decode_seconds
                                  : 0.0,
-                             r.tokens.size(), std::string(generate::to_string(r.reason)).c_str());
+                             r.tokens.size(), std::string(generate::to_string(r.reason)).c_str(),
+                             picker.on_device() ? "GPU" : "CPU");
             return 0;
         });
     });

@@ -7,12 +7,15 @@
 // - the draw: 20000 draws against the CPU's final probabilities, chi-square test at p = 1e-6
 //   (the draws are a fixed function of the seed, so the test is deterministic);
 // - seeding: the same seed and step give the same token; reseed restarts the sequence;
-// - DeviceSamplingParams::from refuses the stages the device lacks.
+// - penalties: ops::apply_penalties rewrites the CPU's penalised logits bit for bit (every stage
+//   order, several ranges), and the greedy pick / kept set after them are the CPU's;
+// - DeviceSamplingParams::from refuses the stages the device lacks and orders it cannot follow.
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <set>
 #include <string>
@@ -236,9 +239,6 @@ BOOST_AUTO_TEST_CASE(seeding_is_reproducible) {
 }
 
 BOOST_AUTO_TEST_CASE(unsupported_settings_are_refused) {
-    SamplerParams p;
-    p.repetition_penalty = 1.2f;
-    BOOST_CHECK_THROW(DeviceSamplingParams::from(p), limarp::ArgumentError);
     SamplerParams q;
     q.typical_p = 0.9f;
     BOOST_CHECK_THROW(DeviceSamplingParams::from(q), limarp::ArgumentError);
@@ -247,10 +247,112 @@ BOOST_AUTO_TEST_CASE(unsupported_settings_are_refused) {
     r.top_p = 0.9f;
     r.order = {SamplerStage::TopP, SamplerStage::TopK, SamplerStage::Temperature};
     BOOST_CHECK_THROW(DeviceSamplingParams::from(r), limarp::ArgumentError);
+    // a penalty after another active stage: refused; after an inactive one (or at temperature 0,
+    // where only the penalties run): taken
+    SamplerParams late;
+    late.top_k = 10;
+    late.repetition_penalty = 1.2f;
+    late.order = {SamplerStage::TopK, SamplerStage::RepetitionPenalty};
+    BOOST_CHECK_THROW(DeviceSampler{late}, limarp::ArgumentError);
+    late.top_k = 0;
+    BOOST_CHECK_NO_THROW(DeviceSampler{late});
+    late.top_k = 10;
+    late.temperature = 0.f;
+    BOOST_CHECK_NO_THROW(DeviceSampler{late});
+    SamplerParams t;
+    t.temperature = 0.7f;
+    t.frequency_penalty = 0.5f;
+    t.order = {SamplerStage::Temperature, SamplerStage::FrequencyPenalty};
+    BOOST_CHECK_THROW(DeviceSamplingParams::from(t), limarp::ArgumentError);
+    // typical-p does not matter at temperature 0 (greedy runs only the penalties)
     SamplerParams g;
     g.temperature = 0.f;
+    g.typical_p = 0.5f;
     g.repetition_penalty = 1.1f;
-    BOOST_CHECK_THROW(DeviceSampler{g}, limarp::ArgumentError);
+    BOOST_CHECK_NO_THROW(DeviceSampler{g});
+}
+
+// The penalties on the device rewrite exactly the CPU's logits (bit for bit), in every stage
+// order, for ranges shorter than, equal to and longer than the history, and for all of it (-1);
+// then the greedy pick and the kept set of a truncating chain equal the CPU's.
+BOOST_AUTO_TEST_CASE(penalties_match_cpu_bitwise) {
+    using limarp::generate::SamplerStage;
+    const std::int64_t vocab = 5000;
+    std::mt19937 g(77);
+    std::uniform_int_distribution<int> hot(0, 60), any(0, static_cast<int>(vocab) - 1);
+    std::vector<std::int32_t> history(300);
+    for (auto& h : history) h = g() % 3 ? hot(g) : any(g);  // repeats, so counts above 1
+    const std::vector<std::vector<SamplerStage>> orders = {
+        {SamplerStage::RepetitionPenalty, SamplerStage::FrequencyPenalty, SamplerStage::PresencePenalty},
+        {SamplerStage::PresencePenalty, SamplerStage::RepetitionPenalty, SamplerStage::FrequencyPenalty},
+        {SamplerStage::FrequencyPenalty, SamplerStage::PresencePenalty, SamplerStage::RepetitionPenalty}};
+    std::uint32_t seed = 900;
+    DeviceBuffer<std::int32_t> scratch;
+    for (const auto& order : orders)
+        for (int range : {1, 64, 300, 1000, -1})
+            BOOST_TEST_CONTEXT("range " << range << ", first stage " << limarp::generate::to_string(order[0])) {
+                const auto logits = random_logits(static_cast<std::size_t>(vocab), seed++, 3.f);
+                SamplerParams p;
+                p.temperature = 0.f;  // the CPU chain runs the penalties only; last_candidates shows them
+                p.repetition_penalty = 1.3f;
+                p.frequency_penalty = 0.37f;
+                p.presence_penalty = 0.21f;
+                p.penalty_range = range;
+                p.order = order;
+                p.order.push_back(SamplerStage::Temperature);
+                Sampler cpu(p);
+                const std::int32_t want = cpu.sample(logits, history);
+                std::vector<float> expect(static_cast<std::size_t>(vocab));
+                for (const auto& c : cpu.last_candidates().items) expect[static_cast<std::size_t>(c.id)] = c.logit;
+
+                DeviceBuffer<float> dl(logits.size(), "logits");
+                dl.upload(logits.data(), logits.size());
+                const auto d = DeviceSamplingParams::from(p);
+                BOOST_TEST(d.penalties.size() == 3u);
+                limarp::ops::apply_penalties(Cuda<90>{}, dl.data(), vocab, d, history, scratch);
+                std::vector<float> got(logits.size());
+                dl.download(got.data(), got.size());
+                std::size_t mismatches = 0;
+                for (std::size_t i = 0; i < got.size(); ++i)
+                    if (std::memcmp(&got[i], &expect[i], 4) != 0) ++mismatches;
+                BOOST_TEST(mismatches == 0u, mismatches << " penalised logits differ from the CPU's");
+
+                dl.upload(logits.data(), logits.size());
+                DeviceSampler ds(p);
+                BOOST_TEST(ds.sample(Cuda<90>{}, dl.data(), vocab, history) == want);
+
+                // a truncating chain after the penalties: the same kept set
+                p.temperature = 0.9f;
+                p.top_k = 40;
+                p.top_p = 0.8f;
+                p.order.insert(p.order.end() - 1, {SamplerStage::TopK, SamplerStage::TopP});
+                Sampler cpu2(p);
+                (void)cpu2.sample(logits, history);
+                std::set<std::int32_t> kept_cpu;
+                for (const auto& c : cpu2.last_candidates().items) kept_cpu.insert(c.id);
+                dl.upload(logits.data(), logits.size());
+                const auto d2 = DeviceSamplingParams::from(p);
+                limarp::ops::apply_penalties(Cuda<90>{}, dl.data(), vocab, d2, history, scratch);
+                DeviceBuffer<std::uint8_t> kept(logits.size(), "kept");
+                DeviceBuffer<std::uint64_t> counter(1, "counter");
+                LIMARP_CUDA_CHECK(cudaMemset(counter.data(), 0, 8));
+                DeviceBuffer<std::int32_t> id(1, "id");
+                limarp::ops::sample_top_k_top_p(Cuda<90>{}, id.data(), dl.data(), vocab, d2, counter.data(), nullptr,
+                                                 kept.data());
+                std::vector<std::uint8_t> hk(logits.size());
+                kept.download(hk.data(), hk.size());
+                std::set<std::int32_t> kept_gpu;
+                for (std::size_t i = 0; i < hk.size(); ++i)
+                    if (hk[i]) kept_gpu.insert(static_cast<std::int32_t>(i));
+                BOOST_TEST((kept_gpu == kept_cpu), "kept sets differ: " << kept_gpu.size() << " vs " << kept_cpu.size());
+            }
+    // an id outside the vocabulary is an error, before anything runs
+    DeviceBuffer<float> dl(16, "logits");
+    SamplerParams p;
+    p.repetition_penalty = 1.2f;
+    const std::vector<std::int32_t> bad = {3, 16};
+    BOOST_CHECK_THROW(limarp::ops::apply_penalties(Cuda<90>{}, dl.data(), 16, DeviceSamplingParams::from(p), bad, scratch),
+                      limarp::ArgumentError);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,7 +1,8 @@
 // Tests for limarp/generate/generator.hpp: EOS, token limit, stop strings across token
 // boundaries, streaming and cancellation (with a scripted model), then KV-cache reuse on the
 // golden fixture models: identical output with and without reuse, prefilled-token counts, and a
-// full LimaRP chat turn with the real tokenizer on a widened fixture.
+// full LimaRP chat turn with the real tokenizer on a widened fixture; the logits-picker path
+// (forward_pick) gives the sampler path's tokens.
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
@@ -264,6 +265,42 @@ BOOST_AUTO_TEST_CASE(greedy_matches_transformers) {
         const auto r = g.generate(test::ids_of(j, "greedy_prompt"), s, o);
         BOOST_CHECK_MESSAGE(r.tokens == want, name << ": greedy continuation differs from transformers");
     }
+}
+
+BOOST_AUTO_TEST_CASE(logits_picker_path_matches_the_sampler_path) {
+    // generate(prompt, LogitsPicker) runs MistralModel::forward_pick: the logits stay in the
+    // backend's memory and the picker gets the row and the history. With a CPU sampler inside the
+    // picker, the tokens equal generate(prompt, Sampler) (greedy and sampled, with penalties, over
+    // a prompt longer than one prefill chunk), and the history the picker sees is prompt + tokens.
+    auto model = MistralModel<Cpu<>>::from_dir(test::fixture_dir("swa_long"));
+    model.set_chunk_size(7);
+    const auto ids = test::ids_of(test::golden_json("swa_long"), "ids");
+    const std::vector<std::int32_t> prompt(ids.begin(), ids.begin() + 20);
+    for (const float temperature : {0.0f, 0.9f}) {
+        SamplerParams sp;
+        sp.temperature = temperature;
+        sp.top_k = 40;
+        sp.repetition_penalty = 1.2f;
+        sp.seed = 7;
+        Sampler a(sp), b(sp);
+        Generator ga(model), gb(model);
+        GenerationOptions o;
+        o.max_new_tokens = 10;
+        const auto ra = ga.generate(prompt, a, o);
+        std::vector<std::int32_t> seen;
+        const LogitsPicker pick = [&](float* logits, std::int64_t vocab, std::span<const std::int32_t> history) {
+            BOOST_REQUIRE_EQUAL(vocab, model.config().vocab);
+            seen.assign(history.begin(), history.end());
+            return b.sample(std::span<const float>(logits, static_cast<std::size_t>(vocab)), history);
+        };
+        const auto rb = gb.generate(prompt, pick, o);
+        BOOST_CHECK_MESSAGE(ra.tokens == rb.tokens, "temperature " << temperature << ": the picker path differs");
+        std::vector<std::int32_t> want(prompt);
+        want.insert(want.end(), rb.tokens.begin(), rb.tokens.end() - 1);
+        BOOST_CHECK(seen == want);
+    }
+    Generator g(model);
+    BOOST_CHECK_THROW(g.generate(prompt, LogitsPicker{}, {}), ArgumentError);
 }
 
 BOOST_AUTO_TEST_CASE(reuse_gives_identical_output_on_fixture) {

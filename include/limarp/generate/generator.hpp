@@ -86,6 +86,9 @@ struct GenerationResult {
 using TextCallback = std::function<void(std::string_view)>;
 /// Receives every sampled id (EOS excluded) as soon as it is drawn.
 using TokenCallback = std::function<void(std::int32_t)>;
+/// Picks the next id from one row of logits [vocab] in the model's backend memory (scratch the
+/// picker may overwrite), given the ids so far (prompt and generated).
+using LogitsPicker = std::function<std::int32_t(float* logits, std::int64_t vocab, std::span<const std::int32_t> history)>;
 
 /// Ids that end a turn for `tok`: its EOS, plus `</s>` and `<|im_end|>` when it has them
 /// (Mistral-7B-OpenOrca's EOS is `<|im_end|>`, the base model's is `</s>`).
@@ -120,11 +123,57 @@ public:
     /// Generates after `prompt` (ids, BOS included when wanted). With `opt.reuse_cache`, the
     /// cached tokens that `prompt` starts with are kept (KvCache::reusable_prefix) and only the
     /// rest is prefilled; otherwise the cache is cleared first. After the call the cache holds
-    /// the prompt and every sampled id but the last.
+    /// the prompt and every sampled id but the last. The logits come back to host memory and
+    /// `sampler` picks each token there.
     /// \throws ArgumentError for an empty prompt, a negative limit, stop strings without a
     /// tokenizer, or an id outside the model's vocabulary.
     GenerationResult generate(std::span<const std::int32_t> prompt, Sampler& sampler, const GenerationOptions& opt = {},
                               const TextCallback& on_text = {}, const TokenCallback& on_token = {}) {
+        return run(prompt, opt, on_text, on_token,
+                   [&](std::span<const std::int32_t> ids, std::span<const std::int32_t> history, bool pick) {
+                       model_->forward(logits_.data(), ids, cache_, pick ? LogitsRows::Last : LogitsRows::None);
+                       return pick ? sampler.sample(logits_, history) : std::int32_t{-1};
+                   });
+    }
+
+    /// The same, but each token is picked where the logits are: `pick(logits, vocab, history)`
+    /// gets the last row's logits in the model's backend memory (`MistralModel::forward_pick`;
+    /// a device sampler such as `cuda_api::TokenSampler` copies back only the id) and the ids so
+    /// far (prompt and generated), for the penalties.
+    GenerationResult generate(std::span<const std::int32_t> prompt, const LogitsPicker& pick,
+                              const GenerationOptions& opt = {}, const TextCallback& on_text = {},
+                              const TokenCallback& on_token = {})
+        requires requires(M& m, typename M::cache_type& c, std::span<const std::int32_t> ids) {
+            m.forward_pick(ids, c, [](float*, std::int64_t) { return std::int32_t{0}; });
+        }
+    {
+        if (!pick) throw ArgumentError("generate: the logits picker is empty");
+        return run(prompt, opt, on_text, on_token,
+                   [&](std::span<const std::int32_t> ids, std::span<const std::int32_t> history, bool want) {
+                       if (!want) {
+                           model_->forward(nullptr, ids, cache_, LogitsRows::None);
+                           return std::int32_t{-1};
+                       }
+                       return static_cast<std::int32_t>(model_->forward_pick(
+                           ids, cache_, [&](float* logits, std::int64_t vocab) { return pick(logits, vocab, history); }));
+                   });
+    }
+
+    /// The cache (prompt and generated tokens of the last call).
+    typename M::cache_type& cache() noexcept { return cache_; }
+    /// Empties the cache: the next call prefills its whole prompt.
+    void reset() { cache_.clear(); }
+    /// The model.
+    M& model() noexcept { return *model_; }
+    /// The tokenizer, or null.
+    const text::Tokenizer* tokenizer() const noexcept { return tok_; }
+
+private:
+    // The loop of generate(): `next(ids, history, pick)` runs ids after the cache and, when
+    // `pick`, returns the next id.
+    template <class Next>
+    GenerationResult run(std::span<const std::int32_t> prompt, const GenerationOptions& opt, const TextCallback& on_text,
+                         const TokenCallback& on_token, Next&& next) {
         using clock = std::chrono::steady_clock;
         if (prompt.empty()) throw ArgumentError("generate: the prompt is empty");
         if (opt.max_new_tokens < 0) throw ArgumentError("generate: max_new_tokens is negative");
@@ -141,11 +190,11 @@ public:
         r.reused_tokens = keep;
         r.prefilled_tokens = r.prompt_tokens - keep;
 
+        std::vector<std::int32_t> history(prompt.begin(), prompt.end());
         auto t0 = clock::now();
-        model_->forward(logits_.data(), prompt.subspan(static_cast<std::size_t>(keep)), cache_, LogitsRows::Last);
+        std::int32_t id = next(prompt.subspan(static_cast<std::size_t>(keep)), history, opt.max_new_tokens > 0);
         r.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
 
-        std::vector<std::int32_t> history(prompt.begin(), prompt.end());
         std::optional<text::StreamDecoder> dec;
         if (tok_) dec.emplace(*tok_, opt.skip_special);
         bool first_text = true;
@@ -163,7 +212,6 @@ public:
                 r.reason = StopReason::Cancelled;
                 break;
             }
-            const std::int32_t id = sampler.sample(logits_, history);
             if (std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) != opt.eos_ids.end()) {
                 r.reason = StopReason::Eos;
                 break;
@@ -191,7 +239,8 @@ public:
                 break;  // the last token is not run: nothing would use its logits
             }
             t0 = clock::now();
-            model_->forward(logits_.data(), std::span<const std::int32_t>(&id, 1), cache_, LogitsRows::Last);
+            const std::int32_t last = id;
+            id = next(std::span<const std::int32_t>(&last, 1), history, true);
             r.decode_seconds += std::chrono::duration<double>(clock::now() - t0).count();
         }
         if (dec && r.reason != StopReason::StopString) {
@@ -206,16 +255,6 @@ public:
         return r;
     }
 
-    /// The cache (prompt and generated tokens of the last call).
-    typename M::cache_type& cache() noexcept { return cache_; }
-    /// Empties the cache: the next call prefills its whole prompt.
-    void reset() { cache_.clear(); }
-    /// The model.
-    M& model() noexcept { return *model_; }
-    /// The tokenizer, or null.
-    const text::Tokenizer* tokenizer() const noexcept { return tok_; }
-
-private:
     M* model_;
     const text::Tokenizer* tok_;
     typename M::cache_type cache_;

@@ -4,6 +4,7 @@
 /// (or tied) lm_head, with chunked prefill and one-token decode through a rolling `KvCache`.
 
 #include <algorithm>
+#include <concepts>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -102,23 +103,42 @@ public:
     /// \throws ArgumentError when an id is outside the vocabulary (the cache is left unchanged).
     void forward(float* logits, std::span<const std::int32_t> ids, cache_type& cache, LogitsRows rows = LogitsRows::All) {
         const std::int64_t T = static_cast<std::int64_t>(ids.size());
-        for (std::int64_t t = 0; t < T; ++t)
-            if (ids[t] < 0 || ids[t] >= cfg_.vocab)
-                throw ArgumentError("token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) +
-                                    " is outside the vocabulary [0, " + std::to_string(cfg_.vocab) + ")");
+        check_ids(ids);
         for (std::int64_t c0 = 0; c0 < T; c0 += chunk_) {
             const std::int64_t n = std::min(chunk_, T - c0);
             const bool last_chunk = c0 + n == T;
             float* out = nullptr;
-            std::int64_t first_row = 0;
+            std::int64_t first_row = -1;  // no logits
             if (rows == LogitsRows::All) {
                 out = logits + c0 * cfg_.vocab;
+                first_row = 0;
             } else if (rows == LogitsRows::Last && last_chunk) {
                 out = logits;
                 first_row = n - 1;
             }
             step(out, first_row, ids.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(n)), cache);
         }
+    }
+
+    /// Runs `ids` [T >= 1] after the cached tokens as `forward(..., LogitsRows::Last)` does, but
+    /// leaves the last row's logits in the backend's memory (a device backend copies nothing out)
+    /// and returns `pick(logits, vocab)`, where `logits` [vocab] is that row (scratch the pick may
+    /// overwrite, e.g. with penalties). A device sampler as the pick: only its id crosses to the
+    /// host.
+    /// \throws ArgumentError when `ids` is empty or an id is outside the vocabulary
+    template <class Pick>
+        requires std::invocable<Pick&, float*, std::int64_t>
+    decltype(auto) forward_pick(std::span<const std::int32_t> ids, cache_type& cache, Pick&& pick) {
+        const std::int64_t T = static_cast<std::int64_t>(ids.size());
+        if (T == 0) throw ArgumentError("forward_pick: no ids");
+        check_ids(ids);
+        float* y = nullptr;
+        for (std::int64_t c0 = 0; c0 < T; c0 += chunk_) {
+            const std::int64_t n = std::min(chunk_, T - c0);
+            y = step(nullptr, c0 + n == T ? n - 1 : -1, ids.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(n)),
+                     cache);
+        }
+        return pick(y, static_cast<std::int64_t>(cfg_.vocab));
     }
 
     /// Convenience: scores `ids` from an empty cache and returns logits [T, vocab].
@@ -139,8 +159,17 @@ public:
     Head& lm_head() noexcept { return head_; }
 
 private:
-    // One chunk: logits for rows [first_row, n) written to `out` when it is not null.
-    void step(float* out, std::int64_t first_row, std::span<const std::int32_t> ids, cache_type& cache) {
+    void check_ids(std::span<const std::int32_t> ids) const {
+        for (std::size_t t = 0; t < ids.size(); ++t)
+            if (ids[t] < 0 || ids[t] >= cfg_.vocab)
+                throw ArgumentError("token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) +
+                                    " is outside the vocabulary [0, " + std::to_string(cfg_.vocab) + ")");
+    }
+
+    // One chunk: logits for rows [first_row, n) written to `out` when it is not null; with a null
+    // `out` and first_row >= 0 they stay in the backend's memory. Returns the logits in the
+    // backend's memory (null when none were computed).
+    float* step(float* out, std::int64_t first_row, std::span<const std::int32_t> ids, cache_type& cache) {
         using Mem = BackendMemory<B>;
         const std::int64_t n = static_cast<std::int64_t>(ids.size()), d = cfg_.d_model;
         float* x = Mem::ensure(x_, n * d);
@@ -150,7 +179,8 @@ private:
         const std::int32_t* id = Mem::stage(ids_b_, ids.data(), n);
         cache.reserve(n);
         const std::int64_t m = n - first_row;
-        float* y = out ? Mem::output(logits_b_, out, m * cfg_.vocab) : nullptr;
+        float* y = out ? Mem::output(logits_b_, out, m * cfg_.vocab)
+                       : first_row >= 0 ? Mem::ensure(logits_b_, m * cfg_.vocab) : nullptr;
         // The kernels of the step (recorded once and replayed on CUDA while the key holds).
         const auto key = [&] {
             return StepKey{this, blocks_.empty() ? nullptr : cache.layer(0).k, cache.capacity(), n,
@@ -166,7 +196,8 @@ private:
             head_.forward(y, h, m);
         }, key);
         cache.advance(ids);
-        if (y) Mem::to_host(out, y, m * cfg_.vocab);
+        if (out) Mem::to_host(out, y, m * cfg_.vocab);
+        return y;
     }
 
     MistralConfig cfg_;

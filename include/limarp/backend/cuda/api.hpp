@@ -23,13 +23,15 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <utility>
+#include <span>
 #include <string>
+#include <utility>
 
 #include "limarp/backend/attention_shape.hpp"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
 #include "limarp/backend/memory.hpp"
 #include "limarp/backend/scaled_product.hpp"
+#include "limarp/generate/sampler.hpp"
 #include "limarp/quant/scheme.hpp"
 
 namespace limarp::cuda_api {
@@ -149,6 +151,31 @@ void add_inplace(float* y, const float* x, std::int64_t n);
 void swiglu(float* h, const float* gate, const float* up, std::int64_t n);
 /// x *= s.
 void scale_inplace(float* x, float s, std::int64_t n);
+
+/// Sampling on the device for host code: backend/cuda/sampler.cuh's `DeviceSampler` behind the
+/// compiled boundary. Penalties, top-k, top-p, min-p and temperature run on the GPU and only the
+/// chosen id crosses to the host; see `DeviceSamplingParams::from` for the settings it takes.
+class TokenSampler {
+public:
+    /// \throws ArgumentError for settings the device sampler lacks (top-a, tail-free, typical-p,
+    ///         an order it cannot follow), naming the stage; CudaError when the allocation fails
+    explicit TokenSampler(const generate::SamplerParams& params);
+    ~TokenSampler();
+    /// Takes `o`'s state.
+    TokenSampler(TokenSampler&& o) noexcept;
+    /// Takes `o`'s state.
+    TokenSampler& operator=(TokenSampler&& o) noexcept;
+    /// Applies the penalties from `history` (prompt and generated ids) to the device `logits`
+    /// [vocab] in place, picks a token on `stream()` and returns it (waits for the stream).
+    /// \throws ArgumentError for a history id outside the vocabulary; CudaError
+    std::int32_t sample(float* logits, std::int64_t vocab, std::span<const std::int32_t> history);
+    /// Restarts the random sequence from `seed`.
+    void reseed(std::uint64_t seed);
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
 
 /// A model step recorded as a CUDA graph: the key it was recorded under, the key seen last, the
 /// executable graph. Move-only; destroys the graph.

@@ -34,6 +34,7 @@
 #include "limarp/backend/cuda/qgemm_int8.cuh"
 #include "limarp/backend/cuda/qgemv.cuh"
 #include "limarp/backend/cuda/rope.cuh"
+#include "limarp/backend/cuda/sampler.cuh"
 
 /// \cond
 namespace limarp {
@@ -552,6 +553,22 @@ void scale_inplace(float* x, float s, std::int64_t n) {
     launch_chained(__FILE__, __LINE__, scale_kernel, dim3(elementwise_blocks(n, 1)), dim3(256), 0, stream(), x, s,
                    static_cast<long long>(n));
 }
+
+struct TokenSampler::Impl {
+    DeviceSampler sampler;
+};
+
+TokenSampler::TokenSampler(const generate::SamplerParams& params)
+    : impl_(std::make_unique<Impl>(Impl{DeviceSampler(params)})) {}
+TokenSampler::~TokenSampler() = default;
+TokenSampler::TokenSampler(TokenSampler&& o) noexcept = default;
+TokenSampler& TokenSampler::operator=(TokenSampler&& o) noexcept = default;
+
+std::int32_t TokenSampler::sample(float* logits, std::int64_t vocab, std::span<const std::int32_t> history) {
+    return impl_->sampler.sample(Cuda<90>{}, logits, vocab, history, stream());
+}
+
+void TokenSampler::reseed(std::uint64_t seed) { impl_->sampler.reseed(seed); }
 
 void run_step(StepGraph& g, const StepKey& key, const std::function<void()>& body,
               const std::function<StepKey()>& key_now) {

@@ -26,16 +26,27 @@
 ///   order, whose inclusive prefix of masses over the kept set exceeds u * total. The distribution
 ///   is the CPU's (softmax of l / temperature over the same kept set); the random stream is not.
 ///
-/// Stage order, as `generate::SamplerParams::order`: top-k, then top-p, then min-p (each when
-/// active); temperature anywhere: where it precedes top-p (or min-p), that stage's probabilities
-/// are computed from l / temperature, as on the CPU. Penalties, top-a, tail-free and typical-p
-/// are not on the device yet (`DeviceSamplingParams::from` says so).
+/// Stage order, as `generate::SamplerParams::order`: the penalties (repetition, frequency,
+/// presence, in their own order) before every other active stage, then top-k, then top-p, then
+/// min-p (each when active); temperature anywhere after the penalties: where it precedes top-p
+/// (or min-p), that stage's probabilities are computed from l / temperature, as on the CPU.
+/// Top-a, tail-free and typical-p are not on the device yet (`DeviceSamplingParams::from` says
+/// so).
+///
+/// Penalties (`ops::apply_penalties`): the host counts the ids of the last `penalty_range`
+/// history tokens (as the CPU sampler does) and uploads the distinct ids with their counts (at
+/// most 8 bytes a token of the range); one thread per id rewrites its logit in place with the
+/// CPU's float operations, rounded the same way (no contraction), so the penalised logits are the
+/// CPU's bit for bit.
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
@@ -55,19 +66,52 @@ struct DeviceSamplingParams {
     bool temperature_before_top_p = false;  ///< top-p's probabilities from l / temperature
     bool temperature_before_min_p = false;  ///< min-p's probabilities from l / temperature
     std::uint64_t seed = 0;            ///< RNG seed
+    float repetition_penalty = 1.0f;   ///< positive logits / P, negative * P; 1 disables
+    float frequency_penalty = 0.0f;    ///< logit -= count * F
+    float presence_penalty = 0.0f;     ///< logit -= P for every id seen
+    int penalty_range = 0;             ///< the last N history ids; 0 disables the penalties, < 0 = all
+    /// The active penalty stages in the order they run (`SamplerStage::RepetitionPenalty`,
+    /// `FrequencyPenalty`, `PresencePenalty`), at most three.
+    std::vector<generate::SamplerStage> penalties;
 
-    /// The device form of a CPU sampler's settings.
-    /// \throws ArgumentError when a stage the device sampler lacks is active (penalties, top-a,
-    ///         tail-free, typical-p), or when the order puts top-p before top-k or min-p before
-    ///         top-p/top-k; the message names the stage and says to use the CPU sampler.
+    /// The device form of a CPU sampler's settings (at temperature 0 only the penalties count:
+    /// greedy runs no other stage).
+    /// \throws ArgumentError when a stage the device sampler lacks is active (top-a, tail-free,
+    ///         typical-p), when the order puts top-p before top-k, min-p before top-p/top-k, or a
+    ///         penalty after another active stage; the message names the stage and says to use
+    ///         the CPU sampler.
     static DeviceSamplingParams from(const generate::SamplerParams& p) {
         using generate::SamplerStage;
-        for (SamplerStage s : {SamplerStage::RepetitionPenalty, SamplerStage::FrequencyPenalty,
-                               SamplerStage::PresencePenalty, SamplerStage::TopA, SamplerStage::TailFree,
-                               SamplerStage::Typical})
-            if (p.active(s))
+        const bool greedy = p.temperature <= 0.0f;
+        const auto is_penalty = [](SamplerStage s) {
+            return s == SamplerStage::RepetitionPenalty || s == SamplerStage::FrequencyPenalty ||
+                   s == SamplerStage::PresencePenalty;
+        };
+        if (!greedy)
+            for (SamplerStage s : {SamplerStage::TopA, SamplerStage::TailFree, SamplerStage::Typical})
+                if (p.active(s))
+                    throw ArgumentError("device sampler: " + std::string(generate::to_string(s)) +
+                                        " is not implemented on the GPU yet; disable it or sample on the CPU");
+        DeviceSamplingParams d;
+        bool other_before = false;  // an active non-penalty stage ran already
+        for (SamplerStage s : p.order) {
+            if (!p.active(s) || (greedy && !is_penalty(s))) continue;
+            if (!is_penalty(s)) {
+                other_before = true;
+                continue;
+            }
+            if (other_before)
                 throw ArgumentError("device sampler: " + std::string(generate::to_string(s)) +
-                                    " is not implemented on the GPU yet; disable it or sample on the CPU");
+                                    " must come before the other active stages in the sampler order; sample on "
+                                    "the CPU for other orders");
+            d.penalties.push_back(s);
+        }
+        d.repetition_penalty = p.repetition_penalty;
+        d.frequency_penalty = p.frequency_penalty;
+        d.presence_penalty = p.presence_penalty;
+        d.penalty_range = p.penalty_range;
+        d.seed = p.seed;
+        if (greedy) return d;
         const auto where = [&](SamplerStage s) {
             const auto it = std::find(p.order.begin(), p.order.end(), s);
             return it == p.order.end() ? static_cast<std::ptrdiff_t>(p.order.size()) : it - p.order.begin();
@@ -78,14 +122,12 @@ struct DeviceSamplingParams {
                     (k && where(SamplerStage::MinP) < where(SamplerStage::TopK)))))
             throw ArgumentError("device sampler: the order must run top_k, then top_p, then min_p; sample on the CPU "
                                 "for other orders");
-        DeviceSamplingParams d;
         d.temperature = p.temperature;
         d.top_k = p.top_k;
         d.top_p = p.top_p;
         d.min_p = p.min_p;
         d.temperature_before_top_p = where(SamplerStage::Temperature) < where(SamplerStage::TopP);
         d.temperature_before_min_p = where(SamplerStage::Temperature) < where(SamplerStage::MinP);
-        d.seed = p.seed;
         return d;
     }
 };
@@ -445,10 +487,89 @@ __global__ void __launch_bounds__(kGreedyThreads)
     }
 }
 
+// The penalty stages of `ops::apply_penalties`: ids [n] then counts [n] in `ids_counts`.
+struct PenaltyArgs {
+    int n = 0;
+    int n_stages = 0;
+    int stage[3] = {0, 0, 0};  // 0 repetition, 1 frequency, 2 presence
+    float repetition = 1.0f, frequency = 0.0f, presence = 0.0f;
+};
+
+// One thread per distinct id: the CPU's float operations in the stage order, rounded as on the
+// CPU (explicit round-to-nearest intrinsics: no fused multiply-add).
+__global__ void apply_penalties_kernel(float* __restrict__ logits, const std::int32_t* __restrict__ ids_counts,
+                                       PenaltyArgs a) {
+    pdl_enter();
+    const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+    if (i >= a.n) return;
+    const int id = ids_counts[i];
+    const float count = static_cast<float>(ids_counts[a.n + i]);
+    float l = logits[id];
+    for (int s = 0; s < a.n_stages; ++s) {
+        if (a.stage[s] == 0)
+            l = l > 0.0f ? __fdiv_rn(l, a.repetition) : __fmul_rn(l, a.repetition);
+        else if (a.stage[s] == 1)
+            l = __fsub_rn(l, __fmul_rn(count, a.frequency));
+        else
+            l = __fsub_rn(l, a.presence);
+    }
+    logits[id] = l;
+}
+
 }  // namespace cuda_detail
 /// \endcond
 
 namespace ops {
+
+/// Applies the active penalties of `p` (`p.penalties`, in that order) to the device `logits` in
+/// place: every id among the last `p.penalty_range` ids of `history` (all when < 0) gets the
+/// CPU sampler's repetition / frequency / presence penalty, bit for bit. The distinct ids and
+/// their counts go up through `scratch` (grown as needed; an asynchronous copy from pageable
+/// memory, so `history` may change when the call returns). Nothing happens when no penalty is
+/// active or the range holds no id.
+///
+/// \throws ArgumentError when an id of the range is outside [0, vocab); CudaError when a copy or
+///         the launch fails
+template <int Sm>
+void apply_penalties(Cuda<Sm>, float* logits /*[vocab]*/, std::int64_t vocab, const DeviceSamplingParams& p,
+                     std::span<const std::int32_t> history, DeviceBuffer<std::int32_t>& scratch,
+                     cudaStream_t stream = nullptr) {
+    if (p.penalties.empty() || p.penalty_range == 0 || history.empty()) return;
+    const std::size_t n_recent = p.penalty_range < 0 ? history.size()
+                                                     : std::min(history.size(), static_cast<std::size_t>(p.penalty_range));
+    std::unordered_map<std::int32_t, int> counts;
+    for (std::size_t i = history.size() - n_recent; i < history.size(); ++i) {
+        const std::int32_t id = history[i];
+        if (id < 0 || id >= vocab)
+            throw ArgumentError("apply_penalties: history id " + std::to_string(id) + " is outside [0, " +
+                                std::to_string(vocab) + ")");
+        ++counts[id];
+    }
+    cuda_detail::PenaltyArgs a;
+    a.n = static_cast<int>(counts.size());
+    a.n_stages = static_cast<int>(std::min<std::size_t>(p.penalties.size(), 3));
+    for (int s = 0; s < a.n_stages; ++s)
+        a.stage[s] = p.penalties[static_cast<std::size_t>(s)] == generate::SamplerStage::RepetitionPenalty ? 0
+                     : p.penalties[static_cast<std::size_t>(s)] == generate::SamplerStage::FrequencyPenalty ? 1
+                                                                                                           : 2;
+    a.repetition = p.repetition_penalty;
+    a.frequency = p.frequency_penalty;
+    a.presence = p.presence_penalty;
+    std::vector<std::int32_t> packed(2 * counts.size());
+    std::size_t j = 0;
+    for (const auto& [id, c] : counts) {
+        packed[j] = id;
+        packed[counts.size() + j] = c;
+        ++j;
+    }
+    std::int32_t* d = grow_device_buffer(scratch, static_cast<std::int64_t>(packed.size()), "sampler penalty ids", stream);
+    LIMARP_CUDA_CHECK(cudaMemcpyAsync(d, packed.data(), packed.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice,
+                                      stream));
+    constexpr int kThreads = 256;
+    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::apply_penalties_kernel,
+                                dim3(static_cast<unsigned>((a.n + kThreads - 1) / kThreads)), dim3(kThreads), 0,
+                                stream, logits, static_cast<const std::int32_t*>(d), a);
+}
 
 /// Greedy pick on the GPU: *id = argmax logits, ties to the smaller id (the CPU `Sampler` at
 /// temperature 0 without penalties). One block; asynchronous on `stream`.
@@ -505,24 +626,13 @@ void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits 
 /// The on-device sampler of a generation loop: the settings of a CPU `generate::SamplerParams`
 /// (the supported stages, see `DeviceSamplingParams::from`), a device step counter and a device
 /// id. `enqueue` leaves the id on the device (for the next step's embedding, or a CUDA graph);
-/// `sample` also copies those 4 bytes back.
+/// `sample` also copies those 4 bytes back. With penalties active, the history's ids are applied
+/// to the logits in place first (`ops::apply_penalties`).
 class DeviceSampler {
 public:
     /// \throws ArgumentError as `DeviceSamplingParams::from`; CudaError when the allocation fails
     explicit DeviceSampler(const generate::SamplerParams& params)
-        : greedy_(params.temperature <= 0.0f),
-          p_(greedy_ ? DeviceSamplingParams{} : DeviceSamplingParams::from(params)),
-          state_(2, "device sampler state") {
-        if (greedy_) {
-            // greedy runs the penalty stages only: refuse those as the full sampler would
-            generate::SamplerParams g = params;
-            g.temperature = 1.0f;
-            g.top_k = 0;
-            g.top_p = 1.0f;
-            g.min_p = 0.0f;
-            (void)DeviceSamplingParams::from(g);
-        }
-        p_.seed = params.seed;
+        : greedy_(params.temperature <= 0.0f), p_(DeviceSamplingParams::from(params)), state_(2, "device sampler state") {
         reseed(params.seed);
     }
     /// Restarts the random sequence: seed `seed`, step 0.
@@ -530,9 +640,19 @@ public:
         p_.seed = seed;
         LIMARP_CUDA_CHECK(cudaMemset(state_.data(), 0, state_.bytes()));
     }
+    /// The settings in use.
+    const DeviceSamplingParams& params() const noexcept { return p_; }
     /// The device id the last enqueue writes.
     std::int32_t* device_id() noexcept { return reinterpret_cast<std::int32_t*>(state_.data() + 1); }
     /// Enqueues the pick from `logits` [vocab] on `stream`; the id stays in `device_id()`.
+    /// `history` (prompt and generated ids) feeds the penalties, which rewrite `logits` in place.
+    template <int Sm>
+    void enqueue(Cuda<Sm> tag, float* logits /*[vocab]*/, std::int64_t vocab, std::span<const std::int32_t> history,
+                 cudaStream_t stream = nullptr) {
+        ops::apply_penalties(tag, logits, vocab, p_, history, penalty_ids_, stream);
+        enqueue(tag, static_cast<const float*>(logits), vocab, stream);
+    }
+    /// Enqueues the pick from `logits` [vocab] without penalties.
     template <int Sm>
     void enqueue(Cuda<Sm> tag, const float* logits /*[vocab]*/, std::int64_t vocab, cudaStream_t stream = nullptr) {
         if (greedy_)
@@ -540,21 +660,34 @@ public:
         else
             ops::sample_top_k_top_p(tag, device_id(), logits, vocab, p_, state_.data(), stream);
     }
-    /// Enqueues the pick and returns it (one 4-byte copy; waits for `stream`).
+    /// Enqueues the pick (penalties from `history` first) and returns it (one 4-byte copy; waits
+    /// for `stream`).
+    template <int Sm>
+    std::int32_t sample(Cuda<Sm> tag, float* logits /*[vocab]*/, std::int64_t vocab,
+                        std::span<const std::int32_t> history, cudaStream_t stream = nullptr) {
+        enqueue(tag, logits, vocab, history, stream);
+        return read_id(stream);
+    }
+    /// Enqueues the pick without penalties and returns it.
     template <int Sm>
     std::int32_t sample(Cuda<Sm> tag, const float* logits /*[vocab]*/, std::int64_t vocab,
                         cudaStream_t stream = nullptr) {
         enqueue(tag, logits, vocab, stream);
+        return read_id(stream);
+    }
+
+private:
+    std::int32_t read_id(cudaStream_t stream) {
         std::int32_t id = 0;
         LIMARP_CUDA_CHECK(cudaMemcpyAsync(&id, device_id(), sizeof id, cudaMemcpyDeviceToHost, stream));
         LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
         return id;
     }
 
-private:
     bool greedy_;
     DeviceSamplingParams p_;
     DeviceBuffer<std::uint64_t> state_;  // [0]: step counter, [1]: low 4 bytes the id
+    DeviceBuffer<std::int32_t> penalty_ids_;
 };
 
 }  // namespace limarp
