@@ -5,7 +5,8 @@
 // (head_dim 8 / 16 / 32, old window convention, full attention), and the other supported head_dim
 // and group sizes; f32 and bf16 rings; the default split count, one split, and many (more splits
 // than keys). Every ring row holds random data, so reading a row outside the window shows.
-// ops::kv_cache_store: a decode sequence through the GPU ring against the CPU KvCache-style ring,
+// ops::kv_cache_store (and ops::attention_decode_and_store, the store inside the attention launch):
+// a decode sequence through the GPU ring against the CPU KvCache-style ring,
 // step by step, ending with the rings compared bit for bit; the same steps replayed from one
 // captured CUDA graph (the position read from device memory).
 // Tolerances: relative L2 <= 1e-5 (f32 work, decode_test_util.hpp) against the CPU given the same
@@ -145,8 +146,10 @@ BOOST_AUTO_TEST_CASE(mistral_shape_matches_cpu) {
 
 // A decode sequence: CPU ring (KvCache layout: position p in row p % C, stored after the attention)
 // against the GPU ring filled by kv_cache_store; then the same steps from one captured graph.
+// With `and_store`, ops::attention_decode_and_store (the store inside the attention launch when it
+// can: one split, or the fused combine) instead of the two calls; `splits` blocks per kv head.
 template <class KV>
-void run_sequence(bool graph, bool fused = true) {
+void run_sequence(bool graph, bool fused = true, bool and_store = false, int splits = 3) {
     const AttentionShape s{8, 2, 16, 16};
     const std::int64_t C = 15, kvd = s.n_kv_heads * s.head_dim, qd = s.n_heads * s.head_dim, steps = 60;
     const float scale = 0.25f;
@@ -161,9 +164,15 @@ void run_sequence(bool graph, bool fused = true) {
     cudaStream_t stream{};
     LIMARP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     const auto step_ops = [&] {
+        if (and_store) {
+            limarp::ops::attention_decode_and_store(Cuda<90>{}, dout.data(), dq.data(), dkn.data(), dvn.data(),
+                                                    dkr.data(), dvr.data(), C, dpos.data(), s, scale, ws, stream,
+                                                    AttentionDecodeConfig{splits, fused});
+            return;
+        }
         limarp::ops::attention_sliding_window_decode(Cuda<90>{}, dout.data(), dq.data(), dkn.data(), dvn.data(),
                                                      dkr.data(), dvr.data(), C, dpos.data(), s, scale, ws, stream,
-                                                     AttentionDecodeConfig{3, fused});
+                                                     AttentionDecodeConfig{splits, fused});
         limarp::ops::kv_cache_store(Cuda<90>{}, dkr.data(), dvr.data(), dkn.data(), dvn.data(), C, dpos.data(), kvd,
                                     stream);
     };
@@ -222,6 +231,14 @@ void run_sequence(bool graph, bool fused = true) {
             ring_f[i] = __bfloat162float(ring[i]);
     }
     BOOST_TEST(t::count_bit_differences(ring_f, kr) == 0u, "the device key ring differs from the CPU ring");
+    dvr.download(ring.data(), ring.size());
+    for (std::size_t i = 0; i < ring.size(); ++i) {
+        if constexpr (std::is_same_v<KV, float>)
+            ring_f[i] = ring[i];
+        else
+            ring_f[i] = __bfloat162float(ring[i]);
+    }
+    BOOST_TEST(t::count_bit_differences(ring_f, vr) == 0u, "the device value ring differs from the CPU ring");
     if (graph) {
         LIMARP_CUDA_CHECK(cudaGraphExecDestroy(exec));
         LIMARP_CUDA_CHECK(cudaGraphDestroy(g));
@@ -234,6 +251,16 @@ BOOST_AUTO_TEST_CASE(decode_sequence_fills_the_ring_like_the_cpu) {
     BOOST_TEST_CONTEXT("bf16 ring") { run_sequence<__nv_bfloat16>(false); }
     BOOST_TEST_CONTEXT("f32 ring, CUDA graph") { run_sequence<float>(true); }
     BOOST_TEST_CONTEXT("f32 ring, CUDA graph, combine kernel") { run_sequence<float>(true, false); }
+    // the store inside the attention launch (ring of window - 1 rows: the row it overwrites is
+    // the oldest key the query still needs, so the store must wait for every block's reads)
+    for (int splits : {1, 2, 3, 4})
+        BOOST_TEST_CONTEXT("attention_decode_and_store, " << splits << " splits") {
+            run_sequence<float>(false, true, true, splits);
+            run_sequence<__nv_bfloat16>(true, true, true, splits);
+        }
+    BOOST_TEST_CONTEXT("attention_decode_and_store, combine kernel (separate store)") {
+        run_sequence<float>(true, false, true, 3);
+    }
 }
 
 BOOST_AUTO_TEST_CASE(errors) {

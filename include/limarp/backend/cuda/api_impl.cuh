@@ -139,22 +139,34 @@ __device__ __forceinline__ uint4 load_bf16x8_streaming(const __nv_bfloat16* p) {
 }
 
 // The VEC steps of the bf16 GEMVs for one lane: sum over k = k0, k0 + kStride, ... < n_in of the
-// 8 weights of `row` at k times x[k .. k+7]. The first chunk's weights (which no kernel writes)
-// are loaded before pdl_enter(), each next one before the current chunk's arithmetic. Every lane
+// 8 weights of `row` at k times x[k .. k+7], in increasing k. The weights go out in batches of
+// kBatch 16-byte loads (all in flight at once: a long row, such as the down_proj LoRA A [r, 14336],
+// costs about one memory latency per batch instead of one per chunk); the first chunk (which no
+// kernel writes) is loaded before pdl_enter(), the rest of the first batch after it. Every lane
 // calls it (pdl_enter() is for the whole grid); a lane without a row (has_row false) returns 0.
-template <int kStride>
+template <int kStride, int kBatch = 8>
 __device__ __forceinline__ float bf16_row_dot_chained(const __nv_bfloat16* row, const float* __restrict__ x,
                                                       int n_in, int k0, bool has_row) {
-    uint4 wv{};
-    if (has_row && k0 < n_in) wv = load_bf16x8_streaming(row + k0);
+    uint4 wv[kBatch];
+    if (has_row && k0 < n_in) wv[0] = load_bf16x8_streaming(row + k0);
     pdl_enter();
     float acc = 0.0f;
     if (!has_row) return acc;
-    for (int k = k0; k < n_in; k += kStride) {
-        const uint4 cur = wv;
-        if (k + kStride < n_in) wv = load_bf16x8_streaming(row + k + kStride);
-        acc += dot8_bf16(cur, __ldg(reinterpret_cast<const float4*>(x + k)),
-                         __ldg(reinterpret_cast<const float4*>(x + k + 4)));
+#pragma unroll
+    for (int b = 1; b < kBatch; ++b)
+        if (k0 + b * kStride < n_in) wv[b] = load_bf16x8_streaming(row + k0 + b * kStride);
+    for (int kb = k0; kb < n_in; kb += kBatch * kStride) {
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+            const int k = kb + b * kStride;
+            if (k < n_in)
+                acc += dot8_bf16(wv[b], __ldg(reinterpret_cast<const float4*>(x + k)),
+                                 __ldg(reinterpret_cast<const float4*>(x + k + 4)));
+        }
+        const int next = kb + kBatch * kStride;
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b)
+            if (next + b * kStride < n_in) wv[b] = load_bf16x8_streaming(row + next + b * kStride);
     }
     return acc;
 }
@@ -512,7 +524,7 @@ void attention_with_cache(float* out, const float* q, const float* k_new, const 
     if (T <= 0) return;
     ThreadState& st = thread_state();
     const std::int64_t kvd = s.n_kv_heads * s.head_dim;
-    if (T == 1) {  // decode: the split-K kernel (its split workspace), then the token into the ring
+    if (T == 1) {  // decode: the split-K kernel (its split workspace), which also stores the token into the ring
         const int splits = attention_decode_default_splits(s, C, device_info().sm_count);
         if (!st.attn_ws || !st.attn_ws->fits(s, splits)) {
             LIMARP_CUDA_CHECK(cudaStreamSynchronize(st.stream));
@@ -520,9 +532,8 @@ void attention_with_cache(float* out, const float* q, const float* k_new, const 
         }
         AttentionDecodeConfig cfg{};
         cfg.splits = splits;
-        ops::attention_sliding_window_decode(Cuda<90>{}, out, q, k_new, v_new, k_cache, v_cache, C, positions, s, scale,
-                                             *st.attn_ws, st.stream, cfg);
-        ops::kv_cache_store(Cuda<90>{}, k_cache, v_cache, k_new, v_new, C, positions, kvd, st.stream);
+        ops::attention_decode_and_store(Cuda<90>{}, out, q, k_new, v_new, k_cache, v_cache, C, positions, s, scale,
+                                        *st.attn_ws, st.stream, cfg);
         return;
     }
     // prefill: the tiled kernel over ring + new keys, then the newest min(T, C) into the ring

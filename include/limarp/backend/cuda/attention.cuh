@@ -16,8 +16,12 @@
 /// Kernel (`attention_decode_kernel<HD, NREP, KV>`): grid (kv head, split), 128 threads. A block
 /// takes one kv head and all NREP = n_heads / n_kv_heads query heads that share it, so each key
 /// and value row is read once per token. Its keys are a contiguous range of the visible ones,
-/// split evenly over the grid's splits at run time (the position is read from device memory, so
-/// one captured graph serves every step). Inside the block, groups of G = HD / 8 lanes own one key
+/// split evenly at run time (the position is read from device memory, so one captured graph
+/// serves every step) over the grid's splits, or with the fused combine over only as many as the
+/// visible keys fill (one per block step of NG * TK keys; the other blocks leave at once): the
+/// grid is sized for the longest context, and at a short one fewer partial states are merged.
+/// With `store_new` (`ops::attention_decode_and_store`) the kernel also writes the new key and
+/// value into the ring, after every block of the kv head has read it: no store launch. Inside the block, groups of G = HD / 8 lanes own one key
 /// at a time, a lane 8 dimensions (one 16-byte load of bf16, two of f32); a group folds TK keys per
 /// step into its running max, sum and output (online softmax, one rescale per step), with the
 /// score reduced over the G lanes by shuffles; the next step's keys and values are loaded before
@@ -84,9 +88,9 @@ __global__ void __launch_bounds__(kAttnThreads)
     attention_decode_kernel(float* __restrict__ out /*[n_heads * HD]*/, float* __restrict__ part_o,
                             float* __restrict__ part_ml, const float* __restrict__ q /*[n_heads * HD]*/,
                             const float* __restrict__ k_new /*[n_kv * HD]*/, const float* __restrict__ v_new,
-                            const KV* __restrict__ k_cache /*[C, n_kv * HD]*/, const KV* __restrict__ v_cache, int C,
+                            KV* __restrict__ k_cache /*[C, n_kv * HD]*/, KV* __restrict__ v_cache, int C,
                             const std::int64_t* __restrict__ position, int window, int n_kv, float scale,
-                            unsigned* __restrict__ counters /*[n_kv]: fused combine, or null*/) {
+                            unsigned* __restrict__ counters /*[n_kv]: fused combine, or null*/, bool store_new) {
     pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     constexpr int G = HD / 8;              // lanes per key
     constexpr int KPW = 32 / G;            // keys per warp step
@@ -100,12 +104,18 @@ __global__ void __launch_bounds__(kAttnThreads)
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
     const int sub = lane % G, grp = warp * KPW + lane / G;
     const int g = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.y);
-    const int n_splits = static_cast<int>(gridDim.y);
     const int kvd = n_kv * HD;
 
     const int p = static_cast<int>(*position);
     const int lo = window > 0 ? max(0, p - window + 1) : 0;
     const int n_keys = p - lo + 1;
+    // Splits in use: with the fused combine, no more than one per block step of the visible keys
+    // (the grid is sized for the longest context; at a short one the other blocks leave at once and
+    // the combine merges fewer partial states). The separate combine kernel reads every split.
+    const int n_splits =
+        counters != nullptr ? max(1, min(static_cast<int>(gridDim.y), (n_keys + NG * TK - 1) / (NG * TK)))
+                            : static_cast<int>(gridDim.y);
+    if (split >= n_splits) return;
     const int chunk = (n_keys + n_splits - 1) / n_splits;
     const int j_begin = min(n_keys, split * chunk), j_end = min(n_keys, j_begin + chunk);
 
@@ -227,7 +237,21 @@ __global__ void __launch_bounds__(kAttnThreads)
             }
         }
     }
-    if (n_splits == 1 || counters == nullptr) return;
+    // With store_new, the new token's key and value go into ring row p % C of kv head g (what
+    // kv_cache_store does in a launch of its own) once every block of kv head g has read that row:
+    // after this block's merge with one split, in the last block to finish with the fused combine.
+    const auto store_new_row = [&] {
+        const long long row = static_cast<long long>(p % C) * kvd + g * HD;
+        for (int i = static_cast<int>(threadIdx.x); i < HD; i += kAttnThreads) {
+            k_cache[row + i] = from_f32<KV>(k_new[g * HD + i]);
+            v_cache[row + i] = from_f32<KV>(v_new[g * HD + i]);
+        }
+    };
+    if (n_splits == 1) {
+        if (store_new) store_new_row();
+        return;
+    }
+    if (counters == nullptr) return;
 
     // Fused combine: the last block of kv head g to finish merges the n_splits partial states of its
     // NREP query heads (threadfence reduction: each block's partials are visible before its ticket).
@@ -271,6 +295,7 @@ __global__ void __launch_bounds__(kAttnThreads)
         const float L = l_sm[r];
         *reinterpret_cast<float4*>(out + h * HD + d4) = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
     }
+    if (store_new) store_new_row();
     if (threadIdx.x == 0) counters[g] = 0;  // ready for the next launch (stream order)
 }
 
@@ -369,6 +394,12 @@ struct AttentionDecodeConfig {
     bool fused_combine = true;
 };
 
+/// Whether a decode launch with `splits` splits and `cfg` can store the new key and value itself
+/// (`ops::attention_decode_and_store`): one split, or the fused combine.
+inline bool attention_decode_stores_in_kernel(int splits, const AttentionDecodeConfig& cfg) noexcept {
+    return splits <= 1 || cfg.fused_combine;
+}
+
 /// The default split count: about B blocks per multiprocessor (B * sm_count / n_kv_heads; B = 2,
 /// or the environment variable LIMARP_CUDA_ATTN_BLOCKS_PER_SM, for measurements), at most one
 /// split per `keys per block step` of the largest visible key count (window_keys, or C + 1
@@ -429,18 +460,53 @@ namespace cuda_detail {
 
 template <int HD, int NREP, class KV>
 void launch_attention_decode_kernel(int splits, bool fused, float* out, AttentionDecodeWorkspace& ws, const float* q,
-                                    const float* k_new, const float* v_new, const KV* k_cache, const KV* v_cache,
+                                    const float* k_new, const float* v_new, KV* k_cache, KV* v_cache,
                                     std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s,
-                                    float scale, cudaStream_t stream) {
+                                    float scale, cudaStream_t stream, bool store_new) {
     const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(splits));
     launch_chained(__FILE__, __LINE__, attention_decode_kernel<HD, NREP, KV>, grid, dim3(kAttnThreads), 0, stream,
                    out, ws.partial_out(), ws.partial_max_sum(), q, k_new, v_new, k_cache, v_cache,
                    static_cast<int>(C), position, static_cast<int>(s.window_keys), static_cast<int>(s.n_kv_heads),
-                   scale, fused ? ws.counters() : nullptr);
+                   scale, fused ? ws.counters() : nullptr, store_new);
     if (splits > 1 && !fused)
         launch_chained(__FILE__, __LINE__, attention_decode_combine_kernel, dim3(static_cast<unsigned>(s.n_heads)),
                        dim3(128), 0, stream, out, ws.partial_out(), ws.partial_max_sum(), splits,
                        static_cast<int>(s.head_dim));
+}
+
+}  // namespace cuda_detail
+/// \endcond
+
+/// \cond
+namespace cuda_detail {
+
+// The checks and the launch of the decode attention; stores the new row in the kernel when
+// `store_new` and the launch can (returns whether it did).
+template <class KV>
+bool attention_decode(float* out, const float* q, const float* k_new, const float* v_new, KV* k_cache, KV* v_cache,
+                      std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s, float scale,
+                      AttentionDecodeWorkspace& ws, cudaStream_t stream, AttentionDecodeConfig cfg, bool store_new) {
+    check_attention_heads("attention_sliding_window_decode", s);
+    if (!aligned_to(q, 16) || !aligned_to(k_new, 16) || !aligned_to(v_new, 16) || !aligned_to(k_cache, 16) ||
+        !aligned_to(v_cache, 16))
+        throw ArgumentError("attention_sliding_window_decode (CUDA): q, k_new, v_new and the rings must be 16-byte "
+                            "aligned (as cudaMalloc returns)");
+    if (C < 1) throw ArgumentError("attention_sliding_window_decode (CUDA): the ring needs at least one row");
+    const int splits = cfg.splits > 0 ? cfg.splits : attention_decode_default_splits(s, C, device_info().sm_count);
+    if (splits > 1024)
+        throw ArgumentError("attention_sliding_window_decode (CUDA): at most 1024 splits, " + std::to_string(splits) +
+                            " asked");
+    if (!ws.fits(s, splits))
+        throw ArgumentError("attention_sliding_window_decode (CUDA): the workspace holds " +
+                            std::to_string(ws.max_splits()) + " splits of this shape, " + std::to_string(splits) +
+                            " asked; make it with AttentionDecodeWorkspace(shape, attention_decode_default_splits(...))");
+    const bool in_kernel = store_new && attention_decode_stores_in_kernel(splits, cfg);
+    with_attention_layout<8, 16, 32, 64, 128, 256>(s, [&](auto hd, auto rep) {
+        launch_attention_decode_kernel<decltype(hd)::value, decltype(rep)::value>(
+            splits, cfg.fused_combine, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream,
+            in_kernel);
+    });
+    return in_kernel;
 }
 
 }  // namespace cuda_detail
@@ -485,26 +551,9 @@ void attention_sliding_window_decode(Cuda<Sm>, float* out /*[n_heads*head_dim]*/
                                      const std::int64_t* position /*[1]*/, const AttentionShape& s, float scale,
                                      AttentionDecodeWorkspace& ws, cudaStream_t stream = nullptr,
                                      AttentionDecodeConfig cfg = {}) {
-    cuda_detail::check_attention_heads("attention_sliding_window_decode", s);
-    using cuda_detail::aligned_to;
-    if (!aligned_to(q, 16) || !aligned_to(k_new, 16) || !aligned_to(v_new, 16) || !aligned_to(k_cache, 16) ||
-        !aligned_to(v_cache, 16))
-        throw ArgumentError("attention_sliding_window_decode (CUDA): q, k_new, v_new and the rings must be 16-byte "
-                            "aligned (as cudaMalloc returns)");
-    if (C < 1) throw ArgumentError("attention_sliding_window_decode (CUDA): the ring needs at least one row");
-    const int splits = cfg.splits > 0 ? cfg.splits : attention_decode_default_splits(s, C, device_info().sm_count);
-    if (splits > 1024)
-        throw ArgumentError("attention_sliding_window_decode (CUDA): at most 1024 splits, " + std::to_string(splits) +
-                            " asked");
-    const bool fused = cfg.fused_combine;
-    if (!ws.fits(s, splits))
-        throw ArgumentError("attention_sliding_window_decode (CUDA): the workspace holds " +
-                            std::to_string(ws.max_splits()) + " splits of this shape, " + std::to_string(splits) +
-                            " asked; make it with AttentionDecodeWorkspace(shape, attention_decode_default_splits(...))");
-    cuda_detail::with_attention_layout<8, 16, 32, 64, 128, 256>(s, [&](auto hd, auto rep) {
-        cuda_detail::launch_attention_decode_kernel<decltype(hd)::value, decltype(rep)::value>(
-            splits, fused, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream);
-    });
+    // store_new false: the kernel never writes the rings
+    cuda_detail::attention_decode(out, q, k_new, v_new, const_cast<KV*>(k_cache), const_cast<KV*>(v_cache), C,
+                                  position, s, scale, ws, stream, cfg, /*store_new=*/false);
 }
 
 /// Stores the new token's key and value into ring row p % C (p = *position), converted to the
@@ -530,6 +579,25 @@ void kv_cache_store(Cuda<Sm>, KV* k_cache /*[C, kv_dim]*/, KV* v_cache /*[C, kv_
     cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::kv_cache_store_kernel<KV>,
                                 dim3(static_cast<unsigned>(blocks)), dim3(256), 0, stream, k_cache, v_cache, k_new,
                                 v_new, static_cast<int>(C), position, static_cast<int>(kv_dim));
+}
+
+
+/// `attention_sliding_window_decode`, then the new token's key and value into ring row p % C as
+/// `kv_cache_store` does — inside the attention launch when
+/// `attention_decode_stores_in_kernel(splits, cfg)` (the block that finishes kv head g last
+/// writes g's part of the row, after every block of g has read it), else by a `kv_cache_store`
+/// launch after it. Same arguments, same preconditions and errors; the rings are written.
+template <int Sm, class KV>
+    requires(std::is_same_v<KV, float> || std::is_same_v<KV, __nv_bfloat16>)
+void attention_decode_and_store(Cuda<Sm> tag, float* out /*[n_heads*head_dim]*/, const float* q,
+                                const float* k_new /*[n_kv_heads*head_dim]*/, const float* v_new,
+                                KV* k_cache /*[C, n_kv_heads*head_dim]*/, KV* v_cache, std::int64_t C,
+                                const std::int64_t* position /*[1]*/, const AttentionShape& s, float scale,
+                                AttentionDecodeWorkspace& ws, cudaStream_t stream = nullptr,
+                                AttentionDecodeConfig cfg = {}) {
+    const bool in_kernel = cuda_detail::attention_decode(out, q, k_new, v_new, k_cache, v_cache, C, position, s, scale,
+                                                         ws, stream, cfg, /*store_new=*/true);
+    if (!in_kernel) kv_cache_store(tag, k_cache, v_cache, k_new, v_new, C, position, s.n_kv_heads * s.head_dim, stream);
 }
 
 }  // namespace ops
