@@ -7,13 +7,18 @@
 //                          [--quant none|int8|q8_0] [--lora-r R] [--activations int8|f32]
 //                          [--outlier-threshold X (int8 activations; default 6, 0 = off)]
 //                          [--chunk C] [--d-model D] [--d-ff F] [--vocab V]
+//                          [--sampler host|greedy|topk|chat (CUDA: where decode picks its tokens)]
 //
 // --quant quantizes each generated bf16 projection at load and frees it (the lm_head and
 // embeddings stay bf16); --lora-r attaches one random rank-R adapter (bf16 A and B, alpha 16)
 // to all seven projections of every layer, unmerged. Each prompt length is prefilled into a fresh
 // cache (twice: a warm-up, then the timed run; on the CPU only the first length is warmed up,
 // to save minutes at 7B); decode continues after the last
-// prompt (greedy on the host: logits cross to the host every token, as in limarp-generate).
+// prompt: greedy on the host by default (the logits cross to the host every token, as in
+// limarp-generate --host-sampling); on CUDA, --sampler greedy, topk or chat picks on the GPU
+// through MistralModel::forward_pick and cuda_api::TokenSampler (only the id crosses; topk:
+// temperature 0.7, top-k 40, top-p 0.9, repetition penalty 1.1 over 64 tokens; chat: limarp-chat's
+// defaults, temperature 0.7, min-p 0.05, repetition penalty 1.1 over 64), as limarp-generate does.
 // Prints one JSON line. Peak RSS is the process high-water mark (getrusage), i.e. it includes the
 // generated weights (2 bytes per parameter).
 #include <sys/resource.h>
@@ -23,6 +28,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -31,7 +38,12 @@
 
 #include "random_weights.hpp"
 
+#if defined(LIMARP_WITH_CUDA_BACKEND)
+#include "limarp/backend/cuda/api.hpp"
+#endif
+
 #include "limarp/core/thread_pool.hpp"
+#include "limarp/generate/sampler.hpp"
 #include "limarp/layers/lora.hpp"
 #include "limarp/layers/quantized_linear.hpp"
 #include "limarp/model/adapters.hpp"
@@ -43,7 +55,7 @@ struct ModelBenchArgs {
     MistralConfig cfg;
     std::vector<std::int64_t> prompts{128};
     std::int64_t decode = 16, lora_r = 0, chunk = 256;
-    std::string quant = "none", activations = "int8", outlier_threshold = "6";
+    std::string quant = "none", activations = "int8", outlier_threshold = "6", sampler = "host";
 };
 
 template <class B, class Proj>
@@ -97,7 +109,41 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
                      static_cast<double>(prompt) / s);
     }
     std::int32_t next = 5;
+    std::vector<std::int32_t> history{next};
+    std::function<std::int32_t(float*, std::int64_t)> device_pick;
+#if defined(LIMARP_WITH_CUDA_BACKEND)
+    std::optional<cuda_api::TokenSampler> device_sampler;
+    if constexpr (!B::host_memory)
+        if (a.sampler != "host") {
+            generate::SamplerParams sp;
+            sp.temperature = 0.0f;
+            if (a.sampler == "topk") {
+                sp.temperature = 0.7f;
+                sp.top_k = 40;
+                sp.top_p = 0.9f;
+                sp.repetition_penalty = 1.1f;
+                sp.penalty_range = 64;
+            } else if (a.sampler == "chat") {  // limarp-chat's defaults (the model card's advice)
+                sp.temperature = 0.7f;
+                sp.min_p = 0.05f;
+                sp.repetition_penalty = 1.1f;
+                sp.penalty_range = 64;
+            }
+            device_sampler.emplace(sp);
+            device_pick = [&](float* l, std::int64_t vocab) { return device_sampler->sample(l, vocab, history); };
+        }
+#endif
+    if (a.sampler != "host" && !device_pick) {
+        std::fprintf(stderr, "%s: --sampler %s needs the CUDA backend\n", name, a.sampler.c_str());
+        return 1;
+    }
+    out["sampler"] = a.sampler;
     auto step = [&] {
+        if (device_pick) {
+            next = model.forward_pick(std::span(&next, 1), cache, device_pick);
+            history.push_back(next);
+            return;
+        }
         model.forward(logits.data(), std::span(&next, 1), cache, LogitsRows::Last);
         next = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     };
@@ -140,10 +186,15 @@ int model_bench_main(const char* name, int argc, char** argv) {
         else if (k == "--outlier-threshold") a.outlier_threshold = argv[i + 1];
         else if (k == "--lora-r") a.lora_r = v;
         else if (k == "--chunk") a.chunk = v;
+        else if (k == "--sampler") a.sampler = argv[i + 1];
         else {
             std::fprintf(stderr, "%s: unknown option %s\n", name, k.c_str());
             return 1;
         }
+    }
+    if (a.sampler != "host" && a.sampler != "greedy" && a.sampler != "topk" && a.sampler != "chat") {
+        std::fprintf(stderr, "%s: --sampler %s is not one of host, greedy, topk, chat\n", name, a.sampler.c_str());
+        return 1;
     }
     if (a.prompts.empty() || *std::min_element(a.prompts.begin(), a.prompts.end()) < 1) {
         std::fprintf(stderr, "%s: --prompt needs lengths >= 1\n", name);

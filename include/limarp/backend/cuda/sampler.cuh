@@ -562,7 +562,12 @@ void apply_penalties(Cuda<Sm>, float* logits /*[vocab]*/, std::int64_t vocab, co
         packed[counts.size() + j] = c;
         ++j;
     }
-    std::int32_t* d = grow_device_buffer(scratch, static_cast<std::int64_t>(packed.size()), "sampler penalty ids", stream);
+    // grown geometrically: freeing device memory invalidates the recorded CUDA graphs of the model
+    // (backend_epoch), so a growth per step would re-record the decode step every token
+    const auto want = static_cast<std::int64_t>(packed.size());
+    std::int32_t* d = grow_device_buffer(
+        scratch, want <= static_cast<std::int64_t>(scratch.size()) ? want : std::max<std::int64_t>({want, 1024, 2 * static_cast<std::int64_t>(scratch.size())}),
+        "sampler penalty ids", stream);
     LIMARP_CUDA_CHECK(cudaMemcpyAsync(d, packed.data(), packed.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice,
                                       stream));
     constexpr int kThreads = 256;
@@ -633,6 +638,12 @@ public:
     /// \throws ArgumentError as `DeviceSamplingParams::from`; CudaError when the allocation fails
     explicit DeviceSampler(const generate::SamplerParams& params)
         : greedy_(params.temperature <= 0.0f), p_(DeviceSamplingParams::from(params)), state_(2, "device sampler state") {
+        // room for the penalty range's ids and counts up front (a later growth frees memory,
+        // which makes the model re-record its CUDA graph once)
+        if (!p_.penalties.empty() && p_.penalty_range != 0)
+            penalty_ids_ = DeviceBuffer<std::int32_t>(
+                static_cast<std::size_t>(2 * (p_.penalty_range > 0 ? std::max(p_.penalty_range, 512) : 4096)),
+                "sampler penalty ids");
         reseed(params.seed);
     }
     /// Restarts the random sequence: seed `seed`, step 0.
