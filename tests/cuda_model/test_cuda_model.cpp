@@ -86,6 +86,32 @@ Tensor<float> stepwise(M& m, const std::vector<std::int32_t>& ids) {
     }
     return out;
 }
+// One layer call on the GPU: x [T, n_in] uploaded, y starting from `y_start` (the start values of
+// an accumulating call, or NaN poison that shows any value left unwritten), y downloaded.
+template <class Layer, class... Extra>
+Tensor<float> forward_on_gpu(Layer& layer, const Tensor<float>& x, const Tensor<float>& y_start, Extra... extra) {
+    DeviceBuffer<float> dx(static_cast<std::size_t>(x.size()), "x"), dy(static_cast<std::size_t>(y_start.size()), "y");
+    dx.upload(x.data(), dx.size());
+    dy.upload(y_start.data(), dy.size());
+    layer.forward(dy.data(), dx.data(), x.shape()[0], extra...);
+    cuda_api::synchronize();
+    Tensor<float> y(y_start.shape());
+    dy.download(y.data(), dy.size());
+    return y;
+}
+
+// NaN-filled [T, n] (poison for forward_on_gpu).
+Tensor<float> poison(std::int64_t T, std::int64_t n) {
+    Tensor<float> y({T, n});
+    std::fill(y.data(), y.data() + y.size(), std::numeric_limits<float>::quiet_NaN());
+    return y;
+}
+
+// max_rel_err of got against want, or 1 when got holds a non-finite value (max_rel_err skips NaN).
+double rel_err_finite(const Tensor<float>& got, const Tensor<float>& want) {
+    const bool finite = std::all_of(got.data(), got.data() + got.size(), [](float v) { return std::isfinite(v); });
+    return finite ? test::max_rel_err(got.data(), want.data(), want.size()) : 1.0;
+}
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(cuda_model)
@@ -274,15 +300,10 @@ BOOST_AUTO_TEST_CASE(dense_linear_matches_the_cpu_on_odd_shapes) {
         DenseLinear<Cpu<>> cpu(Weight::owned(Tensor<bf16>(w), "w"));
         DenseLinear<Cuda<>> gpu(Weight::owned(Tensor<bf16>(w), "w"));
         for (const std::int64_t T : {1, 5}) {
-            Tensor<float> x({T, n_in}), y_cpu({T, n_out}), y_gpu({T, n_out});
+            Tensor<float> x({T, n_in}), y_cpu({T, n_out});
             for (std::int64_t i = 0; i < x.size(); ++i) x[i] = nd(rng);
             cpu.forward(y_cpu.data(), x.data(), T);
-            DeviceBuffer<float> dx(static_cast<std::size_t>(x.size()), "x"), dy(static_cast<std::size_t>(y_gpu.size()), "y");
-            dx.upload(x.data(), dx.size());
-            gpu.forward(dy.data(), dx.data(), T);
-            cuda_api::synchronize();
-            dy.download(y_gpu.data(), dy.size());
-            const double err = test::max_rel_err(y_gpu.data(), y_cpu.data(), y_cpu.size());
+            const double err = rel_err_finite(forward_on_gpu(gpu, x, poison(T, n_out)), y_cpu);
             BOOST_CHECK_MESSAGE(err <= 2e-5, n_out << "x" << n_in << " T=" << T << ": max rel err " << err);
         }
     }
@@ -311,7 +332,7 @@ BOOST_AUTO_TEST_CASE(int8_activation_gemm_matches_the_cpu_on_odd_shapes) {
             QuantizedLinear<Int8Rowwise, Cuda<>> gpu(qw, QuantOptions::int8(thr));
             for (const std::int64_t T : {2, 7, 33}) {
                 for (const bool accumulate : {false, true}) {
-                    Tensor<float> x({T, n_in}), y_cpu({T, n_out}), y_gpu({T, n_out});
+                    Tensor<float> x({T, n_in}), y_cpu({T, n_out});
                     for (std::int64_t i = 0; i < x.size(); ++i) x[i] = ux(rng);
                     // 1-3 outlier columns, each with a few large values (|x| 8..20) in random rows
                     const int n_cols = 1 + static_cast<int>(rng() % 3);
@@ -324,22 +345,13 @@ BOOST_AUTO_TEST_CASE(int8_activation_gemm_matches_the_cpu_on_odd_shapes) {
                         }
                     }
                     for (std::int64_t i = 0; i < y_cpu.size(); ++i) y_cpu[i] = accumulate ? nd(rng) : nan;
-                    DeviceBuffer<float> dx(static_cast<std::size_t>(x.size()), "x"),
-                        dy(static_cast<std::size_t>(y_gpu.size()), "y");
-                    dx.upload(x.data(), dx.size());
-                    dy.upload(y_cpu.data(), dy.size());  // accumulate: the start values; else NaN poison
+                    const Tensor<float> start(y_cpu);  // accumulate: the start values; else NaN poison
                     cpu.forward(y_cpu.data(), x.data(), T, accumulate);
-                    gpu.forward(dy.data(), dx.data(), T, accumulate);
-                    cuda_api::synchronize();
-                    dy.download(y_gpu.data(), dy.size());
-                    // max_rel_err skips NaN (std::max): a value left unwritten (poison) fails here
-                    const bool finite = std::all_of(y_gpu.data(), y_gpu.data() + y_gpu.size(),
-                                                    [](float v) { return std::isfinite(v); });
-                    const double err = finite ? test::max_rel_err(y_gpu.data(), y_cpu.data(), y_cpu.size()) : 1.0;
+                    const double err = rel_err_finite(forward_on_gpu(gpu, x, start, accumulate), y_cpu);
                     worst = std::max(worst, err);
                     BOOST_CHECK_MESSAGE(err <= 1e-4, n_out << "x" << n_in << " T=" << T << " threshold " << thr
                                                            << (accumulate ? " (accumulate)" : "") << ": max rel err "
-                                                           << err << (finite ? "" : " (non-finite output)"));
+                                                           << err << (err == 1.0 ? " (non-finite output)" : ""));
                 }
             }
         }
@@ -378,20 +390,12 @@ BOOST_AUTO_TEST_CASE(lora_fused_into_the_int8_gemv_matches_the_cpu) {
             gpu.attach(std::move(f));
         }
         for (const std::int64_t T : {1, 3}) {
-            Tensor<float> x({T, n_in}), y_cpu({T, n_out}), y_gpu({T, n_out});
+            Tensor<float> x({T, n_in}), y_cpu({T, n_out});
             for (std::int64_t i = 0; i < x.size(); ++i) x[i] = nd(rng);
             cpu.forward(y_cpu.data(), x.data(), T);
-            DeviceBuffer<float> dx(static_cast<std::size_t>(x.size()), "x"), dy(static_cast<std::size_t>(y_gpu.size()), "y");
-            dx.upload(x.data(), dx.size());
-            const std::vector<float> poison(static_cast<std::size_t>(y_gpu.size()), std::numeric_limits<float>::quiet_NaN());
-            dy.upload(poison.data(), dy.size());
-            gpu.forward(dy.data(), dx.data(), T);
-            cuda_api::synchronize();
-            dy.download(y_gpu.data(), dy.size());
-            const bool finite = std::all_of(y_gpu.data(), y_gpu.data() + y_gpu.size(), [](float v) { return std::isfinite(v); });
-            const double err = finite ? test::max_rel_err(y_gpu.data(), y_cpu.data(), y_cpu.size()) : 1.0;
+            const double err = rel_err_finite(forward_on_gpu(gpu, x, poison(T, n_out)), y_cpu);
             BOOST_CHECK_MESSAGE(err <= 1e-4, "ranks " << ranks.front() << (ranks.size() > 1 ? "+" : "") << " T=" << T
-                                                      << ": max rel err " << err << (finite ? "" : " (non-finite)"));
+                                                      << ": max rel err " << err << (err == 1.0 ? " (non-finite)" : ""));
         }
     }
 }
