@@ -7,6 +7,7 @@
 // - the draw: 20000 draws against the CPU's final probabilities, chi-square test at p = 1e-6
 //   (the draws are a fixed function of the seed, so the test is deterministic);
 // - seeding: the same seed and step give the same token; reseed restarts the sequence;
+// - the top-k prefilter: the same kept set and draws as the kernel over the whole vocabulary;
 // - penalties: ops::apply_penalties rewrites the CPU's penalised logits bit for bit (every stage
 //   order, several ranges), and the greedy pick / kept set after them are the CPU's;
 // - DeviceSamplingParams::from refuses the stages the device lacks and orders it cannot follow.
@@ -236,6 +237,53 @@ BOOST_AUTO_TEST_CASE(seeding_is_reproducible) {
     a.reseed(43);
     BOOST_TEST((draw(a) != va), "seeds 42 and 43 drew the same 16 tokens");
     BOOST_TEST(std::set<std::int32_t>(va.begin(), va.end()).size() > 1u, "16 draws all alike at temperature 1");
+}
+
+// The top-k prefilter (TopKCandidates: each 512-logit slice's top k, then the one-block kernel over
+// those) keeps the same set and draws the same tokens, step for step, as the kernel over the whole
+// vocabulary: k from 1 to the prefilter's limit, with top-p and min-p after it, ties at the k-th
+// logit (quantised logits), a last slice shorter than k, vocabularies of 32000, 1000 and 600.
+BOOST_AUTO_TEST_CASE(top_k_prefilter_matches_the_whole_vocabulary) {
+    using limarp::TopKCandidates;
+    std::uint32_t seed = 1300;
+    for (const std::int64_t vocab : {32000, 1000, 600})
+        for (const int k : {1, 7, 40, TopKCandidates::kMaxK})
+            for (const float step : {0.f, 0.25f})
+                BOOST_TEST_CONTEXT("vocab " << vocab << ", top_k " << k << (step > 0 ? ", ties" : "")) {
+                    const auto logits = random_logits(static_cast<std::size_t>(vocab), seed++, 2.f, step);
+                    DeviceBuffer<float> dl(logits.size(), "logits");
+                    dl.upload(logits.data(), logits.size());
+                    DeviceSamplingParams p;
+                    p.temperature = 0.9f;
+                    p.top_k = k;
+                    p.top_p = k > 7 ? 0.8f : 1.0f;
+                    p.min_p = k == 40 ? 0.05f : 0.0f;
+                    p.seed = 77;
+                    DeviceBuffer<std::uint8_t> kept_a(logits.size(), "kept"), kept_b(logits.size(), "kept");
+                    DeviceBuffer<std::uint64_t> ca(1, "counter"), cb(1, "counter");
+                    LIMARP_CUDA_CHECK(cudaMemset(ca.data(), 0, 8));
+                    LIMARP_CUDA_CHECK(cudaMemset(cb.data(), 0, 8));
+                    DeviceBuffer<std::int32_t> ia(1, "id"), ib(1, "id");
+                    TopKCandidates cand;
+                    std::vector<std::int32_t> da, db;
+                    for (int i = 0; i < 40; ++i) {
+                        limarp::ops::sample_top_k_top_p(Cuda<90>{}, ia.data(), dl.data(), vocab, p, ca.data(), nullptr,
+                                                         kept_a.data());
+                        limarp::ops::sample_top_k_top_p(Cuda<90>{}, ib.data(), dl.data(), vocab, p, cb.data(), nullptr,
+                                                         kept_b.data(), &cand);
+                        std::int32_t a = -1, b = -2;
+                        ia.download(&a, 1);
+                        ib.download(&b, 1);
+                        da.push_back(a);
+                        db.push_back(b);
+                    }
+                    BOOST_TEST((da == db), "the prefiltered draws differ");
+                    std::vector<std::uint8_t> ha(logits.size()), hb(logits.size());
+                    kept_a.download(ha.data(), ha.size());
+                    kept_b.download(hb.data(), hb.size());
+                    BOOST_TEST((ha == hb), "the prefiltered kept set differs");
+                    BOOST_TEST(std::count(ha.begin(), ha.end(), std::uint8_t{1}) >= 1);
+                }
 }
 
 BOOST_AUTO_TEST_CASE(unsupported_settings_are_refused) {

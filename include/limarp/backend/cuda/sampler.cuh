@@ -17,7 +17,10 @@
 ///   compare-and-swap loops) made top-p alone cost 0.56 ms on an H100; this one takes 0.19 ms there,
 ///   but 0.24 ms with top-k 40 + top-p (0.13 ms before) and 39 us without truncation: one block is
 ///   bound by instruction issue (keys, a division and an exp recomputed in each of the 8 passes).
-///   Next: the passes spread over many blocks, masses computed once (benchmarks/NOTES.md);
+///   With top-k active (k <= 128) a prefilter launch first keeps the top k of every 512-logit
+///   slice (`topk_candidates_kernel`, many blocks; the global top k is among them, in id order),
+///   and the one block runs over those blocks * k candidates instead of the vocabulary: same
+///   kept set, same draw (`DeviceSampler` does this; benchmarks/NOTES.md has the times);
 /// - masses are exp(l - max) in f32 turned into 64-bit fixed point (2^-32 units), and every sum is
 ///   an integer sum: the kept set and the draw are bitwise reproducible. Weights under 2^-33 count
 ///   as 0 (never drawn; the CPU would draw them with probability < 1e-10 * vocab);
@@ -297,9 +300,12 @@ struct SampleArgs {
     unsigned long long seed;
 };
 
+// `logits` [a.vocab] are the logits of ids 0..vocab-1, or with `ids` a candidate list in increasing
+// id order (ids[i] the token of entry i; `topk_candidates_kernel`).
 __global__ void __launch_bounds__(kSampleThreads)
     sample_top_k_top_p_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, SampleArgs a,
-                              unsigned long long* __restrict__ counter, std::uint8_t* __restrict__ kept) {
+                              unsigned long long* __restrict__ counter, std::uint8_t* __restrict__ kept,
+                              const std::int32_t* __restrict__ ids) {
     pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     extern __shared__ unsigned cols[];  // [2][kDigitBins][kSampleThreads]
     __shared__ unsigned long long tot[kDigitBins];
@@ -400,7 +406,7 @@ __global__ void __launch_bounds__(kSampleThreads)
     unsigned long long mine = 0;
     for (int i = b + lane; i < e; i += 32) {
         const bool k = in_set(i);
-        if (kept) kept[i] = k ? 1 : 0;
+        if (kept) kept[ids ? ids[i] : i] = k ? 1 : 0;
         if (k) mine += w_d(i);
     }
     mine = warp_sum_u64(mine);
@@ -438,8 +444,74 @@ __global__ void __launch_bounds__(kSampleThreads)
     }
     __syncthreads();
     if (tid == 0) {
-        *id_out = s_id >= 0 ? s_id : 0;
+        *id_out = s_id >= 0 ? (ids ? ids[s_id] : s_id) : 0;
         *counter = step + 1;
+    }
+}
+
+inline constexpr int kCandThreads = 256;  // threads of the top-k candidate kernel
+inline constexpr int kCandSlice = 512;    // logits per candidate block (2 per thread)
+
+// The top-k prefilter: block b takes the ids [b * kCandSlice, ...) and writes its k largest
+// logits in the sampler's order (larger logit first, then smaller id), or all of them when the
+// slice holds fewer, in increasing id order to entries [b * k, ...) of val / id. Every token of
+// the global top-k is in the top-k of its own slice, so the list of all blocks (contiguous: only
+// the last slice can hold fewer than k) holds it, in increasing id order. Radix selection with
+// 8-bit digits in shared memory (a 512-logit slice), ties at the k-th key taken in id order.
+__global__ void __launch_bounds__(kCandThreads)
+    topk_candidates_kernel(const float* __restrict__ logits, int vocab, int k, float* __restrict__ val,
+                           std::int32_t* __restrict__ id) {
+    pdl_enter();
+    __shared__ unsigned keys[kCandSlice];
+    __shared__ unsigned hist[256];
+    __shared__ unsigned long long scan[33];
+    __shared__ unsigned s_prefix, s_need;
+    const int tid = static_cast<int>(threadIdx.x);
+    const int base = static_cast<int>(blockIdx.x) * kCandSlice;
+    const int n = min(kCandSlice, vocab - base);
+    for (int j = tid; j < kCandSlice; j += kCandThreads) keys[j] = j < n ? float_key(logits[base + j]) : 0u;
+    __syncthreads();
+    unsigned tk = 0, need = 0;  // the k-th largest key; how many of its ties (in id order) to take
+    const bool all = n <= k;
+    if (!all) {
+        unsigned prefix = 0, pmask = 0;
+        need = static_cast<unsigned>(k);
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            hist[tid] = 0u;  // kCandThreads == 256 bins
+            __syncthreads();
+            for (int j = tid; j < n; j += kCandThreads)
+                if ((keys[j] & pmask) == prefix) atomicAdd(&hist[(keys[j] >> shift) & 255u], 1u);
+            __syncthreads();
+            if (tid == 0) {
+                unsigned cum = 0;
+                int d = 255;
+                for (; d > 0 && cum + hist[d] < need; --d) cum += hist[d];
+                s_prefix = prefix | (static_cast<unsigned>(d) << shift);
+                s_need = need - cum;
+            }
+            __syncthreads();
+            prefix = s_prefix;
+            need = s_need;
+            pmask |= 255u << shift;
+        }
+        tk = prefix;
+    }
+    // thread t owns entries 2t, 2t + 1 (id order): ties' ranks, then the output positions
+    const int j0 = 2 * tid, j1 = j0 + 1;
+    const bool t0 = !all && j0 < n && keys[j0] == tk, t1 = !all && j1 < n && keys[j1] == tk;
+    unsigned long long total = 0;
+    const unsigned long long tie_before = block_exclusive_scan((t0 ? 1ull : 0ull) + (t1 ? 1ull : 0ull), scan, total);
+    const bool k0 = j0 < n && (all || keys[j0] > tk || (t0 && tie_before < need));
+    const bool k1 = j1 < n && (all || keys[j1] > tk || (t1 && tie_before + (t0 ? 1ull : 0ull) < need));
+    const unsigned long long pos = block_exclusive_scan((k0 ? 1ull : 0ull) + (k1 ? 1ull : 0ull), scan, total);
+    const long long out = static_cast<long long>(blockIdx.x) * k + static_cast<long long>(pos);
+    if (k0) {
+        val[out] = logits[base + j0];
+        id[out] = base + j0;
+    }
+    if (k1) {
+        val[out + (k0 ? 1 : 0)] = logits[base + j1];
+        id[out + (k0 ? 1 : 0)] = base + j1;
     }
 }
 
@@ -518,6 +590,15 @@ __global__ void apply_penalties_kernel(float* __restrict__ logits, const std::in
 
 }  // namespace cuda_detail
 /// \endcond
+
+/// Scratch of the top-k prefilter of `ops::sample_top_k_top_p` (grown on demand): the
+/// candidates' logits and ids, vocab / 512 blocks of k each.
+struct TopKCandidates {
+    /// The largest top-k the prefilter takes (a larger k samples over the whole vocabulary).
+    static constexpr int kMaxK = 128;
+    DeviceBuffer<float> values;        ///< candidate logits
+    DeviceBuffer<std::int32_t> ids;    ///< candidate ids
+};
 
 namespace ops {
 
@@ -602,12 +683,16 @@ void sample_greedy(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits /*[vo
 /// \param counter device step counter (start it at 0 for the seed's first draw)
 /// \param stream  CUDA stream
 /// \param kept    optional [vocab] device output: 1 for the tokens of the kept set, else 0 (tests)
+/// \param candidates optional scratch of the top-k prefilter: with it and 0 < top_k <= 128, a
+///                first launch keeps each 512-logit slice's top k (`TopKCandidates`) and the
+///                one-block kernel runs over those; the same kept set and the same draw, bit for
+///                bit, as without it
 /// \throws ArgumentError when p.temperature <= 0 or top_p/min_p are outside their ranges;
 ///         CudaError when the launch fails
 template <int Sm>
 void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits /*[vocab]*/, std::int64_t vocab,
                         const DeviceSamplingParams& p, std::uint64_t* counter /*[1]*/, cudaStream_t stream = nullptr,
-                        std::uint8_t* kept /*[vocab]*/ = nullptr) {
+                        std::uint8_t* kept /*[vocab]*/ = nullptr, TopKCandidates* candidates = nullptr) {
     if (!(p.temperature > 0.0f) || !(p.top_p > 0.0f && p.top_p <= 1.0f) || !(p.min_p >= 0.0f && p.min_p <= 1.0f))
         throw ArgumentError("sample_top_k_top_p: temperature must be > 0 (greedy: sample_greedy), top_p in (0, 1], "
                             "min_p in [0, 1]");
@@ -621,9 +706,26 @@ void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits 
     a.temperature = p.temperature;
     a.seed = p.seed;
     cuda_detail::sample_kernel_smem_optin();
+    const float* list = logits;
+    const std::int32_t* list_ids = nullptr;
+    const std::int64_t blocks = (vocab + cuda_detail::kCandSlice - 1) / cuda_detail::kCandSlice;
+    if (candidates && a.top_k > 0 && a.top_k <= TopKCandidates::kMaxK && blocks > 1) {
+        // the top-k prefilter: the one-block kernel then runs over blocks * k candidates
+        const std::int64_t n = blocks * a.top_k;
+        float* cv = grow_device_buffer(candidates->values, n, "top-k candidate logits", stream);
+        std::int32_t* ci = grow_device_buffer(candidates->ids, n, "top-k candidate ids", stream);
+        cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::topk_candidates_kernel,
+                                    dim3(static_cast<unsigned>(blocks)), dim3(cuda_detail::kCandThreads), 0, stream,
+                                    logits, static_cast<int>(vocab), a.top_k, cv, ci);
+        const std::int64_t last = vocab - (blocks - 1) * cuda_detail::kCandSlice;
+        a.vocab = static_cast<int>((blocks - 1) * a.top_k + std::min<std::int64_t>(a.top_k, last));
+        list = cv;
+        list_ids = ci;
+        if (kept) LIMARP_CUDA_CHECK(cudaMemsetAsync(kept, 0, static_cast<std::size_t>(vocab), stream));
+    }
     cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::sample_top_k_top_p_kernel, dim3(1),
-                                dim3(cuda_detail::kSampleThreads), cuda_detail::kSampleSmem, stream, id, logits, a,
-                                reinterpret_cast<unsigned long long*>(counter), kept);
+                                dim3(cuda_detail::kSampleThreads), cuda_detail::kSampleSmem, stream, id, list, a,
+                                reinterpret_cast<unsigned long long*>(counter), kept, list_ids);
 }
 
 }  // namespace ops
@@ -669,7 +771,7 @@ public:
         if (greedy_)
             ops::sample_greedy(tag, device_id(), logits, vocab, stream);
         else
-            ops::sample_top_k_top_p(tag, device_id(), logits, vocab, p_, state_.data(), stream);
+            ops::sample_top_k_top_p(tag, device_id(), logits, vocab, p_, state_.data(), stream, nullptr, &cand_);
     }
     /// Enqueues the pick (penalties from `history` first) and returns it (one 4-byte copy; waits
     /// for `stream`).
@@ -699,6 +801,7 @@ private:
     DeviceSamplingParams p_;
     DeviceBuffer<std::uint64_t> state_;  // [0]: step counter, [1]: low 4 bytes the id
     DeviceBuffer<std::int32_t> penalty_ids_;
+    TopKCandidates cand_;  // the top-k prefilter's scratch
 };
 
 }  // namespace limarp
