@@ -239,6 +239,50 @@ BOOST_AUTO_TEST_CASE(seeding_is_reproducible) {
     BOOST_TEST(std::set<std::int32_t>(va.begin(), va.end()).size() > 1u, "16 draws all alike at temperature 1");
 }
 
+// The prefilter's first launch alone: each 512-logit slice's top k (larger logit first, then
+// smaller id; ties at the k-th logit), written in id order, exactly as a CPU sort picks them.
+BOOST_AUTO_TEST_CASE(top_k_candidates_are_each_slices_top_k) {
+    namespace cd = limarp::cuda_detail;
+    const std::int64_t vocab = 1500;  // slices of 512, 512, 476
+    std::uint32_t seed = 1200;
+    for (const int k : {1, 40, 128})
+        for (const float step : {0.f, 0.5f})
+            BOOST_TEST_CONTEXT("top_k " << k << (step > 0 ? ", ties" : "")) {
+                const auto logits = random_logits(static_cast<std::size_t>(vocab), seed++, 2.f, step);
+                DeviceBuffer<float> dl(logits.size(), "logits");
+                dl.upload(logits.data(), logits.size());
+                const int blocks = static_cast<int>((vocab + cd::kCandSlice - 1) / cd::kCandSlice);
+                DeviceBuffer<float> val(static_cast<std::size_t>(blocks * k), "values");
+                DeviceBuffer<std::int32_t> id(static_cast<std::size_t>(blocks * k), "ids");
+                cd::topk_candidates_kernel<<<blocks, cd::kCandThreads>>>(dl.data(), static_cast<int>(vocab), k,
+                                                                          val.data(), id.data());
+                LIMARP_CUDA_CHECK(cudaGetLastError());
+                std::vector<float> hv(val.size());
+                std::vector<std::int32_t> hi(id.size());
+                val.download(hv.data(), hv.size());
+                id.download(hi.data(), hi.size());
+                std::vector<std::int32_t> want_ids;
+                for (int b = 0; b < blocks; ++b) {
+                    std::vector<std::int32_t> slice;
+                    for (std::int64_t i = b * cd::kCandSlice; i < std::min<std::int64_t>(vocab, (b + 1) * cd::kCandSlice);
+                         ++i)
+                        slice.push_back(static_cast<std::int32_t>(i));
+                    std::stable_sort(slice.begin(), slice.end(), [&](std::int32_t x, std::int32_t y) {
+                        return logits[static_cast<std::size_t>(x)] > logits[static_cast<std::size_t>(y)];
+                    });
+                    slice.resize(std::min<std::size_t>(slice.size(), static_cast<std::size_t>(k)));
+                    std::sort(slice.begin(), slice.end());
+                    want_ids.insert(want_ids.end(), slice.begin(), slice.end());
+                }
+                hi.resize(want_ids.size());
+                BOOST_TEST((hi == want_ids), "candidate ids differ from the CPU's per-slice top k");
+                bool values_ok = true;
+                for (std::size_t i = 0; i < want_ids.size(); ++i)
+                    values_ok = values_ok && hv[i] == logits[static_cast<std::size_t>(want_ids[i])];
+                BOOST_TEST(values_ok, "a candidate's logit is not its token's");
+            }
+}
+
 // The top-k prefilter (TopKCandidates: each 512-logit slice's top k, then the one-block kernel over
 // those) keeps the same set and draws the same tokens, step for step, as the kernel over the whole
 // vocabulary: k from 1 to the prefilter's limit, with top-p and min-p after it, ties at the k-th

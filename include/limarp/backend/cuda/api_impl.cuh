@@ -565,8 +565,9 @@ void scale_inplace(float* x, float s, std::int64_t n) {
                    static_cast<long long>(n));
 }
 
+/// The state behind `TokenSampler`.
 struct TokenSampler::Impl {
-    DeviceSampler sampler;
+    DeviceSampler sampler;  ///< the device sampler (backend/cuda/sampler.cuh)
 };
 
 TokenSampler::TokenSampler(const generate::SamplerParams& params)
