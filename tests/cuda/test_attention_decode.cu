@@ -221,24 +221,20 @@ void run_sequence(bool graph, bool fused = true, bool and_store = false, int spl
     }
     BOOST_TEST(non_finite == 0u);
     BOOST_TEST(worst <= t::kTolF32, "worst relative L2 error over the steps " << worst);
-    std::vector<KV> ring(kr.size());
-    dkr.download(ring.data(), ring.size());
-    std::vector<float> ring_f(ring.size());
-    for (std::size_t i = 0; i < ring.size(); ++i) {
-        if constexpr (std::is_same_v<KV, float>)
-            ring_f[i] = ring[i];
-        else
-            ring_f[i] = __bfloat162float(ring[i]);
-    }
-    BOOST_TEST(t::count_bit_differences(ring_f, kr) == 0u, "the device key ring differs from the CPU ring");
-    dvr.download(ring.data(), ring.size());
-    for (std::size_t i = 0; i < ring.size(); ++i) {
-        if constexpr (std::is_same_v<KV, float>)
-            ring_f[i] = ring[i];
-        else
-            ring_f[i] = __bfloat162float(ring[i]);
-    }
-    BOOST_TEST(t::count_bit_differences(ring_f, vr) == 0u, "the device value ring differs from the CPU ring");
+    const auto ring_f32 = [&](const DeviceBuffer<KV>& d) {  // a device ring as f32
+        std::vector<KV> ring(kr.size());
+        d.download(ring.data(), ring.size());
+        std::vector<float> f(ring.size());
+        for (std::size_t i = 0; i < ring.size(); ++i) {
+            if constexpr (std::is_same_v<KV, float>)
+                f[i] = ring[i];
+            else
+                f[i] = __bfloat162float(ring[i]);
+        }
+        return f;
+    };
+    BOOST_TEST(t::count_bit_differences(ring_f32(dkr), kr) == 0u, "the device key ring differs from the CPU ring");
+    BOOST_TEST(t::count_bit_differences(ring_f32(dvr), vr) == 0u, "the device value ring differs from the CPU ring");
     if (graph) {
         LIMARP_CUDA_CHECK(cudaGraphExecDestroy(exec));
         LIMARP_CUDA_CHECK(cudaGraphDestroy(g));
