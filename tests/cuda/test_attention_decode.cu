@@ -8,7 +8,8 @@
 // ops::kv_cache_store (and ops::attention_decode_and_store, the store inside the attention launch):
 // a decode sequence through the GPU ring against the CPU KvCache-style ring,
 // step by step, ending with the rings compared bit for bit; the same steps replayed from one
-// captured CUDA graph (the position read from device memory).
+// captured CUDA graph (the position read from device memory). RoPE inside the attention launch
+// against the RoPE kernel and then the attention, bit for bit.
 // Tolerances: relative L2 <= 1e-5 (f32 work, decode_test_util.hpp) against the CPU given the same
 // (bf16-rounded where the ring is bf16) inputs.
 #include <boost/test/unit_test.hpp>
@@ -25,6 +26,7 @@
 #include "decode_reference.hpp"
 #include "decode_test_util.hpp"
 #include "limarp/backend/cuda/attention.cuh"
+#include "limarp/backend/cuda/rope.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/core/error.hpp"
 
@@ -257,6 +259,72 @@ BOOST_AUTO_TEST_CASE(decode_sequence_fills_the_ring_like_the_cpu) {
     BOOST_TEST_CONTEXT("attention_decode_and_store, combine kernel (separate store)") {
         run_sequence<float>(true, false, true, 3);
     }
+}
+
+// RoPE inside the attention launch (AttentionDecodeConfig::rope_theta, the store inside too) against
+// ops::rope_rotate_half_qk and then the attention: the same output and the same rings, bit for bit
+// (the same rotation arithmetic, rope.cuh), for every head layout the kernel has (head_dim 8..256,
+// 1-8 query heads per kv head), positions in and past the window, one split and several.
+BOOST_AUTO_TEST_CASE(rope_inside_the_attention_matches_rope_then_attention) {
+    const std::vector<Case> cases = {{kMistral, 4095, 0},      {kMistral, 4095, 37},    {kMistral, 4095, 5000},
+                                     {{8, 2, 16, 16}, 15, 40}, {{4, 4, 8, 0}, 64, 50},  {{8, 1, 32, 0}, 100, 99},
+                                     {{16, 2, 64, 32}, 31, 77}, {{16, 2, 256, 8}, 7, 9}, {{6, 3, 128, 0}, 300, 123}};
+    std::uint32_t seed = 9100;
+    AttentionDecodeWorkspace ws;
+    for (const Case& c : cases)
+        for (const int splits : {1, 3, 0})
+            for (const double theta : {10000.0, 1e6})
+                BOOST_TEST_CONTEXT("heads " << c.s.n_heads << "/" << c.s.n_kv_heads << " head_dim " << c.s.head_dim
+                                            << " C " << c.C << " p " << c.p << " splits " << splits << " theta "
+                                            << theta) {
+                    const AttentionShape& s = c.s;
+                    if (!ws.fits(s, 512)) ws = AttentionDecodeWorkspace(s, 512);
+                    const std::int64_t qd = s.n_heads * s.head_dim, kvd = s.n_kv_heads * s.head_dim;
+                    const auto q = t::random_floats(static_cast<std::size_t>(qd), seed++);
+                    const auto kn = t::random_floats(static_cast<std::size_t>(kvd), seed++);
+                    const auto vn = t::random_floats(static_cast<std::size_t>(kvd), seed++);
+                    const auto kr = t::random_floats(static_cast<std::size_t>(c.C * kvd), seed++);
+                    const auto vr = t::random_floats(static_cast<std::size_t>(c.C * kvd), seed++);
+                    const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+                    auto dpos = to_device(std::vector<std::int64_t>{c.p}, "position");
+                    std::vector<float> out[2], kring[2], vring[2];
+                    for (int fused = 0; fused < 2; ++fused) {
+                        auto dq = to_device(q, "q"), dkn = to_device(kn, "k_new"), dvn = to_device(vn, "v_new");
+                        auto dkr = to_device(kr, "k ring"), dvr = to_device(vr, "v ring");
+                        DeviceBuffer<float> dout(static_cast<std::size_t>(qd), "out");
+                        AttentionDecodeConfig cfg{splits, true};
+                        if (fused) {
+                            cfg.rope_theta = theta;
+                        } else {
+                            limarp::ops::rope_rotate_half_qk(Cuda<90>{}, dq.data(), dkn.data(), dpos.data(), 1,
+                                                             s.n_heads, s.n_kv_heads, s.head_dim, theta);
+                        }
+                        limarp::ops::attention_decode_and_store(Cuda<90>{}, dout.data(), dq.data(), dkn.data(),
+                                                                dvn.data(), dkr.data(), dvr.data(), c.C, dpos.data(), s,
+                                                                scale, ws, nullptr, cfg);
+                        LIMARP_CUDA_CHECK(cudaDeviceSynchronize());
+                        out[fused].resize(static_cast<std::size_t>(qd));
+                        kring[fused].resize(kr.size());
+                        vring[fused].resize(vr.size());
+                        dout.download(out[fused].data(), out[fused].size());
+                        dkr.download(kring[fused].data(), kring[fused].size());
+                        dvr.download(vring[fused].data(), vring[fused].size());
+                    }
+                    BOOST_TEST(t::count_non_finite(out[1]) == 0u);
+                    BOOST_TEST(t::count_bit_differences(out[1], out[0]) == 0u, "outputs differ");
+                    BOOST_TEST(t::count_bit_differences(kring[1], kring[0]) == 0u, "key rings differ");
+                    BOOST_TEST(t::count_bit_differences(vring[1], vring[0]) == 0u, "value rings differ");
+                }
+    // RoPE inside needs the store inside (the ring must get the rotated key)
+    const AttentionShape s{8, 2, 16, 16};
+    DeviceBuffer<float> buf(4096, "buf");
+    DeviceBuffer<std::int64_t> pos(1, "pos");
+    AttentionDecodeConfig cfg{3, false};
+    cfg.rope_theta = 10000.0;
+    BOOST_CHECK_THROW(limarp::ops::attention_decode_and_store(Cuda<90>{}, buf.data(), buf.data(), buf.data(), buf.data(),
+                                                              buf.data(), buf.data(), 15, pos.data(), s, 0.25f, ws,
+                                                              nullptr, cfg),
+                      limarp::ArgumentError);
 }
 
 BOOST_AUTO_TEST_CASE(errors) {

@@ -86,6 +86,15 @@ Tensor<float> stepwise(M& m, const std::vector<std::int32_t>& ids) {
     }
     return out;
 }
+// GqaAttention<Cuda> takes the fused RoPE + attention form (one launch a decode step); the CPU the
+// three steps (the deleted generic declaration in attention_shape.hpp).
+template <class B>
+constexpr bool kFusedRopeAttention = requires(float* f, const float* cf, const std::int64_t* pos,
+                                              const ops::AttentionShape& s) {
+    ops::attention_with_cache_rope(B{}, f, f, f, cf, f, f, std::int64_t{1}, pos, std::int64_t{1}, s, 1.0f, 1.0);
+};
+static_assert(kFusedRopeAttention<Cuda<>> && !kFusedRopeAttention<Cpu<>>);
+
 // One layer call on the GPU: x [T, n_in] uploaded, y starting from `y_start` (the start values of
 // an accumulating call, or NaN poison that shows any value left unwritten), y downloaded.
 template <class Layer, class... Extra>

@@ -16,4 +16,14 @@ struct AttentionShape {
     std::int64_t window_keys;  ///< keys a query sees, itself included; 0 = unlimited (full causal)
 };
 
+/// RoPE on q and k_new, the attention of T new tokens over the ring, and the ring update, in one
+/// call: the optional fused form of `Rotary::forward_qk` followed by `ops::attention_with_cache`.
+/// This deleted template stands for every backend without it; a backend that fuses them
+/// overloads it for its tag (CUDA: backend/cuda/ops.hpp), and `GqaAttention` calls it only where
+/// such an overload exists (a requires-expression), so the CPU keeps its three steps.
+template <class B>
+void attention_with_cache_rope(B, float* out, float* q, float* k_new, const float* v_new, float* k_cache,
+                               float* v_cache, std::int64_t C, const std::int64_t* positions, std::int64_t T,
+                               const AttentionShape& s, float scale, double theta) = delete;
+
 }  // namespace limarp::ops

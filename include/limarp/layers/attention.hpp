@@ -67,10 +67,19 @@ public:
             k_.forward(kb, x, T);
             v_.forward(vb, x, T);
         }
-        rope_.forward_qk(qb, kb, positions, T, shape_.n_heads, shape_.n_kv_heads);
-        // attend, then keep the newest keys/values in the ring
-        ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
-                                  score_scale());
+        // RoPE, attend, then keep the newest keys/values in the ring: in one call where the
+        // backend fuses them (CUDA: one launch for a decode step), else in three steps
+        if constexpr (requires {
+                          ops::attention_with_cache_rope(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity,
+                                                         positions, T, shape_, score_scale(), rope_.theta());
+                      }) {
+            ops::attention_with_cache_rope(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
+                                           score_scale(), rope_.theta());
+        } else {
+            rope_.forward_qk(qb, kb, positions, T, shape_.n_heads, shape_.n_kv_heads);
+            ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
+                                      score_scale());
+        }
         o_.forward(y, o_buf_.data(), T);
     }
 

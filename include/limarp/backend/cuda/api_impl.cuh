@@ -517,9 +517,10 @@ void rope_rotate_half(float* x, const std::int64_t* positions, std::int64_t T, s
     ops::rope_rotate_half(Cuda<90>{}, x, positions, T, n_heads, head_dim, theta, stream());
 }
 
-void attention_with_cache(float* out, const float* q, const float* k_new, const float* v_new, float* k_cache,
-                                 float* v_cache, std::int64_t C, const std::int64_t* positions, std::int64_t T,
-                                 const ops::AttentionShape& s, float scale) {
+namespace {
+void attention_with_cache_impl(float* out, const float* q, const float* k_new, const float* v_new, float* k_cache,
+                               float* v_cache, std::int64_t C, const std::int64_t* positions, std::int64_t T,
+                               const ops::AttentionShape& s, float scale, double rope_theta) {
     using namespace cuda_detail;
     if (T <= 0) return;
     ThreadState& st = thread_state();
@@ -532,6 +533,7 @@ void attention_with_cache(float* out, const float* q, const float* k_new, const 
         }
         AttentionDecodeConfig cfg{};
         cfg.splits = splits;
+        cfg.rope_theta = rope_theta;  // 0: q and k_new are rotated already
         ops::attention_decode_and_store(Cuda<90>{}, out, q, k_new, v_new, k_cache, v_cache, C, positions, s, scale,
                                         *st.attn_ws, st.stream, cfg);
         return;
@@ -539,6 +541,24 @@ void attention_with_cache(float* out, const float* q, const float* k_new, const 
     // prefill: the tiled kernel over ring + new keys, then the newest min(T, C) into the ring
     ops::attention_prefill(Cuda<90>{}, out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, st.stream);
     ops::kv_cache_store_rows(Cuda<90>{}, k_cache, v_cache, k_new, v_new, C, positions, T, kvd, st.stream);
+}
+}  // namespace
+
+void attention_with_cache(float* out, const float* q, const float* k_new, const float* v_new, float* k_cache,
+                          float* v_cache, std::int64_t C, const std::int64_t* positions, std::int64_t T,
+                          const ops::AttentionShape& s, float scale) {
+    attention_with_cache_impl(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, 0.0);
+}
+
+void attention_with_cache_rope(float* out, float* q, float* k_new, const float* v_new, float* k_cache, float* v_cache,
+                               std::int64_t C, const std::int64_t* positions, std::int64_t T,
+                               const ops::AttentionShape& s, float scale, double theta) {
+    if (T == 1 && theta > 0.0) {  // decode: RoPE inside the attention launch
+        attention_with_cache_impl(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, theta);
+        return;
+    }
+    rope_rotate_half_qk(q, k_new, positions, T, s.n_heads, s.n_kv_heads, s.head_dim, theta);
+    attention_with_cache_impl(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, 0.0);
 }
 
 void set_prefill_attention(PrefillAttention mode) {

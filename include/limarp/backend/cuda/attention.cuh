@@ -21,7 +21,11 @@
 /// visible keys fill (one per block step of NG * TK keys; the other blocks leave at once): the
 /// grid is sized for the longest context, and at a short one fewer partial states are merged.
 /// With `store_new` (`ops::attention_decode_and_store`) the kernel also writes the new key and
-/// value into the ring, after every block of the kv head has read it: no store launch. Inside the block, groups of G = HD / 8 lanes own one key
+/// value into the ring, after every block of the kv head has read it: no store launch. With
+/// `AttentionDecodeConfig::rope_theta` > 0 (and the store inside) q and k_new come without RoPE:
+/// each block rotates its NREP query heads and its kv head's new key into shared memory first
+/// (the rope kernel's numerics, rope.cuh), and the rotated key is what the ring gets: no RoPE
+/// launch either. Inside the block, groups of G = HD / 8 lanes own one key
 /// at a time, a lane 8 dimensions (one 16-byte load of bf16, two of f32); a group folds TK keys per
 /// step into its running max, sum and output (online softmax, one rescale per step), with the
 /// score reduced over the G lanes by shuffles; the next step's keys and values are loaded before
@@ -55,6 +59,7 @@
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
 #include "limarp/backend/cuda/detail/pdl.cuh"
+#include "limarp/backend/cuda/detail/rope_math.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/core/error.hpp"
 
@@ -69,14 +74,14 @@ inline constexpr int kAttnThreads = 32 * kAttnWarps;  // threads per block
 template <int NREP>
 inline constexpr int kAttnTileKeys = NREP >= 8 ? 2 : 4;
 
-// The 8 dimensions [sub * 8, sub * 8 + 8) of the key or value row at `pos`: the new token's (f32)
-// at pos == p, else ring row pos % C of kv head g.
+// The 8 dimensions [sub * 8, sub * 8 + 8) of the key or value row at `pos`: the new token's (f32,
+// `fresh` = kv head g's row of it) at pos == p, else ring row pos % C of kv head g.
 template <class KV>
 __device__ __forceinline__ void load_kv_row8(float (&v)[8], const float* __restrict__ fresh,
                                              const KV* __restrict__ ring, int pos, int p, int C, int kvd, int g,
                                              int HD, int sub) {
     if (pos == p) {
-        const float4 a = load4(fresh + g * HD + sub * 8), b = load4(fresh + g * HD + sub * 8 + 4);
+        const float4 a = load4(fresh + sub * 8), b = load4(fresh + sub * 8 + 4);
         v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
     } else {
         load8_streaming(v, ring + static_cast<long long>(pos % C) * kvd + g * HD + sub * 8);
@@ -90,7 +95,8 @@ __global__ void __launch_bounds__(kAttnThreads)
                             const float* __restrict__ k_new /*[n_kv * HD]*/, const float* __restrict__ v_new,
                             KV* __restrict__ k_cache /*[C, n_kv * HD]*/, KV* __restrict__ v_cache, int C,
                             const std::int64_t* __restrict__ position, int window, int n_kv, float scale,
-                            unsigned* __restrict__ counters /*[n_kv]: fused combine, or null*/, bool store_new) {
+                            unsigned* __restrict__ counters /*[n_kv]: fused combine, or null*/, bool store_new,
+                            float rope_theta /*> 0: rotate q and k_new here*/) {
     pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     constexpr int G = HD / 8;              // lanes per key
     constexpr int KPW = 32 / G;            // keys per warp step
@@ -100,6 +106,9 @@ __global__ void __launch_bounds__(kAttnThreads)
     __shared__ float sm_o[NG][NREP][HD];
     __shared__ float sm_m[NG][NREP], sm_l[NG][NREP];
     __shared__ unsigned s_ticket;
+    __shared__ __align__(16) float s_q[NREP][HD];  // rotated queries of this kv head
+    __shared__ __align__(16) float s_k[HD];        // rotated new key of kv head g
+    __shared__ float s_cs[HD / 2][2];
 
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
     const int sub = lane % G, grp = warp * KPW + lane / G;
@@ -117,12 +126,34 @@ __global__ void __launch_bounds__(kAttnThreads)
                             : static_cast<int>(gridDim.y);
     if (split >= n_splits) return;
     const int chunk = (n_keys + n_splits - 1) / n_splits;
+
+    // RoPE here (rope_theta > 0): the block rotates its NREP query heads and kv head g's new key
+    // into shared memory with the rope kernel's numerics (rope.cuh: rope_cos_sin, rope_rotate).
+    const bool rope = rope_theta > 0.f;
+    const float* q_src = q + g * NREP * HD;  // this kv head's query heads
+    const float* k_fresh = k_new + g * HD;   // its new key
+    if (rope) {
+        constexpr int half = HD / 2;
+        const float pos = static_cast<float>(*position);
+        for (int i = static_cast<int>(threadIdx.x); i < half; i += kAttnThreads)
+            rope_cos_sin(i, HD, pos, rope_theta, s_cs[i][0], s_cs[i][1]);
+        __syncthreads();
+        for (int e = static_cast<int>(threadIdx.x); e < (NREP + 1) * half; e += kAttnThreads) {
+            const int r = e / half, i = e % half;
+            const float* src = r < NREP ? q_src + r * HD : k_fresh;
+            float* dst = r < NREP ? &s_q[r][0] : s_k;
+            rope_rotate(src[i], src[i + half], s_cs[i][0], s_cs[i][1], dst[i], dst[i + half]);
+        }
+        __syncthreads();
+        q_src = &s_q[0][0];
+        k_fresh = s_k;
+    }
     const int j_begin = min(n_keys, split * chunk), j_end = min(n_keys, j_begin + chunk);
 
     float qr[NREP][8], o[NREP][8], m[NREP], l[NREP];
 #pragma unroll
     for (int r = 0; r < NREP; ++r) {
-        const float* qp = q + (g * NREP + r) * HD + sub * 8;
+        const float* qp = q_src + r * HD + sub * 8;
         const float4 a = load4(qp), b = load4(qp + 4);
         qr[r][0] = a.x, qr[r][1] = a.y, qr[r][2] = a.z, qr[r][3] = a.w;
         qr[r][4] = b.x, qr[r][5] = b.y, qr[r][6] = b.z, qr[r][7] = b.w;
@@ -139,8 +170,8 @@ __global__ void __launch_bounds__(kAttnThreads)
             const int j = j0 + t * NG + grp;
             valid[t] = j < j_end;
             if (valid[t]) {
-                load_kv_row8(kf[t], k_new, k_cache, lo + j, p, C, kvd, g, HD, sub);
-                load_kv_row8(vf[t], v_new, v_cache, lo + j, p, C, kvd, g, HD, sub);
+                load_kv_row8(kf[t], k_fresh, k_cache, lo + j, p, C, kvd, g, HD, sub);
+                load_kv_row8(vf[t], v_new + g * HD, v_cache, lo + j, p, C, kvd, g, HD, sub);
             } else {
 #pragma unroll
                 for (int i = 0; i < 8; ++i) kf[t][i] = vf[t][i] = 0.f;
@@ -243,7 +274,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     const auto store_new_row = [&] {
         const long long row = static_cast<long long>(p % C) * kvd + g * HD;
         for (int i = static_cast<int>(threadIdx.x); i < HD; i += kAttnThreads) {
-            k_cache[row + i] = from_f32<KV>(k_new[g * HD + i]);
+            k_cache[row + i] = from_f32<KV>(k_fresh[i]);
             v_cache[row + i] = from_f32<KV>(v_new[g * HD + i]);
         }
     };
@@ -392,6 +423,10 @@ struct AttentionDecodeConfig {
     /// With splits > 1: merge the splits in the last block of each kv head to finish (one launch;
     /// the default), or in a separate combine kernel (two launches; kept as a measured variant).
     bool fused_combine = true;
+    /// > 0: q and k_new come without RoPE and the kernel rotates them at position p (HF
+    /// rotate-half with this base, the numerics of `ops::rope_rotate_half_qk`; the rotated key is
+    /// what goes into the ring). 0: they are rotated already.
+    double rope_theta = 0.0;
 };
 
 /// Whether a decode launch with `splits` splits and `cfg` can store the new key and value itself
@@ -462,12 +497,12 @@ template <int HD, int NREP, class KV>
 void launch_attention_decode_kernel(int splits, bool fused, float* out, AttentionDecodeWorkspace& ws, const float* q,
                                     const float* k_new, const float* v_new, KV* k_cache, KV* v_cache,
                                     std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s,
-                                    float scale, cudaStream_t stream, bool store_new) {
+                                    float scale, cudaStream_t stream, bool store_new, float rope_theta) {
     const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(splits));
     launch_chained(__FILE__, __LINE__, attention_decode_kernel<HD, NREP, KV>, grid, dim3(kAttnThreads), 0, stream,
                    out, ws.partial_out(), ws.partial_max_sum(), q, k_new, v_new, k_cache, v_cache,
                    static_cast<int>(C), position, static_cast<int>(s.window_keys), static_cast<int>(s.n_kv_heads),
-                   scale, fused ? ws.counters() : nullptr, store_new);
+                   scale, fused ? ws.counters() : nullptr, store_new, rope_theta);
     if (splits > 1 && !fused)
         launch_chained(__FILE__, __LINE__, attention_decode_combine_kernel, dim3(static_cast<unsigned>(s.n_heads)),
                        dim3(128), 0, stream, out, ws.partial_out(), ws.partial_max_sum(), splits,
@@ -501,10 +536,14 @@ bool attention_decode(float* out, const float* q, const float* k_new, const floa
                             std::to_string(ws.max_splits()) + " splits of this shape, " + std::to_string(splits) +
                             " asked; make it with AttentionDecodeWorkspace(shape, attention_decode_default_splits(...))");
     const bool in_kernel = store_new && attention_decode_stores_in_kernel(splits, cfg);
+    if (cfg.rope_theta > 0.0 && !in_kernel)
+        throw ArgumentError("attention_sliding_window_decode (CUDA): RoPE inside the attention (rope_theta > 0) needs "
+                            "the store inside it too (ops::attention_decode_and_store with one split or the fused "
+                            "combine): the ring must get the rotated key");
     with_attention_layout<8, 16, 32, 64, 128, 256>(s, [&](auto hd, auto rep) {
         launch_attention_decode_kernel<decltype(hd)::value, decltype(rep)::value>(
             splits, cfg.fused_combine, out, ws, q, k_new, v_new, k_cache, v_cache, C, position, s, scale, stream,
-            in_kernel);
+            in_kernel, static_cast<float>(cfg.rope_theta));
     });
     return in_kernel;
 }

@@ -160,6 +160,14 @@ void attention_with_cache(Cuda<Sm>, float* out, const float* q, const float* k_n
                           const AttentionShape& s, float scale) {
     cuda_api::attention_with_cache(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale);
 }
+/// RoPE on q and k_new, then the attention and the ring update, fused for one token (see
+/// `cuda_api::attention_with_cache_rope`); the form `GqaAttention` uses where a backend has it.
+template <int Sm>
+void attention_with_cache_rope(Cuda<Sm>, float* out, float* q, float* k_new, const float* v_new, float* k_cache,
+                               float* v_cache, std::int64_t C, const std::int64_t* positions, std::int64_t T,
+                               const AttentionShape& s, float scale, double theta) {
+    cuda_api::attention_with_cache_rope(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, theta);
+}
 /// y += x.
 template <int Sm>
 void add_inplace(Cuda<Sm>, float* y, const float* x, std::int64_t n) {

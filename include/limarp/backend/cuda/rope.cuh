@@ -30,6 +30,7 @@
 #include "limarp/backend/backend.hpp"
 #include "limarp/backend/cuda/detail/block_reduce.cuh"
 #include "limarp/backend/cuda/detail/pdl.cuh"
+#include "limarp/backend/cuda/detail/rope_math.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/core/error.hpp"
 
@@ -48,15 +49,14 @@ __device__ __forceinline__ void rotate_pair(float* a, float* b, int t, int n_a, 
     for (int h = h0; h < h1; ++h) {
         float* x = h < n_a ? a + (static_cast<long long>(t) * n_a + h) * head_dim
                            : b + (static_cast<long long>(t) * n_b + (h - n_a)) * head_dim;
-        const float x1 = x[i], x2 = x[i + half];
-        x[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-        x[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+        rope_rotate(x[i], x[i + half], c, s, x[i], x[i + half]);
     }
 }
 
 // Rotates heads [blockIdx.y * HPB, ...) of token blockIdx.x: heads < n_a are in a (stride
-// n_a * head_dim per token), the next n_b in b.
-__global__ void __launch_bounds__(128)
+// n_a * head_dim per token), the next n_b in b. (The kernels of this header are static: a program
+// may include it from several translation units, e.g. through attention tests and the RoPE tests.)
+static __global__ void __launch_bounds__(128)
     rope_rotate_half_kernel(float* a /*[T, n_a, hd]*/, float* b /*[T, n_b, hd]*/,
                             const std::int64_t* __restrict__ positions /*[T]*/, int n_a, int n_b, int head_dim,
                             float theta) {
@@ -67,18 +67,14 @@ __global__ void __launch_bounds__(128)
     const int h1 = min(h0 + kRopeHeadsPerBlock, n_a + n_b);
     const float pos = static_cast<float>(positions[t]);
     for (int i = static_cast<int>(threadIdx.x); i < half; i += static_cast<int>(blockDim.x)) {
-        const float e = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-        const float inv = 1.0f / static_cast<float>(pow(static_cast<double>(theta), static_cast<double>(e)));
-        const double angle = static_cast<double>(__fmul_rn(pos, inv));
-        double sd, cd;
-        sincos(angle, &sd, &cd);
-        const float c = static_cast<float>(cd), s = static_cast<float>(sd);
+        float c, s;
+        rope_cos_sin(i, head_dim, pos, theta, c, s);
         rotate_pair(a, b, t, n_a, n_b, head_dim, h0, h1, i, c, s);
     }
 }
 
 // The same rotation with cos/sin read from a table [n_positions, head_dim / 2].
-__global__ void __launch_bounds__(128)
+static __global__ void __launch_bounds__(128)
     rope_rotate_half_table_kernel(float* a /*[T, n_a, hd]*/, float* b /*[T, n_b, hd]*/,
                                   const std::int64_t* __restrict__ positions /*[T]*/,
                                   const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int n_a,
