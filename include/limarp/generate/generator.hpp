@@ -77,8 +77,8 @@ struct GenerationResult {
     std::int64_t prompt_tokens = 0;             ///< prompt length
     std::int64_t reused_tokens = 0;             ///< prompt tokens whose keys/values were kept from the cache
     std::int64_t prefilled_tokens = 0;          ///< prompt tokens run through the model (prompt_tokens - reused_tokens)
-    double prefill_seconds = 0;                 ///< time of the prompt forward pass
-    double decode_seconds = 0;                  ///< time of the one-token forward passes
+    double prefill_seconds = 0;                 ///< time of the prompt forward pass and the first pick
+    double decode_seconds = 0;                  ///< time of the one-token forward passes and their picks
 };
 
 /// Receives generated text as soon as it is final (never part of a UTF-8 character, never text
@@ -192,7 +192,10 @@ private:
 
         std::vector<std::int32_t> history(prompt.begin(), prompt.end());
         auto t0 = clock::now();
-        std::int32_t id = next(prompt.subspan(static_cast<std::size_t>(keep)), history, opt.max_new_tokens > 0);
+        const auto cancelled = [&] { return opt.cancel && opt.cancel->load(std::memory_order_relaxed); };
+        // no pick when nothing will be generated (no random number drawn, as before a cancelled token)
+        std::int32_t id =
+            next(prompt.subspan(static_cast<std::size_t>(keep)), history, opt.max_new_tokens > 0 && !cancelled());
         r.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
 
         std::optional<text::StreamDecoder> dec;
@@ -208,7 +211,7 @@ private:
                 r.reason = StopReason::MaxTokens;
                 break;
             }
-            if (opt.cancel && opt.cancel->load(std::memory_order_relaxed)) {
+            if (cancelled()) {
                 r.reason = StopReason::Cancelled;
                 break;
             }
@@ -240,7 +243,8 @@ private:
             }
             t0 = clock::now();
             const std::int32_t last = id;
-            id = next(std::span<const std::int32_t>(&last, 1), history, true);
+            const bool stop_now = cancelled();  // the cancelled token is run but not picked
+            id = next(std::span<const std::int32_t>(&last, 1), history, !stop_now);
             r.decode_seconds += std::chrono::duration<double>(clock::now() - t0).count();
         }
         if (dec && r.reason != StopReason::StopString) {

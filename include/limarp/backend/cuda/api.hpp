@@ -136,7 +136,7 @@ void attention_with_cache(float* out, const float* q, const float* k_new, const 
 /// RoPE (rotate-half, base `theta`) on q [T, n_heads, head_dim] and k_new, then
 /// `attention_with_cache`: one token in one launch (the decode kernel rotates q and k_new in
 /// shared memory and stores the rotated key; q and k_new stay as they were), more tokens through
-/// `rope_rotate_half_qk` in place and then the prefill.
+/// `rope_rotate_half_qk` in place and then the prefill. \throws ArgumentError when theta <= 0
 void attention_with_cache_rope(float* out, float* q, float* k_new, const float* v_new, float* k_cache, float* v_cache,
                                std::int64_t C, const std::int64_t* positions, std::int64_t T,
                                const ops::AttentionShape& s, float scale, double theta);

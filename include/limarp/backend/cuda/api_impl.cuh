@@ -553,7 +553,8 @@ void attention_with_cache(float* out, const float* q, const float* k_new, const 
 void attention_with_cache_rope(float* out, float* q, float* k_new, const float* v_new, float* k_cache, float* v_cache,
                                std::int64_t C, const std::int64_t* positions, std::int64_t T,
                                const ops::AttentionShape& s, float scale, double theta) {
-    if (T == 1 && theta > 0.0) {  // decode: RoPE inside the attention launch
+    if (!(theta > 0.0)) throw ArgumentError("attention_with_cache_rope (CUDA): the RoPE base must be > 0");
+    if (T == 1) {  // decode: RoPE inside the attention launch
         attention_with_cache_impl(out, q, k_new, v_new, k_cache, v_cache, C, positions, T, s, scale, theta);
         return;
     }

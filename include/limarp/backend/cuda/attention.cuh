@@ -425,7 +425,9 @@ struct AttentionDecodeConfig {
     bool fused_combine = true;
     /// > 0: q and k_new come without RoPE and the kernel rotates them at position p (HF
     /// rotate-half with this base, the numerics of `ops::rope_rotate_half_qk`; the rotated key is
-    /// what goes into the ring). 0: they are rotated already.
+    /// what goes into the ring). 0: they are rotated already. Only with the store inside the
+    /// launch (`ops::attention_decode_and_store` with one split or the fused combine): otherwise
+    /// the calls throw ArgumentError.
     double rope_theta = 0.0;
 };
 

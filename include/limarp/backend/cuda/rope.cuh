@@ -54,9 +54,10 @@ __device__ __forceinline__ void rotate_pair(float* a, float* b, int t, int n_a, 
 }
 
 // Rotates heads [blockIdx.y * HPB, ...) of token blockIdx.x: heads < n_a are in a (stride
-// n_a * head_dim per token), the next n_b in b. (The kernels of this header are static: a program
-// may include it from several translation units, e.g. through attention tests and the RoPE tests.)
-static __global__ void __launch_bounds__(128)
+// n_a * head_dim per token), the next n_b in b. (The kernels of this header are templates, so that
+// a program may include it from several translation units: one definition each, no duplicates.)
+template <int = 0>
+__global__ void __launch_bounds__(128)
     rope_rotate_half_kernel(float* a /*[T, n_a, hd]*/, float* b /*[T, n_b, hd]*/,
                             const std::int64_t* __restrict__ positions /*[T]*/, int n_a, int n_b, int head_dim,
                             float theta) {
@@ -74,7 +75,8 @@ static __global__ void __launch_bounds__(128)
 }
 
 // The same rotation with cos/sin read from a table [n_positions, head_dim / 2].
-static __global__ void __launch_bounds__(128)
+template <int = 0>
+__global__ void __launch_bounds__(128)
     rope_rotate_half_table_kernel(float* a /*[T, n_a, hd]*/, float* b /*[T, n_b, hd]*/,
                                   const std::int64_t* __restrict__ positions /*[T]*/,
                                   const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int n_a,
@@ -99,7 +101,7 @@ inline void launch_rope_rotate_half(float* a, float* b, const std::int64_t* posi
     const std::int64_t half = head_dim / 2;
     const unsigned threads = static_cast<unsigned>(half >= 128 ? 128 : (half + 31) / 32 * 32);
     const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((heads + kRopeHeadsPerBlock - 1) / kRopeHeadsPerBlock));
-    launch_chained(__FILE__, __LINE__, rope_rotate_half_kernel, grid, dim3(threads), 0, stream, a, b, positions,
+    launch_chained(__FILE__, __LINE__, rope_rotate_half_kernel<>, grid, dim3(threads), 0, stream, a, b, positions,
                    static_cast<int>(n_a), static_cast<int>(n_b), static_cast<int>(head_dim),
                    static_cast<float>(theta));
 }
@@ -216,7 +218,7 @@ void rope_rotate_half_qk(Cuda<Sm>, float* q /*[T, n_heads, head_dim]*/, float* k
     const unsigned threads = static_cast<unsigned>(half >= 128 ? 128 : (half + 31) / 32 * 32);
     const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((heads + cuda_detail::kRopeHeadsPerBlock - 1) /
                                                                     cuda_detail::kRopeHeadsPerBlock));
-    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::rope_rotate_half_table_kernel, grid, dim3(threads), 0,
+    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::rope_rotate_half_table_kernel<>, grid, dim3(threads), 0,
                                 stream, q, k, positions, table.cos(), table.sin(), static_cast<int>(n_heads),
                                 static_cast<int>(n_kv_heads), static_cast<int>(table.head_dim()));
 }

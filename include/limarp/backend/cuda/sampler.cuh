@@ -732,9 +732,11 @@ void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits 
 
 /// The on-device sampler of a generation loop: the settings of a CPU `generate::SamplerParams`
 /// (the supported stages, see `DeviceSamplingParams::from`), a device step counter and a device
-/// id. `enqueue` leaves the id on the device (for the next step's embedding, or a CUDA graph);
-/// `sample` also copies those 4 bytes back. With penalties active, the history's ids are applied
-/// to the logits in place first (`ops::apply_penalties`).
+/// id. `enqueue` leaves the id on the device (e.g. for the next step's embedding); `sample` also
+/// copies those 4 bytes back. With penalties active, the history's ids are applied to the logits
+/// in place first (`ops::apply_penalties`). Not for stream capture: the first top-k pick
+/// allocates the prefilter's scratch, and the penalties count the history on the host and upload
+/// it.
 class DeviceSampler {
 public:
     /// \throws ArgumentError as `DeviceSamplingParams::from`; CudaError when the allocation fails
@@ -742,10 +744,12 @@ public:
         : greedy_(params.temperature <= 0.0f), p_(DeviceSamplingParams::from(params)), state_(2, "device sampler state") {
         // room for the penalty range's ids and counts up front (a later growth frees memory,
         // which makes the model re-record its CUDA graph once)
-        if (!p_.penalties.empty() && p_.penalty_range != 0)
-            penalty_ids_ = DeviceBuffer<std::int32_t>(
-                static_cast<std::size_t>(2 * (p_.penalty_range > 0 ? std::max(p_.penalty_range, 512) : 4096)),
-                "sampler penalty ids");
+        if (!p_.penalties.empty() && p_.penalty_range != 0) {
+            const std::int64_t ids = p_.penalty_range > 0
+                                         ? std::clamp<std::int64_t>(p_.penalty_range, 512, std::int64_t{1} << 17)
+                                         : 4096;  // more distinct ids grow it geometrically
+            penalty_ids_ = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(2 * ids), "sampler penalty ids");
+        }
         reseed(params.seed);
     }
     /// Restarts the random sequence: seed `seed`, step 0.

@@ -102,7 +102,8 @@ __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
 
 /// Loads 8 consecutive elements as f32 (f32: two 16-byte loads; bf16: one 16-byte load), read
 /// through the non-coherent path with no L1 allocation (data read once per kernel).
-/// \pre p is aligned to 8 elements; nothing writes *p while the kernel runs.
+/// \pre p is aligned to 8 elements; nothing writes *p while the kernel runs, or only after every
+/// read of it (the decode attention stores the new ring row once all its blocks have read it).
 __device__ __forceinline__ void load8_streaming(float (&v)[8], const float* p) {
     float4 a, b;
     asm("ld.global.nc.L1::no_allocate.v4.f32 {%0, %1, %2, %3}, [%4];"
