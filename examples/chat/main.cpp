@@ -183,9 +183,7 @@ int main(int argc, char** argv) {
         app.add_option("--adapter", mo.adapters,
                        "PEFT LoRA adapter folder (e.g. LimaRP-MistralOrca-7B), optionally :SCALE (repeatable)");
         app.add_flag("--show-prompt", show_prompt, "print each prompt to stderr before the reply");
-        app.add_flag("--host-sampling", host_sampling,
-                     "with --device cuda: copy the logits back and sample on the CPU (default: on the GPU, when its "
-                     "sampler takes the settings: penalties first, then top-k, top-p, min-p, temperature)");
+        app.add_flag("--host-sampling", host_sampling, programs::kHostSamplingHelp);
         app.add_option("--delay-ms", delay_ms, "pause after each token (demos and tests of streaming and Ctrl-C)")
             ->check(CLI::NonNegativeNumber);
         try {

@@ -20,6 +20,11 @@
 
 namespace limarp::programs {
 
+/// The help text of the programs' --host-sampling flag.
+inline constexpr const char* kHostSamplingHelp =
+    "with --device cuda: copy the logits back and sample on the CPU (default: on the GPU, when its sampler takes "
+    "the settings: penalties first, then top-k, top-p, min-p, temperature)";
+
 /// The token picker of one program run for a model of type `Model` (see the file comment).
 template <class Model>
 class TokenPicker {
@@ -49,14 +54,6 @@ public:
         return dev_.has_value();
 #else
         return false;
-#endif
-    }
-
-    /// Restarts the random sequence from `seed` (both samplers).
-    void reseed(std::uint64_t seed) {
-        cpu_->reseed(seed);
-#if defined(LIMARP_WITH_CUDA_BACKEND)
-        if (dev_) dev_->reseed(seed);
 #endif
     }
 

@@ -71,9 +71,7 @@ int main(int argc, char** argv) {
         app.add_flag("--print-ids", print_ids,
                      "print the new ids on one line (the default output without a tokenizer)");
         app.add_flag("--stats", stats, "print prefill/decode tokens per second (and where tokens are sampled) to stderr");
-        app.add_flag("--host-sampling", host_sampling,
-                     "with --device cuda: copy the logits back and sample on the CPU (default: on the GPU, when its "
-                     "sampler takes the settings: penalties first, then top-k, top-p, min-p, temperature)");
+        app.add_flag("--host-sampling", host_sampling, programs::kHostSamplingHelp);
         app.add_option("--window-convention", convention, "sliding window: hf (W keys, default) or mistral (W+1 keys)");
         app.add_option("--threads", threads, "worker threads (default: all cores; or LIMARP_THREADS)");
         app.add_option("--quant", mo.quant, "none | int8 | q8_0 | auto (default: what the files hold)");

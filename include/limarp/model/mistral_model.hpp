@@ -102,22 +102,8 @@ public:
     /// into host memory, whatever the backend (a device backend copies them out).
     /// \throws ArgumentError when an id is outside the vocabulary (the cache is left unchanged).
     void forward(float* logits, std::span<const std::int32_t> ids, cache_type& cache, LogitsRows rows = LogitsRows::All) {
-        const std::int64_t T = static_cast<std::int64_t>(ids.size());
         check_ids(ids);
-        for (std::int64_t c0 = 0; c0 < T; c0 += chunk_) {
-            const std::int64_t n = std::min(chunk_, T - c0);
-            const bool last_chunk = c0 + n == T;
-            float* out = nullptr;
-            std::int64_t first_row = -1;  // no logits
-            if (rows == LogitsRows::All) {
-                out = logits + c0 * cfg_.vocab;
-                first_row = 0;
-            } else if (rows == LogitsRows::Last && last_chunk) {
-                out = logits;
-                first_row = n - 1;
-            }
-            step(out, first_row, ids.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(n)), cache);
-        }
+        chunks(logits, ids, cache, rows);
     }
 
     /// Runs `ids` [T >= 1] after the cached tokens as `forward(..., LogitsRows::Last)` does, but
@@ -129,16 +115,9 @@ public:
     template <class Pick>
         requires std::invocable<Pick&, float*, std::int64_t>
     decltype(auto) forward_pick(std::span<const std::int32_t> ids, cache_type& cache, Pick&& pick) {
-        const std::int64_t T = static_cast<std::int64_t>(ids.size());
-        if (T == 0) throw ArgumentError("forward_pick: no ids");
+        if (ids.empty()) throw ArgumentError("forward_pick: no ids");
         check_ids(ids);
-        float* y = nullptr;
-        for (std::int64_t c0 = 0; c0 < T; c0 += chunk_) {
-            const std::int64_t n = std::min(chunk_, T - c0);
-            y = step(nullptr, c0 + n == T ? n - 1 : -1, ids.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(n)),
-                     cache);
-        }
-        return pick(y, static_cast<std::int64_t>(cfg_.vocab));
+        return pick(chunks(nullptr, ids, cache, LogitsRows::Last), static_cast<std::int64_t>(cfg_.vocab));
     }
 
     /// Convenience: scores `ids` from an empty cache and returns logits [T, vocab].
@@ -164,6 +143,28 @@ private:
             if (ids[t] < 0 || ids[t] >= cfg_.vocab)
                 throw ArgumentError("token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) +
                                     " is outside the vocabulary [0, " + std::to_string(cfg_.vocab) + ")");
+    }
+
+    // `ids` in chunks of chunk_ tokens. Logits rows as `rows` says, into host `logits`, or with a
+    // null `logits` (LogitsRows::Last) kept in the backend's memory. Returns the last chunk's
+    // logits in the backend's memory (null when it computed none).
+    float* chunks(float* logits, std::span<const std::int32_t> ids, cache_type& cache, LogitsRows rows) {
+        const std::int64_t T = static_cast<std::int64_t>(ids.size());
+        float* y = nullptr;
+        for (std::int64_t c0 = 0; c0 < T; c0 += chunk_) {
+            const std::int64_t n = std::min(chunk_, T - c0);
+            float* out = nullptr;
+            std::int64_t first_row = -1;  // no logits
+            if (rows == LogitsRows::All) {
+                out = logits + c0 * cfg_.vocab;
+                first_row = 0;
+            } else if (rows == LogitsRows::Last && c0 + n == T) {
+                out = logits;
+                first_row = n - 1;
+            }
+            y = step(out, first_row, ids.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(n)), cache);
+        }
+        return y;
     }
 
     // One chunk: logits for rows [first_row, n) written to `out` when it is not null; with a null

@@ -48,7 +48,6 @@
 #include <cstdint>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "limarp/backend/backend.hpp"
@@ -616,16 +615,11 @@ void apply_penalties(Cuda<Sm>, float* logits /*[vocab]*/, std::int64_t vocab, co
                      std::span<const std::int32_t> history, DeviceBuffer<std::int32_t>& scratch,
                      cudaStream_t stream = nullptr) {
     if (p.penalties.empty() || p.penalty_range == 0 || history.empty()) return;
-    const std::size_t n_recent = p.penalty_range < 0 ? history.size()
-                                                     : std::min(history.size(), static_cast<std::size_t>(p.penalty_range));
-    std::unordered_map<std::int32_t, int> counts;
-    for (std::size_t i = history.size() - n_recent; i < history.size(); ++i) {
-        const std::int32_t id = history[i];
+    const auto counts = generate::detail::recent_counts(history, p.penalty_range);  // the CPU sampler's counts
+    for (const auto& [id, c] : counts)
         if (id < 0 || id >= vocab)
             throw ArgumentError("apply_penalties: history id " + std::to_string(id) + " is outside [0, " +
                                 std::to_string(vocab) + ")");
-        ++counts[id];
-    }
     cuda_detail::PenaltyArgs a;
     a.n = static_cast<int>(counts.size());
     a.n_stages = static_cast<int>(std::min<std::size_t>(p.penalties.size(), 3));
