@@ -368,6 +368,69 @@ BOOST_AUTO_TEST_CASE(int8_activation_gemm_matches_the_cpu_on_odd_shapes) {
     BOOST_TEST_MESSAGE("int8-activation GEMM (CUDA) vs CPU layer: worst max rel err " << worst);
 }
 
+// The shared-input prefill forms of QuantizedLinear<Int8Rowwise, Cuda> (`try_forward_qkv`,
+// `try_forward_pair`: x's outlier columns and row quantization computed once for several weights)
+// give each layer's own `forward` bit for bit: the same quantized bytes, the same GEMMs in the same
+// order; with hundreds of outlier columns (the outlier GEMM's padded inner dimension), a few, or
+// none (threshold 0). Options that differ between the layers decline (false, nothing written).
+BOOST_AUTO_TEST_CASE(int8_shared_input_forms_match_each_layer) {
+    using Q = QuantizedLinear<Int8Rowwise, Cuda<>>;
+    std::mt19937 rng(29);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::uniform_real_distribution<float> ux(-2.0f, 2.0f), big(8.0f, 20.0f);
+    const std::int64_t n_in = 1000, n_outs[3] = {260, 130, 130};
+    std::vector<QuantizedWeight<Int8Rowwise>> qw;
+    for (const std::int64_t n_out : n_outs) {
+        Tensor<float> wf({n_out, n_in});
+        for (std::int64_t i = 0; i < wf.size(); ++i) wf[i] = nd(rng) * 0.05f;
+        qw.push_back(QuantizedWeight<Int8Rowwise>::quantize(Weight::owned(std::move(wf), "w")));
+    }
+    for (const float thr : {6.0f, 0.0f}) {
+        Q l0(qw[0], QuantOptions::int8(thr)), l1(qw[1], QuantOptions::int8(thr)), l2(qw[2], QuantOptions::int8(thr));
+        for (const int n_outlier_cols : {300, 3}) {
+            const std::int64_t T = n_outlier_cols == 300 ? 33 : 2;
+            Tensor<float> x({T, n_in});
+            for (std::int64_t i = 0; i < x.size(); ++i) x[i] = ux(rng);
+            for (int c = 0; c < n_outlier_cols; ++c)
+                x[static_cast<std::int64_t>(rng() % static_cast<unsigned>(T)) * n_in +
+                  static_cast<std::int64_t>(rng() % static_cast<unsigned>(n_in))] = (rng() % 2 ? 1.0f : -1.0f) * big(rng);
+            DeviceBuffer<float> dx(static_cast<std::size_t>(x.size()), "x");
+            dx.upload(x.data(), dx.size());
+            std::vector<DeviceBuffer<float>> sep, fused;
+            for (const std::int64_t n_out : n_outs) {
+                sep.emplace_back(static_cast<std::size_t>(T * n_out), "separate");
+                fused.emplace_back(static_cast<std::size_t>(T * n_out), "fused");
+            }
+            l0.forward(sep[0].data(), dx.data(), T);
+            l1.forward(sep[1].data(), dx.data(), T);
+            l2.forward(sep[2].data(), dx.data(), T);
+            BOOST_TEST(Q::try_forward_qkv(l0, fused[0].data(), l1, fused[1].data(), l2, fused[2].data(), dx.data(), T));
+            cuda_api::synchronize();
+            for (int i = 0; i < 3; ++i) {
+                std::vector<float> a(sep[i].size()), b(fused[i].size());
+                sep[i].download(a.data(), a.size());
+                fused[i].download(b.data(), b.size());
+                BOOST_CHECK_MESSAGE(a == b, "q/k/v shared form, weight " << i << ", threshold " << thr << ", "
+                                                                          << n_outlier_cols << " outliers: differs");
+            }
+            DeviceBuffer<float> p0(static_cast<std::size_t>(T * n_outs[1]), "p0"), p1(p0.size(), "p1");
+            BOOST_TEST(Q::try_forward_pair(l1, p0.data(), l2, p1.data(), dx.data(), T));
+            cuda_api::synchronize();
+            std::vector<float> a(p0.size()), b(p0.size()), c(p0.size()), d(p0.size());
+            p0.download(a.data(), a.size());
+            p1.download(b.data(), b.size());
+            sep[1].download(c.data(), c.size());
+            sep[2].download(d.data(), d.size());
+            BOOST_CHECK(a == c);
+            BOOST_CHECK(b == d);
+        }
+        Q other(qw[1], QuantOptions::int8(thr > 0 ? 0.0f : 6.0f));
+        DeviceBuffer<float> dx(static_cast<std::size_t>(2 * n_in), "x"), y0(2 * 260, "y0"), y1(2 * 130, "y1");
+        BOOST_TEST(!Q::try_forward_pair(l0, y0.data(), other, y1.data(), dx.data(), 2));
+        BOOST_TEST(!Q::try_forward_pair(l0, y0.data(), l1, y1.data(), dx.data(), 1));  // one token: not this form
+    }
+}
+
 // Lora<QuantizedLinear<Int8Rowwise, Cuda>> with bf16 factors: one token adds the first adapter's
 // B product inside the int8 GEMV (`forward_lora`, r % 8 == 0), other ranks and adapters go the
 // separate way; against the CPU layer, weight-only (f32 activations on both sides).

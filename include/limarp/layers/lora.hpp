@@ -126,18 +126,14 @@ public:
 
 private:
     void forward_impl(float* y, const float* x, std::int64_t T, bool accumulate) {
-        const auto a_product = [&](const LoraFactors& f) {  // z = scale · x Aᵀ, in tmp_
-            float* z = BackendMemory<backend_type>::ensure(tmp_, T * f.A.shape[0]);
-            scaled_a_product(f, z, x, T);
-            return z;
-        };
         const LoraFactors* fused = nullptr;
         // A base with `forward_lora` (the int8 row-wise layer, CPU and CUDA) adds the first active adapter's B
         // product inside its own pass: z = scale · x Aᵀ first, then base + z Bᵀ.
         if constexpr (requires(Base& b, const bf16* bb, const float* z) { b.forward_lora(y, x, T, bb, z, T, true); }) {
             for (auto& f : factors_) {
                 if (!f.active() || f.B.dtype != DType::BF16) continue;
-                const float* z = a_product(f);
+                float* z = BackendMemory<backend_type>::ensure(tmp_, T * f.A.shape[0]);  // z = scale · x Aᵀ
+                scaled_a_product(f, z, x, T);
                 base_.forward_lora(y, x, T, f.B.as<bf16>(), z, f.A.shape[0], accumulate);
                 fused = &f;
                 break;
@@ -149,10 +145,15 @@ private:
             else
                 base_.forward(y, x, T);  // accumulate is false: the public overload requires the form above
         }
+        add_terms(y, x, T, fused);
+    }
+    // y += Σ scale · (x Aᵀ) Bᵀ over the active adapters other than `skip`.
+    void add_terms(float* y, const float* x, std::int64_t T, const LoraFactors* skip = nullptr) {
         for (auto& f : factors_) {
-            if (&f == fused || !f.active()) continue;
+            if (&f == skip || !f.active()) continue;
             const std::int64_t r = f.A.shape[0];
-            const float* z = a_product(f);
+            float* z = BackendMemory<backend_type>::ensure(tmp_, T * r);  // z = scale · x Aᵀ
+            scaled_a_product(f, z, x, T);
             visit_weight(f.B, [&](const auto* b) {
                 ops::matmul_wt(backend_type{}, y, z, b, T, r, out_features(), /*accumulate=*/true);
             });
@@ -164,6 +165,8 @@ public:
     /// layer's adapter inside the same pass: q/k/v in one launch. Applies when each layer has at
     /// most one active (unmerged, non-zero scale) adapter and its B is bf16; returns false, doing
     /// nothing, otherwise or when the base declines (the caller runs each layer's `forward`).
+    /// More tokens: the bases' shared-input form (`try_forward_shared`: x's int8 activations
+    /// computed once), then each layer's active adapters added.
     static bool try_forward_qkv(Lora& q, float* yq, Lora& k, float* yk, Lora& v, float* yv, const float* x,
                                 std::int64_t T)
         requires requires(Base* const* l, float* const* y, const typename Base::LoraTerm* t) {
@@ -172,7 +175,18 @@ public:
         }
     {
         Lora* layers[3] = {&q, &k, &v};
-        if (!Base::fuses(T)) return false;
+        if (!Base::fuses(T)) {  // more tokens: the bases' shared-input form, then each layer's adapters
+            if constexpr (requires(Base* const* l, float* const* y) {
+                              { Base::try_forward_shared(l, y, 3, x, T) } -> std::convertible_to<bool>;
+                          }) {
+                Base* bases[3] = {&q.base_, &k.base_, &v.base_};
+                float* ys[3] = {yq, yk, yv};
+                if (!Base::try_forward_shared(bases, ys, 3, x, T)) return false;
+                for (int i = 0; i < 3; ++i) layers[i]->add_terms(ys[i], x, T);
+                return true;
+            }
+            return false;
+        }
         for (Lora* l : layers)
             if (!l->fusable()) return false;
         Base* bases[3];
@@ -195,6 +209,18 @@ public:
         typename Base::LoraTerm terms[2];
         fused_terms(layers, x, T, terms);
         return Base::try_forward_swiglu(gate.base_, up.base_, h, x, T, terms[0], terms[1]);
+    }
+
+    /// ya = a(x), yb = b(x) for more than one token through the bases' shared-input form
+    /// (`QuantizedLinear<Int8Rowwise, Cuda<>>::try_forward_pair`: x's int8 activations computed once),
+    /// then each layer's active adapters added. Returns false, doing nothing, when the base declines.
+    static bool try_forward_pair(Lora& a, float* ya, Lora& b, float* yb, const float* x, std::int64_t T)
+        requires requires(Base& bb) { { Base::try_forward_pair(bb, ya, bb, yb, x, T) } -> std::convertible_to<bool>; }
+    {
+        if (!Base::try_forward_pair(a.base_, ya, b.base_, yb, x, T)) return false;
+        a.add_terms(ya, x, T);
+        b.add_terms(yb, x, T);
+        return true;
     }
 
     /// Attaches the factors of `adapter` for this module, if it targets it; returns whether it did.

@@ -108,8 +108,13 @@ private:
             if (Proj::try_forward_swiglu(gate_, up_, g, x, T)) return;
         }
         float* u = BackendMemory<B>::ensure(u_, T * d_ff);
-        gate_.forward(g, x, T);
-        up_.forward(u, x, T);
+        bool pair = false;  // gate and up from one preparation of x where the projection type can
+        if constexpr (requires { { Proj::try_forward_pair(gate_, g, up_, u, x, T) } -> std::convertible_to<bool>; })
+            pair = Proj::try_forward_pair(gate_, g, up_, u, x, T);
+        if (!pair) {
+            gate_.forward(g, x, T);
+            up_.forward(u, x, T);
+        }
         ops::swiglu(B{}, g, g, u, T * d_ff);
     }
 

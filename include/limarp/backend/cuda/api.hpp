@@ -106,6 +106,15 @@ struct FusedGemv {
 /// than three, an x or LoRA operand that is not aligned): the caller runs the products one by one.
 bool qmatmul_int8_group(const float* x, std::int64_t T, const FusedGemv* products, int n);
 
+/// y_i = x · W_iᵀ for n >= 1 int8 weights that read the same x [T, n_in] (q/k/v, gate/up) at
+/// T > 1 tokens with int8 activations (LLM.int8(), threshold `opt.outlier_threshold`): x's outlier
+/// columns are found and its rows quantized once for all of them, then each weight's int8 GEMM,
+/// epilogue and outlier GEMM run (the same values as `qmatmul_int8` per weight). Returns false,
+/// doing nothing, when it cannot (T < 2, weight-only options, weights whose n_in or row stride
+/// differ): the caller runs `qmatmul_int8` per weight.
+bool qmatmul_int8_shared(const float* x, std::int64_t T, const DeviceInt8Weight* const* w, float* const* y, int n,
+                         const QuantOptions& opt);
+
 /// h = silu(x · Gateᵀ (+ its LoRA term)) * (x · Upᵀ (+ its LoRA term)) for one token in one GEMV
 /// launch (`ops::qgemv_int8_swiglu`): gate and up are never written. Returns false, doing nothing,
 /// when it cannot (T != 1, shapes that differ, unaligned operands): the caller runs gate, up and

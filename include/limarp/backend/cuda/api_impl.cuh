@@ -58,14 +58,20 @@ struct ThreadState {
     // [n_in] and their count [1] (written and read on the device), the weight bytes of those
     // columns [count, n_out] (sized n_in * n_out, the worst case).
     DeviceBuffer<std::int8_t> x_int8, w_outliers;
-    DeviceBuffer<float> x_scale, x_outliers, x_aligned;
+    DeviceBuffer<float> x_scale, x_aligned;
     DeviceBuffer<std::int32_t> acc_int32;
     DeviceBuffer<unsigned> col_absmax;
     DeviceBuffer<int> outlier_cols, outlier_count;
     DeviceBuffer<unsigned char> blas_workspace{32u << 20, "cuBLAS workspace"};
     std::unique_ptr<AttentionDecodeWorkspace> attn_ws;
+    // the outlier column count read back on the host: pinned, so that the copy is asynchronous, and
+    // an event the host waits on while the int8 GEMM already runs
+    int* count_host = nullptr;
+    cudaEvent_t count_ready = nullptr;
     ThreadState() {
         LIMARP_CUDA_CHECK(cudaStreamCreate(&stream));
+        LIMARP_CUDA_CHECK(cudaHostAlloc(&count_host, sizeof(int), cudaHostAllocDefault));
+        LIMARP_CUDA_CHECK(cudaEventCreateWithFlags(&count_ready, cudaEventDisableTiming));
         LIMARP_CUBLAS_CHECK(cublasCreate(&blas));
         LIMARP_CUBLAS_CHECK(cublasSetStream(blas, stream));
         // A workspace of our own, so that cuBLAS allocates nothing while a step is being recorded.
@@ -73,6 +79,8 @@ struct ThreadState {
     }
     ~ThreadState() {  // the buffers' frees bump backend_epoch(): graphs using this scratch are stale
         if (blas) (void)cublasDestroy(blas);
+        if (count_ready) (void)cudaEventDestroy(count_ready);
+        if (count_host) (void)cudaFreeHost(count_host);
         if (stream) (void)cudaStreamDestroy(stream);
     }
     ThreadState(const ThreadState&) = delete;
@@ -350,6 +358,106 @@ bool matmul_wt_bf16_group(const float* x, std::int64_t T, std::int64_t n_in, con
     return true;
 }
 
+namespace {
+// y_i (=|+=) LLM.int8() products of the same x [T, n_in] with n weights of the same n_in and ld
+// (qgemm_int8.cuh): x's outlier columns found and the rows quantized once, then per weight the
+// int8 x int8 GEMM, the epilogue and the outlier columns' GEMM.
+void int8_activation_products(const float* x, std::int64_t T, const DeviceInt8Weight* const* ws, float* const* ys,
+                              int n, bool accumulate, float thr) {
+    using namespace cuda_detail;
+    ThreadState& st = thread_state();
+    const DeviceInt8Weight& w0 = *ws[0];
+    const std::int64_t n_in = w0.n_in();
+    const bool outl = thr > 0.0f;
+    std::int8_t* xq = grow(st.x_int8, T * w0.ld(), "int8 activations (GEMM scratch)");
+    float* sx = grow(st.x_scale, T, "int8 activation scales (GEMM scratch)");
+    unsigned* colmax = outl ? grow(st.col_absmax, n_in, "outlier column maxima (GEMM scratch)") : nullptr;
+    int* cols = outl ? grow(st.outlier_cols, n_in, "outlier columns (GEMM scratch)") : nullptr;
+    int* count = outl ? grow(st.outlier_count, 1, "outlier column count (GEMM scratch)") : nullptr;
+    // Outside graph capture the outlier count comes to the host (one 4-byte read per call), and
+    // the outlier columns go through a tensor-core GEMM after the int8 epilogue; while a graph is
+    // being recorded (no host reads) the epilogue sums them from the device count, with the
+    // weight's outlier columns gathered for it (one weight per call then). (The model records only
+    // one-token steps, which take the GEMV; a prefill recorded by a caller must find the scratch
+    // grown, or its recording fails and the step runs eagerly.)
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    LIMARP_CUDA_CHECK(cudaStreamIsCapturing(st.stream, &capturing));
+    const bool device_count = outl && capturing != cudaStreamCaptureStatusNone;
+    if (device_count && n > 1) {
+        for (int i = 0; i < n; ++i) int8_activation_products(x, T, ws + i, ys + i, 1, accumulate, thr);
+        return;
+    }
+    std::int8_t* w_outl =
+        device_count ? grow(st.w_outliers, n_in * w0.n_out(), "outlier weight columns (GEMM scratch)") : nullptr;
+    quantize_activations_int8(xq, sx, colmax, cols, count, w_outl, x, w0, T, thr, st.stream);
+    // The count goes to pinned host memory behind an event; the host waits for it only after it has
+    // queued the first int8 GEMM and its epilogue, so the GPU is not idle while the count travels.
+    const bool host_count = outl && !device_count;
+    if (host_count) {
+        LIMARP_CUDA_CHECK(cudaMemcpyAsync(st.count_host, count, sizeof(int), cudaMemcpyDeviceToHost, st.stream));
+        LIMARP_CUDA_CHECK(cudaEventRecord(st.count_ready, st.stream));
+    }
+    int n_outl = -1;  // not read yet
+    const float epi_thr = device_count ? thr : 0.0f;  // 0: the epilogue without outlier terms
+    for (int i = 0; i < n; ++i) {
+        const DeviceInt8Weight& w = *ws[i];
+        float* y = ys[i];
+        const std::int64_t n_out = w.n_out();
+        const std::int64_t ldc = int8_gemm_ldc(n_out);
+        std::int32_t* acc = grow(st.acc_int32, T * ldc, "int32 GEMM product (scratch)");
+        const cublasStatus_t s = int8_gemm_imma(st.blas, acc, xq, w, T);
+        if (s == CUBLAS_STATUS_SUCCESS) {
+            int8_gemm_epilogue(y, acc, ldc, sx, x, w, T, epi_thr, cols, count, w_outl, accumulate, st.stream);
+        } else {
+            if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_ARCH_MISMATCH)
+                cublas_check(s, "cublasGemmEx (int8 x int8 -> int32)", __FILE__, __LINE__);  // throws
+            // No int8 kernel for this shape: the same quantized operands, exact in bf16, through a
+            // bf16 GEMM with f32 accumulation (exact while the partial sums stay below 2^24).
+            __nv_bfloat16* wb = grow(st.w_bf16, n_out * n_in, "bf16 copy of an int8 weight (GEMM scratch)");
+            launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(n_out * n_in, 1)),
+                           dim3(256), 0, st.stream, wb, w.data(), static_cast<int>(n_out), static_cast<int>(n_in),
+                           static_cast<int>(w.ld()));
+            __nv_bfloat16* xb = grow(st.x_bf16, T * n_in, "bf16 copy of int8 activations (GEMM scratch)");
+            float* p = grow(st.partial, T * n_out, "GEMM partial products");
+            launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(T * n_in, 1)), dim3(256),
+                           0, st.stream, xb, xq, static_cast<int>(T), static_cast<int>(n_in), static_cast<int>(w.ld()));
+            const float alpha = 1.0f, beta = 0.0f;
+            LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
+                                             static_cast<int>(T), static_cast<int>(n_in), &alpha, wb, CUDA_R_16BF,
+                                             static_cast<int>(n_in), xb, CUDA_R_16BF, static_cast<int>(n_in), &beta, p,
+                                             CUDA_R_32F, static_cast<int>(n_out), CUBLAS_COMPUTE_32F,
+                                             CUBLAS_GEMM_DEFAULT));
+            int8_gemm_epilogue(y, p, n_out, sx, x, w, T, epi_thr, cols, count, w_outl, accumulate, st.stream);
+        }
+        if (!host_count) continue;
+        if (n_outl < 0) {
+            LIMARP_CUDA_CHECK(cudaEventSynchronize(st.count_ready));
+            n_outl = *st.count_host;
+        }
+        if (n_outl == 0) continue;
+        // y += s_w[o] * x[:, outl] · q[o, outl]ᵀ: bf16 hi + lo x, exact q, one GEMM over 2 kp
+        const std::int64_t kp = (n_outl + 63) / 64 * 64;  // zero-padded (aligned GEMM kernels)
+        __nv_bfloat16* xo = grow(st.x_bf16, T * 2 * kp, "outlier activation columns, bf16 hi + lo (GEMM scratch)");
+        __nv_bfloat16* wo = grow(st.w_bf16, n_out * 2 * kp, "outlier weight columns (GEMM scratch)");
+        float* p = grow(st.partial, T * n_out, "outlier GEMM product (scratch)");
+        launch_checked(__FILE__, __LINE__, gather_outlier_operands_kernel,
+                       dim3(elementwise_blocks((T + n_out) * kp, 1)), dim3(256), 0, st.stream, xo, wo, x, w.data(),
+                       static_cast<int>(w.ld()), static_cast<int>(n_in), static_cast<int>(T), static_cast<int>(n_out),
+                       cols, n_outl, static_cast<int>(kp));
+        // column-major view: Pᵀ [n_out, T] = op(Wo) [n_out, 2kp] · Xoᵀ [2kp, T]
+        const float one = 1.0f, zero = 0.0f;
+        LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
+                                         static_cast<int>(T), static_cast<int>(2 * kp), &one, wo, CUDA_R_16BF,
+                                         static_cast<int>(2 * kp), xo, CUDA_R_16BF, static_cast<int>(2 * kp), &zero,
+                                         p, CUDA_R_32F, static_cast<int>(n_out), CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT));
+        launch_checked(__FILE__, __LINE__, combine_split_kernel, dim3(elementwise_blocks(T * n_out, 1)), dim3(256), 0,
+                       st.stream, y, p, w.scales(), static_cast<long long>(T), static_cast<long long>(n_out),
+                       /*accumulate=*/true, /*split=*/false);
+    }
+}
+}  // namespace
+
 void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int64_t T, bool accumulate,
                   const QuantOptions& opt) {
     using namespace cuda_detail;
@@ -378,64 +486,20 @@ void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int6
         return;
     }
     // int8 activations (LLM.int8()): outlier columns, row quantization, int8 GEMM, fused epilogue.
-    const float thr = opt.outlier_threshold;
-    const bool outl = thr > 0.0f;
-    std::int8_t* xq = grow(st.x_int8, T * w.ld(), "int8 activations (GEMM scratch)");
-    float* sx = grow(st.x_scale, T, "int8 activation scales (GEMM scratch)");
-    unsigned* colmax = outl ? grow(st.col_absmax, n_in, "outlier column maxima (GEMM scratch)") : nullptr;
-    int* cols = outl ? grow(st.outlier_cols, n_in, "outlier columns (GEMM scratch)") : nullptr;
-    int* count = outl ? grow(st.outlier_count, 1, "outlier column count (GEMM scratch)") : nullptr;
-    // Outside graph capture the outlier count comes to the host (one 4-byte read per product), and
-    // the outlier columns go through a tensor-core GEMM after the int8 epilogue; while a graph is
-    // being recorded (no host reads) the epilogue sums them from the device count. (The model
-    // records only one-token steps, which take the GEMV above; a prefill recorded by a caller must
-    // find the scratch grown, or its recording fails and the step runs eagerly.)
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    LIMARP_CUDA_CHECK(cudaStreamIsCapturing(st.stream, &capturing));
-    const bool device_count = outl && capturing != cudaStreamCaptureStatusNone;
-    std::int8_t* w_outl =
-        device_count ? grow(st.w_outliers, n_in * n_out, "outlier weight columns (GEMM scratch)") : nullptr;
-    const std::int64_t ldc = int8_gemm_ldc(n_out);
-    std::int32_t* acc = grow(st.acc_int32, T * ldc, "int32 GEMM product (scratch)");
-    quantize_activations_int8(xq, sx, colmax, cols, count, w_outl, x, w, T, thr, st.stream);
-    int n_outl = 0;
-    if (outl && !device_count) {
-        LIMARP_CUDA_CHECK(cudaMemcpyAsync(&n_outl, count, sizeof(int), cudaMemcpyDeviceToHost, st.stream));
-        LIMARP_CUDA_CHECK(cudaStreamSynchronize(st.stream));
-    }
-    const float epi_thr = device_count ? thr : 0.0f;  // 0: the epilogue without outlier terms
-    const auto outlier_gemm = [&] {  // y += s_w[o] * x[:, outl] · q[o, outl]ᵀ (bf16 hi + lo x, exact q)
-        if (n_outl <= 0) return;
-        float* xo = grow(st.x_outliers, T * n_outl, "outlier activation columns (GEMM scratch)");
-        __nv_bfloat16* wo = grow(st.w_bf16, n_out * n_outl, "outlier weight columns (GEMM scratch)");
-        launch_checked(__FILE__, __LINE__, gather_outlier_operands_kernel,
-                       dim3(elementwise_blocks((T + n_out) * n_outl, 1)), dim3(256), 0, st.stream, xo, wo, x, w.data(),
-                       static_cast<int>(w.ld()), static_cast<int>(n_in), static_cast<int>(T), static_cast<int>(n_out),
-                       cols, n_outl);
-        gemm_bf16_split(y, xo, wo, w.scales(), T, n_outl, n_out, /*accumulate=*/true, /*split=*/true);
-    };
-    const cublasStatus_t s = int8_gemm_imma(st.blas, acc, xq, w, T);
-    if (s == CUBLAS_STATUS_SUCCESS) {
-        int8_gemm_epilogue(y, acc, ldc, sx, x, w, T, epi_thr, cols, count, w_outl, accumulate, st.stream);
-        outlier_gemm();
-        return;
-    }
-    if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_ARCH_MISMATCH)
-        cublas_check(s, "cublasGemmEx (int8 x int8 -> int32)", __FILE__, __LINE__);  // throws
-    // No int8 kernel for this shape: the same quantized operands, exact in bf16, through a bf16
-    // GEMM with f32 accumulation (exact while the partial sums stay below 2^24).
-    __nv_bfloat16* wb = widen_weight();
-    __nv_bfloat16* xb = grow(st.x_bf16, T * n_in, "bf16 copy of int8 activations (GEMM scratch)");
-    float* p = grow(st.partial, T * n_out, "GEMM partial products");
-    launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(T * n_in, 1)), dim3(256), 0,
-                   st.stream, xb, xq, static_cast<int>(T), static_cast<int>(n_in), static_cast<int>(w.ld()));
-    const float alpha = 1.0f, beta = 0.0f;
-    LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out), static_cast<int>(T),
-                                     static_cast<int>(n_in), &alpha, wb, CUDA_R_16BF, static_cast<int>(n_in), xb,
-                                     CUDA_R_16BF, static_cast<int>(n_in), &beta, p, CUDA_R_32F,
-                                     static_cast<int>(n_out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    int8_gemm_epilogue(y, p, n_out, sx, x, w, T, epi_thr, cols, count, w_outl, accumulate, st.stream);
-    outlier_gemm();
+    const DeviceInt8Weight* ws[1] = {&w};
+    float* ys[1] = {y};
+    int8_activation_products(x, T, ws, ys, 1, accumulate, opt.outlier_threshold);
+}
+
+bool qmatmul_int8_shared(const float* x, std::int64_t T, const DeviceInt8Weight* const* w, float* const* y, int n,
+                         const QuantOptions& opt) {
+    if (T < 2 || n < 1 || !opt.int8_activations) return false;
+    for (int i = 0; i < n; ++i)
+        if (w[i] == nullptr || w[i]->empty() || w[i]->n_in() != w[0]->n_in() || w[i]->ld() != w[0]->ld() ||
+            w[i]->n_out() <= 0)
+            return false;
+    int8_activation_products(x, T, w, y, n, /*accumulate=*/false, opt.outlier_threshold);
+    return true;
 }
 
 namespace {

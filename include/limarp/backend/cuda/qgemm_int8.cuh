@@ -49,10 +49,12 @@
 ///    the store or accumulate in one pass. Without outliers (OUTL false) it is a plain
 ///    elementwise pass over acc.
 ///
-/// 5. The outlier columns (thr > 0). Normally the count comes to the host (one synchronisation per
-///    product) and `gather_outlier_operands_kernel` copies x's outlier columns [T, count] and the
-///    weight's (exact in bf16) [n_out, count], which `gemm_bf16_split` multiplies on the tensor
-///    cores with x split into bf16 hi + lo (close to f32), scaled by s_w and added to y after the
+/// 5. The outlier columns (thr > 0). Normally the count comes to the host (a 4-byte copy into
+///    pinned memory behind an event, which the host waits for after it has queued steps 3 and 4,
+///    so the GPU keeps working meanwhile) and `gather_outlier_operands_kernel` copies x's outlier columns split into bf16
+///    hi and lo [T, 2 Kp] and the weight's (exact in bf16, twice) [n_out, 2 Kp], Kp = count
+///    rounded up to 64 with zero columns; one bf16 tensor-core GEMM (cuBLAS, f32 accumulation)
+///    multiplies them (close to f32), and the product, scaled by s_w, is added to y after the
 ///    epilogue of step 4 (run without outlier terms). While a CUDA graph is being recorded (no
 ///    host reads) the count stays on the device: `gather_outlier_weights_kernel` and the outlier
 ///    terms of the epilogue (CUDA cores) do it instead. Random 7B-shaped weights give hundreds to
@@ -149,21 +151,37 @@ __global__ void __launch_bounds__(256)
         w_outl[static_cast<long long>(i) * n_out + o] = q[static_cast<long long>(o) * ld + cols[i]];
 }
 
-// xo[t, i] = x[t, cols[i]] (f32) and wo[o, i] = q[o, cols[i]] (bf16, exact) for i < K: the
-// outlier columns as the operands of a tensor-core GEMM (`gemm_bf16_split`).
+// The outlier columns as the operands of one bf16 tensor-core GEMM with the inner dimension 2 Kp:
+// xo[t, i] = hi(x[t, cols[i]]) and xo[t, Kp + i] = lo(x[t, cols[i]]) (x split into bf16 hi + lo:
+// about 2^-16 relative), wo[o, i] = wo[o, Kp + i] = q[o, cols[i]] (exact in bf16), for i < K;
+// zeros for K <= i < Kp. So xo · woᵀ = x[:, outl] · q[:, outl]ᵀ close to f32 in one product, and
+// Kp (a multiple of 64) keeps cuBLAS on its aligned sm_90 kernels (with an odd K it ran an old
+// unaligned kernel, several times slower: benchmarks/NOTES.md, session 7).
 __global__ void __launch_bounds__(256)
-    gather_outlier_operands_kernel(float* __restrict__ xo, __nv_bfloat16* __restrict__ wo, const float* __restrict__ x,
-                                   const std::int8_t* __restrict__ q, int ld, int n_in, int T, int n_out,
-                                   const int* __restrict__ cols, int K) {
-    const long long nx = static_cast<long long>(T) * K, n = nx + static_cast<long long>(n_out) * K;
+    gather_outlier_operands_kernel(__nv_bfloat16* __restrict__ xo, __nv_bfloat16* __restrict__ wo,
+                                   const float* __restrict__ x, const std::int8_t* __restrict__ q, int ld, int n_in,
+                                   int T, int n_out, const int* __restrict__ cols, int K, int Kp) {
+    const long long nx = static_cast<long long>(T) * Kp, n = nx + static_cast<long long>(n_out) * Kp;
+    const __nv_bfloat16 zero = __float2bfloat16_rn(0.0f);
     for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += static_cast<long long>(gridDim.x) * blockDim.x) {
         if (i < nx) {
-            const long long t = i / K;
-            xo[i] = x[t * n_in + __ldg(cols + i % K)];
+            const long long t = i / Kp;
+            const int c = static_cast<int>(i % Kp);
+            __nv_bfloat16 hi = zero, lo = zero;
+            if (c < K) {
+                const float v = x[t * n_in + __ldg(cols + c)];
+                hi = __float2bfloat16_rn(v);
+                lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+            }
+            xo[t * 2 * Kp + c] = hi;
+            xo[t * 2 * Kp + Kp + c] = lo;
         } else {
-            const long long j = i - nx, o = j / K;
-            wo[j] = __float2bfloat16_rn(static_cast<float>(q[o * ld + __ldg(cols + j % K)]));
+            const long long j = i - nx, o = j / Kp;
+            const int c = static_cast<int>(j % Kp);
+            const __nv_bfloat16 v = c < K ? __float2bfloat16_rn(static_cast<float>(q[o * ld + __ldg(cols + c)])) : zero;
+            wo[o * 2 * Kp + c] = v;
+            wo[o * 2 * Kp + Kp + c] = v;
         }
     }
 }

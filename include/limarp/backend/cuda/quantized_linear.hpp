@@ -18,7 +18,9 @@
 ///   the activations split into bf16 hi + lo (twice the tensor-core work), products close to f32.
 /// - fused one-token forms (`try_forward_qkv`, `try_forward_group`, `try_forward_swiglu`): q/k/v in
 ///   one GEMV launch, gate and up in one launch with SwiGLU in its epilogue; `GqaAttention` and
-///   `SwiGluMlp` use them when the projection type has them (`Lora` forwards them to its base).
+///   `SwiGluMlp` use them when the projection type has them (`Lora` forwards them to its base);
+/// - shared-input forms for more tokens (`try_forward_qkv`, `try_forward_pair`): the int8
+///   activations of x (outlier columns, row quantization) computed once for q/k/v and for gate/up.
 /// Included by layers/quantized_linear.hpp when `LIMARP_WITH_CUDA_BACKEND` is defined.
 
 #include <cstdint>
@@ -96,12 +98,38 @@ public:
                                        lora ? lora[i].r : 0};
         return cuda_api::qmatmul_int8_group(x, T, p, n);
     }
-    /// q/k/v in one launch: `try_forward_group` over three layers without LoRA terms.
+    /// ys[i] = x · W_iᵀ for n layers that share x at T > 1 tokens with the same int8-activation
+    /// options: x's outlier columns and row quantization computed once for all of them
+    /// (`cuda_api::qmatmul_int8_shared`; the values each layer's `forward` gives). Returns false,
+    /// doing nothing, when it cannot (T < 2, options that differ or are weight-only).
+    static bool try_forward_shared(QuantizedLinear* const* layers, float* const* ys, int n, const float* x,
+                                   std::int64_t T) {
+        if (T < 2 || n < 1 || n > 3) return false;
+        const DeviceInt8Weight* w[3];
+        for (int i = 0; i < n; ++i) {
+            const QuantOptions& o = layers[i]->opt_;
+            if (o.int8_activations != layers[0]->opt_.int8_activations ||
+                o.outlier_threshold != layers[0]->opt_.outlier_threshold)
+                return false;
+            w[i] = &layers[i]->w_;
+        }
+        return cuda_api::qmatmul_int8_shared(x, T, w, ys, n, layers[0]->opt_);
+    }
+    /// q/k/v together: one token, `try_forward_group` over three layers without LoRA terms (one
+    /// GEMV launch); more tokens, `try_forward_shared` (x quantized once).
     static bool try_forward_qkv(QuantizedLinear& q, float* yq, QuantizedLinear& k, float* yk, QuantizedLinear& v,
                                 float* yv, const float* x, std::int64_t T) {
         QuantizedLinear* l[3] = {&q, &k, &v};
         float* y[3] = {yq, yk, yv};
-        return try_forward_group(l, y, nullptr, 3, x, T);
+        return T == 1 ? try_forward_group(l, y, nullptr, 3, x, T) : try_forward_shared(l, y, 3, x, T);
+    }
+    /// ya = x · Aᵀ and yb = x · Bᵀ at T > 1 tokens with x quantized once (`try_forward_shared`;
+    /// `SwiGluMlp` uses it for gate and up). Returns false, doing nothing, when it cannot.
+    static bool try_forward_pair(QuantizedLinear& a, float* ya, QuantizedLinear& b, float* yb, const float* x,
+                                 std::int64_t T) {
+        QuantizedLinear* l[2] = {&a, &b};
+        float* y[2] = {ya, yb};
+        return try_forward_shared(l, y, 2, x, T);
     }
     /// h = silu(x · Gateᵀ (+ lg)) * (x · Upᵀ (+ lu)) in one GEMV launch
     /// (`cuda_api::qmatmul_int8_swiglu`). Returns false, doing nothing, when it cannot (T != 1,
