@@ -59,6 +59,11 @@ std::int32_t gpu_greedy(const DeviceBuffer<float>& logits, std::int64_t vocab) {
 
 }  // namespace
 
+// For test_headers_twice.cu: the candidate kernel's address as this translation unit sees it.
+const void* topk_candidates_kernel_seen_by_the_sampler_tests() {
+    return reinterpret_cast<const void*>(&limarp::cuda_detail::topk_candidates_kernel<>);
+}
+
 BOOST_AUTO_TEST_SUITE(cuda_sampler)
 
 BOOST_AUTO_TEST_CASE(greedy_matches_cpu) {
@@ -254,7 +259,7 @@ BOOST_AUTO_TEST_CASE(top_k_candidates_are_each_slices_top_k) {
                 const int blocks = static_cast<int>((vocab + cd::kCandSlice - 1) / cd::kCandSlice);
                 DeviceBuffer<float> val(static_cast<std::size_t>(blocks * k), "values");
                 DeviceBuffer<std::int32_t> id(static_cast<std::size_t>(blocks * k), "ids");
-                cd::topk_candidates_kernel<<<blocks, cd::kCandThreads>>>(dl.data(), static_cast<int>(vocab), k,
+                cd::topk_candidates_kernel<><<<blocks, cd::kCandThreads>>>(dl.data(), static_cast<int>(vocab), k,
                                                                           val.data(), id.data());
                 LIMARP_CUDA_CHECK(cudaGetLastError());
                 std::vector<float> hv(val.size());

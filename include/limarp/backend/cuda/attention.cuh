@@ -331,6 +331,7 @@ __global__ void __launch_bounds__(kAttnThreads)
 }
 
 // out[h] = sum_s O_s exp(m_s - M) / sum_s l_s exp(m_s - M) for query head blockIdx.x.
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void __launch_bounds__(128)
     attention_decode_combine_kernel(float* __restrict__ out /*[n_heads * hd]*/, const float* __restrict__ part_o,
                                     const float* __restrict__ part_ml, int n_splits, int hd) {
@@ -506,7 +507,7 @@ void launch_attention_decode_kernel(int splits, bool fused, float* out, Attentio
                    static_cast<int>(C), position, static_cast<int>(s.window_keys), static_cast<int>(s.n_kv_heads),
                    scale, fused ? ws.counters() : nullptr, store_new, rope_theta);
     if (splits > 1 && !fused)
-        launch_chained(__FILE__, __LINE__, attention_decode_combine_kernel, dim3(static_cast<unsigned>(s.n_heads)),
+        launch_chained(__FILE__, __LINE__, attention_decode_combine_kernel<>, dim3(static_cast<unsigned>(s.n_heads)),
                        dim3(128), 0, stream, out, ws.partial_out(), ws.partial_max_sum(), splits,
                        static_cast<int>(s.head_dim));
 }

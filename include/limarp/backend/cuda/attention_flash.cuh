@@ -58,6 +58,7 @@ constexpr int mma_smem_bytes() {
 }
 
 // Keys / values kfirst .. p0 + T - 1 as bf16 rows [nk, kvd] (4 values per thread step).
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void __launch_bounds__(256)
     kv_window_to_bf16_kernel(__nv_bfloat16* __restrict__ kb, __nv_bfloat16* __restrict__ vb,
                              const float* __restrict__ k_new, const float* __restrict__ v_new,
@@ -335,7 +336,7 @@ void launch_attention_prefill_mma(float* out, const float* q, const float* k_new
     __nv_bfloat16* vb = grow_device_buffer(fs.v, max_rows * kvd, "bf16 values of the prefill attention", stream);
     const std::int64_t n4 = max_rows * kvd / 4;
     const std::int64_t blocks = (n4 + 255) / 256;
-    launch_checked(__FILE__, __LINE__, kv_window_to_bf16_kernel, dim3(static_cast<unsigned>(blocks > 8192 ? 8192 : blocks)),
+    launch_checked(__FILE__, __LINE__, kv_window_to_bf16_kernel<>, dim3(static_cast<unsigned>(blocks > 8192 ? 8192 : blocks)),
                    dim3(256), 0, stream, kb, vb, k_new, v_new, k_cache, v_cache, static_cast<int>(C), positions,
                    static_cast<int>(T), static_cast<int>(kvd), static_cast<int>(s.window_keys),
                    static_cast<int>(max_rows));

@@ -317,6 +317,7 @@ __global__ void __launch_bounds__(256)
 }
 
 // Rows T - keep .. T - 1 of k_new / v_new into ring rows (p0 + t) % C.
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void kv_cache_store_rows_kernel(float* k_cache, float* v_cache, const float* k_new, const float* v_new,
                                            int C, const std::int64_t* positions, int T, int keep, int kvd) {
     const long long p0 = positions[0];
@@ -408,7 +409,7 @@ void kv_cache_store_rows(Cuda<Sm>, float* k_cache, float* v_cache, const float* 
     if (T <= 0 || kv_dim <= 0) return;
     const std::int64_t keep = T < C ? T : C, n = keep * kv_dim;
     const std::int64_t blocks = (n + 255) / 256;
-    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::kv_cache_store_rows_kernel,
+    cuda_detail::launch_checked(__FILE__, __LINE__, cuda_detail::kv_cache_store_rows_kernel<>,
                                 dim3(static_cast<unsigned>(blocks > 4096 ? 4096 : blocks)), dim3(256), 0, stream,
                                 k_cache, v_cache, k_new, v_new, static_cast<int>(C), positions, static_cast<int>(T),
                                 static_cast<int>(keep), static_cast<int>(kv_dim));

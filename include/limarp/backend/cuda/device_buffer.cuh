@@ -104,15 +104,21 @@ private:
     std::size_t n_ = 0;
 };
 
-/// Grows `b` to at least `n` elements (contents not kept) and returns its data. Before replacing
-/// the buffer it waits for `stream`, whose queued kernels may still use the old one; freeing the
-/// old one bumps `backend_epoch()`, so recorded graphs that used it are recorded again.
+/// Grows `b` to at least `n` elements (contents not kept) and returns its data. A buffer that
+/// grows takes max(n, 1.5 x its old size) elements, so that a scratch whose requests creep up (the
+/// outlier columns of successive products, a penalty range filling) is replaced a few times, not
+/// at every call: each replacement waits for `stream` (whose queued kernels may still use the old
+/// buffer), and freeing the old one bumps `backend_epoch()`, so recorded graphs that used it are
+/// recorded again. At most 1.5 x the largest request is held.
 /// \throws CudaError naming `what` when the allocation fails
 template <class T>
 T* grow_device_buffer(DeviceBuffer<T>& b, std::int64_t n, const char* what, cudaStream_t stream) {
-    if (static_cast<std::int64_t>(b.size()) < n) {
+    const std::int64_t have = static_cast<std::int64_t>(b.size());
+    if (have < n) {
         LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
-        b = DeviceBuffer<T>(static_cast<std::size_t>(n), what);
+        const std::int64_t grown = have + have / 2;
+        b = DeviceBuffer<T>();  // the old buffer goes first: peak memory is the new one alone
+        b = DeviceBuffer<T>(static_cast<std::size_t>(grown > n ? grown : n), what);
     }
     return b.data();
 }

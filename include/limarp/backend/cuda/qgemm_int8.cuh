@@ -87,6 +87,7 @@ inline std::int64_t int8_gemm_ldc(std::int64_t n_out) { return (n_out + 3) / 4 *
 
 // colmax[j] = max(colmax[j], max over this block's rows of |x[t, j]|), as f32 bits (non-negative
 // floats order like their bit patterns). colmax must start at 0.
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void __launch_bounds__(256)
     column_absmax_kernel(unsigned* __restrict__ colmax, const float* __restrict__ x, int T, int n_in) {
     const int j = static_cast<int>(blockIdx.x) * 256 + static_cast<int>(threadIdx.x);
@@ -106,6 +107,7 @@ __device__ __forceinline__ bool is_outlier(const unsigned* colmax, int j, float 
 // One block of 1024 threads: cols[0..count) = the outlier columns in ascending order, *count.
 // Thread i owns a contiguous range of columns; a block-wide exclusive scan of the per-thread
 // counts gives each its first slot.
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void __launch_bounds__(1024)
     outlier_columns_kernel(int* __restrict__ cols, int* __restrict__ count, const unsigned* __restrict__ colmax,
                            int n_in, float thr) {
@@ -141,6 +143,7 @@ __global__ void __launch_bounds__(1024)
 }
 
 // w_outl[i, o] = q[o, cols[i]] for i < *count (rows i split over blockIdx.y).
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void __launch_bounds__(256)
     gather_outlier_weights_kernel(std::int8_t* __restrict__ w_outl, const std::int8_t* __restrict__ q, int ld,
                                   int n_out, const int* __restrict__ cols, const int* __restrict__ count) {
@@ -157,6 +160,7 @@ __global__ void __launch_bounds__(256)
 // zeros for K <= i < Kp. So xo · woᵀ = x[:, outl] · q[:, outl]ᵀ close to f32 in one product, and
 // Kp (a multiple of 64) keeps cuBLAS on its aligned sm_90 kernels (with an odd K it ran an old
 // unaligned kernel, several times slower: benchmarks/NOTES.md, session 7).
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void __launch_bounds__(256)
     gather_outlier_operands_kernel(__nv_bfloat16* __restrict__ xo, __nv_bfloat16* __restrict__ wo,
                                    const float* __restrict__ x, const std::int8_t* __restrict__ q, int ld, int n_in,
@@ -281,14 +285,14 @@ inline void quantize_activations_int8(std::int8_t* xq, float* sx, unsigned* colm
         LIMARP_CUDA_CHECK(cudaMemsetAsync(colmax, 0, static_cast<std::size_t>(n_in) * sizeof(unsigned), stream));
         const dim3 g_cols(static_cast<unsigned>((n_in + 255) / 256),
                           static_cast<unsigned>((T + kColumnAbsmaxRows - 1) / kColumnAbsmaxRows));
-        launch_checked(__FILE__, __LINE__, column_absmax_kernel, g_cols, dim3(256), 0, stream, colmax, x,
+        launch_checked(__FILE__, __LINE__, column_absmax_kernel<>, g_cols, dim3(256), 0, stream, colmax, x,
                        static_cast<int>(T), n_in);
-        launch_checked(__FILE__, __LINE__, outlier_columns_kernel, dim3(1), dim3(1024), 0, stream, cols, count, colmax,
+        launch_checked(__FILE__, __LINE__, outlier_columns_kernel<>, dim3(1), dim3(1024), 0, stream, cols, count, colmax,
                        n_in, thr);
         if (w_outl) {
             const dim3 g_gather(static_cast<unsigned>((n_out + 255) / 256),
                                 static_cast<unsigned>(n_in < 16 ? n_in : 16));
-            launch_checked(__FILE__, __LINE__, gather_outlier_weights_kernel, g_gather, dim3(256), 0, stream, w_outl,
+            launch_checked(__FILE__, __LINE__, gather_outlier_weights_kernel<>, g_gather, dim3(256), 0, stream, w_outl,
                            w.data(), ld, n_out, cols, count);
         }
         launch_checked(__FILE__, __LINE__, quantize_rows_int8_kernel<true>, dim3(static_cast<unsigned>(T)), dim3(256), 0,

@@ -301,6 +301,7 @@ struct SampleArgs {
 
 // `logits` [a.vocab] are the logits of ids 0..vocab-1, or with `ids` a candidate list in increasing
 // id order (ids[i] the token of entry i; `topk_candidates_kernel`).
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void __launch_bounds__(kSampleThreads)
     sample_top_k_top_p_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, SampleArgs a,
                               unsigned long long* __restrict__ counter, std::uint8_t* __restrict__ kept,
@@ -457,6 +458,7 @@ inline constexpr int kCandSlice = 512;    // logits per candidate block (2 per t
 // the global top-k is in the top-k of its own slice, so the list of all blocks (contiguous: only
 // the last slice can hold fewer than k) holds it, in increasing id order. Radix selection with
 // 8-bit digits in shared memory (a 512-logit slice), ties at the k-th key taken in id order.
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void __launch_bounds__(kCandThreads)
     topk_candidates_kernel(const float* __restrict__ logits, int vocab, int k, float* __restrict__ val,
                            std::int32_t* __restrict__ id) {
@@ -516,7 +518,7 @@ __global__ void __launch_bounds__(kCandThreads)
 
 // Lets the top-k/top-p kernel use kSampleSmem bytes of dynamic shared memory (over the 48 KB
 // default), once per device.
-inline void sample_kernel_smem_optin() { opt_in_dynamic_smem<sample_top_k_top_p_kernel>(kSampleSmem); }
+inline void sample_kernel_smem_optin() { opt_in_dynamic_smem<sample_top_k_top_p_kernel<>>(kSampleSmem); }
 
 // Keeps (v, i) in (best, bi) when it is larger, or equal with a smaller id.
 __device__ __forceinline__ void argmax_update(float& best, int& bi, float v, int i) {
@@ -534,6 +536,7 @@ __device__ __forceinline__ void warp_argmax(float& best, int& bi) {
 }
 
 // argmax over the logits, ties to the smaller id (the CPU sampler's greedy pick).
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void __launch_bounds__(kGreedyThreads)
     sample_greedy_kernel(std::int32_t* __restrict__ id_out, const float* __restrict__ logits, int vocab) {
     pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
@@ -568,6 +571,7 @@ struct PenaltyArgs {
 
 // One thread per distinct id: the CPU's float operations in the stage order, rounded as on the
 // CPU (explicit round-to-nearest intrinsics: no fused multiply-add).
+template <int = 0>  // a template, so that this header-defined kernel has one definition per program
 __global__ void apply_penalties_kernel(float* __restrict__ logits, const std::int32_t* __restrict__ ids_counts,
                                        PenaltyArgs a) {
     pdl_enter();
@@ -637,16 +641,15 @@ void apply_penalties(Cuda<Sm>, float* logits /*[vocab]*/, std::int64_t vocab, co
         packed[counts.size() + j] = c;
         ++j;
     }
-    // grown geometrically: freeing device memory invalidates the recorded CUDA graphs of the model
-    // (backend_epoch), so a growth per step would re-record the decode step every token
+    // at least 1024 and grown geometrically (grow_device_buffer): freeing device memory invalidates
+    // the recorded CUDA graphs of the model (backend_epoch), so a growth per step would re-record
+    // the decode step every token while the penalty range fills
     const auto want = static_cast<std::int64_t>(packed.size());
-    std::int32_t* d = grow_device_buffer(
-        scratch, want <= static_cast<std::int64_t>(scratch.size()) ? want : std::max<std::int64_t>({want, 1024, 2 * static_cast<std::int64_t>(scratch.size())}),
-        "sampler penalty ids", stream);
+    std::int32_t* d = grow_device_buffer(scratch, std::max<std::int64_t>(want, 1024), "sampler penalty ids", stream);
     LIMARP_CUDA_CHECK(cudaMemcpyAsync(d, packed.data(), packed.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice,
                                       stream));
     constexpr int kThreads = 256;
-    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::apply_penalties_kernel,
+    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::apply_penalties_kernel<>,
                                 dim3(static_cast<unsigned>((a.n + kThreads - 1) / kThreads)), dim3(kThreads), 0,
                                 stream, logits, static_cast<const std::int32_t*>(d), a);
 }
@@ -662,7 +665,7 @@ void apply_penalties(Cuda<Sm>, float* logits /*[vocab]*/, std::int64_t vocab, co
 template <int Sm>
 void sample_greedy(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits /*[vocab]*/, std::int64_t vocab,
                    cudaStream_t stream = nullptr) {
-    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::sample_greedy_kernel, dim3(1),
+    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::sample_greedy_kernel<>, dim3(1),
                                 dim3(cuda_detail::kGreedyThreads), 0, stream, id, logits, static_cast<int>(vocab));
 }
 
@@ -708,7 +711,7 @@ void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits 
         const std::int64_t n = blocks * a.top_k;
         float* cv = grow_device_buffer(candidates->values, n, "top-k candidate logits", stream);
         std::int32_t* ci = grow_device_buffer(candidates->ids, n, "top-k candidate ids", stream);
-        cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::topk_candidates_kernel,
+        cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::topk_candidates_kernel<>,
                                     dim3(static_cast<unsigned>(blocks)), dim3(cuda_detail::kCandThreads), 0, stream,
                                     logits, static_cast<int>(vocab), a.top_k, cv, ci);
         const std::int64_t last = vocab - (blocks - 1) * cuda_detail::kCandSlice;
@@ -717,7 +720,7 @@ void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits 
         list_ids = ci;
         if (kept) LIMARP_CUDA_CHECK(cudaMemsetAsync(kept, 0, static_cast<std::size_t>(vocab), stream));
     }
-    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::sample_top_k_top_p_kernel, dim3(1),
+    cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::sample_top_k_top_p_kernel<>, dim3(1),
                                 dim3(cuda_detail::kSampleThreads), cuda_detail::kSampleSmem, stream, id, list, a,
                                 reinterpret_cast<unsigned long long*>(counter), kept, list_ids);
 }
