@@ -3,7 +3,9 @@
 // a kernel or host function that a header defines without being a template or inline (a second
 // definition of the same symbol) makes this executable fail to link. A header-only user who
 // includes these headers in several .cu files of one program relies on that. The test below then
-// checks, at run time, that the kernels taken here are the same ones the other files launch.
+// checks, at run time, that the header kernels instantiated here are in this program's image.
+// (Their host-side launch stubs are per translation unit: nvcc gives each file its own, so the
+// addresses differ between files; what one file launches is its own instantiation.)
 #include <boost/test/unit_test.hpp>
 
 #include "limarp/backend/cuda/activation.cuh"
@@ -22,16 +24,11 @@
 
 namespace cd = limarp::cuda_detail;
 
-// Defined in test_sampler.cu: the address of the candidate kernel as that translation unit sees it.
-const void* topk_candidates_kernel_seen_by_the_sampler_tests();
-
 BOOST_AUTO_TEST_SUITE(cuda_headers)
 
 BOOST_AUTO_TEST_CASE(kernel_headers_link_into_several_translation_units) {
-    // one definition per program: the same kernel from both translation units
-    BOOST_TEST(reinterpret_cast<const void*>(&cd::topk_candidates_kernel<>) ==
-               topk_candidates_kernel_seen_by_the_sampler_tests());
-    const void* kernels[] = {reinterpret_cast<const void*>(&cd::column_absmax_kernel<>),
+    const void* kernels[] = {reinterpret_cast<const void*>(&cd::topk_candidates_kernel<>),
+                             reinterpret_cast<const void*>(&cd::column_absmax_kernel<>),
                              reinterpret_cast<const void*>(&cd::outlier_columns_kernel<>),
                              reinterpret_cast<const void*>(&cd::gather_outlier_weights_kernel<>),
                              reinterpret_cast<const void*>(&cd::gather_outlier_operands_kernel<>),

@@ -27,7 +27,6 @@
 
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
-#include "limarp/backend/cuda/norm.cuh"
 #include "limarp/backend/cuda/qgemv.cuh"
 #include "limarp/core/error.hpp"
 #include "qgemv_reference.hpp"
@@ -378,74 +377,6 @@ BOOST_AUTO_TEST_CASE(group_and_swiglu_launches_match_single_launches) {
     BOOST_CHECK_THROW(cd::launch_qgemv_int8(cd::QGemvConfig{1, cd::QGemvLoad::Registers, false}, dx.data(), a, nullptr),
                       limarp::ArgumentError);
     BOOST_TEST(cudaDeviceSynchronize() == cudaSuccess);
-}
-
-BOOST_AUTO_TEST_CASE(add_norm_launch_matches_accumulate_then_rms_norm) {
-    // ops::qgemv_int8_add_norm (o_proj / down_proj adding into the residual stream, the last block
-    // then normalising it) against ops::qgemv_int8 with accumulate followed by ops::rms_norm: y
-    // bit for bit (the same GEMV), h within f32 rounding (the sum of squares in another order),
-    // f32 and bf16 norm weights, with and without a LoRA term, several launches in a row on the
-    // same counter (the last block resets it; left 0), d a multiple of 4 and not.
-    namespace cd = limarp::cuda_detail;
-    using limarp::Cuda;
-    DeviceBuffer<unsigned> counter(1, "counter");
-    LIMARP_CUDA_CHECK(cudaMemset(counter.data(), 0, sizeof(unsigned)));
-    for (const auto& [n_out, n_in] : {std::pair<std::int64_t, std::int64_t>{4096, 4096}, {1027, 1000}, {36, 520}}) {
-        const HostWeight hw(n_out, n_in, 81);
-        const DeviceInt8Weight dw(hw.w);
-        const auto x = random_vec(static_cast<std::size_t>(n_in), 82, -2.f, 2.f);
-        const auto y0 = random_vec(static_cast<std::size_t>(n_out), 83, -3.f, 3.f);
-        const auto gw = random_vec(static_cast<std::size_t>(n_out), 84, 0.5f, 1.5f);
-        std::vector<__nv_bfloat16> gwb(gw.size());
-        for (std::size_t i = 0; i < gw.size(); ++i) gwb[i] = __float2bfloat16(gw[i]);
-        const int r = 16;
-        const auto bf = random_vec(static_cast<std::size_t>(n_out * r), 85, -0.5f, 0.5f);
-        std::vector<__nv_bfloat16> b(bf.size());
-        for (std::size_t i = 0; i < bf.size(); ++i) b[i] = __float2bfloat16(bf[i]);
-        const auto z = random_vec(static_cast<std::size_t>(r), 86, -1.f, 1.f);
-        DeviceBuffer<float> dx(x.size(), "x"), dgw(gw.size(), "norm weight"), dz(z.size(), "z");
-        DeviceBuffer<__nv_bfloat16> dgwb(gwb.size(), "bf16 norm weight"), db(b.size(), "B");
-        dx.upload(x.data(), x.size());
-        dgw.upload(gw.data(), gw.size());
-        dgwb.upload(gwb.data(), gwb.size());
-        dz.upload(z.data(), z.size());
-        db.upload(b.data(), b.size());
-        const auto n = static_cast<std::size_t>(n_out);
-        for (const bool with_lora : {false, true}) {
-            const cd::QGemvLora lora = with_lora ? cd::QGemvLora{db.data(), dz.data(), r} : cd::QGemvLora{};
-            for (const bool bf16_weight : {false, true}) {
-                DeviceBuffer<float> y_ref(n, "y ref"), h_ref(n, "h ref"), y(n, "y"), h(n, "h");
-                y_ref.upload(y0.data(), n);
-                y.upload(y0.data(), n);
-                for (int rep = 0; rep < 3; ++rep) {  // three steps of the residual stream
-                    limarp::ops::qgemv_int8(Cuda<90>{}, y_ref.data(), dx.data(), dw, true, nullptr, lora);
-                    if (bf16_weight) {
-                        limarp::ops::rms_norm(Cuda<90>{}, h_ref.data(), y_ref.data(), dgwb.data(), 1, n_out, 1e-5f);
-                        limarp::ops::qgemv_int8_add_norm(Cuda<90>{}, y.data(), dx.data(), dw, dgwb.data(), 1e-5f,
-                                                         h.data(), counter.data(), nullptr, lora);
-                    } else {
-                        limarp::ops::rms_norm(Cuda<90>{}, h_ref.data(), y_ref.data(), dgw.data(), 1, n_out, 1e-5f);
-                        limarp::ops::qgemv_int8_add_norm(Cuda<90>{}, y.data(), dx.data(), dw, dgw.data(), 1e-5f,
-                                                         h.data(), counter.data(), nullptr, lora);
-                    }
-                }
-                LIMARP_CUDA_CHECK(cudaDeviceSynchronize());
-                std::vector<float> a(n), c(n), e(n), f(n);
-                y_ref.download(a.data(), n);
-                y.download(c.data(), n);
-                h_ref.download(e.data(), n);
-                h.download(f.data(), n);
-                BOOST_CHECK_MESSAGE(a == c, n_out << "x" << n_in << (with_lora ? " +LoRA" : "") << ": y differs");
-                const double err = rel_l2(f, e);
-                BOOST_CHECK_MESSAGE(err <= kTolF32, n_out << "x" << n_in << (with_lora ? " +LoRA" : "")
-                                                          << (bf16_weight ? " bf16" : " f32")
-                                                          << " norm weight: h rel err " << err);
-                unsigned left = 1;
-                counter.download(&left, 1);
-                BOOST_TEST(left == 0u);
-            }
-        }
-    }
 }
 
 BOOST_AUTO_TEST_CASE(device_layout_pads_rows_with_zeros) {

@@ -59,11 +59,6 @@ std::int32_t gpu_greedy(const DeviceBuffer<float>& logits, std::int64_t vocab) {
 
 }  // namespace
 
-// For test_headers_twice.cu: the candidate kernel's address as this translation unit sees it.
-const void* topk_candidates_kernel_seen_by_the_sampler_tests() {
-    return reinterpret_cast<const void*>(&limarp::cuda_detail::topk_candidates_kernel<>);
-}
-
 BOOST_AUTO_TEST_SUITE(cuda_sampler)
 
 BOOST_AUTO_TEST_CASE(greedy_matches_cpu) {

@@ -14,7 +14,6 @@
 #include "limarp/core/tensor.hpp"
 #include "limarp/layers/concepts.hpp"
 #include "limarp/layers/rotary.hpp"
-#include "limarp/layers/weight.hpp"
 #include "limarp/model/kv_cache.hpp"
 #include "limarp/model/mistral_config.hpp"
 
@@ -54,33 +53,34 @@ public:
     /// \pre cache.capacity >= window_keys - 1 when windowed, or >= p0 + T without a window.
     void forward(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T,
                  const std::int64_t* positions /*[T]: p0..p0+T-1*/, KvLayer cache) {
-        o_.forward(y, attend(x, T, positions, cache), T);
-    }
-
-    /// The attention's residual add and the norm after it: x += attention(xin), then
-    /// h = norm(x). One token where the projection type has the fused form (the CUDA int8 GEMV:
-    /// o_proj adds into x and its last block computes the norm, `try_forward_add_norm`); else
-    /// o_proj into `a`, then `norm.forward_add(h, x, a, T)` (or the add and the norm). `a` is
-    /// [T, d_model] scratch; h, x, a and xin do not overlap.
-    template <class Norm>
-    void forward_add_norm(float* x /*[T, d_model]*/, float* a /*[T, d_model]*/, const float* xin /*[T, d_model]*/,
-                          std::int64_t T, const std::int64_t* positions /*[T]*/, KvLayer cache, const Norm& norm,
-                          float* h /*[T, d_model]*/) {
-        const float* ob = attend(xin, T, positions, cache);
-        bool fused = false;
-        if constexpr (requires { norm.weight(); norm.eps(); })
-            visit_weight(norm.weight(), [&](const auto* w) {
-                if constexpr (requires { o_.try_forward_add_norm(x, ob, T, w, 1.0f, h); })
-                    fused = o_.try_forward_add_norm(x, ob, T, w, static_cast<float>(norm.eps()), h);
-            });
-        if (fused) return;
-        o_.forward(a, ob, T);
-        if constexpr (requires { norm.forward_add(h, x, a, T); }) {
-            norm.forward_add(h, x, a, T);
-        } else {
-            ops::add_inplace(B{}, x, a, T * o_.out_features());
-            norm.forward(h, x, T);
+        const std::int64_t qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
+        using Mem = BackendMemory<B>;
+        float* qb = Mem::ensure(q_buf_, T * qd);
+        float* ob = Mem::ensure(o_buf_, T * qd);
+        float* kb = Mem::ensure(k_buf_, T * kvd);
+        float* vb = Mem::ensure(v_buf_, T * kvd);
+        bool fused = false;  // q/k/v in one pass where the projection type has that form
+        if constexpr (requires { { Proj::try_forward_qkv(q_, qb, k_, kb, v_, vb, x, T) } -> std::convertible_to<bool>; })
+            fused = Proj::try_forward_qkv(q_, qb, k_, kb, v_, vb, x, T);
+        if (!fused) {
+            q_.forward(qb, x, T);
+            k_.forward(kb, x, T);
+            v_.forward(vb, x, T);
         }
+        // RoPE, attend, then keep the newest keys/values in the ring: in one call where the
+        // backend fuses them (CUDA: one launch for a decode step), else in three steps
+        if constexpr (requires {
+                          ops::attention_with_cache_rope(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity,
+                                                         positions, T, shape_, score_scale(), rope_.theta());
+                      }) {
+            ops::attention_with_cache_rope(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
+                                           score_scale(), rope_.theta());
+        } else {
+            rope_.forward_qk(qb, kb, positions, T, shape_.n_heads, shape_.n_kv_heads);
+            ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
+                                      score_scale());
+        }
+        o_.forward(y, o_buf_.data(), T);
     }
 
     /// What `forward_train` keeps for `backward`, and the backward's scratch: one block's
@@ -165,39 +165,6 @@ public:
     const ops::AttentionShape& shape() const noexcept { return shape_; }
 
 private:
-    // q/k/v, RoPE, the attention over the cache (which then keeps the new keys and values): the
-    // attention output [T, n_heads * head_dim], the input of o_proj, in o_buf_.
-    const float* attend(const float* x /*[T, d_model]*/, std::int64_t T, const std::int64_t* positions,
-                        KvLayer cache) {
-        const std::int64_t qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
-        using Mem = BackendMemory<B>;
-        float* qb = Mem::ensure(q_buf_, T * qd);
-        float* ob = Mem::ensure(o_buf_, T * qd);
-        float* kb = Mem::ensure(k_buf_, T * kvd);
-        float* vb = Mem::ensure(v_buf_, T * kvd);
-        bool fused = false;  // q/k/v in one pass where the projection type has that form
-        if constexpr (requires { { Proj::try_forward_qkv(q_, qb, k_, kb, v_, vb, x, T) } -> std::convertible_to<bool>; })
-            fused = Proj::try_forward_qkv(q_, qb, k_, kb, v_, vb, x, T);
-        if (!fused) {
-            q_.forward(qb, x, T);
-            k_.forward(kb, x, T);
-            v_.forward(vb, x, T);
-        }
-        // RoPE, attend, then keep the newest keys/values in the ring: in one call where the
-        // backend fuses them (CUDA: one launch for a decode step), else in three steps
-        if constexpr (requires {
-                          ops::attention_with_cache_rope(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity,
-                                                         positions, T, shape_, score_scale(), rope_.theta());
-                      }) {
-            ops::attention_with_cache_rope(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
-                                           score_scale(), rope_.theta());
-        } else {
-            rope_.forward_qk(qb, kb, positions, T, shape_.n_heads, shape_.n_kv_heads);
-            ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
-                                      score_scale());
-        }
-        return ob;
-    }
     float score_scale() const noexcept { return 1.0f / std::sqrt(static_cast<float>(shape_.head_dim)); }
 
     Proj q_, k_, v_, o_;

@@ -211,24 +211,6 @@ public:
         return Base::try_forward_swiglu(gate.base_, up.base_, h, x, T, terms[0], terms[1]);
     }
 
-    /// y += this(x) for one token, then h = RMSNorm(y) with `norm_weight` and `eps`, through the
-    /// base's fused form (`QuantizedLinear<Int8Rowwise, Cuda<>>::try_forward_add_norm`) with this
-    /// layer's adapter inside the same pass; same conditions as `try_forward_qkv`. Returns false,
-    /// doing nothing to y or h, when it cannot.
-    template <class W>
-    bool try_forward_add_norm(float* y, const float* x, std::int64_t T, const W* norm_weight, float eps, float* h)
-        requires requires(Base& b, typename Base::LoraTerm t) {
-            { b.try_forward_add_norm(y, x, T, norm_weight, eps, h, t) } -> std::convertible_to<bool>;
-            { Base::fuses(T) } -> std::convertible_to<bool>;
-        }
-    {
-        if (!Base::fuses(T) || !fusable()) return false;
-        Lora* layers[1] = {this};
-        typename Base::LoraTerm terms[1];
-        fused_terms(layers, x, T, terms);
-        return base_.try_forward_add_norm(y, x, T, norm_weight, eps, h, terms[0]);
-    }
-
     /// ya = a(x), yb = b(x) for more than one token through the bases' shared-input form
     /// (`QuantizedLinear<Int8Rowwise, Cuda<>>::try_forward_pair`: x's int8 activations computed once),
     /// then each layer's active adapters added. Returns false, doing nothing, when the base declines.

@@ -10,7 +10,6 @@
 #include "limarp/backend/memory.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/layers/concepts.hpp"
-#include "limarp/layers/weight.hpp"
 
 namespace limarp {
 
@@ -48,27 +47,6 @@ public:
     {
         forward_hidden(x, T);
         down_.forward(y, g_.data(), T, true);
-    }
-    /// y += down(silu(gate(x)) * up(x)), then h = norm(y): the residual add and the norm that
-    /// follows the block (the next layer's input norm, or the final norm). One token where the
-    /// projection type has the fused form (the CUDA int8 GEMV: down_proj adds into y and its last
-    /// block computes the norm, `try_forward_add_norm`); else `forward_add` and `norm.forward`.
-    /// h, y and x do not overlap.
-    template <class Norm>
-    void forward_add_norm(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T,
-                          const Norm& norm, float* h /*[T, d_model]*/)
-        requires requires(Proj& p) { p.forward(y, x, T, true); }
-    {
-        forward_hidden(x, T);
-        bool fused = false;
-        if constexpr (requires { norm.weight(); norm.eps(); })
-            visit_weight(norm.weight(), [&](const auto* w) {
-                if constexpr (requires { down_.try_forward_add_norm(y, g_.data(), T, w, 1.0f, h); })
-                    fused = down_.try_forward_add_norm(y, g_.data(), T, w, static_cast<float>(norm.eps()), h);
-            });
-        if (fused) return;
-        down_.forward(y, g_.data(), T, true);
-        norm.forward(h, y, T);
     }
     /// What `forward_train` keeps for `backward`, and the backward's scratch: one block's
     /// feed-forward working set (reused from call to call).

@@ -50,42 +50,16 @@ public:
     /// Updates the residual stream `x` in place for `T` tokens at `positions` (consecutive);
     /// `x`, `positions` and the cache are in the backend's memory.
     void forward(float* x /*[T, d_model]*/, std::int64_t T, const std::int64_t* positions /*[T]*/, KvLayer cache) {
-        forward(x, T, positions, cache, nullptr, static_cast<const NormT*>(nullptr), nullptr);
-    }
-
-    /// `forward` as a link of a chain of blocks (`MistralModel` at decode): `h_in`, when not null,
-    /// already holds input_layernorm(x) (the previous block computed it); `next`, when not null,
-    /// is the norm after this block (the next block's input norm, or the final norm), whose output
-    /// h_next = next(x) this call also writes. Where the projections have the fused forms (CUDA
-    /// int8, one token), o_proj and down_proj add into x and compute the norm after them in the
-    /// same launch, so no norm kernel runs in between. h_in and h_next are [T, d_model] in the
-    /// backend's memory, not overlapping x (they may be the same buffer).
-    template <class NextNorm>
-    void forward(float* x /*[T, d_model]*/, std::int64_t T, const std::int64_t* positions /*[T]*/, KvLayer cache,
-                 const float* h_in, const NextNorm* next, float* h_next) {
         const std::int64_t d = attn_.o_proj().out_features();
         float* h = BackendMemory<B>::ensure(h_, T * d);
         float* a = BackendMemory<B>::ensure(a_, T * d);
-        if (h_in == nullptr) {
-            norm1_.forward(h, x, T);
-            h_in = h;
-        }
-        if constexpr (requires { attn_.forward_add_norm(x, a, h_in, T, positions, cache, norm2_, h); }) {
-            attn_.forward_add_norm(x, a, h_in, T, positions, cache, norm2_, h);  // x += attn; h = norm2(x)
+        norm1_.forward(h, x, T);
+        attn_.forward(a, h, T, positions, cache);
+        if constexpr (requires { norm2_.forward_add(h, x, a, T); }) {
+            norm2_.forward_add(h, x, a, T);  // x += a; h = norm2(x), fused where the backend can
         } else {
-            attn_.forward(a, h_in, T, positions, cache);
-            if constexpr (requires { norm2_.forward_add(h, x, a, T); }) {
-                norm2_.forward_add(h, x, a, T);  // x += a; h = norm2(x), fused where the backend can
-            } else {
-                ops::add_inplace(B{}, x, a, T * d);
-                norm2_.forward(h, x, T);
-            }
-        }
-        if (next != nullptr) {
-            if constexpr (requires { mlp_.forward_add_norm(x, h, T, *next, h_next); }) {
-                mlp_.forward_add_norm(x, h, T, *next, h_next);  // x += mlp(h); h_next = next(x)
-                return;
-            }
+            ops::add_inplace(B{}, x, a, T * d);
+            norm2_.forward(h, x, T);
         }
         if constexpr (requires { mlp_.forward_add(x, h, T); }) {
             mlp_.forward_add(x, h, T);  // x += mlp(h) inside down_proj's pass
@@ -93,7 +67,6 @@ public:
             mlp_.forward(a, h, T);
             ops::add_inplace(B{}, x, a, T * d);
         }
-        if (next != nullptr) next->forward(h_next, x, T);
     }
 
     /// One block's training working set: what `forward_train` keeps for `backward` plus the

@@ -187,32 +187,8 @@ private:
             return StepKey{this, blocks_.empty() ? nullptr : cache.layer(0).k, cache.capacity(), n,
                            y ? first_row : -1, backend_epoch().load()};
         };
-        // One token (decode): the blocks run as a chain in which each computes the norm after it
-        // (the next block's input norm, the final norm) where its projections fuse that into their
-        // last GEMV (CUDA int8), into hn_.
-        constexpr bool kChainable = requires(Block& b, const float* hi, const norm_type* nn, float* ho) {
-            b.forward(x, n, pos, cache.layer(0), hi, nn, ho);
-            { b.input_norm() } -> std::convertible_to<const norm_type&>;
-        };
-        float* hn = kChainable && n == 1 ? Mem::ensure(hn_, d) : nullptr;
         Mem::run_step(steps_, key(), [&] {
             embed_.forward(x, id, n);
-            if constexpr (kChainable) {
-                if (hn != nullptr) {
-                    const bool final_norm = y != nullptr;  // n == 1: first_row == 0, m == 1
-                    for (std::size_t l = 0; l < blocks_.size(); ++l) {
-                        const norm_type* next = l + 1 < blocks_.size() ? &blocks_[l + 1].input_norm()
-                                                : final_norm           ? &norm_
-                                                                       : nullptr;
-                        blocks_[l].forward(x, n, pos, cache.layer(static_cast<std::int64_t>(l)), l == 0 ? nullptr : hn,
-                                           next, hn);
-                    }
-                    if (!y) return;
-                    if (blocks_.empty()) norm_.forward(hn, x, m);
-                    head_.forward(y, hn, m);
-                    return;
-                }
-            }
             for (std::size_t l = 0; l < blocks_.size(); ++l)
                 blocks_[l].forward(x, n, pos, cache.layer(static_cast<std::int64_t>(l)));
             if (!y) return;
@@ -232,7 +208,6 @@ private:
     Head head_;
     std::int64_t chunk_ = 256;
     Buffer<B, float> x_, logits_b_;
-    Buffer<B, float> hn_;  // [d_model] the decode chain's norm outputs (see step)
     Buffer<B, std::int64_t> pos_b_;
     Buffer<B, std::int32_t> ids_b_;
     typename BackendMemory<B>::step_cache steps_;

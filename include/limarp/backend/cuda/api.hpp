@@ -115,15 +115,6 @@ bool qmatmul_int8_group(const float* x, std::int64_t T, const FusedGemv* product
 bool qmatmul_int8_shared(const float* x, std::int64_t T, const DeviceInt8Weight* const* w, float* const* y, int n,
                          const QuantOptions& opt);
 
-/// x += in · Wᵀ (+ its LoRA term) for one token, then h = RMSNorm(x) with `norm_w` (f32, or bf16
-/// when `norm_w_bf16`) and `eps`, in the same GEMV launch (`ops::qgemv_int8_add_norm`: the block
-/// that finishes last normalises the whole x): o_proj with the post-attention norm, down_proj
-/// with the next layer's input norm. `p.y` is ignored (x is the output). Returns false, doing
-/// nothing, when it cannot (T != 1, unaligned operands) or when the environment sets
-/// LIMARP_CUDA_FUSE_NORM=0 (read once; a measurement switch): the caller runs the product and the norm.
-bool qmatmul_int8_add_norm(float* x, const float* in, std::int64_t T, const FusedGemv& p, const void* norm_w,
-                           bool norm_w_bf16, float eps, float* h);
-
 /// h = silu(x · Gateᵀ (+ its LoRA term)) * (x · Upᵀ (+ its LoRA term)) for one token in one GEMV
 /// launch (`ops::qgemv_int8_swiglu`): gate and up are never written. Returns false, doing nothing,
 /// when it cannot (T != 1, shapes that differ, unaligned operands): the caller runs gate, up and

@@ -68,10 +68,7 @@ struct ThreadState {
     // an event the host waits on while the int8 GEMM already runs
     int* count_host = nullptr;
     cudaEvent_t count_ready = nullptr;
-    // the ticket counter of the GEMVs that end with the next norm (QGemvNorm; 0 between launches)
-    DeviceBuffer<unsigned> norm_counter{1, "GEMV norm ticket counter"};
     ThreadState() {
-        LIMARP_CUDA_CHECK(cudaMemset(norm_counter.data(), 0, sizeof(unsigned)));
         LIMARP_CUDA_CHECK(cudaStreamCreate(&stream));
         LIMARP_CUDA_CHECK(cudaHostAlloc(&count_host, sizeof(int), cudaHostAllocDefault));
         LIMARP_CUDA_CHECK(cudaEventCreateWithFlags(&count_ready, cudaEventDisableTiming));
@@ -539,27 +536,6 @@ bool qmatmul_int8_group(const float* x, std::int64_t T, const FusedGemv* product
     for (int i = 0; i < n; ++i)
         if (!gemv_target(products[i], x, products[0].w->n_in(), t[i])) return false;
     ops::qgemv_int8_group(Cuda<90>{}, x, t, n, /*accumulate=*/false, stream());
-    return true;
-}
-
-bool qmatmul_int8_add_norm(float* x, const float* in, std::int64_t T, const FusedGemv& p, const void* norm_w,
-                           bool norm_w_bf16, float eps, float* h) {
-    using cuda_detail::aligned_to;
-    static const bool enabled = [] {  // LIMARP_CUDA_FUSE_NORM=0: norm kernels instead (a measurement switch)
-        const char* e = std::getenv("LIMARP_CUDA_FUSE_NORM");
-        return !(e && std::string(e) == "0");
-    }();
-    cuda_detail::QGemvTarget t;
-    if (!enabled || T != 1 || p.w == nullptr || norm_w == nullptr || h == nullptr || !aligned_to(x, 16) || !aligned_to(h, 16) ||
-        !gemv_target(p, in, p.w->n_in(), t))
-        return false;
-    unsigned* counter = cuda_detail::thread_state().norm_counter.data();
-    if (norm_w_bf16)
-        ops::qgemv_int8_add_norm(Cuda<90>{}, x, in, *p.w, static_cast<const __nv_bfloat16*>(norm_w), eps, h, counter,
-                                 stream(), t.lora);
-    else
-        ops::qgemv_int8_add_norm(Cuda<90>{}, x, in, *p.w, static_cast<const float*>(norm_w), eps, h, counter, stream(),
-                                 t.lora);
     return true;
 }
 

@@ -59,7 +59,6 @@
 #include "limarp/backend/cuda/check.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
-#include "limarp/backend/cuda/detail/block_reduce.cuh"
 #include "limarp/backend/cuda/detail/pdl.cuh"
 #include "limarp/core/error.hpp"
 
@@ -196,19 +195,6 @@ struct QGemvPart {
     QGemvLora lora{};                ///< optional unmerged LoRA term
 };
 
-/// The RMSNorm that follows an accumulating one-weight launch into the residual stream (o_proj,
-/// down_proj at decode): once every block has added its rows, the last block to finish computes
-/// h = weight * (y * (1 / sqrt(mean(y²) + eps))) over the whole y (the next norm's output, with
-/// the f32 operations of `ops::rms_norm`), so that no norm kernel runs between the two GEMVs.
-/// h null: none.
-struct QGemvNorm {
-    float* h = nullptr;            ///< [n_out] device output of the norm, or null
-    const void* w = nullptr;       ///< [n_out] the norm's weight (device), f32 or bf16
-    bool w_bf16 = false;           ///< weight type
-    float eps = 0.0f;              ///< added to the mean square
-    unsigned* counter = nullptr;   ///< device ticket counter, 0 between launches (the last block resets it)
-};
-
 /// The kernel's arguments: up to `kMaxParts` weights with the same input x (one launch for
 /// q/k/v), each over its own blocks, or (`gated`) two weights of the same shape read side by side,
 /// gate and up, whose rows meet in the epilogue: y = parts[0].y = silu(gate x) * (up x).
@@ -220,48 +206,7 @@ struct QGemvArgs {
     int n_in = 0, ld = 0;             ///< shared input width and row stride (bytes)
     bool accumulate = false;          ///< y += instead of y = (not gated)
     bool gated = false;               ///< silu(part 0) * part 1 into part 0's y
-    QGemvNorm norm{};                 ///< the norm of part 0's y after the launch (one part, not gated)
 };
-
-// QGemvNorm: called by every block after its stores; the block that finishes last computes
-// h = rms_norm(y) over part 0's whole y (read from L2: other blocks wrote it) and resets the counter.
-__device__ __forceinline__ void qgemv_norm_tail(const QGemvArgs& a) {
-    __shared__ bool s_last;
-    __shared__ float red[32];
-    __threadfence();  // this block's rows of y, visible to the block that finishes last
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(a.norm.counter, 1u) + 1u == gridDim.x;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
-    const float* y = a.part[0].y;
-    const int d = a.part[0].n_out;
-    const int tid = static_cast<int>(threadIdx.x), nt = static_cast<int>(blockDim.x);
-    const bool vec = d % 4 == 0;  // y and h come 16-byte aligned (checked by the launcher)
-    float ss = 0.f;
-    if (vec) {
-        for (int i = tid * 4; i < d; i += nt * 4) {
-            const float4 v = __ldcg(reinterpret_cast<const float4*>(y + i));
-            ss = fmaf(v.x, v.x, ss);
-            ss = fmaf(v.y, v.y, ss);
-            ss = fmaf(v.z, v.z, ss);
-            ss = fmaf(v.w, v.w, ss);
-        }
-    } else {
-        for (int i = tid; i < d; i += nt) {
-            const float v = __ldcg(y + i);
-            ss = fmaf(v, v, ss);
-        }
-    }
-    ss = block_sum(ss, red);
-    const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + a.norm.eps);
-    const auto weight = [&](int i) {
-        return a.norm.w_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(a.norm.w)[i])
-                             : static_cast<const float*>(a.norm.w)[i];
-    };
-    for (int i = tid; i < d; i += nt) a.norm.h[i] = weight(i) * (__ldcg(y + i) * inv);
-    if (tid == 0) *a.norm.counter = 0u;
-}
 
 // The R rows of this block: part p_r, row o_r of it. Gated: rows 0..R/2-1 of the block are gate
 // rows row0 + r, rows R/2..R-1 the same rows of up. Otherwise all R rows lie in one part.
@@ -484,7 +429,6 @@ __global__ void __launch_bounds__(kQGemvThreads)
                 *y = a.accumulate ? *y + v : v;
             }
     }
-    if (a.norm.h != nullptr) qgemv_norm_tail(a);
 }
 
 /// The configuration `ops::qgemv_int8` uses for `n_rows` weight rows in one launch (all parts;
@@ -659,39 +603,6 @@ void qgemv_int8_group(Cuda<Sm>, const X* x /*[n_in]*/, const cuda_detail::QGemvT
     a.ld = static_cast<int>(targets[0].w->ld());
     a.accumulate = accumulate;
     cuda_detail::launch_qgemv_int8(cuda_detail::qgemv_default_config(rows, device_info().sm_count), x, a, stream);
-}
-
-/// `qgemv_int8` accumulating into the residual stream, then the next RMSNorm in the same launch:
-///   y += x · Wᵀ (+ lora);  h = weight * (y * (1 / sqrt(mean(y²) + eps)))
-/// (the last block to finish computes h over the whole y, `cuda_detail::QGemvNorm`): o_proj with
-/// the post-attention norm, down_proj with the next layer's input norm, at decode. h equals
-/// `rms_norm(y)` up to the order of the f32 sum of squares.
-/// \param counter a device unsigned that is 0 (left 0 after the launch); launches that share it
-///        must not overlap (one stream)
-/// \pre as `qgemv_int8`; y and h 16-byte aligned and not overlapping x, each other or the weight.
-/// \throws ArgumentError for unaligned y or h, or the operand errors of `qgemv_int8`; CudaError
-///         when the launch fails
-template <int Sm, class X, class W>
-    requires((std::is_same_v<X, float> || std::is_same_v<X, __nv_bfloat16>) &&
-             (std::is_same_v<W, float> || std::is_same_v<W, __nv_bfloat16>))
-void qgemv_int8_add_norm(Cuda<Sm>, float* y /*[n_out]*/, const X* x /*[n_in]*/, const DeviceInt8Weight& w,
-                         const W* norm_weight /*[n_out]*/, float eps, float* h /*[n_out]*/, unsigned* counter,
-                         cudaStream_t stream = nullptr, cuda_detail::QGemvLora lora = {}) {
-    static_assert(Sm >= 80, "ops::qgemv_int8_add_norm needs Cuda<Sm> with Sm >= 80");
-    cuda_detail::check_qgemv_operands(w, x, lora, w.n_in());
-    if (reinterpret_cast<std::uintptr_t>(y) % 16 != 0 || reinterpret_cast<std::uintptr_t>(h) % 16 != 0 ||
-        counter == nullptr || norm_weight == nullptr)
-        throw ArgumentError("qgemv_int8_add_norm with " + w.name() +
-                            ": y and h must be 16-byte aligned, and the norm weight and counter given");
-    cuda_detail::QGemvArgs a;
-    a.part[0] = cuda_detail::QGemvPart{w.data(), w.scales(), y, static_cast<int>(w.n_out()), lora};
-    a.n_parts = 1;
-    a.n_in = static_cast<int>(w.n_in());
-    a.ld = static_cast<int>(w.ld());
-    a.accumulate = true;
-    a.norm = cuda_detail::QGemvNorm{h, norm_weight, std::is_same_v<W, __nv_bfloat16>, eps, counter};
-    cuda_detail::launch_qgemv_int8(cuda_detail::qgemv_default_config(w.n_out(), device_info().sm_count), x, a,
-                                   stream);
 }
 
 /// The SwiGLU input of Mistral's down_proj in one launch, for one token:

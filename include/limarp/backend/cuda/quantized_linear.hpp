@@ -25,7 +25,6 @@
 
 #include <cstdint>
 #include <string>
-#include <type_traits>
 
 #include "limarp/backend/cuda/api.hpp"
 #include "limarp/backend/cuda/device_int8_weight.cuh"
@@ -99,19 +98,6 @@ public:
                                        lora ? lora[i].r : 0};
         return cuda_api::qmatmul_int8_group(x, T, p, n);
     }
-    /// y += x · Wᵀ (+ lora) for one token, then h = RMSNorm(y) with `norm_weight` and `eps` in the
-    /// same launch (`cuda_api::qmatmul_int8_add_norm`; the residual add of o_proj and down_proj with
-    /// the norm that follows them). Returns false, doing nothing, when it cannot (T != 1, unaligned
-    /// operands): the caller runs `forward(y, x, T, true)` and the norm.
-    template <class W>
-        requires(std::is_same_v<W, float> || std::is_same_v<W, bf16>)
-    bool try_forward_add_norm(float* y, const float* x, std::int64_t T, const W* norm_weight, float eps, float* h,
-                              LoraTerm lora = {}) {
-        if (!fuses(T)) return false;
-        return cuda_api::qmatmul_int8_add_norm(y, x, T, cuda_api::FusedGemv{y, &w_, lora.b, lora.z, lora.r},
-                                               norm_weight, std::is_same_v<W, bf16>, eps, h);
-    }
-
     /// ys[i] = x · W_iᵀ for n layers that share x at T > 1 tokens with the same int8-activation
     /// options: x's outlier columns and row quantization computed once for all of them
     /// (`cuda_api::qmatmul_int8_shared`; the values each layer's `forward` gives). Returns false,
