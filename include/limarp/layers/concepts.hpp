@@ -24,9 +24,11 @@ namespace limarp {
 ///
 /// Optional fused forms, used when present (checked at compile time) and when they return true:
 /// `L::try_forward_qkv(q, yq, k, yk, v, yv, x, T)` (three projections of the same x in one pass,
-/// `GqaAttention`) and `L::try_forward_swiglu(gate, up, h, x, T)` (h = silu(gate(x)) * up(x) in
-/// one pass, `SwiGluMlp`); a false return means "not for these operands": the caller runs the
-/// plain `forward`s. The CUDA int8 layer and `Lora` over it have them. With
+/// `GqaAttention`), `L::try_forward_swiglu(gate, up, h, x, T)` (h = silu(gate(x)) * up(x) in
+/// one pass, `SwiGluMlp`) and `L::try_forward_pair(a, ya, b, yb, x, T)` (two projections of the
+/// same x, gate and up, when the fused SwiGLU form declines: the CUDA int8 layer quantizes x once
+/// for both); a false return means "not for these operands": the caller runs the plain
+/// `forward`s. The CUDA int8 layer and `Lora` over it have them. With
 /// `l.forward(y, x, T, accumulate)` (y += x · Wᵀ) `SwiGluMlp::forward_add` adds down_proj's
 /// output to the residual stream in the projection's own pass (`MistralBlock` uses it).
 template <class L>
