@@ -51,19 +51,22 @@
 ///
 /// 5. The outlier columns (thr > 0). Normally the count comes to the host (a 4-byte copy into
 ///    pinned memory behind an event, which the host waits for after it has queued steps 3 and 4,
-///    so the GPU keeps working meanwhile) and `gather_outlier_operands_kernel` copies x's outlier columns split into bf16
-///    hi and lo [T, 2 Kp] and the weight's (exact in bf16, twice) [n_out, 2 Kp], Kp = count
-///    rounded up to 64 with zero columns; one bf16 tensor-core GEMM (cuBLAS, f32 accumulation)
-///    multiplies them (close to f32), and the product, scaled by s_w, is added to y after the
-///    epilogue of step 4 (run without outlier terms). While a CUDA graph is being recorded (no
-///    host reads) the count stays on the device: `gather_outlier_weights_kernel` and the outlier
-///    terms of the epilogue (CUDA cores) do it instead. Random 7B-shaped weights give hundreds to
-///    thousands of outlier columns per 4096-token prefill in down_proj's input (silu(g) * u has
-///    heavy tails), far more than a trained model's few: summed on the CUDA cores they made the
-///    4096-token prefill 5x slower (H200); as a GEMM the whole outlier path (scan, host read,
-///    GEMM) costs 45% over threshold 0 there (benchmarks/NOTES.md).
+///    so the GPU keeps working meanwhile) and `gather_outlier_operands_kernel` copies x's outlier
+///    columns split into bf16 hi and lo [T, 2 Kp] and the weight's (exact in bf16, twice)
+///    [n_out, 2 Kp], Kp = count rounded up to 64 with zero columns; one bf16 tensor-core GEMM
+///    (cuBLAS, f32 accumulation) multiplies them (close to f32), and the product, scaled by s_w,
+///    is added to y after the epilogue of step 4 (run without outlier terms). While a CUDA graph
+///    is being recorded (no host reads) the count stays on the device:
+///    `gather_outlier_weights_kernel` and the outlier terms of the epilogue (CUDA cores) do it
+///    instead. Random 7B-shaped weights give hundreds to thousands of outlier columns per
+///    4096-token prefill in down_proj's input (silu(g) * u has heavy tails; ~3,300 of 14,336),
+///    far more than a trained model's few: summed on the CUDA cores they made the 4096-token
+///    prefill 5x slower (H200); as this GEMM the whole outlier path costs about 15% over
+///    threshold 0 (H100, benchmarks/NOTES.md, session 7).
+/// Several weights that share x (q/k/v, gate/up: `cuda_api::qmatmul_int8_shared`) run steps 1
+/// and 2 once, then steps 3-5 per weight.
 ///
-/// Cost: step 1 reads x once; the outlier GEMM of step 5 is 2 x T * n_out * count multiply-adds
+/// Cost: step 1 reads x once; the outlier GEMM of step 5 is 2 x T * n_out * Kp multiply-adds
 /// on the tensor cores (the recorded-graph variant: T * n_out * count FMAs on the CUDA cores).
 
 #include <cublas_v2.h>
