@@ -132,8 +132,7 @@ private:
         if constexpr (requires(Base& b, const bf16* bb, const float* z) { b.forward_lora(y, x, T, bb, z, T, true); }) {
             for (auto& f : factors_) {
                 if (!f.active() || f.B.dtype != DType::BF16) continue;
-                float* z = BackendMemory<backend_type>::ensure(tmp_, T * f.A.shape[0]);  // z = scale · x Aᵀ
-                scaled_a_product(f, z, x, T);
+                const float* z = a_product(f, x, T);
                 base_.forward_lora(y, x, T, f.B.as<bf16>(), z, f.A.shape[0], accumulate);
                 fused = &f;
                 break;
@@ -147,13 +146,18 @@ private:
         }
         add_terms(y, x, T, fused);
     }
+    // z = scale · x Aᵀ [T, r] of adapter f, in tmp_ (the next call overwrites it).
+    const float* a_product(const LoraFactors& f, const float* x, std::int64_t T) {
+        float* z = BackendMemory<backend_type>::ensure(tmp_, T * f.A.shape[0]);
+        scaled_a_product(f, z, x, T);
+        return z;
+    }
     // y += Σ scale · (x Aᵀ) Bᵀ over the active adapters other than `skip`.
     void add_terms(float* y, const float* x, std::int64_t T, const LoraFactors* skip = nullptr) {
         for (auto& f : factors_) {
             if (&f == skip || !f.active()) continue;
             const std::int64_t r = f.A.shape[0];
-            float* z = BackendMemory<backend_type>::ensure(tmp_, T * r);  // z = scale · x Aᵀ
-            scaled_a_product(f, z, x, T);
+            const float* z = a_product(f, x, T);
             visit_weight(f.B, [&](const auto* b) {
                 ops::matmul_wt(backend_type{}, y, z, b, T, r, out_features(), /*accumulate=*/true);
             });

@@ -253,6 +253,26 @@ __global__ void __launch_bounds__(256) gemv_bf16_group_kernel(const float* __res
     }
 }
 
+// y (=|+=) s[o] * P[t, o] (+ P[T + t, o] when `split`) with P = alpha · Xs · Wᵀ: Xs bf16 [halves * T, k]
+// (halves = 2 when split: the hi rows, then the lo rows), W bf16 row-major [n_out, k]; one
+// tensor-core GEMM (f32 accumulation) into the partial products, then one pass that sums the
+// halves, scales (s null: 1) and stores or accumulates.
+inline void gemm_bf16_scaled(float* y, const __nv_bfloat16* xs, const __nv_bfloat16* w, const float* s,
+                             std::int64_t T, std::int64_t k, std::int64_t n_out, bool accumulate, bool split,
+                             float alpha) {
+    ThreadState& st = thread_state();
+    const std::int64_t halves = split ? 2 : 1;
+    float* p = grow(st.partial, halves * T * n_out, "GEMM partial products");
+    const float beta = 0.0f;  // alpha scales the products (the LoRA scale: no extra pass)
+    // Column-major view: Pᵀ [n_out, halves T] = op(W) [n_out, k] · Xsᵀ [k, halves T].
+    LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
+                                     static_cast<int>(halves * T), static_cast<int>(k), &alpha, w, CUDA_R_16BF,
+                                     static_cast<int>(k), xs, CUDA_R_16BF, static_cast<int>(k), &beta, p, CUDA_R_32F,
+                                     static_cast<int>(n_out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    launch_checked(__FILE__, __LINE__, combine_split_kernel, dim3(elementwise_blocks(T * n_out, 1)), dim3(256), 0,
+                   st.stream, y, p, s, static_cast<long long>(T), static_cast<long long>(n_out), accumulate, split);
+}
+
 // y (=|+=) (x · Wᵀ) * s[o] with W bf16 row-major [n_out, n_in] and x f32 [T, n_in]: x split into
 // bf16 hi + lo rows, one tensor-core GEMM over the 2T rows (W read once, f32 accumulation), then
 // the two halves summed and scaled. Close to an f32 product with the bf16 weights: about 2^-16
@@ -263,17 +283,19 @@ inline void gemm_bf16_split(float* y, const float* x, const __nv_bfloat16* w, co
     ThreadState& st = thread_state();
     const std::int64_t halves = split ? 2 : 1;
     __nv_bfloat16* xs = grow(st.x_bf16, halves * T * n_in, "bf16 split of a GEMM input");
-    float* p = grow(st.partial, halves * T * n_out, "GEMM partial products");
     launch_checked(__FILE__, __LINE__, split_bf16_kernel, dim3(elementwise_blocks(T * n_in, 1)), dim3(256), 0,
                    st.stream, xs, x, static_cast<long long>(T * n_in), split);
-    const float beta = 0.0f;  // alpha scales the products (the LoRA scale: no extra pass)
-    // Column-major view: Pᵀ [n_out, 2T] = op(W) [n_out, n_in] · Xsᵀ [n_in, 2T].
-    LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
-                                     static_cast<int>(halves * T), static_cast<int>(n_in), &alpha, w, CUDA_R_16BF,
-                                     static_cast<int>(n_in), xs, CUDA_R_16BF, static_cast<int>(n_in), &beta, p,
-                                     CUDA_R_32F, static_cast<int>(n_out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    launch_checked(__FILE__, __LINE__, combine_split_kernel, dim3(elementwise_blocks(T * n_out, 1)), dim3(256), 0,
-                   st.stream, y, p, s, static_cast<long long>(T), static_cast<long long>(n_out), accumulate, split);
+    gemm_bf16_scaled(y, xs, w, s, T, n_in, n_out, accumulate, split, alpha);
+}
+
+// The int8 values of `w` widened to bf16 (exact) [n_out, n_in] in the weight scratch.
+inline __nv_bfloat16* widen_int8_weight(const DeviceInt8Weight& w) {
+    const std::int64_t n_out = w.n_out(), n_in = w.n_in();
+    __nv_bfloat16* wb = grow(thread_state().w_bf16, n_out * n_in, "bf16 copy of an int8 weight (GEMM scratch)");
+    launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(n_out * n_in, 1)), dim3(256), 0,
+                   thread_state().stream, wb, w.data(), static_cast<int>(n_out), static_cast<int>(n_in),
+                   static_cast<int>(w.ld()));
+    return wb;
 }
 
 }  // namespace cuda_detail
@@ -413,10 +435,7 @@ void int8_activation_products(const float* x, std::int64_t T, const DeviceInt8We
                 cublas_check(s, "cublasGemmEx (int8 x int8 -> int32)", __FILE__, __LINE__);  // throws
             // No int8 kernel for this shape: the same quantized operands, exact in bf16, through a
             // bf16 GEMM with f32 accumulation (exact while the partial sums stay below 2^24).
-            __nv_bfloat16* wb = grow(st.w_bf16, n_out * n_in, "bf16 copy of an int8 weight (GEMM scratch)");
-            launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(n_out * n_in, 1)),
-                           dim3(256), 0, st.stream, wb, w.data(), static_cast<int>(n_out), static_cast<int>(n_in),
-                           static_cast<int>(w.ld()));
+            __nv_bfloat16* wb = widen_int8_weight(w);
             __nv_bfloat16* xb = grow(st.x_bf16, T * n_in, "bf16 copy of int8 activations (GEMM scratch)");
             float* p = grow(st.partial, T * n_out, "GEMM partial products");
             launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(T * n_in, 1)), dim3(256),
@@ -439,21 +458,11 @@ void int8_activation_products(const float* x, std::int64_t T, const DeviceInt8We
         const std::int64_t kp = (n_outl + 63) / 64 * 64;  // zero-padded (aligned GEMM kernels)
         __nv_bfloat16* xo = grow(st.x_bf16, T * 2 * kp, "outlier activation columns, bf16 hi + lo (GEMM scratch)");
         __nv_bfloat16* wo = grow(st.w_bf16, n_out * 2 * kp, "outlier weight columns (GEMM scratch)");
-        float* p = grow(st.partial, T * n_out, "outlier GEMM product (scratch)");
         launch_checked(__FILE__, __LINE__, gather_outlier_operands_kernel<>,
                        dim3(elementwise_blocks((T + n_out) * kp, 1)), dim3(256), 0, st.stream, xo, wo, x, w.data(),
                        static_cast<int>(w.ld()), static_cast<int>(n_in), static_cast<int>(T), static_cast<int>(n_out),
                        cols, n_outl, static_cast<int>(kp));
-        // column-major view: Pᵀ [n_out, T] = op(Wo) [n_out, 2kp] · Xoᵀ [2kp, T]
-        const float one = 1.0f, zero = 0.0f;
-        LIMARP_CUBLAS_CHECK(cublasGemmEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n_out),
-                                         static_cast<int>(T), static_cast<int>(2 * kp), &one, wo, CUDA_R_16BF,
-                                         static_cast<int>(2 * kp), xo, CUDA_R_16BF, static_cast<int>(2 * kp), &zero,
-                                         p, CUDA_R_32F, static_cast<int>(n_out), CUBLAS_COMPUTE_32F,
-                                         CUBLAS_GEMM_DEFAULT));
-        launch_checked(__FILE__, __LINE__, combine_split_kernel, dim3(elementwise_blocks(T * n_out, 1)), dim3(256), 0,
-                       st.stream, y, p, w.scales(), static_cast<long long>(T), static_cast<long long>(n_out),
-                       /*accumulate=*/true, /*split=*/false);
+        gemm_bf16_scaled(y, xo, wo, w.scales(), T, 2 * kp, n_out, /*accumulate=*/true, /*split=*/false, 1.0f);
     }
 }
 }  // namespace
@@ -474,15 +483,8 @@ void qmatmul_int8(float* y, const float* x, const DeviceInt8Weight& w, std::int6
         return ops::qgemv_int8(Cuda<90>{}, y, xa, w, accumulate, st.stream);
     }
     const std::int64_t n_out = w.n_out(), n_in = w.n_in();
-    const auto widen_weight = [&] {
-        __nv_bfloat16* wb = grow(st.w_bf16, n_out * n_in, "bf16 copy of an int8 weight (GEMM scratch)");
-        launch_checked(__FILE__, __LINE__, int8_to_bf16_kernel, dim3(elementwise_blocks(n_out * n_in, 1)), dim3(256),
-                       0, st.stream, wb, w.data(), static_cast<int>(n_out), static_cast<int>(n_in),
-                       static_cast<int>(w.ld()));
-        return wb;
-    };
     if (!opt.int8_activations) {  // weight-only: x split into bf16 hi + lo, f32-close products
-        gemm_bf16_split(y, x, widen_weight(), w.scales(), T, n_in, n_out, accumulate, /*split=*/true);
+        gemm_bf16_split(y, x, widen_int8_weight(w), w.scales(), T, n_in, n_out, accumulate, /*split=*/true);
         return;
     }
     // int8 activations (LLM.int8()): outlier columns, row quantization, int8 GEMM, fused epilogue.
