@@ -8,6 +8,7 @@
 //                          [--outlier-threshold X (int8 activations; default 6, 0 = off)]
 //                          [--chunk C] [--d-model D] [--d-ff F] [--vocab V]
 //                          [--sampler host|greedy|topk|chat (CUDA: where decode picks its tokens)]
+//                          [--device-pick step|after (CUDA device sampler: inside the step, or after it)]
 //
 // --quant quantizes each generated bf16 projection at load and frees it (the lm_head and
 // embeddings stay bf16); --lora-r attaches one random rank-R adapter (bf16 A and B, alpha 16)
@@ -18,7 +19,9 @@
 // limarp-generate --host-sampling); on CUDA, --sampler greedy, topk or chat picks on the GPU
 // through MistralModel::forward_pick and cuda_api::TokenSampler (only the id crosses; topk:
 // temperature 0.7, top-k 40, top-p 0.9, repetition penalty 1.1 over 64 tokens; chat: limarp-chat's
-// defaults, temperature 0.7, min-p 0.05, repetition penalty 1.1 over 64), as limarp-generate does.
+// defaults, temperature 0.7, min-p 0.05, repetition penalty 1.1 over 64), as limarp-generate does:
+// the pick inside the model's step, recorded into the decode step's CUDA graph (--device-pick
+// after: a picker called after the step, outside the graph, as before session 8).
 // Prints one JSON line. Peak RSS is the process high-water mark (getrusage), i.e. it includes the
 // generated weights (2 bytes per parameter).
 #include <sys/resource.h>
@@ -55,7 +58,7 @@ struct ModelBenchArgs {
     MistralConfig cfg;
     std::vector<std::int64_t> prompts{128};
     std::int64_t decode = 16, lora_r = 0, chunk = 256;
-    std::string quant = "none", activations = "int8", outlier_threshold = "6", sampler = "host";
+    std::string quant = "none", activations = "int8", outlier_threshold = "6", sampler = "host", device_pick = "step";
 };
 
 template <class B, class Proj>
@@ -138,7 +141,16 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
         return 1;
     }
     out["sampler"] = a.sampler;
+    if (a.sampler != "host") out["device_pick"] = a.device_pick;
     auto step = [&] {
+#if defined(LIMARP_WITH_CUDA_BACKEND)
+        if constexpr (!B::host_memory)
+            if (device_sampler && a.device_pick == "step") {
+                next = model.forward_pick(std::span(&next, 1), cache, *device_sampler, history);
+                history.push_back(next);
+                return;
+            }
+#endif
         if (device_pick) {
             next = model.forward_pick(std::span(&next, 1), cache, device_pick);
             history.push_back(next);
@@ -187,6 +199,7 @@ int model_bench_main(const char* name, int argc, char** argv) {
         else if (k == "--lora-r") a.lora_r = v;
         else if (k == "--chunk") a.chunk = v;
         else if (k == "--sampler") a.sampler = argv[i + 1];
+        else if (k == "--device-pick") a.device_pick = argv[i + 1];
         else {
             std::fprintf(stderr, "%s: unknown option %s\n", name, k.c_str());
             return 1;
@@ -194,6 +207,10 @@ int model_bench_main(const char* name, int argc, char** argv) {
     }
     if (a.sampler != "host" && a.sampler != "greedy" && a.sampler != "topk" && a.sampler != "chat") {
         std::fprintf(stderr, "%s: --sampler %s is not one of host, greedy, topk, chat\n", name, a.sampler.c_str());
+        return 1;
+    }
+    if (a.device_pick != "step" && a.device_pick != "after") {
+        std::fprintf(stderr, "%s: --device-pick %s is not one of step, after\n", name, a.device_pick.c_str());
         return 1;
     }
     if (a.prompts.empty() || *std::min_element(a.prompts.begin(), a.prompts.end()) < 1) {

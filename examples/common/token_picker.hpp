@@ -1,7 +1,8 @@
 #pragma once
 // Where the programs pick each token: on the GPU when the model runs there (--device cuda) and
 // the device sampler takes the settings (penalties, top-k, top-p, min-p, temperature in an order
-// it can follow): the logits stay on the device and only the chosen id comes back. Otherwise, and
+// it can follow): the logits stay on the device, the pick is part of the model's step (recorded
+// into the decode step's CUDA graph) and only the chosen id comes back. Otherwise, and
 // with --host-sampling, the logits are copied back and the CPU `generate::Sampler` picks.
 #include <cstdint>
 #include <cstdio>
@@ -64,13 +65,7 @@ public:
                                         const generate::TokenCallback& on_token = {}) {
 #if defined(LIMARP_WITH_CUDA_BACKEND)
         if constexpr (std::is_same_v<typename Model::backend_type, Cuda<>>) {
-            if (dev_) {
-                const generate::LogitsPicker pick = [this](float* logits, std::int64_t vocab,
-                                                           std::span<const std::int32_t> history) {
-                    return dev_->sample(logits, vocab, history);
-                };
-                return gen.generate(prompt, pick, opt, on_text, on_token);
-            }
+            if (dev_) return gen.generate(prompt, *dev_, opt, on_text, on_token);  // the pick inside each step
         }
 #endif
         return gen.generate(prompt, *cpu_, opt, on_text, on_token);

@@ -152,43 +152,45 @@ BOOST_AUTO_TEST_CASE(greedy_continuations_match_transformers) {
 }
 
 BOOST_AUTO_TEST_CASE(generator_with_device_sampling_matches_host_sampling) {
-    // The Generator's picker path (forward_pick): the logits stay on the GPU and
-    // cuda_api::TokenSampler picks there. Greedy: transformers' continuation; greedy with
-    // penalties: the host sampler's tokens exactly (the penalised logits are the CPU's bit for
-    // bit); sampled: the same tokens for the same seed, a different stream for another seed.
+    // The Generator's device paths: cuda_api::TokenSampler as a generate::StepPicker (its pick
+    // inside the model's step, recorded into the decode step's CUDA graph and replayed with each
+    // step's penalty upload) and as a LogitsPicker called after the step. Greedy: transformers'
+    // continuation on both; greedy with penalties: the host sampler's tokens exactly (the penalised
+    // logits are the CPU's bit for bit); sampled: the same tokens on both paths for the same seed,
+    // a different stream for another seed, and a new seed after reseed() (a new recording).
     using generate::Generator;
     using generate::GenerationOptions;
     using generate::LogitsPicker;
     using generate::SamplerParams;
+    enum class Path { host, after, step };
     const auto j = test::golden_json("swa_long");
     GpuInt8 m = load<GpuInt8>("swa_long", {"all7"});
     const auto prompt = test::ids_of(j, "ids");
-    const auto run = [&](const SamplerParams& p, bool device, int n) {
-        Generator<GpuInt8> g(m);
+    const auto run_with = [&](auto& model, const std::vector<std::int32_t>& p0, const SamplerParams& p, Path path,
+                              int n) {
+        Generator<std::remove_reference_t<decltype(model)>> g(model);
         GenerationOptions o;
         o.max_new_tokens = n;
-        if (!device) {
+        if (path == Path::host) {
             generate::Sampler s(p);
-            return g.generate(prompt, s, o).tokens;
+            return g.generate(p0, s, o).tokens;
         }
         cuda_api::TokenSampler ts(p);
+        if (path == Path::step) return g.generate(p0, ts, o).tokens;
         const LogitsPicker pick = [&](float* logits, std::int64_t vocab, std::span<const std::int32_t> history) {
             return ts.sample(logits, vocab, history);
         };
-        return g.generate(prompt, pick, o).tokens;
+        return g.generate(p0, pick, o).tokens;
     };
+    const auto run = [&](const SamplerParams& p, Path path, int n) { return run_with(m, prompt, p, path, n); };
     {
         GpuDense d = load<GpuDense>("swa_long");
-        Generator<GpuDense> g(d);
-        cuda_api::TokenSampler ts(SamplerParams{.temperature = 0.0f});
-        const LogitsPicker pick = [&](float* logits, std::int64_t vocab, std::span<const std::int32_t> history) {
-            return ts.sample(logits, vocab, history);
-        };
         const auto want = test::ids_of(j, "greedy_new");
-        GenerationOptions o;
-        o.max_new_tokens = static_cast<int>(want.size());
-        BOOST_CHECK_MESSAGE(g.generate(test::ids_of(j, "greedy_prompt"), pick, o).tokens == want,
-                            "device greedy through the Generator differs from transformers");
+        for (const Path path : {Path::after, Path::step})
+            BOOST_CHECK_MESSAGE(run_with(d, test::ids_of(j, "greedy_prompt"), SamplerParams{.temperature = 0.0f}, path,
+                                         static_cast<int>(want.size())) == want,
+                                "device greedy through the Generator differs from transformers ("
+                                    << (path == Path::step ? "pick in the step" : "pick after the step") << ")");
     }
     SamplerParams pen;
     pen.temperature = 0.0f;
@@ -196,23 +198,45 @@ BOOST_AUTO_TEST_CASE(generator_with_device_sampling_matches_host_sampling) {
     pen.frequency_penalty = 0.2f;
     pen.presence_penalty = 0.1f;
     pen.penalty_range = 16;
-    const auto host = run(pen, false, 24), dev = run(pen, true, 24);
-    BOOST_CHECK_MESSAGE(host == dev, "greedy with penalties: device and host sampling differ");
+    const auto host = run(pen, Path::host, 24);
+    BOOST_CHECK_MESSAGE(host == run(pen, Path::after, 24), "greedy with penalties: device (after) and host differ");
+    BOOST_CHECK_MESSAGE(host == run(pen, Path::step, 24), "greedy with penalties: device (in the step) and host differ");
     SamplerParams s;
     s.temperature = 0.8f;
     s.top_k = 40;
     s.min_p = 0.02f;
     s.repetition_penalty = 1.1f;
     s.seed = 3;
-    const auto a = run(s, true, 24), b = run(s, true, 24);
+    const auto a = run(s, Path::step, 24), b = run(s, Path::step, 24);
     BOOST_CHECK(a == b);
     BOOST_CHECK_EQUAL(a.size(), 24u);
+    BOOST_CHECK_MESSAGE(run(s, Path::after, 24) == a, "sampled: the pick in the step and after it differ");
     s.seed = 4;
-    BOOST_CHECK(run(s, true, 24) != a);
+    const auto c = run(s, Path::step, 24);
+    BOOST_CHECK(c != a);
+    {  // reseed between two generations on one sampler: the second follows the new seed
+        Generator<GpuInt8> g(m);
+        GenerationOptions o;
+        o.max_new_tokens = 24;
+        s.seed = 3;
+        cuda_api::TokenSampler ts(s);
+        BOOST_CHECK(g.generate(prompt, ts, o).tokens == a);
+        ts.reseed(4);
+        Generator<GpuInt8> g2(m);  // a fresh cache: the same prefill as c's
+        BOOST_CHECK_MESSAGE(g2.generate(prompt, ts, o).tokens == c, "after reseed(4): not the seed-4 tokens");
+    }
     // settings the device lacks: a clear error naming the stage
     SamplerParams t;
     t.typical_p = 0.9f;
     BOOST_CHECK_THROW(cuda_api::TokenSampler{t}, ArgumentError);
+    // a history id outside the vocabulary: a clear error before anything runs
+    {
+        cuda_api::TokenSampler ts(pen);
+        auto cache = m.make_cache();
+        const std::vector<std::int32_t> bad{1, 2, static_cast<std::int32_t>(m.config().vocab)};
+        BOOST_CHECK_THROW(m.forward_pick(std::span(prompt), cache, ts, std::span(bad)), ArgumentError);
+        BOOST_CHECK_EQUAL(cache.n_past(), 0);
+    }
 }
 
 BOOST_AUTO_TEST_CASE(chunks_and_token_by_token_match_one_prefill) {
@@ -303,7 +327,8 @@ BOOST_AUTO_TEST_CASE(int8_with_adapter_matches_peft_and_the_cpu) {
 BOOST_AUTO_TEST_CASE(dense_linear_matches_the_cpu_on_odd_shapes) {
     std::mt19937 rng(11);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    for (const auto& [n_out, n_in] : {std::pair<std::int64_t, std::int64_t>{1500, 72}, {300, 4096}, {1100, 70}, {9, 70}}) {
+    for (const auto& [n_out, n_in] : {std::pair<std::int64_t, std::int64_t>{1500, 72}, {300, 4096}, {1100, 70}, {9, 70},
+                                      {301, 520}, {13, 4104}, {7, 4096}}) {
         Tensor<bf16> w({n_out, n_in});
         for (std::int64_t i = 0; i < w.size(); ++i) w[i].bits = f32_to_bf16(nd(rng) * 0.1f);
         DenseLinear<Cpu<>> cpu(Weight::owned(Tensor<bf16>(w), "w"));
@@ -314,6 +339,57 @@ BOOST_AUTO_TEST_CASE(dense_linear_matches_the_cpu_on_odd_shapes) {
             cpu.forward(y_cpu.data(), x.data(), T);
             const double err = rel_err_finite(forward_on_gpu(gpu, x, poison(T, n_out)), y_cpu);
             BOOST_CHECK_MESSAGE(err <= 2e-5, n_out << "x" << n_in << " T=" << T << ": max rel err " << err);
+        }
+    }
+}
+
+// The grouped bf16 GEMV of one token (the LoRA A products of q/k/v or gate/up in one launch,
+// `ops::matmul_wt_scaled_group`): each part bit for bit its own `matmul_wt_scaled` on the GPU, and
+// close to the CPU; parts of 5, 12 and 7 rows, one part, two, three; input widths 520, 4096, 4104.
+BOOST_AUTO_TEST_CASE(grouped_bf16_gemv_matches_single_products) {
+    std::mt19937 rng(41);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const std::int64_t rows[3] = {5, 12, 7};
+    const float alphas[3] = {0.5f, 2.0f, -1.25f};
+    for (const std::int64_t n_in : {520, 4096, 4104}) {
+        Tensor<float> x({1, n_in});
+        for (std::int64_t i = 0; i < x.size(); ++i) x[i] = nd(rng);
+        DeviceBuffer<float> dx(static_cast<std::size_t>(n_in), "x");
+        dx.upload(x.data(), dx.size());
+        std::vector<Tensor<bf16>> w;
+        std::vector<DeviceBuffer<bf16>> dw;
+        for (int p = 0; p < 3; ++p) {
+            w.emplace_back(std::vector<std::int64_t>{rows[p], n_in});
+            for (std::int64_t i = 0; i < w.back().size(); ++i) w.back()[i].bits = f32_to_bf16(nd(rng) * 0.1f);
+            dw.emplace_back(static_cast<std::size_t>(w.back().size()), "w");
+            dw.back().upload(w.back().data(), dw.back().size());
+        }
+        for (int n = 1; n <= 3; ++n) {
+            std::vector<DeviceBuffer<float>> dy, dsingle;
+            std::vector<ops::ScaledProduct> prods;
+            for (int p = 0; p < n; ++p) {
+                dy.emplace_back(static_cast<std::size_t>(rows[p]), "y");
+                dsingle.emplace_back(static_cast<std::size_t>(rows[p]), "y single");
+                const Tensor<float> nan = poison(1, rows[p]);
+                dy.back().upload(nan.data(), dy.back().size());
+                prods.push_back({dy.back().data(), dw[static_cast<std::size_t>(p)].data(), rows[p], alphas[p]});
+            }
+            ops::matmul_wt_scaled_group(Cuda<>{}, dx.data(), 1, n_in, prods.data(), n);
+            for (int p = 0; p < n; ++p)
+                ops::matmul_wt_scaled(Cuda<>{}, dsingle[static_cast<std::size_t>(p)].data(), dx.data(),
+                                      dw[static_cast<std::size_t>(p)].data(), 1, n_in, rows[p], alphas[p]);
+            cuda_api::synchronize();
+            for (int p = 0; p < n; ++p) {
+                const auto sp = static_cast<std::size_t>(p);
+                Tensor<float> got({1, rows[p]}), single({1, rows[p]}), want({1, rows[p]});
+                dy[sp].download(got.data(), dy[sp].size());
+                dsingle[sp].download(single.data(), dsingle[sp].size());
+                ops::matmul_wt_scaled(Cpu<>{}, want.data(), x.data(), w[sp].data(), 1, n_in, rows[p], alphas[p]);
+                BOOST_CHECK_MESSAGE(std::equal(got.data(), got.data() + got.size(), single.data()),
+                                    "n_in " << n_in << ", " << n << " parts: part " << p << " differs from its single product");
+                const double err = rel_err_finite(got, want);
+                BOOST_CHECK_MESSAGE(err <= 2e-5, "n_in " << n_in << ", " << n << " parts: part " << p << " max rel err " << err);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 // boundaries, streaming and cancellation (with a scripted model), then KV-cache reuse on the
 // golden fixture models: identical output with and without reuse, prefilled-token counts, and a
 // full LimaRP chat turn with the real tokenizer on a widened fixture; the logits-picker path
-// (forward_pick) gives the sampler path's tokens.
+// (forward_pick) gives the sampler path's tokens, with a LogitsPicker and with a StepPicker.
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
@@ -301,6 +301,63 @@ BOOST_AUTO_TEST_CASE(logits_picker_path_matches_the_sampler_path) {
     }
     Generator g(model);
     BOOST_CHECK_THROW(g.generate(prompt, LogitsPicker{}, {}), ArgumentError);
+}
+
+BOOST_AUTO_TEST_CASE(step_picker_path_matches_the_sampler_path) {
+    // generate(prompt, StepPicker&) runs MistralModel::forward_pick(ids, cache, picker, history):
+    // prepare (with the history) before the step, enqueue on the last row inside it, finish after.
+    // A CPU sampler behind the three calls gives generate(prompt, Sampler)'s tokens; each call
+    // comes once per pick, in order; a prepare that throws leaves the cache as it was.
+    struct HostStepPicker final : generate::StepPicker {
+        Sampler s;
+        std::vector<std::int32_t> history;
+        std::int32_t id = -1;
+        std::string calls;
+        explicit HostStepPicker(const SamplerParams& p) : s(p) {}
+        void prepare(std::int64_t vocab, std::span<const std::int32_t> h) override {
+            for (const std::int32_t v : h)
+                if (v < 0 || v >= vocab) throw ArgumentError("history id out of range");
+            history.assign(h.begin(), h.end());
+            calls += 'p';
+        }
+        void enqueue(float* logits, std::int64_t vocab) override {
+            id = s.sample(std::span<const float>(logits, static_cast<std::size_t>(vocab)), history);
+            calls += 'e';
+        }
+        std::int32_t finish() override {
+            calls += 'f';
+            return id;
+        }
+        std::uint64_t version() const override { return 1; }
+    };
+    auto model = MistralModel<Cpu<>>::from_dir(test::fixture_dir("swa_long"));
+    model.set_chunk_size(7);
+    const auto ids = test::ids_of(test::golden_json("swa_long"), "ids");
+    const std::vector<std::int32_t> prompt(ids.begin(), ids.begin() + 20);
+    for (const float temperature : {0.0f, 0.9f}) {
+        SamplerParams sp;
+        sp.temperature = temperature;
+        sp.top_k = 40;
+        sp.repetition_penalty = 1.2f;
+        sp.seed = 7;
+        Sampler a(sp);
+        HostStepPicker b(sp);
+        Generator ga(model), gb(model);
+        GenerationOptions o;
+        o.max_new_tokens = 10;
+        const auto ra = ga.generate(prompt, a, o);
+        const auto rb = gb.generate(prompt, b, o);
+        BOOST_CHECK_MESSAGE(ra.tokens == rb.tokens, "temperature " << temperature << ": the step-picker path differs");
+        std::string want;
+        for (std::size_t i = 0; i < rb.tokens.size(); ++i) want += "pef";
+        BOOST_CHECK_EQUAL(b.calls, want);
+    }
+    HostStepPicker p(SamplerParams{});
+    auto cache = model.make_cache();
+    const std::vector<std::int32_t> bad{1, static_cast<std::int32_t>(model.config().vocab)};
+    BOOST_CHECK_THROW(model.forward_pick(std::span(prompt), cache, p, std::span(bad)), ArgumentError);
+    BOOST_CHECK_EQUAL(cache.n_past(), 0);
+    BOOST_CHECK_THROW(model.forward_pick(std::span<const std::int32_t>(), cache, p, std::span(prompt)), ArgumentError);
 }
 
 BOOST_AUTO_TEST_CASE(reuse_gives_identical_output_on_fixture) {

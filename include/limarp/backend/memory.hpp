@@ -37,6 +37,7 @@ struct StepKey {
     std::int64_t tokens = 0;       ///< tokens in the step
     std::int64_t first_row = 0;    ///< first logits row (-1: none)
     std::uint64_t epoch = 0;       ///< `backend_epoch()` when the key was made
+    std::uint64_t pick = 0;        ///< the in-step picker's `version()` (0: none)
     /// Field-wise equality.
     bool operator==(const StepKey&) const = default;
 };

@@ -19,6 +19,7 @@
 
 #include "limarp/core/error.hpp"
 #include "limarp/generate/sampler.hpp"
+#include "limarp/generate/step_picker.hpp"
 #include "limarp/generate/stop_strings.hpp"
 #include "limarp/model/kv_cache.hpp"
 #include "limarp/model/mistral_model.hpp"
@@ -156,6 +157,25 @@ public:
                        }
                        return static_cast<std::int32_t>(model_->forward_pick(
                            ids, cache_, [&](float* logits, std::int64_t vocab) { return pick(logits, vocab, history); }));
+                   });
+    }
+
+    /// The same with a `StepPicker` (such as `cuda_api::TokenSampler`): its device work runs
+    /// inside each step (`MistralModel::forward_pick(ids, cache, pick, history)`; on CUDA a decode
+    /// step with its pick is one recorded graph and only the id comes back).
+    GenerationResult generate(std::span<const std::int32_t> prompt, StepPicker& pick, const GenerationOptions& opt = {},
+                              const TextCallback& on_text = {}, const TokenCallback& on_token = {})
+        requires requires(M& m, typename M::cache_type& c, std::span<const std::int32_t> ids, StepPicker& p) {
+            { m.forward_pick(ids, c, p, ids) } -> std::convertible_to<std::int32_t>;
+        }
+    {
+        return run(prompt, opt, on_text, on_token,
+                   [&](std::span<const std::int32_t> ids, std::span<const std::int32_t> history, bool want) {
+                       if (!want) {
+                           model_->forward(nullptr, ids, cache_, LogitsRows::None);
+                           return std::int32_t{-1};
+                       }
+                       return model_->forward_pick(ids, cache_, pick, history);
                    });
     }
 

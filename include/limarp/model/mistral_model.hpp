@@ -17,6 +17,7 @@
 #include "limarp/backend/memory.hpp"
 #include "limarp/core/error.hpp"
 #include "limarp/core/tensor.hpp"
+#include "limarp/generate/step_picker.hpp"
 #include "limarp/io/hf_config.hpp"
 #include "limarp/io/safetensors.hpp"
 #include "limarp/layers/embedding.hpp"
@@ -120,6 +121,22 @@ public:
         return pick(chunks(nullptr, ids, cache, LogitsRows::Last), static_cast<std::int64_t>(cfg_.vocab));
     }
 
+    /// Runs `ids` [T >= 1] after the cached tokens and picks the next id with `pick`, whose device
+    /// work runs inside the step (see `generate::StepPicker`): `pick.prepare(vocab, history)`
+    /// first, `pick.enqueue` on the last row's logits after the lm_head (on CUDA a one-token step
+    /// records it into the step's graph with the model's kernels), then returns `pick.finish()`.
+    /// `history` is what the picker's penalties read (prompt and generated ids).
+    /// 	hrows ArgumentError when `ids` is empty or an id is outside the vocabulary (checked before
+    ///         anything runs), or as `pick.prepare`
+    std::int32_t forward_pick(std::span<const std::int32_t> ids, cache_type& cache, generate::StepPicker& pick,
+                              std::span<const std::int32_t> history) {
+        if (ids.empty()) throw ArgumentError("forward_pick: no ids");
+        check_ids(ids);
+        pick.prepare(static_cast<std::int64_t>(cfg_.vocab), history);
+        chunks(nullptr, ids, cache, LogitsRows::Last, &pick);
+        return pick.finish();
+    }
+
     /// Convenience: scores `ids` from an empty cache and returns logits [T, vocab].
     Tensor<float> logits(std::span<const std::int32_t> ids) {
         cache_type cache = make_cache();
@@ -147,8 +164,10 @@ private:
 
     // `ids` in chunks of chunk_ tokens. Logits rows as `rows` says, into host `logits`, or with a
     // null `logits` (LogitsRows::Last) kept in the backend's memory. Returns the last chunk's
-    // logits in the backend's memory (null when it computed none).
-    float* chunks(float* logits, std::span<const std::int32_t> ids, cache_type& cache, LogitsRows rows) {
+    // logits in the backend's memory (null when it computed none). `pick` (LogitsRows::Last with a
+    // null `logits` only) enqueues its pick inside the last chunk's step.
+    float* chunks(float* logits, std::span<const std::int32_t> ids, cache_type& cache, LogitsRows rows,
+                  generate::StepPicker* pick = nullptr) {
         const std::int64_t T = static_cast<std::int64_t>(ids.size());
         float* y = nullptr;
         for (std::int64_t c0 = 0; c0 < T; c0 += chunk_) {
@@ -162,15 +181,18 @@ private:
                 out = logits;
                 first_row = n - 1;
             }
-            y = step(out, first_row, ids.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(n)), cache);
+            y = step(out, first_row, ids.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(n)), cache,
+                     c0 + n == T ? pick : nullptr);
         }
         return y;
     }
 
     // One chunk: logits for rows [first_row, n) written to `out` when it is not null; with a null
     // `out` and first_row >= 0 they stay in the backend's memory. Returns the logits in the
-    // backend's memory (null when none were computed).
-    float* step(float* out, std::int64_t first_row, std::span<const std::int32_t> ids, cache_type& cache) {
+    // backend's memory (null when none were computed). `pick` (one logits row) enqueues its pick
+    // on them inside the step (recorded with it).
+    float* step(float* out, std::int64_t first_row, std::span<const std::int32_t> ids, cache_type& cache,
+                generate::StepPicker* pick = nullptr) {
         using Mem = BackendMemory<B>;
         const std::int64_t n = static_cast<std::int64_t>(ids.size()), d = cfg_.d_model;
         float* x = Mem::ensure(x_, n * d);
@@ -185,7 +207,7 @@ private:
         // The kernels of the step (recorded once and replayed on CUDA while the key holds).
         const auto key = [&] {
             return StepKey{this, blocks_.empty() ? nullptr : cache.layer(0).k, cache.capacity(), n,
-                           y ? first_row : -1, backend_epoch().load()};
+                           y ? first_row : -1, backend_epoch().load(), pick && y ? pick->version() : 0};
         };
         Mem::run_step(steps_, key(), [&] {
             embed_.forward(x, id, n);
@@ -195,6 +217,7 @@ private:
             float* h = x + first_row * d;
             norm_.forward(h, h, m);
             head_.forward(y, h, m);
+            if (pick) pick->enqueue(y + (m - 1) * cfg_.vocab, static_cast<std::int64_t>(cfg_.vocab));
         }, key);
         cache.advance(ids);
         if (out) Mem::to_host(out, y, m * cfg_.vocab);

@@ -32,6 +32,7 @@
 #include "limarp/backend/memory.hpp"
 #include "limarp/backend/scaled_product.hpp"
 #include "limarp/generate/sampler.hpp"
+#include "limarp/generate/step_picker.hpp"
 #include "limarp/quant/scheme.hpp"
 
 namespace limarp::cuda_api {
@@ -171,7 +172,10 @@ void scale_inplace(float* x, float s, std::int64_t n);
 /// Sampling on the device for host code: backend/cuda/sampler.cuh's `DeviceSampler` behind the
 /// compiled boundary. Penalties, top-k, top-p, min-p and temperature run on the GPU and only the
 /// chosen id crosses to the host; see `DeviceSamplingParams::from` for the settings it takes.
-class TokenSampler {
+/// As a `generate::StepPicker` (`MistralModel::forward_pick(ids, cache, sampler, history)`,
+/// `Generator::generate(prompt, sampler)`) its launches are part of the model's step, recorded
+/// into the decode step's CUDA graph.
+class TokenSampler : public generate::StepPicker {
 public:
     /// \throws ArgumentError for settings the device sampler lacks (top-a, tail-free, typical-p,
     ///         an order it cannot follow), naming the stage; CudaError when the allocation fails
@@ -185,8 +189,18 @@ public:
     /// [vocab] in place, picks a token on `stream()` and returns it (waits for the stream).
     /// \throws ArgumentError for a history id outside the vocabulary; CudaError
     std::int32_t sample(float* logits, std::int64_t vocab, std::span<const std::int32_t> history);
-    /// Restarts the random sequence from `seed`.
+    /// Restarts the random sequence from `seed` (a recorded step that contains this sampler's pick
+    /// is recorded again).
     void reseed(std::uint64_t seed);
+    /// Counts and uploads the penalties' ids of `history`, sizes the prefilter's scratch.
+    /// \throws ArgumentError for a history id outside [0, vocab); CudaError
+    void prepare(std::int64_t vocab, std::span<const std::int32_t> history) override;
+    /// Launches the prepared pick on `stream()` (penalties on `logits` in place, then the pick).
+    void enqueue(float* logits, std::int64_t vocab) override;
+    /// The id of the last pick (a 4-byte copy; waits for `stream()`).
+    std::int32_t finish() override;
+    /// See `generate::StepPicker::version`.
+    std::uint64_t version() const override;
 
 private:
     struct Impl;

@@ -221,6 +221,8 @@ __global__ void __launch_bounds__(256)
 // Up to three bf16 GEMVs of one token that share x, one block per row of their concatenation
 // (the LoRA A products of q/k/v or gate/up): row `row` of part p, y_p[o] = alpha_p · W_p[o, :] x,
 // with the arithmetic and summation order of gemv_bf16_kernel<true, 8> (bitwise the same result).
+// The parts are selected with constant indices only (a dynamic index into the kernel parameter
+// would copy it to local memory).
 struct Bf16GemvGroup {
     const __nv_bfloat16* w[3];
     float* y[3];
@@ -234,12 +236,8 @@ __global__ void __launch_bounds__(256) gemv_bf16_group_kernel(const float* __res
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = static_cast<int>(blockIdx.x);
     const int p = (g.n_parts > 1 && row >= g.row_end[0]) + (g.n_parts > 2 && row >= g.row_end[1]);
-    const int o = row - (p > 0 ? g.row_end[p - 1] : 0);
-    const __nv_bfloat16* w = g.w[0];
-    float* y = g.y[0];
-    float alpha = g.alpha[0];
-    if (p == 1) w = g.w[1], y = g.y[1], alpha = g.alpha[1];
-    if (p == 2) w = g.w[2], y = g.y[2], alpha = g.alpha[2];
+    const int o = row - (p == 0 ? 0 : p == 1 ? g.row_end[0] : g.row_end[1]);
+    const __nv_bfloat16* w = p == 0 ? g.w[0] : p == 1 ? g.w[1] : g.w[2];
     float acc = bf16_row_dot_chained<256 * 8>(w + static_cast<long long>(o) * g.n_in, x, g.n_in,
                                               (warp * 32 + lane) * 8, true);
 #pragma unroll
@@ -249,7 +247,8 @@ __global__ void __launch_bounds__(256) gemv_bf16_group_kernel(const float* __res
     if (threadIdx.x == 0) {
         float sum = 0.0f;
         for (int i = 0; i < 8; ++i) sum += part[i];
-        y[o] = alpha * sum;
+        float* y = p == 0 ? g.y[0] : p == 1 ? g.y[1] : g.y[2];
+        y[o] = (p == 0 ? g.alpha[0] : p == 1 ? g.alpha[1] : g.alpha[2]) * sum;
     }
 }
 
@@ -668,6 +667,18 @@ std::int32_t TokenSampler::sample(float* logits, std::int64_t vocab, std::span<c
 }
 
 void TokenSampler::reseed(std::uint64_t seed) { impl_->sampler.reseed(seed); }
+
+void TokenSampler::prepare(std::int64_t vocab, std::span<const std::int32_t> history) {
+    impl_->sampler.prepare(Cuda<90>{}, vocab, history, stream());
+}
+
+void TokenSampler::enqueue(float* logits, std::int64_t vocab) {
+    impl_->sampler.enqueue_prepared(Cuda<90>{}, logits, vocab, stream());
+}
+
+std::int32_t TokenSampler::finish() { return impl_->sampler.finish(stream()); }
+
+std::uint64_t TokenSampler::version() const { return impl_->sampler.version(); }
 
 void run_step(StepGraph& g, const StepKey& key, const std::function<void()>& body,
               const std::function<StepKey()>& key_now) {

@@ -6,7 +6,8 @@
 /// The kernel (`gemv_int8_rowwise_kernel<R, X, L>`) is memory bound: it streams each weight byte once.
 /// - A block of `kQGemvWarps` (4) warps owns R consecutive output rows (`qgemv_default_config`:
 ///   R = 4, or 2 or 1 when fewer rows would leave under two blocks per multiprocessor; the
-///   fastest choice per shape in the H100 measurements). The row is cut into steps of 512 bytes
+///   fastest choice per shape in the H100 measurements; R = 8 when that fits in one wave of
+///   resident blocks where R = 4 would take a second, partly empty one: q/k/v). The row is cut into steps of 512 bytes
 ///   (32 lanes x 16 bytes); warp w takes steps w, w + 4, w + 8, ..., so small n_out still spreads
 ///   over many warps (split-K inside the block, no atomics, deterministic).
 /// - Weights (`QGemvLoad::Registers`, the default): per step a lane issues R 16-byte loads
@@ -35,7 +36,10 @@
 ///   mantissa byte of 2^23 with one byte permute, subtract 2^23 + 128 (exact); then one FMA with x.
 /// - LoRA (`QGemvLora`, optional): one unmerged adapter's B [n_out, r] bf16 times z = scale · A x,
 ///   added to the rows in the same pass (B's rows are read next to the int8 rows; r * 2 bytes
-///   per row, 12% more bytes at r = 256 for q_proj), so the LoRA B product costs no launch.
+///   per row, 12% more bytes at r = 256 for q_proj), so the LoRA B product costs no launch. Its
+///   kernel instance holds B's and z's chunks in registers; at R = 4 they are capped at 64 a
+///   thread (8 blocks a multiprocessor, as the base kernel), which keeps o_proj's and
+///   down_proj's 1,024 blocks in one wave.
 /// - Reduction: warp shuffles per row, then the 4 warps' partials through shared memory; the
 ///   scale is applied once per row at the end.
 /// - Tails: rows are stored with a stride padded to 16 bytes with zero weights
@@ -51,6 +55,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -237,8 +242,7 @@ __device__ __forceinline__ void qgemv_block_rows(const QGemvArgs& a, int (&part)
 // See QGemvArgs: the R rows of this block (qgemv_block_rows), each row's dot product with x over
 // n_in, scaled, plus its LoRA term; stored per part, or combined by silu(gate) * up when gated.
 template <int R, class X, QGemvLoad L, bool kLora>
-__global__ void __launch_bounds__(kQGemvThreads)
-    gemv_int8_rowwise_kernel(const X* __restrict__ x /*[n_in]*/, const QGemvArgs a) {
+__device__ __forceinline__ void gemv_int8_rowwise_body(const X* __restrict__ x /*[n_in]*/, const QGemvArgs& a) {
     constexpr int W = kQGemvWarps;
     __shared__ float partial[W][R];
     __shared__ float partial_lora[W][R];
@@ -431,6 +435,62 @@ __global__ void __launch_bounds__(kQGemvThreads)
     }
 }
 
+template <int R, class X, QGemvLoad L, bool kLora>
+__global__ void __launch_bounds__(kQGemvThreads) gemv_int8_rowwise_kernel(const X* __restrict__ x, const QGemvArgs a) {
+    gemv_int8_rowwise_body<R, X, L, kLora>(x, a);
+}
+
+// The R = 4 LoRA instance of the registers path with its registers capped so that 8 blocks fit a
+// multiprocessor, as the base kernel's do (see launch_qgemv_int8_kernel). The same cap at R = 8
+// (6 blocks, so that q/k/v's 768 blocks fit one wave) spilled 400 bytes and was 3% slower in the
+// model (H100, benchmarks/NOTES.md).
+template <int R>
+inline constexpr int kQGemvLoraMinBlocks = R == 4 ? 8 : 0;
+template <int R, class X>
+__global__ void __launch_bounds__(kQGemvThreads, kQGemvLoraMinBlocks<R>)
+    gemv_int8_rowwise_capped_kernel(const X* __restrict__ x, const QGemvArgs a) {
+    gemv_int8_rowwise_body<R, X, QGemvLoad::Registers, true>(x, a);
+}
+
+/// True when a part of `a` carries a LoRA term (the kernel's `kLora` instance runs).
+inline bool qgemv_uses_lora(const QGemvArgs& a) {
+    for (int i = 0; i < a.n_parts; ++i)
+        if (a.part[i].lora.b != nullptr) return true;
+    return false;
+}
+
+/// Whether the R-row LoRA instance of the registers path runs with its registers capped
+/// (`gemv_int8_rowwise_capped_kernel`, R = 4). `LIMARP_CUDA_QGEMV_LORA_CAP=0`: never (a
+/// measurement switch).
+template <int R>
+inline bool qgemv_lora_capped() {
+    static const bool on = [] {
+        const char* e = std::getenv("LIMARP_CUDA_QGEMV_LORA_CAP");
+        return !(e && std::string(e) == "0");
+    }();
+    return kQGemvLoraMinBlocks<R> > 0 && on;
+}
+
+/// Resident blocks a multiprocessor of the Registers kernel with R rows (the LoRA instance when
+/// `lora`) on the current device, from the occupancy calculator (cached per instance and device).
+template <int R>
+inline int qgemv_blocks_per_sm(bool lora) {
+    static int cached[2][64] = {};  // [lora][device]
+    int dev = 0;
+    LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
+    int& n = cached[lora ? 1 : 0][dev & 63];
+    if (n == 0) {
+        const void* k = reinterpret_cast<const void*>(&gemv_int8_rowwise_kernel<R, float, QGemvLoad::Registers, false>);
+        if (lora) k = reinterpret_cast<const void*>(&gemv_int8_rowwise_kernel<R, float, QGemvLoad::Registers, true>);
+        if constexpr (kQGemvLoraMinBlocks<R> > 0)
+            if (lora && qgemv_lora_capped<R>())
+                k = reinterpret_cast<const void*>(&gemv_int8_rowwise_capped_kernel<R, float>);
+        LIMARP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kQGemvThreads, 0));
+        if (n < 1) n = 1;
+    }
+    return n;
+}
+
 /// The configuration `ops::qgemv_int8` uses for `n_rows` weight rows in one launch (all parts;
 /// both halves when gated) on a device with `sm_count` multiprocessors: `QGemvLoad::Registers`
 /// with R = 4 when that still gives at least 2 * sm_count blocks, else 2 (1 for a single row;
@@ -438,11 +498,25 @@ __global__ void __launch_bounds__(kQGemvThreads)
 /// measurements in benchmarks/NOTES.md, where it was the fastest configuration for every Mistral
 /// shape (R = 2 and 4 within 1% for gate/up; R = 8 was slower in the whole model on an H200);
 /// programmatic launch where `pdl_enabled()`.
-inline QGemvConfig qgemv_default_config(std::int64_t n_rows, int sm_count) {
+///
+/// Waves: when R = 4 takes between one and two waves of resident blocks and R = 8 fits in one
+/// (q/k/v's 6,144 rows on 132 multiprocessors: 1,536 blocks for 1,056 places at R = 4, 768 for
+/// 792 at R = 8), R = 8 (not for the gated form, whose halves would change; `lora`: the LoRA
+/// instance's occupancy; `LIMARP_CUDA_QGEMV_WAVES=0` turns the rule off, a measurement switch).
+inline QGemvConfig qgemv_default_config(std::int64_t n_rows, int sm_count, bool lora = false, bool gated = false) {
     QGemvConfig c;
     c.programmatic = pdl_enabled();
     c.load = QGemvLoad::Registers;
     c.rows = (n_rows + 3) / 4 >= 2 * static_cast<std::int64_t>(sm_count) ? 4 : (n_rows >= 2 ? 2 : 1);
+    static const bool waves = [] {
+        const char* e = std::getenv("LIMARP_CUDA_QGEMV_WAVES");
+        return !(e && std::string(e) == "0");
+    }();
+    if (waves && c.rows == 4 && !gated) {
+        const std::int64_t sms = sm_count, b4 = (n_rows + 3) / 4, b8 = (n_rows + 7) / 8;
+        const std::int64_t wave4 = qgemv_blocks_per_sm<4>(lora) * sms, wave8 = qgemv_blocks_per_sm<8>(lora) * sms;
+        if (b4 > wave4 && b4 <= 2 * wave4 && b8 <= wave8) c.rows = 8;
+    }
     return c;
 }
 
@@ -471,11 +545,21 @@ void launch_qgemv_int8_kernel(const QGemvConfig& c, const X* x, QGemvArgs a, cud
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = c.programmatic && device_info().compute_capability >= 90 ? 1 : 0;  // sm_90 feature
-    bool lora = false;
-    for (int i = 0; i < a.n_parts; ++i) lora = lora || a.part[i].lora.b != nullptr;
-    // kLora: an instance that holds the LoRA chunks in registers; the base GEMV keeps its count
-    LIMARP_CUDA_CHECK(lora ? cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L, true>, x, a)
-                           : cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L, false>, x, a));
+    // kLora: an instance that holds the LoRA chunks in registers; the base GEMV keeps its count.
+    // At R = 4 its registers are capped so that 8 blocks fit a multiprocessor, as the base
+    // kernel's do: o_proj's and down_proj's 1,024 blocks then run in one wave (7 blocks a
+    // multiprocessor, uncapped, took a second wave on 132 multiprocessors).
+    if (qgemv_uses_lora(a)) {
+        if constexpr (kQGemvLoraMinBlocks<R> > 0 && L == QGemvLoad::Registers)
+            if (qgemv_lora_capped<R>()) {
+                LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_capped_kernel<R, X>, x, a));
+                LIMARP_CUDA_CHECK_LAUNCH();
+                return;
+            }
+        LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L, true>, x, a));
+    } else {
+        LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L, false>, x, a));
+    }
     LIMARP_CUDA_CHECK_LAUNCH();
 }
 
@@ -571,7 +655,7 @@ void qgemv_int8(Cuda<Sm>, float* y /*[n_out]*/, const X* x /*[n_in]*/, const Dev
                 bool accumulate = false, cudaStream_t stream = nullptr, cuda_detail::QGemvLora lora = {}) {
     static_assert(Sm >= 80, "ops::qgemv_int8 needs Cuda<Sm> with Sm >= 80 (cp.async, L2 prefetch hints)");
     cuda_detail::check_qgemv_operands(w, x, lora, w.n_in());
-    const auto c = cuda_detail::qgemv_default_config(w.n_out(), device_info().sm_count);
+    const auto c = cuda_detail::qgemv_default_config(w.n_out(), device_info().sm_count, lora.b != nullptr);
     cuda_detail::launch_qgemv_int8(c, y, x, w, accumulate, stream, lora);
 }
 
@@ -602,7 +686,8 @@ void qgemv_int8_group(Cuda<Sm>, const X* x /*[n_in]*/, const cuda_detail::QGemvT
     a.n_in = static_cast<int>(targets[0].w->n_in());
     a.ld = static_cast<int>(targets[0].w->ld());
     a.accumulate = accumulate;
-    cuda_detail::launch_qgemv_int8(cuda_detail::qgemv_default_config(rows, device_info().sm_count), x, a, stream);
+    cuda_detail::launch_qgemv_int8(
+        cuda_detail::qgemv_default_config(rows, device_info().sm_count, cuda_detail::qgemv_uses_lora(a)), x, a, stream);
 }
 
 /// The SwiGLU input of Mistral's down_proj in one launch, for one token:
@@ -629,8 +714,9 @@ void qgemv_int8_swiglu(Cuda<Sm>, float* h /*[n_out]*/, const X* x /*[n_in]*/, co
     a.n_in = static_cast<int>(gate.n_in());
     a.ld = static_cast<int>(gate.ld());
     a.gated = true;
-    cuda_detail::launch_qgemv_int8(cuda_detail::qgemv_default_config(2 * gate.n_out(), device_info().sm_count), x,
-                                   a, stream);
+    cuda_detail::launch_qgemv_int8(cuda_detail::qgemv_default_config(2 * gate.n_out(), device_info().sm_count,
+                                                                     cuda_detail::qgemv_uses_lora(a), /*gated=*/true),
+                                   x, a, stream);
 }
 
 }  // namespace ops

@@ -45,6 +45,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -561,9 +562,10 @@ __global__ void __launch_bounds__(kGreedyThreads)
     }
 }
 
-// The penalty stages of `ops::apply_penalties`: ids [n] then counts [n] in `ids_counts`.
+// The penalty stages of `ops::apply_penalties`; `ids_counts` holds n, then ids [cap], then
+// counts [cap] (n read on the device: a recorded step replays with each step's upload).
 struct PenaltyArgs {
-    int n = 0;
+    int cap = 0;  // room for ids (and counts) in the scratch
     int n_stages = 0;
     int stage[3] = {0, 0, 0};  // 0 repetition, 1 frequency, 2 presence
     float repetition = 1.0f, frequency = 0.0f, presence = 0.0f;
@@ -576,9 +578,9 @@ __global__ void apply_penalties_kernel(float* __restrict__ logits, const std::in
                                        PenaltyArgs a) {
     pdl_enter();
     const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-    if (i >= a.n) return;
-    const int id = ids_counts[i];
-    const float count = static_cast<float>(ids_counts[a.n + i]);
+    if (i >= ids_counts[0] || i >= a.cap) return;
+    const int id = ids_counts[1 + i];
+    const float count = static_cast<float>(ids_counts[1 + a.cap + i]);
     float l = logits[id];
     for (int s = 0; s < a.n_stages; ++s) {
         if (a.stage[s] == 0)
@@ -605,27 +607,23 @@ struct TopKCandidates {
 
 namespace ops {
 
-/// Applies the active penalties of `p` (`p.penalties`, in that order) to the device `logits` in
-/// place: every id among the last `p.penalty_range` ids of `history` (all when < 0) gets the
-/// CPU sampler's repetition / frequency / presence penalty, bit for bit. The distinct ids and
-/// their counts go up through `scratch` (grown as needed; an asynchronous copy from pageable
-/// memory, so `history` may change when the call returns). Nothing happens when no penalty is
-/// active or the range holds no id.
-///
-/// \throws ArgumentError when an id of the range is outside [0, vocab); CudaError when a copy or
-///         the launch fails
+/// The host half of `apply_penalties`: counts the ids among the last `p.penalty_range` ids of
+/// `history` (all when < 0; none when `history` is empty) as the CPU sampler does and uploads the
+/// distinct ids, their counts and how many there are into `scratch` (grown as needed, at least
+/// 1,025 entries; an asynchronous copy from pageable memory, so `history` may change when the call
+/// returns). Returns the arguments of `launch_penalties`.
+/// \throws ArgumentError when an id of the range is outside [0, vocab); CudaError when the copy fails
 template <int Sm>
-void apply_penalties(Cuda<Sm>, float* logits /*[vocab]*/, std::int64_t vocab, const DeviceSamplingParams& p,
-                     std::span<const std::int32_t> history, DeviceBuffer<std::int32_t>& scratch,
-                     cudaStream_t stream = nullptr) {
-    if (p.penalties.empty() || p.penalty_range == 0 || history.empty()) return;
-    const auto counts = generate::detail::recent_counts(history, p.penalty_range);  // the CPU sampler's counts
+cuda_detail::PenaltyArgs upload_penalties(Cuda<Sm>, std::int64_t vocab, const DeviceSamplingParams& p,
+                                          std::span<const std::int32_t> history, DeviceBuffer<std::int32_t>& scratch,
+                                          cudaStream_t stream = nullptr) {
+    const auto counts = history.empty() ? decltype(generate::detail::recent_counts(history, p.penalty_range)){}
+                                        : generate::detail::recent_counts(history, p.penalty_range);
     for (const auto& [id, c] : counts)
         if (id < 0 || id >= vocab)
             throw ArgumentError("apply_penalties: history id " + std::to_string(id) + " is outside [0, " +
                                 std::to_string(vocab) + ")");
     cuda_detail::PenaltyArgs a;
-    a.n = static_cast<int>(counts.size());
     a.n_stages = static_cast<int>(std::min<std::size_t>(p.penalties.size(), 3));
     for (int s = 0; s < a.n_stages; ++s)
         a.stage[s] = p.penalties[static_cast<std::size_t>(s)] == generate::SamplerStage::RepetitionPenalty ? 0
@@ -634,24 +632,52 @@ void apply_penalties(Cuda<Sm>, float* logits /*[vocab]*/, std::int64_t vocab, co
     a.repetition = p.repetition_penalty;
     a.frequency = p.frequency_penalty;
     a.presence = p.presence_penalty;
-    std::vector<std::int32_t> packed(2 * counts.size());
-    std::size_t j = 0;
-    for (const auto& [id, c] : counts) {
-        packed[j] = id;
-        packed[counts.size() + j] = c;
-        ++j;
-    }
-    // at least 1024 and grown geometrically (grow_device_buffer): freeing device memory invalidates
+    // at least 1025 and grown geometrically (grow_device_buffer): freeing device memory invalidates
     // the recorded CUDA graphs of the model (backend_epoch), so a growth per step would re-record
     // the decode step every token while the penalty range fills
-    const auto want = static_cast<std::int64_t>(packed.size());
-    std::int32_t* d = grow_device_buffer(scratch, std::max<std::int64_t>(want, 1024), "sampler penalty ids", stream);
+    const auto n = static_cast<std::int64_t>(counts.size());
+    std::int32_t* d = grow_device_buffer(scratch, std::max<std::int64_t>(2 * n + 1, 1025), "sampler penalty ids", stream);
+    a.cap = static_cast<int>(std::min<std::int64_t>((static_cast<std::int64_t>(scratch.size()) - 1) / 2, 1 << 30));
+    std::vector<std::int32_t> packed(static_cast<std::size_t>(1 + a.cap + n), 0);  // n, ids [cap], counts [n]
+    packed[0] = static_cast<std::int32_t>(n);
+    std::size_t j = 0;
+    for (const auto& [id, c] : counts) {
+        packed[1 + j] = id;
+        packed[1 + static_cast<std::size_t>(a.cap) + j] = c;
+        ++j;
+    }
     LIMARP_CUDA_CHECK(cudaMemcpyAsync(d, packed.data(), packed.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice,
                                       stream));
+    return a;
+}
+
+/// The device half of `apply_penalties`: rewrites the uploaded ids' logits in place (one thread per
+/// id of the scratch's capacity; the count is read on the device, so a recorded step replays with
+/// each step's upload). `ids_counts` is the scratch `upload_penalties` filled, `a` what it returned.
+/// \throws CudaError when the launch fails
+template <int Sm>
+void launch_penalties(Cuda<Sm>, float* logits /*[vocab]*/, const std::int32_t* ids_counts, const cuda_detail::PenaltyArgs& a,
+                      cudaStream_t stream = nullptr) {
     constexpr int kThreads = 256;
     cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::apply_penalties_kernel<>,
-                                dim3(static_cast<unsigned>((a.n + kThreads - 1) / kThreads)), dim3(kThreads), 0,
-                                stream, logits, static_cast<const std::int32_t*>(d), a);
+                                dim3(static_cast<unsigned>((a.cap + kThreads - 1) / kThreads)), dim3(kThreads), 0,
+                                stream, logits, ids_counts, a);
+}
+
+/// Applies the active penalties of `p` (`p.penalties`, in that order) to the device `logits` in
+/// place: every id among the last `p.penalty_range` ids of `history` (all when < 0) gets the
+/// CPU sampler's repetition / frequency / presence penalty, bit for bit (`upload_penalties`, then
+/// `launch_penalties`). Nothing happens when no penalty is active or the range holds no id.
+///
+/// \throws ArgumentError when an id of the range is outside [0, vocab); CudaError when a copy or
+///         the launch fails
+template <int Sm>
+void apply_penalties(Cuda<Sm> tag, float* logits /*[vocab]*/, std::int64_t vocab, const DeviceSamplingParams& p,
+                     std::span<const std::int32_t> history, DeviceBuffer<std::int32_t>& scratch,
+                     cudaStream_t stream = nullptr) {
+    if (p.penalties.empty() || p.penalty_range == 0 || history.empty()) return;
+    const cuda_detail::PenaltyArgs a = upload_penalties(tag, vocab, p, history, scratch, stream);
+    launch_penalties(tag, logits, scratch.data(), a, stream);
 }
 
 /// Greedy pick on the GPU: *id = argmax logits, ties to the smaller id (the CPU `Sampler` at
@@ -667,6 +693,21 @@ void sample_greedy(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits /*[vo
                    cudaStream_t stream = nullptr) {
     cuda_detail::launch_chained(__FILE__, __LINE__, cuda_detail::sample_greedy_kernel<>, dim3(1),
                                 dim3(cuda_detail::kGreedyThreads), 0, stream, id, logits, static_cast<int>(vocab));
+}
+
+/// What `sample_top_k_top_p` allocates or configures on its first call, done ahead (so that its
+/// launches can be recorded into a CUDA graph): the sampling kernel's shared-memory opt-in and,
+/// when the prefilter applies, `candidates` grown for `vocab`.
+/// \throws CudaError when an allocation fails
+inline void prepare_top_k_top_p(std::int64_t vocab, const DeviceSamplingParams& p, TopKCandidates* candidates,
+                                cudaStream_t stream = nullptr) {
+    cuda_detail::sample_kernel_smem_optin();
+    const int k = p.top_k > 0 ? p.top_k : 0;
+    const std::int64_t blocks = (vocab + cuda_detail::kCandSlice - 1) / cuda_detail::kCandSlice;
+    if (candidates && k > 0 && k <= TopKCandidates::kMaxK && blocks > 1) {
+        grow_device_buffer(candidates->values, blocks * k, "top-k candidate logits", stream);
+        grow_device_buffer(candidates->ids, blocks * k, "top-k candidate ids", stream);
+    }
 }
 
 /// Top-k / top-p / min-p / temperature sampling on the GPU (see the file comment): *id is drawn
@@ -731,9 +772,11 @@ void sample_top_k_top_p(Cuda<Sm>, std::int32_t* id /*[1]*/, const float* logits 
 /// (the supported stages, see `DeviceSamplingParams::from`), a device step counter and a device
 /// id. `enqueue` leaves the id on the device (e.g. for the next step's embedding); `sample` also
 /// copies those 4 bytes back. With penalties active, the history's ids are applied to the logits
-/// in place first (`ops::apply_penalties`). Not for stream capture: the first top-k pick
-/// allocates the prefilter's scratch, and the penalties count the history on the host and upload
-/// it.
+/// in place first (`ops::apply_penalties`). `enqueue` and `sample` are not for stream capture (the
+/// first top-k pick allocates the prefilter's scratch, the penalties count the history on the host
+/// and upload it); the split form is: `prepare` (host work and uploads) before the capture,
+/// `enqueue_prepared` (launches only) inside it, `finish` (the id) after it, with `version()` in
+/// the key of the recording.
 class DeviceSampler {
 public:
     /// \throws ArgumentError as `DeviceSamplingParams::from`; CudaError when the allocation fails
@@ -745,15 +788,36 @@ public:
             const std::int64_t ids = p_.penalty_range > 0
                                          ? std::clamp<std::int64_t>(p_.penalty_range, 512, std::int64_t{1} << 17)
                                          : 4096;  // more distinct ids grow it geometrically
-            penalty_ids_ = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(2 * ids), "sampler penalty ids");
+            penalty_ids_ = DeviceBuffer<std::int32_t>(static_cast<std::size_t>(2 * ids + 1), "sampler penalty ids");
         }
         reseed(params.seed);
     }
-    /// Restarts the random sequence: seed `seed`, step 0.
+    /// Restarts the random sequence: seed `seed`, step 0 (and a new `version()`).
     void reseed(std::uint64_t seed) {
         p_.seed = seed;
         LIMARP_CUDA_CHECK(cudaMemset(state_.data(), 0, state_.bytes()));
+        static std::atomic<std::uint64_t> versions{0};
+        version_ = ++versions;
     }
+    /// Changes whenever the launches of `enqueue_prepared` would (a new sampler, a new seed); never 0.
+    std::uint64_t version() const noexcept { return version_; }
+    /// The host half of a pick from logits [vocab] after `history`: the penalties' ids and counts
+    /// uploaded, the top-k prefilter's scratch sized. \throws ArgumentError for a history id
+    /// outside [0, vocab); CudaError
+    template <int Sm>
+    void prepare(Cuda<Sm> tag, std::int64_t vocab, std::span<const std::int32_t> history, cudaStream_t stream = nullptr) {
+        if (penalties_on()) penalties_ = ops::upload_penalties(tag, vocab, p_, history, penalty_ids_, stream);
+        if (!greedy_) ops::prepare_top_k_top_p(vocab, p_, &cand_, stream);
+    }
+    /// The launches of the pick `prepare` prepared: the penalties on `logits` in place, then the
+    /// pick into `device_id()`. No allocation, no synchronisation: recordable.
+    template <int Sm>
+    void enqueue_prepared(Cuda<Sm> tag, float* logits /*[vocab]*/, std::int64_t vocab, cudaStream_t stream = nullptr) {
+        if (penalties_on()) ops::launch_penalties(tag, logits, penalty_ids_.data(), penalties_, stream);
+        enqueue(tag, static_cast<const float*>(logits), vocab, stream);
+    }
+    /// The id of the last pick (a 4-byte copy; waits for `stream`).
+    std::int32_t finish(cudaStream_t stream = nullptr) { return read_id(stream); }
     /// The settings in use.
     const DeviceSamplingParams& params() const noexcept { return p_; }
     /// The device id the last enqueue writes.
@@ -791,6 +855,7 @@ public:
     }
 
 private:
+    bool penalties_on() const noexcept { return !p_.penalties.empty() && p_.penalty_range != 0; }
     std::int32_t read_id(cudaStream_t stream) {
         std::int32_t id = 0;
         LIMARP_CUDA_CHECK(cudaMemcpyAsync(&id, device_id(), sizeof id, cudaMemcpyDeviceToHost, stream));
@@ -802,7 +867,9 @@ private:
     DeviceSamplingParams p_;
     DeviceBuffer<std::uint64_t> state_;  // [0]: step counter, [1]: low 4 bytes the id
     DeviceBuffer<std::int32_t> penalty_ids_;
+    cuda_detail::PenaltyArgs penalties_{};  // of the last prepare
     TopKCandidates cand_;  // the top-k prefilter's scratch
+    std::uint64_t version_ = 0;
 };
 
 }  // namespace limarp
