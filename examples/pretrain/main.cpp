@@ -8,13 +8,20 @@
 //                   [--window 128] [--seq 256] [--batch 4] [--steps 300] [--lr 2e-3]
 //                   [--warmup 20] [--weight-decay 0.01] [--max-grad-norm 1] [--seed 1]
 //                   [--eval-every 50] [--eval-windows 8] [--dtype f32|bf16] [--threads N]
+//                   [--doc-sep SEP]
 //
 // Data: the files are tokenized whole (no BOS); every training sequence is BOS followed by
 // seq - 1 consecutive tokens from a random offset (seeded), so windows cross paragraph and
-// chapter boundaries as in usual LM pretraining. Model: MistralForCausalLM shapes from the
-// flags (head_dim = d_model / heads, untied lm_head, rope_theta 10000, sliding window --window),
-// initialised as transformers does (N(0, 0.02) weights, norms 1, `--seed`). Optimizer: AdamW
-// (betas 0.9/0.95), linear warmup then cosine decay to 0 (transformers' schedule), global-norm clipping,
+// chapter boundaries as in usual LM pretraining. With --doc-sep SEP (e.g. a blank line, "\n\n"),
+// every file (training and eval) is split at each SEP into documents instead; the separators
+// are dropped, and every non-blank document is tokenized on its own (no BOS) and followed by
+// the tokenizer's EOS, the usual document separator of packed pretraining. So EOS is an ordinary
+// trained token: a fine-tune that appends EOS to its examples (and LoRA, which leaves the
+// lm_head frozen) can then learn where to end instead of needing an untrained output row.
+// Model: MistralForCausalLM shapes from the flags (head_dim = d_model / heads, untied lm_head,
+// rope_theta 10000, sliding window --window), initialised as transformers does (N(0, 0.02)
+// weights, norms 1, `--seed`). Optimizer: AdamW (betas 0.9/0.95), linear warmup then cosine
+// decay to 0 (transformers' schedule), global-norm clipping,
 // --batch sequences per update (gradient accumulation, no padding). Gradient checkpointing
 // per block as limarp-train. Writes into --out: metrics.csv/jsonl (train loss, eval loss every
 // --eval-every updates on the first --eval-windows windows of --eval-text), loss.png (gnuplot),
@@ -59,6 +66,7 @@ using FullModel = MistralModel<Cpu<>, FullBlock, FullLinear<Cpu<>>, FullEmbeddin
 struct Options {
     std::vector<std::string> text, eval_text;
     std::string tokenizer, out;
+    std::string doc_sep;  // empty: files tokenized whole
     std::int64_t d_model = 256, layers = 4, heads = 8, kv_heads = 2, d_ff = 768, window = 128;
     std::int64_t seq = 256, batch = 4, steps = 300, warmup = 20, eval_every = 50, eval_windows = 8;
     double lr = 2e-3, weight_decay = 0.01, max_grad_norm = 1.0;
@@ -77,11 +85,32 @@ std::string read_text(const std::string& path) {
     return s;
 }
 
-std::vector<std::int32_t> tokenize_files(const std::vector<std::string>& files, const text::Tokenizer& tok) {
+/// The token ids of `files`: each file whole, or (doc_sep non-empty) each document between
+/// separators followed by EOS; documents of blanks only are skipped.
+std::vector<std::int32_t> tokenize_files(const std::vector<std::string>& files, const text::Tokenizer& tok,
+                                         const std::string& doc_sep) {
     std::vector<std::int32_t> ids;
     for (const auto& f : files) {
-        const auto v = tok.encode(read_text(f), {.add_bos = false});
-        ids.insert(ids.end(), v.begin(), v.end());
+        const std::string s = read_text(f);
+        if (doc_sep.empty()) {
+            const auto v = tok.encode(s, {.add_bos = false});
+            ids.insert(ids.end(), v.begin(), v.end());
+            continue;
+        }
+        std::size_t pos = 0;
+        while (pos <= s.size()) {
+            std::size_t end = s.find(doc_sep, pos);
+            if (end == std::string::npos) end = s.size();
+            const std::string doc = s.substr(pos, end - pos);
+            const std::size_t a = doc.find_first_not_of(" \t\r\n");
+            if (a != std::string::npos) {
+                const std::size_t b = doc.find_last_not_of(" \t\r\n");
+                const auto v = tok.encode(doc.substr(a, b - a + 1), {.add_bos = false});
+                ids.insert(ids.end(), v.begin(), v.end());
+                ids.push_back(tok.eos_id());
+            }
+            pos = end + doc_sep.size();
+        }
     }
     return ids;
 }
@@ -126,8 +155,9 @@ int run(const Options& o) {
     if (o.text.empty()) throw ArgumentError("give at least one --text FILE");
     const text::Tokenizer tok = programs::load_tokenizer(o.tokenizer);
     const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<std::int32_t> ids = tokenize_files(o.text, tok);
-    const std::vector<std::int32_t> eval_ids = tokenize_files(o.eval_text, tok);
+    if (!o.doc_sep.empty() && tok.eos_id() < 0) throw ArgumentError("--doc-sep: the tokenizer has no EOS token");
+    const std::vector<std::int32_t> ids = tokenize_files(o.text, tok, o.doc_sep);
+    const std::vector<std::int32_t> eval_ids = tokenize_files(o.eval_text, tok, o.doc_sep);
     if (static_cast<std::int64_t>(ids.size()) < o.seq)
         throw ArgumentError("the training text has " + std::to_string(ids.size()) + " tokens, fewer than --seq " +
                             std::to_string(o.seq));
@@ -271,6 +301,9 @@ int main(int argc, char** argv) {
         app.add_option("--seed", o.seed, "seed of the initialisation and the data order")->capture_default_str();
         app.add_option("--eval-every", o.eval_every, "updates between eval losses")->capture_default_str();
         app.add_option("--eval-windows", o.eval_windows, "windows of --eval-text scored per eval")->capture_default_str();
+        app.add_option("--doc-sep", o.doc_sep,
+                       "split the texts into documents at this string (e.g. $'\\n\\n' for paragraphs), each "
+                       "followed by EOS (default: files tokenized whole, no EOS)");
         app.add_option("--dtype", o.dtype, "stored weights: f32 | bf16")->capture_default_str();
         app.add_option("--threads", threads, "worker threads (default: all cores; or LIMARP_THREADS)");
         app.add_flag("--quiet", o.quiet, "no progress bar");
