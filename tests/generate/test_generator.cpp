@@ -267,21 +267,35 @@ BOOST_AUTO_TEST_CASE(greedy_matches_transformers) {
     }
 }
 
+// The picker-path tests: the fixture model with a 7-token prefill chunk, a 20-token prompt (longer
+// than one chunk), and sampler settings with top-k and a repetition penalty.
+static MistralModel<Cpu<>> picker_test_model() {
+    auto model = MistralModel<Cpu<>>::from_dir(test::fixture_dir("swa_long"));
+    model.set_chunk_size(7);
+    return model;
+}
+static std::vector<std::int32_t> picker_test_prompt() {
+    const auto ids = test::ids_of(test::golden_json("swa_long"), "ids");
+    return {ids.begin(), ids.begin() + 20};
+}
+static SamplerParams picker_test_params(float temperature) {
+    SamplerParams sp;
+    sp.temperature = temperature;
+    sp.top_k = 40;
+    sp.repetition_penalty = 1.2f;
+    sp.seed = 7;
+    return sp;
+}
+
 BOOST_AUTO_TEST_CASE(logits_picker_path_matches_the_sampler_path) {
     // generate(prompt, LogitsPicker) runs MistralModel::forward_pick: the logits stay in the
     // backend's memory and the picker gets the row and the history. With a CPU sampler inside the
     // picker, the tokens equal generate(prompt, Sampler) (greedy and sampled, with penalties, over
     // a prompt longer than one prefill chunk), and the history the picker sees is prompt + tokens.
-    auto model = MistralModel<Cpu<>>::from_dir(test::fixture_dir("swa_long"));
-    model.set_chunk_size(7);
-    const auto ids = test::ids_of(test::golden_json("swa_long"), "ids");
-    const std::vector<std::int32_t> prompt(ids.begin(), ids.begin() + 20);
+    auto model = picker_test_model();
+    const std::vector<std::int32_t> prompt = picker_test_prompt();
     for (const float temperature : {0.0f, 0.9f}) {
-        SamplerParams sp;
-        sp.temperature = temperature;
-        sp.top_k = 40;
-        sp.repetition_penalty = 1.2f;
-        sp.seed = 7;
+        const SamplerParams sp = picker_test_params(temperature);
         Sampler a(sp), b(sp);
         Generator ga(model), gb(model);
         GenerationOptions o;
@@ -330,16 +344,10 @@ BOOST_AUTO_TEST_CASE(step_picker_path_matches_the_sampler_path) {
         }
         std::uint64_t version() const override { return 1; }
     };
-    auto model = MistralModel<Cpu<>>::from_dir(test::fixture_dir("swa_long"));
-    model.set_chunk_size(7);
-    const auto ids = test::ids_of(test::golden_json("swa_long"), "ids");
-    const std::vector<std::int32_t> prompt(ids.begin(), ids.begin() + 20);
+    auto model = picker_test_model();
+    const std::vector<std::int32_t> prompt = picker_test_prompt();
     for (const float temperature : {0.0f, 0.9f}) {
-        SamplerParams sp;
-        sp.temperature = temperature;
-        sp.top_k = 40;
-        sp.repetition_penalty = 1.2f;
-        sp.seed = 7;
+        const SamplerParams sp = picker_test_params(temperature);
         Sampler a(sp);
         HostStepPicker b(sp);
         Generator ga(model), gb(model);
