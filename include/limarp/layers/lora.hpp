@@ -152,6 +152,16 @@ private:
         scaled_a_product(f, z, x, T);
         return z;
     }
+    // ys[i] = layers[i](x) for n <= 3 layers at T > 1 tokens: the bases' shared-input form
+    // (`Base::try_forward_shared`: x's int8 activations computed once), then each layer's active
+    // adapters. False, doing nothing, when the bases decline.
+    static bool forward_shared(Lora* const* layers, float* const* ys, int n, const float* x, std::int64_t T) {
+        Base* bases[3];
+        for (int i = 0; i < n; ++i) bases[i] = &layers[i]->base_;
+        if (!Base::try_forward_shared(bases, ys, n, x, T)) return false;
+        for (int i = 0; i < n; ++i) layers[i]->add_terms(ys[i], x, T);
+        return true;
+    }
     // y += Σ scale · (x Aᵀ) Bᵀ over the active adapters other than `skip`.
     void add_terms(float* y, const float* x, std::int64_t T, const LoraFactors* skip = nullptr) {
         for (auto& f : factors_) {
@@ -183,11 +193,8 @@ public:
             if constexpr (requires(Base* const* l, float* const* y) {
                               { Base::try_forward_shared(l, y, 3, x, T) } -> std::convertible_to<bool>;
                           }) {
-                Base* bases[3] = {&q.base_, &k.base_, &v.base_};
                 float* ys[3] = {yq, yk, yv};
-                if (!Base::try_forward_shared(bases, ys, 3, x, T)) return false;
-                for (int i = 0; i < 3; ++i) layers[i]->add_terms(ys[i], x, T);
-                return true;
+                return forward_shared(layers, ys, 3, x, T);
             }
             return false;
         }
@@ -216,15 +223,17 @@ public:
     }
 
     /// ya = a(x), yb = b(x) for more than one token through the bases' shared-input form
-    /// (`QuantizedLinear<Int8Rowwise, Cuda<>>::try_forward_pair`: x's int8 activations computed once),
-    /// then each layer's active adapters added. Returns false, doing nothing, when the base declines.
+    /// (`QuantizedLinear<Int8Rowwise, Cuda<>>::try_forward_shared`: x's int8 activations computed
+    /// once), then each layer's active adapters added. Returns false, doing nothing, when the base
+    /// declines.
     static bool try_forward_pair(Lora& a, float* ya, Lora& b, float* yb, const float* x, std::int64_t T)
-        requires requires(Base& bb) { { Base::try_forward_pair(bb, ya, bb, yb, x, T) } -> std::convertible_to<bool>; }
+        requires requires(Base* const* l, float* const* y) {
+            { Base::try_forward_shared(l, y, 2, x, T) } -> std::convertible_to<bool>;
+        }
     {
-        if (!Base::try_forward_pair(a.base_, ya, b.base_, yb, x, T)) return false;
-        a.add_terms(ya, x, T);
-        b.add_terms(yb, x, T);
-        return true;
+        Lora* layers[2] = {&a, &b};
+        float* ys[2] = {ya, yb};
+        return forward_shared(layers, ys, 2, x, T);
     }
 
     /// Attaches the factors of `adapter` for this module, if it targets it; returns whether it did.

@@ -126,7 +126,7 @@ public:
     /// first, `pick.enqueue` on the last row's logits after the lm_head (on CUDA a one-token step
     /// records it into the step's graph with the model's kernels), then returns `pick.finish()`.
     /// `history` is what the picker's penalties read (prompt and generated ids).
-    /// 	hrows ArgumentError when `ids` is empty or an id is outside the vocabulary (checked before
+    /// \throws ArgumentError when `ids` is empty or an id is outside the vocabulary (checked before
     ///         anything runs), or as `pick.prepare`
     std::int32_t forward_pick(std::span<const std::int32_t> ids, cache_type& cache, generate::StepPicker& pick,
                               std::span<const std::int32_t> history) {

@@ -471,6 +471,16 @@ inline bool qgemv_lora_capped() {
     return kQGemvLoraMinBlocks<R> > 0 && on;
 }
 
+/// The kernel instance a launch with R rows, input X, load path L runs (the LoRA instance when
+/// `lora`; at R = 4 on the registers path its register-capped form, unless switched off).
+template <int R, class X, QGemvLoad L>
+inline auto qgemv_kernel(bool lora) -> void (*)(const X*, QGemvArgs) {
+    if (!lora) return gemv_int8_rowwise_kernel<R, X, L, false>;
+    if constexpr (kQGemvLoraMinBlocks<R> > 0 && L == QGemvLoad::Registers)
+        if (qgemv_lora_capped<R>()) return gemv_int8_rowwise_capped_kernel<R, X>;
+    return gemv_int8_rowwise_kernel<R, X, L, true>;
+}
+
 /// Resident blocks a multiprocessor of the Registers kernel with R rows (the LoRA instance when
 /// `lora`) on the current device, from the occupancy calculator (cached per instance and device).
 template <int R>
@@ -480,11 +490,7 @@ inline int qgemv_blocks_per_sm(bool lora) {
     LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
     int& n = cached[lora ? 1 : 0][dev & 63];
     if (n == 0) {
-        const void* k = reinterpret_cast<const void*>(&gemv_int8_rowwise_kernel<R, float, QGemvLoad::Registers, false>);
-        if (lora) k = reinterpret_cast<const void*>(&gemv_int8_rowwise_kernel<R, float, QGemvLoad::Registers, true>);
-        if constexpr (kQGemvLoraMinBlocks<R> > 0)
-            if (lora && qgemv_lora_capped<R>())
-                k = reinterpret_cast<const void*>(&gemv_int8_rowwise_capped_kernel<R, float>);
+        const void* k = reinterpret_cast<const void*>(qgemv_kernel<R, float, QGemvLoad::Registers>(lora));
         LIMARP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kQGemvThreads, 0));
         if (n < 1) n = 1;
     }
@@ -549,17 +555,7 @@ void launch_qgemv_int8_kernel(const QGemvConfig& c, const X* x, QGemvArgs a, cud
     // At R = 4 its registers are capped so that 8 blocks fit a multiprocessor, as the base
     // kernel's do: o_proj's and down_proj's 1,024 blocks then run in one wave (7 blocks a
     // multiprocessor, uncapped, took a second wave on 132 multiprocessors).
-    if (qgemv_uses_lora(a)) {
-        if constexpr (kQGemvLoraMinBlocks<R> > 0 && L == QGemvLoad::Registers)
-            if (qgemv_lora_capped<R>()) {
-                LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_capped_kernel<R, X>, x, a));
-                LIMARP_CUDA_CHECK_LAUNCH();
-                return;
-            }
-        LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L, true>, x, a));
-    } else {
-        LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_rowwise_kernel<R, X, L, false>, x, a));
-    }
+    LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, qgemv_kernel<R, X, L>(qgemv_uses_lora(a)), x, a));
     LIMARP_CUDA_CHECK_LAUNCH();
 }
 

@@ -617,8 +617,7 @@ template <int Sm>
 cuda_detail::PenaltyArgs upload_penalties(Cuda<Sm>, std::int64_t vocab, const DeviceSamplingParams& p,
                                           std::span<const std::int32_t> history, DeviceBuffer<std::int32_t>& scratch,
                                           cudaStream_t stream = nullptr) {
-    const auto counts = history.empty() ? decltype(generate::detail::recent_counts(history, p.penalty_range)){}
-                                        : generate::detail::recent_counts(history, p.penalty_range);
+    const auto counts = generate::detail::recent_counts(history, p.penalty_range);  // the CPU sampler's counts
     for (const auto& [id, c] : counts)
         if (id < 0 || id >= vocab)
             throw ArgumentError("apply_penalties: history id " + std::to_string(id) + " is outside [0, " +
@@ -823,12 +822,13 @@ public:
     /// The device id the last enqueue writes.
     std::int32_t* device_id() noexcept { return reinterpret_cast<std::int32_t*>(state_.data() + 1); }
     /// Enqueues the pick from `logits` [vocab] on `stream`; the id stays in `device_id()`.
-    /// `history` (prompt and generated ids) feeds the penalties, which rewrite `logits` in place.
+    /// `history` (prompt and generated ids) feeds the penalties, which rewrite `logits` in place
+    /// (`prepare`, then `enqueue_prepared`).
     template <int Sm>
     void enqueue(Cuda<Sm> tag, float* logits /*[vocab]*/, std::int64_t vocab, std::span<const std::int32_t> history,
                  cudaStream_t stream = nullptr) {
-        ops::apply_penalties(tag, logits, vocab, p_, history, penalty_ids_, stream);
-        enqueue(tag, static_cast<const float*>(logits), vocab, stream);
+        prepare(tag, vocab, history, stream);
+        enqueue_prepared(tag, logits, vocab, stream);
     }
     /// Enqueues the pick from `logits` [vocab] without penalties.
     template <int Sm>
