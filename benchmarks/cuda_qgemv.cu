@@ -205,6 +205,10 @@ int main(int argc, char** argv) try {
                 variants.push_back({std::string(load == QGemvLoad::Registers ? "regs-r" : "async-r") +
                                         std::to_string(rows),
                                     false, false, false, cuda_detail::QGemvConfig{rows, load, false}});
+        for (int stages : {2, 3, 4})
+            for (bool prog : {false, true})
+                variants.push_back({"bulk-p" + std::to_string(stages) + (prog ? "-pdl" : ""), false, prog, false,
+                                    cuda_detail::QGemvConfig{4, QGemvLoad::Bulk, prog, stages}});
         for (const Variant& var : variants) {
             const auto launch = [&](int c) {
                 const DeviceInt8Weight& wc = dw[static_cast<std::size_t>(c)];
@@ -249,7 +253,9 @@ int main(int argc, char** argv) try {
                           "\"graph_gbs\": %.1f, \"stream_of_copy\": %.4f, \"graph_of_copy\": %.4f, "
                           "\"graph_of_read\": %.4f, \"max_err_over_tol\": %.4g, \"ok\": %s}",
                           first_json ? "" : ",\n", sh.module, sh.n_out, sh.n_in, var.name.c_str(), used.rows,
-                          used.load == cuda_detail::QGemvLoad::Registers ? "registers" : "cp.async",
+                          used.load == cuda_detail::QGemvLoad::Registers ? "registers"
+                          : used.load == cuda_detail::QGemvLoad::Bulk    ? "bulk"
+                                                                         : "cp.async",
                           var.pdl ? "true" : "false", var.bf16 ? "bf16" : "f32", copies, bytes, floor_us, t.stream_us,
                           t.graph_us, gbs_s, gbs_g, gbs_s / copy_gbs, gbs_g / copy_gbs, gbs_g / read_gbs, worst,
                           ok ? "true" : "false");

@@ -173,6 +173,11 @@ void run_case(const HostWeight& hw, const DeviceInt8Weight& dw, std::uint32_t se
             names.push_back(std::string(load == cd::QGemvLoad::Registers ? "registers" : "cp.async") +
                             " rows/block " + std::to_string(rows));
         }
+    for (int stages : {2, 3, 4})  // the sm_90 bulk path (the registers path at 4 rows before sm_90)
+        for (bool programmatic : {false, true}) {
+            configs.push_back({4, cd::QGemvLoad::Bulk, programmatic, stages});
+            names.push_back("bulk stages " + std::to_string(stages) + (programmatic ? " programmatic" : ""));
+        }
     std::vector<float> first;
     for (std::size_t v = 0; v < configs.size(); ++v) {
         dy.upload(accumulate ? y0.data() : poison.data(), static_cast<std::size_t>(n_out));
@@ -230,11 +235,11 @@ BOOST_AUTO_TEST_CASE(programmatic_launch_waits_for_the_previous_kernel) {
     dx.upload(x.data(), x.size());
     cudaStream_t stream{};
     LIMARP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    for (int rep = 0; rep < 8; ++rep) {
+    for (int rep = 0; rep < 12; ++rep) {
         LIMARP_CUDA_CHECK(cudaMemsetAsync(y1.data(), 0xff, y1.bytes(), stream));  // NaN
         LIMARP_CUDA_CHECK(cudaMemsetAsync(y2.data(), 0xff, y2.bytes(), stream));
         namespace cd = limarp::cuda_detail;
-        const auto load = rep < 4 ? cd::QGemvLoad::CpAsync : cd::QGemvLoad::Registers;
+        const auto load = rep < 4 ? cd::QGemvLoad::CpAsync : (rep < 8 ? cd::QGemvLoad::Registers : cd::QGemvLoad::Bulk);
         cd::launch_qgemv_int8(cd::QGemvConfig{4, load, rep % 2 == 1}, y1.data(), dx.data(), w1, false,
                               stream);
         cd::launch_qgemv_int8(cd::QGemvConfig{2, load, true}, y2.data(), y1.data(), w2, false, stream);
@@ -331,7 +336,7 @@ BOOST_AUTO_TEST_CASE(group_and_swiglu_launches_match_single_launches) {
         }
         // SwiGLU: gate = weight 1, up = weight 3 (same shape), every rows-per-block value >= 2
         const std::size_t n = 1027;
-        for (int rows : {0, 2, 4, 8}) {  // 0: the entry point's own configuration
+        for (int rows : {0, 2, 4, 8, -1}) {  // 0: the entry point's own configuration; -1: the bulk path
             DeviceBuffer<float> dh(n, "h");
             const std::vector<float> nan(n, std::numeric_limits<float>::quiet_NaN());
             dh.upload(nan.data(), n);
@@ -346,7 +351,9 @@ BOOST_AUTO_TEST_CASE(group_and_swiglu_launches_match_single_launches) {
                 a.n_in = static_cast<int>(n_in);
                 a.ld = static_cast<int>(dw[1]->ld());
                 a.gated = true;
-                cd::launch_qgemv_int8(cd::QGemvConfig{rows, cd::QGemvLoad::Registers, false}, dx.data(), a, nullptr);
+                cd::launch_qgemv_int8(rows > 0 ? cd::QGemvConfig{rows, cd::QGemvLoad::Registers, false}
+                                               : cd::QGemvConfig{4, cd::QGemvLoad::Bulk, true, 3},
+                                      dx.data(), a, nullptr);
             }
             const auto hv = download(dh, n);
             double worst = 0;

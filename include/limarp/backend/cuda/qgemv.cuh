@@ -54,6 +54,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -150,6 +151,12 @@ enum class QGemvLoad {
     /// chunks back (conflict-free 16-byte shared loads). Streams its first stages before
     /// `griddepcontrol.wait` under programmatic launch.
     CpAsync,
+    /// sm_90 bulk copies (`cp.async.bulk`, completing on an mbarrier) of 8 rows x 4096 bytes into
+    /// a ring of P shared-memory stages, P * 32 KB in flight a block, one wave of blocks that
+    /// stream their row groups one after the other (`gemv_int8_bulk_kernel`). Its first stages
+    /// are copied before `griddepcontrol.wait`. `QGemvConfig::rows` is the registers path's
+    /// fallback (LoRA ranks over 256, devices before sm_90).
+    Bulk,
 };
 
 /// One launch configuration of the GEMV kernel.
@@ -160,6 +167,8 @@ struct QGemvConfig {
     /// previous kernel in the stream runs; it waits (`griddepcontrol.wait`) for that kernel's
     /// writes before reading x, z or y, so the previous kernel must not write the weight.
     bool programmatic = false;
+    /// `QGemvLoad::Bulk`: stages of the ring, 2, 3 or 4 (0: `qgemv_bulk_stages()`, or 4 when that is off)
+    int stages = 0;
 };
 
 /// An unmerged LoRA product added in the same pass (one token): y[o] += sum_j b[o, j] * z[j],
@@ -452,6 +461,239 @@ __global__ void __launch_bounds__(kQGemvThreads, kQGemvLoraMinBlocks<R>)
     gemv_int8_rowwise_body<R, X, QGemvLoad::Registers, true>(x, a);
 }
 
+// ---- QGemvLoad::Bulk: bulk copies (sm_90) into a ring of shared-memory stages ------------------
+// A block of kQGemvBulkWarps warps owns row groups of kQGemvBulkRows rows (gated: 4 gate rows and
+// the same 4 up rows), g = blockIdx.x, + gridDim.x, ... (the grid is one wave of resident blocks).
+// Each group is streamed in chunks of kQGemvBulkChunk bytes of every row: one stage of the ring is
+// 8 rows x one chunk, brought in by 8 `cp.async.bulk` copies (one a row) that complete on the
+// stage's mbarrier. One thread keeps P stages in flight: the first P before `griddepcontrol.wait`
+// (weights are never written by the step's kernels), each later one as soon as the stage it
+// replaces has been consumed. Warp w takes the 512-byte step w of a chunk for all 8 rows (x read
+// once a block a chunk, through L1); a group's sums are reduced over the lanes by a transposing
+// butterfly (9 shuffles for 8 rows) and over the warps in shared memory. The LoRA B rows of a
+// group (r <= kQGemvBulkMaxLoraR) come with its last chunk, into the same stage.
+inline constexpr int kQGemvBulkWarps = 8;
+inline constexpr int kQGemvBulkThreads = 32 * kQGemvBulkWarps;
+inline constexpr int kQGemvBulkRows = 8;
+inline constexpr int kQGemvBulkChunk = kQGemvBulkWarps * kQGemvStep;  // 4096 bytes of a row
+inline constexpr int kQGemvBulkMaxLoraR = 256;                         // ranks a stage holds a row
+inline constexpr int kQGemvBulkMinGroups = 4;                          // groups a block, at least
+inline constexpr int kQGemvBulkDefaultStages = 2;                      // stages of the default
+
+/// Dynamic shared memory of the bulk kernel with P stages (and room for LoRA B rows when `lora`).
+__host__ __device__ inline constexpr int qgemv_bulk_stage_bytes(bool lora) {
+    return kQGemvBulkRows * (kQGemvBulkChunk + (lora ? 2 * kQGemvBulkMaxLoraR : 0));
+}
+__host__ __device__ inline constexpr int qgemv_bulk_smem(int P, bool lora) { return P * qgemv_bulk_stage_bytes(lora) + 16 * P; }
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+template <int P, class X, bool kLora>
+__global__ void __launch_bounds__(kQGemvBulkThreads)
+    gemv_int8_bulk_kernel(const X* __restrict__ x, const QGemvArgs a, int n_groups) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int W = kQGemvBulkWarps, RB = kQGemvBulkRows, CH = kQGemvBulkChunk;
+    constexpr int SB = qgemv_bulk_stage_bytes(kLora);
+    extern __shared__ __align__(128) unsigned char qgemv_bulk_ring[];
+    std::uint64_t* bar = reinterpret_cast<std::uint64_t*>(qgemv_bulk_ring + P * SB);
+    __shared__ float partial[2][W][RB];
+    __shared__ float partial_lora[2][RB];
+    const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
+    const int n_in = a.n_in, ld = a.ld;
+    const int n_chunks = (ld + CH - 1) / CH;
+    const int my_groups = n_groups > static_cast<int>(blockIdx.x)
+                              ? (n_groups - static_cast<int>(blockIdx.x) + static_cast<int>(gridDim.x) - 1) /
+                                    static_cast<int>(gridDim.x)
+                              : 0;
+    const int n_stages = my_groups * n_chunks;
+
+    // Row r of group g: its part and its row in the part (past n_out: the part's last row, re-read,
+    // its sum dropped). Gated: rows 0..3 gate rows 4g + r, rows 4..7 the same rows of up.
+    const auto group_row = [&](int g, int r, int& part, int& o) {
+        if (a.gated) {
+            part = r < RB / 2 ? 0 : 1;
+            o = g * (RB / 2) + r % (RB / 2);
+            return;
+        }
+        int p = 0;
+#pragma unroll
+        for (int i = 0; i + 1 < QGemvArgs::kMaxParts; ++i) p += (i + 1 < a.n_parts && g >= a.block_end[i]) ? 1 : 0;
+        part = p;
+        o = (g - (p > 0 ? a.block_end[p - 1] : 0)) * RB + r;
+    };
+    // Thread 0 of warp 0 arms stage i's barrier, lanes 0..7 copy its rows (and B rows at the last chunk).
+    const auto issue = [&](int i) {
+        const int slot = i % P, gi = i / n_chunks, c = i % n_chunks;
+        const int g = static_cast<int>(blockIdx.x) + gi * static_cast<int>(gridDim.x);
+        const int cb = min(CH, ld - c * CH);
+        const bool with_b = kLora && c == n_chunks - 1;
+        int part = 0, o = 0;
+        unsigned b_bytes = 0;
+        const __nv_bfloat16* b_src = nullptr;
+        if (lane < RB) {
+            group_row(g, lane, part, o);
+            const QGemvPart& pr = a.part[part];
+            o = min(o, pr.n_out - 1);
+            if (with_b && pr.lora.b != nullptr) {
+                b_bytes = static_cast<unsigned>(pr.lora.r) * 2u;
+                b_src = pr.lora.b + static_cast<long long>(o) * pr.lora.r;
+            }
+        }
+        const unsigned total = static_cast<unsigned>(RB * cb) + __reduce_add_sync(0xffffffffu, b_bytes);
+        if (lane == 0)
+            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar + slot)),
+                         "r"(total)
+                         : "memory");
+        __syncwarp();
+        if (lane < RB) {
+            const std::int8_t* src = a.part[part].q + static_cast<long long>(o) * ld + static_cast<long long>(c) * CH;
+            unsigned char* dst = qgemv_bulk_ring + slot * SB + lane * CH;
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                    smem_u32(dst)),
+                "l"(src), "r"(static_cast<unsigned>(cb)), "r"(smem_u32(bar + slot))
+                : "memory");
+            if (kLora && b_bytes > 0)
+                asm volatile(
+                    "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                        smem_u32(qgemv_bulk_ring + slot * SB + RB * CH + lane * 2 * kQGemvBulkMaxLoraR)),
+                    "l"(b_src), "r"(b_bytes), "r"(smem_u32(bar + slot))
+                    : "memory");
+        }
+    };
+
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < P; ++s)
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar + s)) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (warp == 0)
+        for (int i = 0; i < P && i < n_stages; ++i) issue(i);  // weights only: before the wait
+    pdl_enter();
+
+    float acc[RB];
+#pragma unroll
+    for (int r = 0; r < RB; ++r) acc[r] = 0.f;
+    for (int i = 0; i < n_stages; ++i) {
+        const int slot = i % P, gi = i / n_chunks, c = i % n_chunks, buf = gi & 1;
+        const bool last = c == n_chunks - 1;  // the group's last chunk: its 8 sums at the end
+        const int g = static_cast<int>(blockIdx.x) + gi * static_cast<int>(gridDim.x);
+        // What the group's end needs from global memory, asked for before this stage's wait: the row
+        // scales and (accumulate) the old outputs for warp 1's lanes, which write the outputs; each
+        // warp's z for its row's LoRA term.
+        const int cid = tid - 32;  // warp 1's lanes 0..7: the group's outputs
+        float sc0 = 0.f, sc1 = 0.f, y_old = 0.f;
+        float4 lz0{}, lz1{};
+        bool has_b = false;  // this warp's row has a LoRA term with a rank at this lane
+        if (last) {
+            if (cid >= 0 && cid < RB) {
+                int part = 0, o = 0;
+                group_row(g, cid % (a.gated ? RB / 2 : RB), part, o);
+                const QGemvPart& pr = a.part[part];
+                sc0 = __ldg(pr.scale + min(o, pr.n_out - 1));
+                if (a.gated) {
+                    group_row(g, cid % (RB / 2) + RB / 2, part, o);
+                    sc1 = __ldg(a.part[part].scale + min(o, a.part[part].n_out - 1));
+                } else if (a.accumulate && o < pr.n_out) {
+                    y_old = pr.y[o];
+                }
+            }
+            if constexpr (kLora) {
+                int part = 0, o = 0;
+                group_row(g, warp, part, o);
+                const QGemvPart& pr = a.part[part];
+                if (pr.lora.b != nullptr && lane * 8 < pr.lora.r) {
+                    has_b = true;
+                    lz0 = __ldg(reinterpret_cast<const float4*>(pr.lora.z + lane * 8));
+                    lz1 = __ldg(reinterpret_cast<const float4*>(pr.lora.z + lane * 8 + 4));
+                }
+            }
+        }
+        const unsigned parity = static_cast<unsigned>((i / P) & 1);
+        asm volatile(
+            "{\n .reg .pred done;\n WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n @!done bra "
+            "WAIT;\n}" ::"r"(smem_u32(bar + slot)),
+            "r"(parity)
+            : "memory");
+        const unsigned char* st = qgemv_bulk_ring + slot * SB;
+        const int kin = warp * kQGemvStep + lane * 16;  // this lane's offset in the chunk
+        const int k0 = c * CH + kin;
+        if (k0 < ld) {
+            float xv[16];
+            if (k0 + 16 <= n_in)
+                load_x16(xv, x, k0);
+            else
+                load_x16_tail(xv, x, k0, n_in);
+#pragma unroll
+            for (int r = 0; r < RB; ++r)
+                acc[r] = dot16_int8(*reinterpret_cast<const uint4*>(st + r * CH + kin), xv, acc[r]);
+        }
+        if (last) {
+            // lanes -> rows: after xor 16, 8, 4 lane l holds a partial of row 4 b4 + 2 b3 + b2
+            const bool b4 = lane & 16, b3 = lane & 8, b2 = lane & 4;
+            float h4[4], h2[2];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float send = b4 ? acc[j] : acc[j + 4];
+                h4[j] = (b4 ? acc[j + 4] : acc[j]) + __shfl_xor_sync(0xffffffffu, send, 16);
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const float send = b3 ? h4[j] : h4[j + 2];
+                h2[j] = (b3 ? h4[j + 2] : h4[j]) + __shfl_xor_sync(0xffffffffu, send, 8);
+            }
+            float h1 = (b2 ? h2[1] : h2[0]) + __shfl_xor_sync(0xffffffffu, b2 ? h2[0] : h2[1], 4);
+            h1 += __shfl_xor_sync(0xffffffffu, h1, 2);
+            h1 += __shfl_xor_sync(0xffffffffu, h1, 1);
+            if ((lane & 3) == 0) partial[buf][warp][(b4 ? 4 : 0) + (b3 ? 2 : 0) + (b2 ? 1 : 0)] = h1;
+            if constexpr (kLora) {  // warp w: row w's B row (in the stage) times z
+                float v = has_b ? dot8_bf16(*reinterpret_cast<const uint4*>(st + RB * CH +
+                                                                             warp * 2 * kQGemvBulkMaxLoraR + lane * 16),
+                                            lz0, lz1)
+                                : 0.f;
+#pragma unroll
+                for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+                if (lane == 0) partial_lora[buf][warp] = v;
+            }
+#pragma unroll
+            for (int r = 0; r < RB; ++r) acc[r] = 0.f;
+        }
+        // One barrier a stage: stage i is consumed, so warp 0 refills its slot with stage i + P while
+        // warp 1 writes the group's outputs (the partials are double-buffered by group parity: the
+        // next group's are written after this barrier, the one after next only after the next one).
+        __syncthreads();
+        if (warp == 0 && i + P < n_stages) issue(i + P);
+        if (last && cid >= 0 && cid < RB) {
+            const auto sum_row = [&](int r) {
+                float s2 = 0.f;
+#pragma unroll
+                for (int w = 0; w < W; ++w) s2 += partial[buf][w][r];
+                return s2;
+            };
+            if (a.gated) {
+                if (cid < RB / 2) {
+                    const int og = g * (RB / 2) + cid;
+                    const float gv = sc0 * sum_row(cid) + (kLora ? partial_lora[buf][cid] : 0.f);
+                    const float uv = sc1 * sum_row(cid + RB / 2) + (kLora ? partial_lora[buf][cid + RB / 2] : 0.f);
+                    if (og < a.part[0].n_out) a.part[0].y[og] = silu_mul(gv, uv);
+                }
+            } else {
+                int part = 0, o = 0;
+                group_row(g, cid, part, o);
+                const float v = sc0 * sum_row(cid) + (kLora ? partial_lora[buf][cid] : 0.f);
+                if (o < a.part[part].n_out) a.part[part].y[o] = a.accumulate ? y_old + v : v;
+            }
+        }
+    }
+#else
+    __trap();  // launched only on sm_90 and newer (qgemv_bulk_supported)
+#endif
+}
+
 /// True when a part of `a` carries a LoRA term (the kernel's `kLora` instance runs).
 inline bool qgemv_uses_lora(const QGemvArgs& a) {
     for (int i = 0; i < a.n_parts; ++i)
@@ -497,6 +739,55 @@ inline int qgemv_blocks_per_sm(bool lora) {
     return n;
 }
 
+/// Stages of the bulk path in the default configuration, 0 when it is off: 4 on sm_90 and newer,
+/// 0 before; `LIMARP_CUDA_QGEMV_BULK` = 0 (off: the registers path), 2, 3 or 4 (a measurement
+/// switch, read once).
+inline int qgemv_bulk_stages() {
+    static const int env = [] {
+        const char* e = std::getenv("LIMARP_CUDA_QGEMV_BULK");
+        if (e == nullptr) return kQGemvBulkDefaultStages;
+        const long v = std::strtol(e, nullptr, 10);
+        return v == 0 ? 0 : (v >= 2 && v <= 4 ? static_cast<int>(v) : kQGemvBulkDefaultStages);
+    }();
+    return device_info().compute_capability >= 90 ? env : 0;
+}
+
+/// True when the bulk kernel can run `a`: sm_90 or newer, and every LoRA rank <= 256.
+inline bool qgemv_bulk_fits(const QGemvArgs& a) {
+    if (device_info().compute_capability < 90) return false;
+    for (int i = 0; i < a.n_parts; ++i)
+        if (a.part[i].lora.b != nullptr && a.part[i].lora.r > kQGemvBulkMaxLoraR) return false;
+    return true;
+}
+
+/// Resident blocks a multiprocessor of a bulk kernel instance with `smem` bytes of dynamic shared
+/// memory (raises the instance's dynamic shared memory limit first; cached per device).
+template <int P, class X, bool kLora>
+inline int qgemv_bulk_blocks_per_sm(int smem) {
+    static int cached[64] = {};
+    int dev = 0;
+    LIMARP_CUDA_CHECK(cudaGetDevice(&dev));
+    int& n = cached[dev & 63];
+    if (n == 0) {
+        const void* k = reinterpret_cast<const void*>(gemv_int8_bulk_kernel<P, X, kLora>);
+        LIMARP_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        LIMARP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kQGemvBulkThreads, smem));
+        if (n < 1) n = 1;
+    }
+    return n;
+}
+
+/// Resident blocks of the bulk kernel with P stages on `sm_count` multiprocessors (f32 x).
+inline std::int64_t qgemv_bulk_wave(int P, bool lora, int sm_count) {
+    const auto per_sm = [&]<int Q>() {
+        return lora ? qgemv_bulk_blocks_per_sm<Q, float, true>(qgemv_bulk_smem(Q, true))
+                    : qgemv_bulk_blocks_per_sm<Q, float, false>(qgemv_bulk_smem(Q, false));
+    };
+    const int n = P == 2 ? per_sm.template operator()<2>() : P == 3 ? per_sm.template operator()<3>()
+                                                                    : per_sm.template operator()<4>();
+    return static_cast<std::int64_t>(n) * sm_count;
+}
+
 /// The configuration `ops::qgemv_int8` uses for `n_rows` weight rows in one launch (all parts;
 /// both halves when gated) on a device with `sm_count` multiprocessors: `QGemvLoad::Registers`
 /// with R = 4 when that still gives at least 2 * sm_count blocks, else 2 (1 for a single row;
@@ -522,6 +813,14 @@ inline QGemvConfig qgemv_default_config(std::int64_t n_rows, int sm_count, bool 
         const std::int64_t sms = sm_count, b4 = (n_rows + 3) / 4, b8 = (n_rows + 7) / 8;
         const std::int64_t wave4 = qgemv_blocks_per_sm<4>(lora) * sms, wave8 = qgemv_blocks_per_sm<8>(lora) * sms;
         if (b4 > wave4 && b4 <= 2 * wave4 && b8 <= wave8) c.rows = 8;
+    }
+    // The bulk path where each of its blocks streams at least kQGemvBulkMinGroups row groups (gate/up,
+    // an int8 lm_head): with fewer, the one wave of blocks ends unevenly (o_proj's and down_proj's
+    // 512 groups on 396 blocks: 2 for some, 1 for most), and the registers path was faster there
+    // (H200, benchmarks/NOTES.md session 10). The rows above stay as its fallback.
+    if (const int p = qgemv_bulk_stages(); p > 0) {
+        const std::int64_t groups = (n_rows + kQGemvBulkRows - 1) / kQGemvBulkRows;
+        if (groups >= kQGemvBulkMinGroups * qgemv_bulk_wave(p, lora, sm_count)) c.load = QGemvLoad::Bulk;
     }
     return c;
 }
@@ -559,6 +858,40 @@ void launch_qgemv_int8_kernel(const QGemvConfig& c, const X* x, QGemvArgs a, cud
     LIMARP_CUDA_CHECK_LAUNCH();
 }
 
+template <int P, class X, bool kLora>
+void launch_qgemv_int8_bulk_kernel(const QGemvConfig& c, const X* x, QGemvArgs a, cudaStream_t stream) {
+    const int n_groups = qgemv_grid<kQGemvBulkRows>(a);  // fills a.block_end in groups of 8 rows
+    const int smem = qgemv_bulk_smem(P, kLora);
+    const int per_sm = qgemv_bulk_blocks_per_sm<P, X, kLora>(smem);
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(static_cast<unsigned>(std::max(1, std::min(n_groups, per_sm * device_info().sm_count))));
+    cfg.blockDim = dim3(kQGemvBulkThreads);
+    cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1]{};
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = c.programmatic ? 1 : 0;
+    LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_bulk_kernel<P, X, kLora>, x, a, n_groups));
+    LIMARP_CUDA_CHECK_LAUNCH();
+}
+
+// The bulk path with the stages of the default (or `LIMARP_CUDA_QGEMV_BULK`; 4 when that is off).
+template <class X>
+void launch_qgemv_int8_bulk(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
+    const int p = c.stages > 0 ? c.stages : (qgemv_bulk_stages() > 0 ? qgemv_bulk_stages() : kQGemvBulkDefaultStages);
+    const bool lora = qgemv_uses_lora(a);
+    switch (p) {
+        case 2: return lora ? launch_qgemv_int8_bulk_kernel<2, X, true>(c, x, a, stream)
+                            : launch_qgemv_int8_bulk_kernel<2, X, false>(c, x, a, stream);
+        case 3: return lora ? launch_qgemv_int8_bulk_kernel<3, X, true>(c, x, a, stream)
+                            : launch_qgemv_int8_bulk_kernel<3, X, false>(c, x, a, stream);
+        default: return lora ? launch_qgemv_int8_bulk_kernel<4, X, true>(c, x, a, stream)
+                             : launch_qgemv_int8_bulk_kernel<4, X, false>(c, x, a, stream);
+    }
+}
+
 template <class X, QGemvLoad L>
 void launch_qgemv_int8_rows(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
     switch (c.rows) {
@@ -579,7 +912,9 @@ void launch_qgemv_int8_rows(const QGemvConfig& c, const X* x, const QGemvArgs& a
 /// \throws ArgumentError for rows not in {1, 2, 4, 8} (1 when gated); CudaError when the launch fails
 template <class X>
 void launch_qgemv_int8(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
-    if (c.load == QGemvLoad::Registers)
+    if (c.load == QGemvLoad::Bulk && qgemv_bulk_fits(a))
+        launch_qgemv_int8_bulk(c, x, a, stream);
+    else if (c.load == QGemvLoad::Registers || c.load == QGemvLoad::Bulk)
         launch_qgemv_int8_rows<X, QGemvLoad::Registers>(c, x, a, stream);
     else
         launch_qgemv_int8_rows<X, QGemvLoad::CpAsync>(c, x, a, stream);
