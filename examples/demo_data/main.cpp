@@ -11,6 +11,10 @@
 //                    plain UTF-8 text: each chapter's heading, then its paragraphs, all separated
 //                    by blank lines (runs of spaces collapsed); for pretraining
 //   corpus_eval.txt  the last --eval-chapters chapters, same layout (not written when 0)
+//                    With --corpus-tags, every heading and paragraph of both files comes after a
+//                    line with its length tag, "(length = TAG)", by its word count in the bins
+//                    (--bins or the defaults), the words the roleplay prompt's response header
+//                    uses: a model pretrained on it has seen the tags and what follows them.
 //   roleplay/        LimaRP YAML conversations (train/dataset.hpp's schema) built from the
 //                    dialogue of the train chapters: chapter_CCC_KKK.yaml
 //   roleplay_eval/   the same from the eval chapters
@@ -675,12 +679,21 @@ void remove_stale(const fs::path& dir) {
     for (const auto& p : old) fs::remove(p);
 }
 
-std::string corpus_text(const std::vector<Chapter>& chapters, std::size_t a, std::size_t b) {
+/// "(length = TAG)\n" for a paragraph of `words` words, when `bins` is given (--corpus-tags).
+std::string corpus_tag(const train::LengthBins* bins, std::string_view paragraph) {
+    if (!bins) return {};
+    return "(length = " + std::string(text::to_string(bins->tag_for(train::count_words(paragraph)))) + ")\n";
+}
+
+/// The chapters [a, b) as plain text: heading and paragraphs separated by blank lines, each one
+/// after its length tag line when `bins` is given.
+std::string corpus_text(const std::vector<Chapter>& chapters, std::size_t a, std::size_t b,
+                        const train::LengthBins* bins) {
     std::string s;
     for (std::size_t i = a; i < b; ++i) {
         if (!s.empty()) s += "\n\n";
-        s += chapters[i].heading;
-        for (const auto& p : chapters[i].paragraphs) s += "\n\n" + p;
+        s += corpus_tag(bins, chapters[i].heading) + chapters[i].heading;
+        for (const auto& p : chapters[i].paragraphs) s += "\n\n" + corpus_tag(bins, p) + p;
     }
     if (!s.empty()) s += '\n';
     return s;
@@ -770,6 +783,7 @@ int main(int argc, char** argv) {
         int eval_chapters = 5, exchanges = 3, passes = 1;
         std::string targets_arg = "micro,tiny,short,medium,long,massive";
         std::string bins_arg;
+        bool corpus_tags = false;
         std::int64_t max_turn_words = 600;
         app.add_option("--moby-dick", moby, "folder with chapter_N.txt (e.g. .cache/moby-dick)")->required();
         app.add_option("--out", out, "output folder (created): corpus.txt, corpus_eval.txt, roleplay/, roleplay_eval/")
@@ -788,6 +802,10 @@ int main(int argc, char** argv) {
                        "nine comma-separated word counts, the exclusive upper bounds of micro .. humongous, that "
                        "the replies are cut to (default: train/length_bins.hpp's 10,25,50,100,150,200,300,400,500); "
                        "give limarp-train the same list as length_bins so that it tags the replies by them");
+        app.add_flag("--corpus-tags", corpus_tags,
+                     "put each paragraph (and heading) of corpus.txt / corpus_eval.txt on a line after its length "
+                     "tag, \"(length = TAG)\", by its word count in the bins (--bins or the defaults), so that a "
+                     "model pretrained on it learns what the tags mean");
         app.add_option("--max-turn-words", max_turn_words,
                        "a speech over several paragraphs stops before the paragraph that would pass N words "
                        "(default 600; 0: no limit)");
@@ -860,11 +878,11 @@ int main(int argc, char** argv) {
         const fs::path o(out);
         fs::create_directories(o);
 
-        const std::string train_text = corpus_text(chapters, 0, n_train);
+        const std::string train_text = corpus_text(chapters, 0, n_train, corpus_tags ? &bins : nullptr);
         write_file(o / "corpus.txt", train_text);
         std::string eval_text;
         if (eval_chapters > 0) {
-            eval_text = corpus_text(chapters, n_train, chapters.size());
+            eval_text = corpus_text(chapters, n_train, chapters.size(), corpus_tags ? &bins : nullptr);
             write_file(o / "corpus_eval.txt", eval_text);
         } else {
             fs::remove(o / "corpus_eval.txt");
