@@ -19,8 +19,9 @@
 #      trained from scratch on the tagged prose (lr 1e-3), every paragraph a document followed
 #      by EOS (--doc-sep, the usual packing), so that EOS is a trained token: LoRA leaves the
 #      lm_head and the embeddings frozen, so a token the base never learned to predict (EOS when
-#      the novel is one text; "###" in any case) stays out of the fine-tuned model's reach; the
-#      tag lines give the tag words trained embeddings and the base a first sight of them;
+#      the novel is one text; "###" in any case) stays out of the fine-tuned model's reach. The
+#      base does not use the tag lines yet (its EOS odds are the same under every tag), but
+#      without them the fine-tune learns no tag at all (README);
 #   5. limarp-train: LoRA fine-tuning of that model on the roleplay set (int8 frozen base, LoRA
 #      on all seven projections, every response tagged "(length = ...)" by its length in the
 #      same bins, EOS appended to every example, so with one exchange per conversation every
