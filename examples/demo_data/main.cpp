@@ -11,6 +11,10 @@
 //                    plain UTF-8 text: each chapter's heading, then its paragraphs, all separated
 //                    by blank lines (runs of spaces collapsed); for pretraining
 //   corpus_eval.txt  the last --eval-chapters chapters, same layout (not written when 0)
+//                    With --corpus-tags, every heading and paragraph of both files comes after a
+//                    line with its length tag, "(length = TAG)", by its word count in the bins
+//                    (--bins or the defaults), the words the roleplay prompt's response header
+//                    uses: a model pretrained on it has seen the tags and what follows them.
 //   roleplay/        LimaRP YAML conversations (train/dataset.hpp's schema) built from the
 //                    dialogue of the train chapters: chapter_CCC_KKK.yaml
 //   roleplay_eval/   the same from the eval chapters
@@ -28,7 +32,8 @@
 // one stopped: the user's turn is the next speech (its first sentences, up to 40 words), the
 // character's reply is the first run of consecutive sentences after it (speech or narration,
 // joined into one paragraph) whose word count falls in the bin of the next tag of --targets,
-// the tags taken in turn over the whole set. So every target tag has about as many replies,
+// the tags taken in turn over the whole set (the bins of train/length_bins.hpp, or --bins: the
+// same nine word bounds must then go to limarp-train as `length_bins`). So every target tag has about as many replies,
 // and a reply always ends at a sentence end. When no run of the 60 sentences after a user
 // turn fits, that conversation ends early (it may then have fewer exchanges) and the next
 // starts after them. With --passes N the chapters are read N times, each pass starting one
@@ -45,8 +50,8 @@
 // files and the options only (byte-identical on a rerun). Afterwards every written file is read
 // back with limarp's dataset loader (train::load_conversations). A summary goes to stderr: the
 // chapters, the conversations and turns, and the character turns per length tag, measured in
-// words with the default bins of train/length_bins.hpp (words are the dataset's default length
-// unit, so these are the tags training puts on the response headers). Any error prints one line
+// words with the bins in use (words are the dataset's default length unit, so these are the tags
+// training puts on the response headers when it is given the same bins). Any error prints one line
 // to stderr and exits with status 1.
 #include <CLI/CLI.hpp>
 
@@ -55,6 +60,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -673,12 +679,21 @@ void remove_stale(const fs::path& dir) {
     for (const auto& p : old) fs::remove(p);
 }
 
-std::string corpus_text(const std::vector<Chapter>& chapters, std::size_t a, std::size_t b) {
+/// "(length = TAG)\n" for a paragraph of `words` words, when `bins` is given (--corpus-tags).
+std::string corpus_tag(const train::LengthBins* bins, std::string_view paragraph) {
+    if (!bins) return {};
+    return "(length = " + std::string(text::to_string(bins->tag_for(train::count_words(paragraph)))) + ")\n";
+}
+
+/// The chapters [a, b) as plain text: heading and paragraphs separated by blank lines, each one
+/// after its length tag line when `bins` is given.
+std::string corpus_text(const std::vector<Chapter>& chapters, std::size_t a, std::size_t b,
+                        const train::LengthBins* bins) {
     std::string s;
     for (std::size_t i = a; i < b; ++i) {
         if (!s.empty()) s += "\n\n";
-        s += chapters[i].heading;
-        for (const auto& p : chapters[i].paragraphs) s += "\n\n" + p;
+        s += corpus_tag(bins, chapters[i].heading) + chapters[i].heading;
+        for (const auto& p : chapters[i].paragraphs) s += "\n\n" + corpus_tag(bins, p) + p;
     }
     if (!s.empty()) s += '\n';
     return s;
@@ -694,10 +709,9 @@ struct SetStats {
 /// Writes the conversations of chapters [a, b) into `dir`; returns their statistics.
 SetStats write_roleplay(const std::vector<Chapter>& chapters, std::size_t a, std::size_t b, const fs::path& dir,
                         std::size_t exchanges, const std::vector<text::LengthTag>& targets, std::size_t passes,
-                        std::int64_t max_turn_words) {
+                        std::int64_t max_turn_words, const train::LengthBins& bins) {
     remove_stale(dir);
     SetStats st;
-    const train::LengthBins bins = train::LengthBins::defaults(train::LengthUnit::Words);
     TargetCycle cycle{targets};
     bool created = false;
     std::vector<ChapterDialogue> dialogue;
@@ -742,11 +756,11 @@ SetStats write_roleplay(const std::vector<Chapter>& chapters, std::size_t a, std
     return st;
 }
 
-void print_stats(const char* what, const fs::path& dir, const SetStats& st) {
+void print_stats(const char* what, const fs::path& dir, const SetStats& st, const std::string& bins_name) {
     std::fprintf(stderr, "%s: %zu conversations, %zu turns (%zu character turns), in %s\n", what, st.conversations,
                  st.turns, st.character_turns, dir.string().c_str());
     if (st.conversations == 0) return;
-    std::string line = "  character turns per length tag (words, default bins):";
+    std::string line = "  character turns per length tag (words, " + bins_name + "):";
     for (std::size_t i = 0; i < st.bins.size(); ++i)
         line += " " + std::string(text::to_string(text::kLengthTags[i])) + " " + std::to_string(st.bins[i]);
     std::fprintf(stderr, "%s; longest %lld words\n", line.c_str(), static_cast<long long>(st.max_words));
@@ -768,6 +782,8 @@ int main(int argc, char** argv) {
         std::string moby, out;
         int eval_chapters = 5, exchanges = 3, passes = 1;
         std::string targets_arg = "micro,tiny,short,medium,long,massive";
+        std::string bins_arg;
+        bool corpus_tags = false;
         std::int64_t max_turn_words = 600;
         app.add_option("--moby-dick", moby, "folder with chapter_N.txt (e.g. .cache/moby-dick)")->required();
         app.add_option("--out", out, "output folder (created): corpus.txt, corpus_eval.txt, roleplay/, roleplay_eval/")
@@ -782,6 +798,14 @@ int main(int argc, char** argv) {
         app.add_option("--targets", targets_arg,
                        "comma-separated length tags the replies aim at in turn, so that every one is about equally "
                        "frequent (default micro,tiny,short,medium,long,massive; word bins of train/length_bins.hpp)");
+        app.add_option("--bins", bins_arg,
+                       "nine comma-separated word counts, the exclusive upper bounds of micro .. humongous, that "
+                       "the replies are cut to (default: train/length_bins.hpp's 10,25,50,100,150,200,300,400,500); "
+                       "give limarp-train the same list as length_bins so that it tags the replies by them");
+        app.add_flag("--corpus-tags", corpus_tags,
+                     "put each paragraph (and heading) of corpus.txt / corpus_eval.txt on a line after its length "
+                     "tag, \"(length = TAG)\", by its word count in the bins (--bins or the defaults), so that a "
+                     "model pretrained on it learns what the tags mean");
         app.add_option("--max-turn-words", max_turn_words,
                        "a speech over several paragraphs stops before the paragraph that would pass N words "
                        "(default 600; 0: no limit)");
@@ -811,6 +835,37 @@ int main(int argc, char** argv) {
             }
             i = j + 1;
         }
+        train::LengthBins bins = train::LengthBins::defaults(train::LengthUnit::Words);
+        std::string bins_name = "default bins";
+        if (!bins_arg.empty()) {
+            std::vector<std::int64_t> v;
+            for (std::size_t i = 0; i <= bins_arg.size();) {
+                std::size_t j = bins_arg.find(',', i);
+                if (j == std::string::npos) j = bins_arg.size();
+                const std::string item = bins_arg.substr(i, j - i);
+                std::size_t used = 0;
+                long long x = 0;
+                try {
+                    x = std::stoll(item, &used);
+                } catch (const std::exception&) {
+                    used = 0;
+                }
+                if (item.empty() || used != item.size())
+                    throw ArgumentError("--bins: \"" + item + "\" is not an integer (expected nine word counts)");
+                v.push_back(x);
+                i = j + 1;
+            }
+            if (v.size() != bins.upper.size())
+                throw ArgumentError("--bins: expected 9 word counts (the upper bounds of micro .. humongous), got " +
+                                    std::to_string(v.size()));
+            std::copy(v.begin(), v.end(), bins.upper.begin());
+            try {
+                bins.validate();
+            } catch (const ArgumentError& e) {
+                throw ArgumentError(std::string("--bins: ") + e.what());
+            }
+            bins_name = "bins " + bins_arg;
+        }
         if (max_turn_words < 0) throw ArgumentError("--max-turn-words must be 0 or more");
         if (eval_chapters < 0) throw ArgumentError("--eval-chapters must be 0 or more, got " + std::to_string(eval_chapters));
 
@@ -823,20 +878,20 @@ int main(int argc, char** argv) {
         const fs::path o(out);
         fs::create_directories(o);
 
-        const std::string train_text = corpus_text(chapters, 0, n_train);
+        const std::string train_text = corpus_text(chapters, 0, n_train, corpus_tags ? &bins : nullptr);
         write_file(o / "corpus.txt", train_text);
         std::string eval_text;
         if (eval_chapters > 0) {
-            eval_text = corpus_text(chapters, n_train, chapters.size());
+            eval_text = corpus_text(chapters, n_train, chapters.size(), corpus_tags ? &bins : nullptr);
             write_file(o / "corpus_eval.txt", eval_text);
         } else {
             fs::remove(o / "corpus_eval.txt");
         }
         const auto ex = static_cast<std::size_t>(exchanges), pc = static_cast<std::size_t>(passes);
-        const SetStats tr = write_roleplay(chapters, 0, n_train, o / "roleplay", ex, targets, pc, max_turn_words);
+        const SetStats tr = write_roleplay(chapters, 0, n_train, o / "roleplay", ex, targets, pc, max_turn_words, bins);
         if (tr.conversations == 0) throw ArgumentError("no conversation in the train chapters of " + moby);
         const SetStats ev =
-            write_roleplay(chapters, n_train, chapters.size(), o / "roleplay_eval", ex, targets, pc, max_turn_words);
+            write_roleplay(chapters, n_train, chapters.size(), o / "roleplay_eval", ex, targets, pc, max_turn_words, bins);
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
         auto range = [&](std::size_t a, std::size_t b) {
@@ -850,8 +905,8 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "eval corpus: chapters %s, %lld words, %zu bytes -> %s\n",
                          range(n_train, chapters.size()).c_str(), static_cast<long long>(train::count_words(eval_text)),
                          eval_text.size(), (o / "corpus_eval.txt").string().c_str());
-        print_stats("roleplay", o / "roleplay", tr);
-        if (eval_chapters > 0) print_stats("roleplay eval", o / "roleplay_eval", ev);
+        print_stats("roleplay", o / "roleplay", tr, bins_name);
+        if (eval_chapters > 0) print_stats("roleplay eval", o / "roleplay_eval", ev, bins_name);
         std::fprintf(stderr, "every file read back with limarp's dataset loader; %.2f s\n", secs);
         return 0;
     });

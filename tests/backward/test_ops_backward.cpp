@@ -348,49 +348,70 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(attention_forward_lse_and_backward_vs_finite_diffe
 
 BOOST_AUTO_TEST_CASE_TEMPLATE(lm_head_cross_entropy_vs_finite_differences, Bk, CpuBackends) {
     const std::int64_t T = 11, d = 19, V = 53;
+    // Rows not counted (target < 0) are skipped (never gathered into a chunk): a few ignored rows,
+    // most rows ignored (runs longer than a chunk, counted rows split across chunks), none, all.
+    const std::vector<std::vector<std::int64_t>> masks = {{3, 7}, {0, 2, 3, 4, 7, 8, 9}, {}, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}};
     auto run = [&]<class W>(W*) {
         const auto w = test::random_weights<W>(V * d);
         const auto h = test::random_floats(T * d, -2.0f, 2.0f);
-        std::vector<std::int32_t> tg(T);
-        for (auto& t : tg) t = static_cast<std::int32_t>(test::rng()() % V);
-        tg[3] = -100;  // ignored rows
-        tg[7] = -1;
-        const std::int64_t n = T - 2;
-        Fn f = [&](const Vec& hv) {
-            double s = 0;
-            for (std::int64_t t = 0; t < T; ++t) {
-                if (tg[t] < 0) continue;
-                Vec z(V);
-                double m = -1e300;
-                for (std::int64_t j = 0; j < V; ++j) {
-                    double a = 0;
-                    for (std::int64_t i = 0; i < d; ++i) a += hv[t * d + i] * w.f32[j * d + i];
-                    z[j] = a;
-                    m = std::max(m, a);
+        for (const auto& masked : masks) {
+            std::vector<std::int32_t> tg(T);
+            for (auto& t : tg) t = static_cast<std::int32_t>(test::rng()() % V);
+            for (std::size_t i = 0; i < masked.size(); ++i) tg[masked[i]] = i % 2 ? -1 : -100;  // both ignore ids
+            const std::int64_t n = T - static_cast<std::int64_t>(masked.size());
+            auto loss_of = [&](const Vec& hv, const Vec& wv) {
+                double s = 0;
+                for (std::int64_t t = 0; t < T; ++t) {
+                    if (tg[t] < 0) continue;
+                    Vec z(V);
+                    double m = -1e300;
+                    for (std::int64_t j = 0; j < V; ++j) {
+                        double a = 0;
+                        for (std::int64_t i = 0; i < d; ++i) a += hv[t * d + i] * wv[j * d + i];
+                        z[j] = a;
+                        m = std::max(m, a);
+                    }
+                    double zz = 0;
+                    for (double a : z) zz += std::exp(a - m);
+                    s += m + std::log(zz) - z[tg[t]];
                 }
-                double zz = 0;
-                for (double a : z) zz += std::exp(a - m);
-                s += m + std::log(zz) - z[tg[t]];
-            }
-            return s;
-        };
-        const double ref_loss = f(to_double(h));
-        for (ThreadPool* pool : test::test_pools())
-            for (std::int64_t chunk : {std::int64_t{4}, std::int64_t{256}}) {
-                std::vector<float> dh(T * d, 7.0f);
-                const double loss = ops::lm_head_cross_entropy(Bk{}, dh.data(), h.data(), w.w.data(), tg.data(), T, d, V,
-                                                               1.0f / static_cast<float>(n), chunk, pool);
-                BOOST_CHECK_LE(std::fabs(loss - ref_loss), tol::kGrad * std::fabs(ref_loss));
-                std::vector<float> dh_n(dh);
-                for (auto& g : dh_n) g *= static_cast<float>(n);  // gradient of the sum
-                const double err = check_grad(f, to_double(h), dh_n, all_indices(dh.size()));
-                BOOST_TEST_MESSAGE("lm_head_cross_entropy rel err " << err);
-                BOOST_CHECK_LE(err, tol::kGrad);
-                for (std::int64_t i = 0; i < d; ++i) BOOST_CHECK_EQUAL(dh[3 * d + i], 0.0f);
-                const double loss_only = ops::lm_head_cross_entropy(Bk{}, nullptr, h.data(), w.w.data(), tg.data(), T, d,
-                                                                    V, 1.0f, chunk, pool);
-                BOOST_CHECK_LE(std::fabs(loss_only - loss), 1e-9 * std::fabs(loss));
-            }
+                return s;
+            };
+            const Vec hd = to_double(h), wd = to_double(w.f32);
+            Fn fh = [&](const Vec& hv) { return loss_of(hv, wd); };
+            Fn fw = [&](const Vec& wv) { return loss_of(hd, wv); };
+            const double ref_loss = fh(hd);
+            const float gs = n > 0 ? 1.0f / static_cast<float>(n) : 1.0f;
+            for (ThreadPool* pool : test::test_pools())
+                for (std::int64_t chunk : {std::int64_t{1}, std::int64_t{3}, std::int64_t{256}}) {
+                    std::vector<float> dh(T * d, 7.0f);
+                    const auto dw0 = test::random_floats(V * d);
+                    std::vector<float> dw(dw0);
+                    const double loss = ops::lm_head_cross_entropy(Bk{}, dh.data(), h.data(), w.w.data(), tg.data(), T, d,
+                                                                   V, gs, chunk, pool, dw.data());
+                    BOOST_CHECK_LE(std::fabs(loss - ref_loss), tol::kGrad * std::fabs(ref_loss));
+                    const double loss_only = ops::lm_head_cross_entropy(Bk{}, nullptr, h.data(), w.w.data(), tg.data(),
+                                                                        T, d, V, 1.0f, chunk, pool);
+                    BOOST_CHECK_LE(std::fabs(loss_only - loss), 1e-9 * std::fabs(loss));
+                    for (const std::int64_t t : masked)  // ignored rows: dh = 0, whatever dh held
+                        for (std::int64_t i = 0; i < d; ++i) BOOST_CHECK_EQUAL(dh[t * d + i], 0.0f);
+                    std::vector<float> ddw(V * d);  // what was added to dw
+                    for (std::size_t i = 0; i < ddw.size(); ++i) ddw[i] = dw[i] - dw0[i];
+                    if (n == 0) {
+                        BOOST_CHECK_EQUAL(loss, 0.0);
+                        BOOST_CHECK(std::all_of(ddw.begin(), ddw.end(), [](float g) { return g == 0.0f; }));
+                        continue;
+                    }
+                    for (auto& g : dh) g *= static_cast<float>(n);  // gradients of the sum
+                    for (auto& g : ddw) g *= static_cast<float>(n);
+                    const double eh = check_grad(fh, hd, dh, all_indices(dh.size()));
+                    const double ew = check_grad(fw, wd, ddw, sample_indices(ddw.size(), 80));
+                    BOOST_TEST_MESSAGE("lm_head_cross_entropy " << masked.size() << " rows ignored, chunk " << chunk
+                                                                << ": rel err dh " << eh << " dw " << ew);
+                    BOOST_CHECK_LE(eh, tol::kGrad);
+                    BOOST_CHECK_LE(ew, tol::kGrad);
+                }
+        }
     };
     run(static_cast<float*>(nullptr));
     run(static_cast<bf16*>(nullptr));

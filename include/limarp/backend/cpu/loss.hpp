@@ -118,8 +118,10 @@ double cross_entropy_row_backward(Cpu<A>, float* dlogits /*[vocab]*/, const floa
 /// `chunk_rows` x vocab logits exist at once (never [T, vocab] for a long sequence):
 /// per chunk, logits = h · wᵀ (`matmul_wt`), the row losses, dlogits = grad_scale ·
 /// (softmax - onehot), then dh = dlogits · w (`matmul_w`). Rows whose target is negative
-/// (ignore index, e.g. -100) count nothing and get dh = 0. Deterministic: the row losses are
-/// summed in row order in double.
+/// (ignore index, e.g. -100, or a loss mask's dropped targets) count nothing, get dh = 0 and
+/// cost nothing: only the counted rows are gathered into the chunks, so their logits, softmax
+/// and products are never computed (training on the responses only skips the prompt's rows).
+/// Deterministic: the row losses are summed in row order in double.
 ///
 /// \param dh         [T, d] gradient of h (overwritten), or nullptr for the loss only
 /// \param h          [T, d] hidden states after the final norm
@@ -129,10 +131,10 @@ double cross_entropy_row_backward(Cpu<A>, float* dlogits /*[vocab]*/, const floa
 /// \param d          hidden width (d_model)
 /// \param vocab      vocabulary size
 /// \param grad_scale factor of the gradient (1 / number of counted rows for a mean loss)
-/// \param chunk_rows rows of logits computed at once (>= 1)
+/// \param chunk_rows counted rows of logits computed at once (>= 1)
 /// \param pool       thread pool (nullptr: ThreadPool::global())
-/// \param dw         [vocab, d] gradient of w, added to (dw += dlogitsᵀ · h, chunk by chunk), or
-///                   nullptr when w is frozen; needs dh
+/// \param dw         [vocab, d] gradient of w, added to (dw += dlogitsᵀ · h over the counted rows,
+///                   chunk by chunk), or nullptr when w is frozen; needs dh
 /// \return           the sum of the counted rows' losses
 /// \pre targets[t] < vocab; d, vocab > 0; dh and dw do not overlap h or w.
 template <class A, class W>
@@ -142,32 +144,48 @@ double lm_head_cross_entropy(Cpu<A>, float* dh /*[T, d]*/, const float* h /*[T, 
                              float grad_scale, std::int64_t chunk_rows = 256, ThreadPool* pool = nullptr,
                              float* dw = nullptr /*[vocab, d]*/) {
     if (T <= 0) return 0.0;
-    chunk_rows = std::max<std::int64_t>(1, std::min(chunk_rows, T));
+    // The counted rows, in order; the others only get dh = 0.
+    std::vector<std::int64_t> rows;
+    rows.reserve(static_cast<std::size_t>(T));
+    for (std::int64_t t = 0; t < T; ++t)
+        if (targets[t] >= 0) rows.push_back(t);
+    const std::int64_t N = static_cast<std::int64_t>(rows.size());
+    const bool all = N == T;  // every row counts: the chunks are h's and dh's own rows, no gather
+    if (dh && !all) std::fill(dh, dh + T * d, 0.0f);
+    if (N == 0) return 0.0;
+    chunk_rows = std::max<std::int64_t>(1, std::min(chunk_rows, N));
     ThreadPool& p = cpu_detail::pool_or_global(pool);
     cpu_detail::AlignedFloats logits(static_cast<std::size_t>(chunk_rows * vocab));
+    cpu_detail::AlignedFloats hbuf(all ? 0 : static_cast<std::size_t>(chunk_rows * d));   // [chunk_rows, d] gathered h
+    cpu_detail::AlignedFloats dhbuf(all || !dh ? 0 : static_cast<std::size_t>(chunk_rows * d));  // [chunk_rows, d]
     std::vector<double> row_loss(static_cast<std::size_t>(chunk_rows));
     double total = 0.0;
-    for (std::int64_t c0 = 0; c0 < T; c0 += chunk_rows) {
-        const std::int64_t n = std::min(chunk_rows, T - c0);
-        matmul_wt(Cpu<A>{}, logits.data(), h + c0 * d, w, n, d, vocab, false, &p);
+    for (std::int64_t c0 = 0; c0 < N; c0 += chunk_rows) {
+        const std::int64_t n = std::min(chunk_rows, N - c0);
+        const std::int64_t* rc = rows.data() + c0;  // [n] the chunk's rows
+        const float* hc = h + c0 * d;
+        float* dhc = dh ? dh + c0 * d : nullptr;
+        if (!all) {
+            for (std::int64_t r = 0; r < n; ++r) std::copy_n(h + rc[r] * d, d, hbuf.data() + r * d);
+            hc = hbuf.data();
+            dhc = dh ? dhbuf.data() : nullptr;
+        }
+        matmul_wt(Cpu<A>{}, logits.data(), hc, w, n, d, vocab, false, &p);
         cpu_detail::parallel_rows(p, n, 25.0 * static_cast<double>(vocab), [&](std::int64_t r0, std::int64_t r1) {
             for (std::int64_t r = r0; r < r1; ++r) {
                 float* x = logits.data() + r * vocab;
-                const std::int32_t tgt = targets[c0 + r];
-                double& loss = row_loss[static_cast<std::size_t>(r)];
-                if (tgt < 0) {
-                    loss = 0.0;
-                    if (dh) std::fill(x, x + vocab, 0.0f);
-                } else if (dh) {
-                    loss = cross_entropy_row_backward(Cpu<A>{}, x, x, tgt, vocab, grad_scale);
-                } else {
-                    loss = logsumexp_row(Cpu<A>{}, x, vocab) - static_cast<double>(x[tgt]);
-                }
+                const std::int32_t tgt = targets[rc[r]];
+                row_loss[static_cast<std::size_t>(r)] =
+                    dh ? cross_entropy_row_backward(Cpu<A>{}, x, x, tgt, vocab, grad_scale)
+                       : logsumexp_row(Cpu<A>{}, x, vocab) - static_cast<double>(x[tgt]);
             }
         });
         for (std::int64_t r = 0; r < n; ++r) total += row_loss[static_cast<std::size_t>(r)];
-        if (dh) matmul_w(Cpu<A>{}, dh + c0 * d, logits.data(), w, n, vocab, d, false, &p);
-        if (dh && dw) matmul_at_b(Cpu<A>{}, dw, logits.data(), h + c0 * d, n, vocab, d, true, &p);
+        if (!dh) continue;
+        matmul_w(Cpu<A>{}, dhc, logits.data(), w, n, vocab, d, false, &p);
+        if (!all)
+            for (std::int64_t r = 0; r < n; ++r) std::copy_n(dhc + r * d, d, dh + rc[r] * d);
+        if (dw) matmul_at_b(Cpu<A>{}, dw, logits.data(), hc, n, vocab, d, true, &p);
     }
     return total;
 }
