@@ -30,6 +30,12 @@
 ///   dependent launch (`QGemvConfig::programmatic`), which took 1.7-2.8 us off each launch in a
 ///   chain of the larger shapes on the H100; but the path itself was 8-25% slower than Registers
 ///   there at R = 2 and 4 (twice as slow at R = 1).
+/// - `QGemvLoad::Bulk` (sm_90; the default where each block of its one wave streams at least 4
+///   row groups: gate/up, an int8 lm_head): 8 rows x 4096 bytes a stage, copied by
+///   `cp.async.bulk` into a ring of 2-4 shared-memory stages that complete on mbarriers, the first
+///   stages before `griddepcontrol.wait`; 256-thread blocks, warp w takes the 512-byte step w of a
+///   stage for all 8 rows. On an H200 it streams gate/up at 0.80 of the copy bandwidth against the
+///   registers path's 0.66-0.68, but loses on o/down (512 groups on 396 blocks end unevenly).
 /// - x: a lane reads its 16 x values (four 16-byte loads for f32, two for bf16) through L1, where
 ///   x (at most 256 KB) stays resident for all the warps of the SM.
 /// - int8 -> f32 without the slow I2F unit: bias the byte by 128 (xor 0x80), place it in the low
