@@ -30,12 +30,13 @@
 ///   dependent launch (`QGemvConfig::programmatic`), which took 1.7-2.8 us off each launch in a
 ///   chain of the larger shapes on the H100; but the path itself was 8-25% slower than Registers
 ///   there at R = 2 and 4 (twice as slow at R = 1).
-/// - `QGemvLoad::Bulk` (sm_90; the default where each block of its one wave streams at least 4
-///   row groups: gate/up, an int8 lm_head): 8 rows x 4096 bytes a stage, copied by
+/// - `QGemvLoad::Bulk` (sm_90; opt-in, `LIMARP_CUDA_QGEMV_BULK=2`, then used where each block of
+///   its one wave streams at least 4 row groups: gate/up, an int8 lm_head): 8 rows x 4096 bytes a stage, copied by
 ///   `cp.async.bulk` into a ring of 2-4 shared-memory stages that complete on mbarriers, the first
 ///   stages before `griddepcontrol.wait`; 256-thread blocks, warp w takes the 512-byte step w of a
 ///   stage for all 8 rows. On an H200 it streams gate/up at 0.80 of the copy bandwidth against the
-///   registers path's 0.66-0.68, but loses on o/down (512 groups on 396 blocks end unevenly).
+///   registers path's 0.66-0.68, but loses on o/down (512 groups on 396 blocks end unevenly),
+///   and in the whole model it was no faster (361-362 against 362-363 tok/s).
 /// - x: a lane reads its 16 x values (four 16-byte loads for f32, two for bf16) through L1, where
 ///   x (at most 256 KB) stays resident for all the warps of the SM.
 /// - int8 -> f32 without the slow I2F unit: bias the byte by 128 (xor 0x80), place it in the low
@@ -173,7 +174,7 @@ struct QGemvConfig {
     /// previous kernel in the stream runs; it waits (`griddepcontrol.wait`) for that kernel's
     /// writes before reading x, z or y, so the previous kernel must not write the weight.
     bool programmatic = false;
-    /// `QGemvLoad::Bulk`: stages of the ring, 2, 3 or 4 (0: `qgemv_bulk_stages()`, or 4 when that is off)
+    /// `QGemvLoad::Bulk`: stages of the ring, 2, 3 or 4 (0: `qgemv_bulk_stages()`, or 2 when that is off)
     int stages = 0;
 };
 
@@ -484,7 +485,7 @@ inline constexpr int kQGemvBulkRows = 8;
 inline constexpr int kQGemvBulkChunk = kQGemvBulkWarps * kQGemvStep;  // 4096 bytes of a row
 inline constexpr int kQGemvBulkMaxLoraR = 256;                         // ranks a stage holds a row
 inline constexpr int kQGemvBulkMinGroups = 4;                          // groups a block, at least
-inline constexpr int kQGemvBulkDefaultStages = 2;                      // stages of the default
+inline constexpr int kQGemvBulkDefaultStages = 2;                      // stages when none are named
 
 /// Dynamic shared memory of the bulk kernel with P stages (and room for LoRA B rows when `lora`).
 __host__ __device__ inline constexpr int qgemv_bulk_stage_bytes(bool lora) {
@@ -745,15 +746,15 @@ inline int qgemv_blocks_per_sm(bool lora) {
     return n;
 }
 
-/// Stages of the bulk path in the default configuration, 0 when it is off: 4 on sm_90 and newer,
-/// 0 before; `LIMARP_CUDA_QGEMV_BULK` = 0 (off: the registers path), 2, 3 or 4 (a measurement
-/// switch, read once).
+/// Stages of the bulk path in the default configuration, 0 when it is off. Off unless
+/// `LIMARP_CUDA_QGEMV_BULK` is 2, 3 or 4 (its stages; a measurement switch, read once) on sm_90
+/// and newer: in the whole model on an H200 it was no faster than the registers path
+/// (benchmarks/NOTES.md, session 10), so the default stays on the registers path.
 inline int qgemv_bulk_stages() {
     static const int env = [] {
         const char* e = std::getenv("LIMARP_CUDA_QGEMV_BULK");
-        if (e == nullptr) return kQGemvBulkDefaultStages;
-        const long v = std::strtol(e, nullptr, 10);
-        return v == 0 ? 0 : (v >= 2 && v <= 4 ? static_cast<int>(v) : kQGemvBulkDefaultStages);
+        const long v = e != nullptr ? std::strtol(e, nullptr, 10) : 0;
+        return v >= 2 && v <= 4 ? static_cast<int>(v) : 0;
     }();
     return device_info().compute_capability >= 90 ? env : 0;
 }
@@ -820,7 +821,7 @@ inline QGemvConfig qgemv_default_config(std::int64_t n_rows, int sm_count, bool 
         const std::int64_t wave4 = qgemv_blocks_per_sm<4>(lora) * sms, wave8 = qgemv_blocks_per_sm<8>(lora) * sms;
         if (b4 > wave4 && b4 <= 2 * wave4 && b8 <= wave8) c.rows = 8;
     }
-    // The bulk path where each of its blocks streams at least kQGemvBulkMinGroups row groups (gate/up,
+    // When switched on: the bulk path where each of its blocks streams at least kQGemvBulkMinGroups row groups (gate/up,
     // an int8 lm_head): with fewer, the one wave of blocks ends unevenly (o_proj's and down_proj's
     // 512 groups on 396 blocks: 2 for some, 1 for most), and the registers path was faster there
     // (H200, benchmarks/NOTES.md session 10). The rows above stay as its fallback.
@@ -883,7 +884,7 @@ void launch_qgemv_int8_bulk_kernel(const QGemvConfig& c, const X* x, QGemvArgs a
     LIMARP_CUDA_CHECK_LAUNCH();
 }
 
-// The bulk path with the stages of the default (or `LIMARP_CUDA_QGEMV_BULK`; 4 when that is off).
+// The bulk path with `c.stages`, or those of `LIMARP_CUDA_QGEMV_BULK`, or 2.
 template <class X>
 void launch_qgemv_int8_bulk(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
     const int p = c.stages > 0 ? c.stages : (qgemv_bulk_stages() > 0 ? qgemv_bulk_stages() : kQGemvBulkDefaultStages);
