@@ -31,8 +31,8 @@
 ///   chain of the larger shapes on the H100; but the path itself was 8-25% slower than Registers
 ///   there at R = 2 and 4 (twice as slow at R = 1).
 /// - `QGemvLoad::Bulk` (sm_90; opt-in, `LIMARP_CUDA_QGEMV_BULK=2`, then used where each block of
-///   its one wave streams at least 4 row groups: gate/up, an int8 lm_head): 8 rows x 4096 bytes a stage, copied by
-///   `cp.async.bulk` into a ring of 2-4 shared-memory stages that complete on mbarriers, the first
+///   its one wave streams at least 4 row groups: gate/up, an int8 lm_head): 8 rows x 4096 bytes
+///   a stage, copied by `cp.async.bulk` into a ring of 2-4 shared-memory stages that complete on mbarriers, the first
 ///   stages before `griddepcontrol.wait`; 256-thread blocks, warp w takes the 512-byte step w of a
 ///   stage for all 8 rows. On an H200 it streams gate/up at 0.80 of the copy bandwidth against the
 ///   registers path's 0.66-0.68, but loses on o/down (512 groups on 396 blocks end unevenly),
@@ -174,7 +174,8 @@ struct QGemvConfig {
     /// previous kernel in the stream runs; it waits (`griddepcontrol.wait`) for that kernel's
     /// writes before reading x, z or y, so the previous kernel must not write the weight.
     bool programmatic = false;
-    /// `QGemvLoad::Bulk`: stages of the ring, 2, 3 or 4 (0: `qgemv_bulk_stages()`, or 2 when that is off)
+    /// `QGemvLoad::Bulk`: stages of the ring, 2, 3 or 4 (0: `qgemv_bulk_stages()`, or 2 when that
+    /// is off)
     int stages = 0;
 };
 
@@ -473,7 +474,7 @@ __global__ void __launch_bounds__(kQGemvThreads, kQGemvLoraMinBlocks<R>)
 // the same 4 up rows), g = blockIdx.x, + gridDim.x, ... (the grid is one wave of resident blocks).
 // Each group is streamed in chunks of kQGemvBulkChunk bytes of every row: one stage of the ring is
 // 8 rows x one chunk, brought in by 8 `cp.async.bulk` copies (one a row) that complete on the
-// stage's mbarrier. One thread keeps P stages in flight: the first P before `griddepcontrol.wait`
+// stage's mbarrier. Warp 0 keeps P stages in flight: the first P before `griddepcontrol.wait`
 // (weights are never written by the step's kernels), each later one as soon as the stage it
 // replaces has been consumed. Warp w takes the 512-byte step w of a chunk for all 8 rows (x read
 // once a block a chunk, through L1); a group's sums are reduced over the lanes by a transposing
@@ -491,7 +492,9 @@ inline constexpr int kQGemvBulkDefaultStages = 2;                      // stages
 __host__ __device__ inline constexpr int qgemv_bulk_stage_bytes(bool lora) {
     return kQGemvBulkRows * (kQGemvBulkChunk + (lora ? 2 * kQGemvBulkMaxLoraR : 0));
 }
-__host__ __device__ inline constexpr int qgemv_bulk_smem(int P, bool lora) { return P * qgemv_bulk_stage_bytes(lora) + 16 * P; }
+__host__ __device__ inline constexpr int qgemv_bulk_smem(int P, bool lora) {
+    return P * qgemv_bulk_stage_bytes(lora) + 16 * P;  // the stages, then P mbarriers (8 bytes each, 16 kept)
+}
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -530,7 +533,8 @@ __global__ void __launch_bounds__(kQGemvBulkThreads)
         part = p;
         o = (g - (p > 0 ? a.block_end[p - 1] : 0)) * RB + r;
     };
-    // Thread 0 of warp 0 arms stage i's barrier, lanes 0..7 copy its rows (and B rows at the last chunk).
+    // Lane 0 of warp 0 arms stage i's barrier, lanes 0..7 copy its rows (and B rows at the last
+    // chunk).
     const auto issue = [&](int i) {
         const int slot = i % P, gi = i / n_chunks, c = i % n_chunks;
         const int g = static_cast<int>(blockIdx.x) + gi * static_cast<int>(gridDim.x);
@@ -697,7 +701,7 @@ __global__ void __launch_bounds__(kQGemvBulkThreads)
         }
     }
 #else
-    __trap();  // launched only on sm_90 and newer (qgemv_bulk_supported)
+    __trap();  // launched only on sm_90 and newer (qgemv_bulk_fits)
 #endif
 }
 
@@ -821,8 +825,8 @@ inline QGemvConfig qgemv_default_config(std::int64_t n_rows, int sm_count, bool 
         const std::int64_t wave4 = qgemv_blocks_per_sm<4>(lora) * sms, wave8 = qgemv_blocks_per_sm<8>(lora) * sms;
         if (b4 > wave4 && b4 <= 2 * wave4 && b8 <= wave8) c.rows = 8;
     }
-    // When switched on: the bulk path where each of its blocks streams at least kQGemvBulkMinGroups row groups (gate/up,
-    // an int8 lm_head): with fewer, the one wave of blocks ends unevenly (o_proj's and down_proj's
+    // When switched on: the bulk path where each of its blocks streams at least kQGemvBulkMinGroups
+    // row groups (gate/up, an int8 lm_head): with fewer, the one wave of blocks ends unevenly (o_proj's and down_proj's
     // 512 groups on 396 blocks: 2 for some, 1 for most), and the registers path was faster there
     // (H200, benchmarks/NOTES.md session 10). The rows above stay as its fallback.
     if (const int p = qgemv_bulk_stages(); p > 0) {
@@ -887,7 +891,8 @@ void launch_qgemv_int8_bulk_kernel(const QGemvConfig& c, const X* x, QGemvArgs a
 // The bulk path with `c.stages`, or those of `LIMARP_CUDA_QGEMV_BULK`, or 2.
 template <class X>
 void launch_qgemv_int8_bulk(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
-    const int p = c.stages > 0 ? c.stages : (qgemv_bulk_stages() > 0 ? qgemv_bulk_stages() : kQGemvBulkDefaultStages);
+    const int p =
+        c.stages > 0 ? c.stages : (qgemv_bulk_stages() > 0 ? qgemv_bulk_stages() : kQGemvBulkDefaultStages);
     const bool lora = qgemv_uses_lora(a);
     switch (p) {
         case 2: return lora ? launch_qgemv_int8_bulk_kernel<2, X, true>(c, x, a, stream)
