@@ -8,15 +8,18 @@
 #          [--threads T (2)] [--rounds R (2)] [--quants "q8_0 int8"] [--fa on|off (on)] [--depth 0|P (0)]
 #          [--output q8_0|bf16 (q8_0)] [--gguf FILE] [--out-dir DIR]
 # Programs and files (flags or environment; defaults: this checkout's builds):
-#   --llama-bench PATH  $LLAMA_BENCH      .cache/llama.cpp/build-native/bin/llama-bench (scripts/fetch_llama_cpp.sh)
+#   --llama-bench PATH[,PATH2...]  $LLAMA_BENCH  .cache/llama.cpp/build-native/bin/llama-bench
+#                       (scripts/fetch_llama_cpp.sh); several: each runs in every round, named by its build
+#                       folder, and the ratios are to the first
 #   --ours PATH         $BENCH_MODEL_CPU  build/bin/bench_model_cpu
 #   --make-gguf PATH    $BENCH_MAKE_GGUF  next to --ours: bench_make_gguf
 #   --tokenizer PATH    $LIMARP_TOKENIZER .cache/mistral-tokenizer.model (scripts/setup.sh)
 #   --gguf FILE         $PEER_GGUF        <out-dir>/random-mistral7b-L<N>-<output>.gguf, made by bench_make_gguf
 #                                         when missing (7.7 GB at 32 layers, about a minute per 10 layers)
 #   --out-dir DIR       $PEER_OUT         .cache/peer (raw JSON of every run, the GGUF, the table)
-# On another machine carry llama-bench with the libgomp.so.1 next to it (build-<variant>/bin/),
-# bench_model_cpu, bench_make_gguf and tokenizer.model; pin with `taskset -c 0,1 benchmarks/...`.
+# On another machine carry llama-bench (an OpenMP build with the libgomp.so.1 next to it:
+# build-<variant>-omp/bin/), bench_model_cpu, bench_make_gguf and tokenizer.model; pin with
+# `taskset -c 0,1 benchmarks/cpu_peer_llama_cpp.sh ...`.
 #
 # What is timed. llama.cpp: llama-bench -p P -n D -t T -fa on -r 1 per round (its own warm-up run
 # first; pp = P prompt tokens in one batch (ubatch 512) from an empty cache; tg = D tokens one by one
@@ -49,11 +52,10 @@ done
 MAKE_GGUF="${MAKE_GGUF:-$(dirname "$OURS")/bench_make_gguf}"
 GGUF="${GGUF:-$OUT/random-mistral7b-L$LAYERS-$OUTPUT.gguf}"
 log() { printf '[peer] %s\n' "$*" >&2; }
-for f in "$LLAMA_BENCH" "$OURS"; do [[ -x $f ]] || { log "not executable: $f"; exit 1; }; done
+IFS=, read -r -a LLAMAS <<< "$LLAMA_BENCH"
+for f in "${LLAMAS[@]}" "$OURS"; do [[ -x $f ]] || { log "not executable: $f"; exit 1; }; done
 command -v python3 >/dev/null || { log "python3 is needed for the table"; exit 1; }
 mkdir -p "$OUT"
-# llama-bench's libgomp travels next to it (scripts/fetch_llama_cpp.sh copies it there)
-export LD_LIBRARY_PATH="$(dirname "$LLAMA_BENCH")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 if [[ ! -s $GGUF ]]; then
   [[ -x $MAKE_GGUF ]] || { log "no $GGUF and no bench_make_gguf at $MAKE_GGUF"; exit 1; }
@@ -70,18 +72,20 @@ runs="$OUT/runs-$stamp.jsonl"
 log "cpu: $cpu; flags: $flags; affinity: $(taskset -pc $$ 2>/dev/null | sed 's/.*: //')"
 log "layers $LAYERS, prompt $PROMPT, decode $DECODE, threads $THREADS, rounds $ROUNDS; raw runs: $runs"
 
-run_llama() { # round
-  local j load; load=$(cut -d' ' -f1 /proc/loadavg)
-  log "round $1: llama-bench (load $(cut -d' ' -f1-3 /proc/loadavg))"
-  j=$("$LLAMA_BENCH" -m "$GGUF" -p "$PROMPT" -n "$DECODE" -t "$THREADS" -fa "$FA" -d "$DEPTH" -r 1 -o json \
-    2>/dev/null)
+run_llama() { # round index-in-LLAMAS
+  local j load bin=${LLAMAS[$2]} name; load=$(cut -d' ' -f1 /proc/loadavg)
+  name="llama.cpp $(basename "$(dirname "$(dirname "$bin")")")"
+  log "round $1: $name (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  # an OpenMP build's libgomp travels next to it (scripts/fetch_llama_cpp.sh copies it there)
+  j=$(LD_LIBRARY_PATH="$(dirname "$bin")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$bin" -m "$GGUF" \
+    -p "$PROMPT" -n "$DECODE" -t "$THREADS" -fa "$FA" -d "$DEPTH" -r 1 -o json 2>/dev/null)
   python3 -c 'import json,sys
-rs = json.loads(sys.argv[2]); out = {"engine": "llama.cpp", "round": int(sys.argv[1]), "load": sys.argv[3]}
+rs = json.loads(sys.argv[2]); out = {"engine": sys.argv[4], "round": int(sys.argv[1]), "load": sys.argv[3]}
 for r in rs:
     out["pp" if r["n_gen"] == 0 else "tg"] = r["avg_ts"]
 out["build"] = rs[0].get("build_commit", "") + " (" + str(rs[0].get("build_number", "")) + ")"
 out["cpu_info"] = rs[0].get("cpu_info", ""); out["type"] = rs[0].get("model_type", "")
-print(json.dumps(out))' "$1" "$j" "$load" | tee -a "$runs" >&2
+print(json.dumps(out))' "$1" "$j" "$load" "$name" | tee -a "$runs" >&2
 }
 run_ours() { # round quant
   local j load; load=$(cut -d' ' -f1 /proc/loadavg)
@@ -94,12 +98,12 @@ print(json.dumps({"engine": "limarp " + sys.argv[2], "round": int(sys.argv[1]), 
     "$1" "$2" "$j" "$load" | tee -a "$runs" >&2
 }
 
-engines=(llama $QUANTS)
+engines=(); for i in "${!LLAMAS[@]}"; do engines+=("llama$i"); done; engines+=($QUANTS)
 for ((r = 1; r <= ROUNDS; r++)); do
   n=${#engines[@]}
   for ((i = 0; i < n; i++)); do
     e=${engines[$(((i + r - 1) % n))]}
-    if [[ $e == llama ]]; then run_llama "$r"; else run_ours "$r" "$e"; fi
+    if [[ $e == llama* ]]; then run_llama "$r" "${e#llama}"; else run_ours "$r" "$e"; fi
   done
 done
 
@@ -110,7 +114,7 @@ layers, prompt, decode, threads, fa, depth, output = sys.argv[2:9]
 by = {}
 for r in runs:
     by.setdefault(r["engine"], []).append(r)
-ll = by.pop("llama.cpp")
+ll = next(v for k, v in by.items() if k.startswith("llama.cpp"))
 med = lambda rs, k: statistics.median(x[k] for x in rs)
 lpp, ltg = med(ll, "pp"), med(ll, "tg")
 loads = [float(r["load"]) for r in runs]
@@ -121,7 +125,6 @@ print()
 print(f"| engine | pp{prompt} tok/s | tg{decode} tok/s | pp ratio | tg ratio | rounds (pp / tg) |")
 print("| --- | ---: | ---: | ---: | ---: | --- |")
 fmt = lambda rs, k: ", ".join(f"{x[k]:.2f}" for x in rs)
-print(f"| llama.cpp Q8_0 | {lpp:.2f} | {ltg:.2f} | 1.00 | 1.00 | {fmt(ll, 'pp')} / {fmt(ll, 'tg')} |")
 for e, rs in by.items():
     pp, tg = med(rs, "pp"), med(rs, "tg")
     print(f"| {e} | {pp:.2f} | {tg:.2f} | {pp / lpp:.2f} | {tg / ltg:.2f} | {fmt(rs, 'pp')} / {fmt(rs, 'tg')} |")

@@ -15,9 +15,11 @@
 #                   AVX-512 CPU; the AMX path switches itself off where the kernel does not grant AMX.
 #   avx512          the same without AMX (AVX-512 F/CD/VL/DQ/BW, VBMI, VNNI, BF16): the peer as it ran
 #                   before ggml used AMX, and on AVX-512 CPUs without it (Ice Lake, Zen 4)
-# Environment: LIMARP_CACHE (default <repo>/.cache), LLAMA_OPENMP=ON|OFF (default ON, llama.cpp's
-#   default: ggml's threads are OpenMP's; the binary then needs libgomp.so.1, which is copied next
-#   to it, so that carrying build-<variant>/bin/ is enough), LLAMA_JOBS (default nproc).
+# Environment: LIMARP_CACHE (default <repo>/.cache), LLAMA_JOBS (default nproc), LLAMA_OPENMP=OFF|ON
+#   (default OFF: ggml's own thread pool, no libgomp to carry, and on the 2-vCPU dev VM 5-11% faster
+#   than OpenMP at 2 threads (benchmarks/NOTES.md, session 11). ON, llama.cpp's own default, builds
+#   into build-<variant>-omp and copies libgomp.so.1 next to the binary, so that carrying
+#   build-<variant>-omp/bin/ is enough; cpu_peer_llama_cpp.sh sets LD_LIBRARY_PATH to that folder).
 # The binaries link glibc and libstdc++ dynamically like ours (the host needs glibc >= this one's).
 set -euo pipefail
 
@@ -27,7 +29,7 @@ PKG=node-llama-cpp
 VER=3.22.1
 TGZ_SHA256=a0d9dd80eacd2ab1cfe71aee57ac8a806487fd70b3d2a38fbec637752d9e5c5f
 SRC="$CACHE/llama.cpp"
-OPENMP="${LLAMA_OPENMP:-ON}"
+OPENMP="${LLAMA_OPENMP:-OFF}"
 JOBS="${LLAMA_JOBS:-$(nproc)}"
 
 log() { printf '[fetch_llama_cpp] %s\n' "$*"; }
@@ -84,6 +86,7 @@ fi
 export CCACHE_BASEDIR="$SRC"  # variants share the object files that do not depend on the CPU flags
 for v in "${variants[@]}"; do
   bdir="$SRC/build-$v"
+  [[ $OPENMP == OFF ]] || bdir+=-omp
   flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
          -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON)
   case $v in
