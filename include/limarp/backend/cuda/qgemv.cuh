@@ -175,7 +175,7 @@ struct QGemvConfig {
     /// writes before reading x, z or y, so the previous kernel must not write the weight.
     bool programmatic = false;
     /// `QGemvLoad::Bulk`: stages of the ring, 2, 3 or 4 (0: `qgemv_bulk_stages()`, or 2 when that
-    /// is off)
+    /// is off); other values make the launch throw ArgumentError
     int stages = 0;
 };
 
@@ -849,18 +849,28 @@ inline int qgemv_grid(QGemvArgs& a) {
     return blocks;
 }
 
+// The launch configuration of both GEMV launchers: grid, block, dynamic shared memory, stream, and
+// programmatic stream serialization (detail/pdl.cuh) when `c.programmatic` on sm_90 and newer
+// (the attribute lives in `attr`, which must outlive the launch).
+inline cudaLaunchConfig_t qgemv_launch_config(const QGemvConfig& c, int blocks, int threads, int smem,
+                                              cudaStream_t stream, cudaLaunchAttribute& attr) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+    cfg.blockDim = dim3(static_cast<unsigned>(threads));
+    cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
+    cfg.stream = stream;
+    attr = cudaLaunchAttribute{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = c.programmatic && device_info().compute_capability >= 90 ? 1 : 0;  // sm_90 feature
+    return cfg;
+}
+
 template <int R, class X, QGemvLoad L>
 void launch_qgemv_int8_kernel(const QGemvConfig& c, const X* x, QGemvArgs a, cudaStream_t stream) {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(static_cast<unsigned>(qgemv_grid<R>(a)));
-    cfg.blockDim = dim3(kQGemvThreads);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1]{};
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = c.programmatic && device_info().compute_capability >= 90 ? 1 : 0;  // sm_90 feature
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = qgemv_launch_config(c, qgemv_grid<R>(a), kQGemvThreads, 0, stream, attr);
     // kLora: an instance that holds the LoRA chunks in registers; the base GEMV keeps its count.
     // At R = 4 its registers are capped so that 8 blocks fit a multiprocessor, as the base
     // kernel's do: o_proj's and down_proj's 1,024 blocks then run in one wave (7 blocks a
@@ -874,21 +884,16 @@ void launch_qgemv_int8_bulk_kernel(const QGemvConfig& c, const X* x, QGemvArgs a
     const int n_groups = qgemv_grid<kQGemvBulkRows>(a);  // fills a.block_end in groups of 8 rows
     const int smem = qgemv_bulk_smem(P, kLora);
     const int per_sm = qgemv_bulk_blocks_per_sm<P, X, kLora>(smem);
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(static_cast<unsigned>(std::max(1, std::min(n_groups, per_sm * device_info().sm_count))));
-    cfg.blockDim = dim3(kQGemvBulkThreads);
-    cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1]{};
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = c.programmatic ? 1 : 0;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg =
+        qgemv_launch_config(c, std::max(1, std::min(n_groups, per_sm * device_info().sm_count)), kQGemvBulkThreads,
+                            smem, stream, attr);
     LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_int8_bulk_kernel<P, X, kLora>, x, a, n_groups));
     LIMARP_CUDA_CHECK_LAUNCH();
 }
 
-// The bulk path with `c.stages`, or those of `LIMARP_CUDA_QGEMV_BULK`, or 2.
+// The bulk path with `c.stages`, or those of `LIMARP_CUDA_QGEMV_BULK`, or 2. \throws ArgumentError for
+// c.stages other than 0 (the default), 2, 3 or 4
 template <class X>
 void launch_qgemv_int8_bulk(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
     const int p =
@@ -899,8 +904,11 @@ void launch_qgemv_int8_bulk(const QGemvConfig& c, const X* x, const QGemvArgs& a
                             : launch_qgemv_int8_bulk_kernel<2, X, false>(c, x, a, stream);
         case 3: return lora ? launch_qgemv_int8_bulk_kernel<3, X, true>(c, x, a, stream)
                             : launch_qgemv_int8_bulk_kernel<3, X, false>(c, x, a, stream);
-        default: return lora ? launch_qgemv_int8_bulk_kernel<4, X, true>(c, x, a, stream)
-                             : launch_qgemv_int8_bulk_kernel<4, X, false>(c, x, a, stream);
+        case 4: return lora ? launch_qgemv_int8_bulk_kernel<4, X, true>(c, x, a, stream)
+                            : launch_qgemv_int8_bulk_kernel<4, X, false>(c, x, a, stream);
+        default:
+            throw ArgumentError("qgemv_int8: the bulk path takes 2, 3 or 4 stages (or 0 for the default), got " +
+                                std::to_string(c.stages));
     }
 }
 
@@ -921,9 +929,13 @@ void launch_qgemv_int8_rows(const QGemvConfig& c, const X* x, const QGemvArgs& a
 /// Launches the GEMV kernel over the parts of `a` (see QGemvArgs; `a.block_end` is filled in
 /// here) in configuration `c` on `stream` and checks the launch. The tests and the benchmark call
 /// it to cover and compare every configuration; everything else goes through `ops::qgemv_int8*`.
-/// \throws ArgumentError for rows not in {1, 2, 4, 8} (1 when gated); CudaError when the launch fails
+/// \throws ArgumentError for rows not in {1, 2, 4, 8} (1 when gated), or with `QGemvLoad::Bulk` stages not
+/// in {0, 2, 3, 4}; CudaError when the launch fails
 template <class X>
 void launch_qgemv_int8(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
+    if (c.load == QGemvLoad::Bulk && !(c.stages == 0 || (c.stages >= 2 && c.stages <= 4)))
+        throw ArgumentError("qgemv_int8: the bulk path takes 2, 3 or 4 stages (or 0 for the default), got " +
+                            std::to_string(c.stages));
     if (c.load == QGemvLoad::Bulk && qgemv_bulk_fits(a))
         launch_qgemv_int8_bulk(c, x, a, stream);
     else if (c.load == QGemvLoad::Registers || c.load == QGemvLoad::Bulk)
