@@ -54,11 +54,10 @@ public:
     void forward(float* y /*[T, d_model]*/, const float* x /*[T, d_model]*/, std::int64_t T,
                  const std::int64_t* positions /*[T]: p0..p0+T-1*/, KvLayer cache) {
         const std::int64_t qd = shape_.n_heads * shape_.head_dim, kvd = shape_.n_kv_heads * shape_.head_dim;
-        using Mem = BackendMemory<B>;
-        float* qb = Mem::ensure(q_buf_, T * qd);
-        float* ob = Mem::ensure(o_buf_, T * qd);
-        float* kb = Mem::ensure(k_buf_, T * kvd);
-        float* vb = Mem::ensure(v_buf_, T * kvd);
+        float* qb = q_buf_.ensure(T * qd);
+        float* ob = o_buf_.ensure(T * qd);
+        float* kb = k_buf_.ensure(T * kvd);
+        float* vb = v_buf_.ensure(T * kvd);
         bool fused = false;  // q/k/v in one pass where the projection type has that form
         if constexpr (requires { { Proj::try_forward_qkv(q_, qb, k_, kb, v_, vb, x, T) } -> std::convertible_to<bool>; })
             fused = Proj::try_forward_qkv(q_, qb, k_, kb, v_, vb, x, T);
@@ -80,7 +79,7 @@ public:
             ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity, positions, T, shape_,
                                       score_scale());
         }
-        o_.forward(y, o_buf_.data(), T);
+        o_.forward(y, ob, T);
     }
 
     /// What `forward_train` keeps for `backward`, and the backward's scratch: one block's
@@ -170,7 +169,9 @@ private:
     Proj q_, k_, v_, o_;
     Rotary<B> rope_;
     ops::AttentionShape shape_{};
-    Buffer<B, float> q_buf_, k_buf_, v_buf_, o_buf_;
+    // per-call working buffers, shared with the other layers' (SharedScratch)
+    SharedScratch<B, float> q_buf_{ScratchSlot::attn_q}, k_buf_{ScratchSlot::attn_k}, v_buf_{ScratchSlot::attn_v},
+        o_buf_{ScratchSlot::attn_o};
 };
 
 }  // namespace limarp

@@ -103,11 +103,11 @@ private:
     /// g_ [T, d_ff] = silu(gate(x)) * up(x) (the input of down_proj).
     void forward_hidden(const float* x, std::int64_t T) {
         const std::int64_t d_ff = gate_.out_features();
-        float* g = BackendMemory<B>::ensure(g_, T * d_ff);
+        float* g = g_.ensure(T * d_ff);
         if constexpr (requires { { Proj::try_forward_swiglu(gate_, up_, g, x, T) } -> std::convertible_to<bool>; }) {
             if (Proj::try_forward_swiglu(gate_, up_, g, x, T)) return;
         }
-        float* u = BackendMemory<B>::ensure(u_, T * d_ff);
+        float* u = u_.ensure(T * d_ff);
         bool pair = false;  // gate and up from one preparation of x where the projection type can
         if constexpr (requires { { Proj::try_forward_pair(gate_, g, up_, u, x, T) } -> std::convertible_to<bool>; })
             pair = Proj::try_forward_pair(gate_, g, up_, u, x, T);
@@ -119,7 +119,8 @@ private:
     }
 
     Proj gate_, up_, down_;
-    Buffer<B, float> g_, u_;
+    // per-call working buffers, shared with the other layers' (SharedScratch)
+    SharedScratch<B, float> g_{ScratchSlot::mlp_hidden}, u_{ScratchSlot::mlp_up};
 };
 
 }  // namespace limarp

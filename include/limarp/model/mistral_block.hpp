@@ -51,8 +51,8 @@ public:
     /// `x`, `positions` and the cache are in the backend's memory.
     void forward(float* x /*[T, d_model]*/, std::int64_t T, const std::int64_t* positions /*[T]*/, KvLayer cache) {
         const std::int64_t d = attn_.o_proj().out_features();
-        float* h = BackendMemory<B>::ensure(h_, T * d);
-        float* a = BackendMemory<B>::ensure(a_, T * d);
+        float* h = h_.ensure(T * d);
+        float* a = a_.ensure(T * d);
         norm1_.forward(h, x, T);
         attn_.forward(a, h, T, positions, cache);
         if constexpr (requires { norm2_.forward_add(h, x, a, T); }) {
@@ -135,7 +135,7 @@ private:
     attention_type attn_;
     NormT norm2_;
     MlpT mlp_;
-    Buffer<B, float> h_, a_;
+    SharedScratch<B, float> h_{ScratchSlot::block_normed}, a_{ScratchSlot::block_branch};  // per call
 };
 
 }  // namespace limarp
