@@ -67,20 +67,19 @@ public:
         if (need <= capacity_ || (max_capacity_ > 0 && capacity_ >= max_capacity_)) return;
         std::int64_t c = std::max(need, 2 * capacity_);
         if (max_capacity_ > 0) c = std::min(c, max_capacity_);
-        // invariant: below max capacity the ring has not wrapped, so slot == position
-        std::vector<Buffer<B, float>> k2, v2;
-        for (std::int64_t l = 0; l < n_layers_; ++l) {
-            Buffer<B, float> nk, nv;
-            BackendMemory<B>::ensure(nk, c * kv_dim_);
-            BackendMemory<B>::ensure(nv, c * kv_dim_);
-            const std::int64_t rows = std::min(n_past(), capacity_) * kv_dim_;
-            BackendMemory<B>::copy(nk.data(), k_[l].data(), rows);
-            BackendMemory<B>::copy(nv.data(), v_[l].data(), rows);
-            k2.push_back(std::move(nk));
-            v2.push_back(std::move(nv));
-        }
-        k_ = std::move(k2);
-        v_ = std::move(v2);
+        // invariant: below max capacity the ring has not wrapped, so slot == position.
+        // One ring at a time, the old one freed before the next grows: the peak is the new cache
+        // plus one old ring, not old + new (at 32 layers x 4095 rows of 1024 f32 keys and values,
+        // 0.5 GB less). When an allocation throws, the rings already grown hold the same rows
+        // and capacity_ is still the old one, so the cache stays usable as it was.
+        const std::int64_t rows = std::min(n_past(), capacity_) * kv_dim_;
+        for (auto* rings : {&k_, &v_})
+            for (std::int64_t l = 0; l < n_layers_; ++l) {
+                Buffer<B, float> grown;
+                BackendMemory<B>::ensure(grown, c * kv_dim_);
+                BackendMemory<B>::copy(grown.data(), (*rings)[static_cast<std::size_t>(l)].data(), rows);
+                (*rings)[static_cast<std::size_t>(l)] = std::move(grown);
+            }
         capacity_ = c;
     }
 
