@@ -12,7 +12,9 @@
 #   sapphirerapids  GGML_NATIVE=OFF with every x86 feature ggml's CMake offers that Sapphire Rapids has:
 #                   AVX2/FMA/F16C/BMI2, AVX-VNNI, AVX512 F/CD/VL/DQ/BW, VBMI, VNNI, BF16, AMX TILE/INT8/BF16
 #                   (what GGML_NATIVE gives on that CPU). Builds on any x86-64 host, runs only on an
-#                   AVX-512 CPU; the AMX path switches itself off where the kernel does not grant AMX.
+#                   AVX-512 CPU. Observed (benchmarks/NOTES.md, session 12): on the GPU machine's Xeon,
+#                   whose lscpu lists amx_tile/amx_int8, this build stopped with SIGILL at its first run;
+#                   use avx512 there.
 #   avx512          the same without AMX (AVX-512 F/CD/VL/DQ/BW, VBMI, VNNI, BF16): the peer as it ran
 #                   before ggml used AMX, and on AVX-512 CPUs without it (Ice Lake, Zen 4)
 # Environment: LIMARP_CACHE (default <repo>/.cache), LLAMA_JOBS (default nproc), LLAMA_OPENMP=OFF|ON
