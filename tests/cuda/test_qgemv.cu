@@ -463,12 +463,13 @@ BOOST_AUTO_TEST_CASE(errors_name_the_call_and_the_tensor) {
     BOOST_CHECK_THROW(limarp::cuda_detail::launch_qgemv_int8(limarp::cuda_detail::QGemvConfig{3}, y.data(),
                                                              small.data(), dw, false, nullptr),
                       limarp::ArgumentError);
+    DeviceBuffer<float> x32(32, "x");  // dw's n_in: a launch that got through would stay in bounds
     for (const int stages : {1, 5, -1}) {  // the bulk path's ring: 2, 3 or 4 stages (0: the default)
         limarp::cuda_detail::QGemvConfig bulk{};
         bulk.load = limarp::cuda_detail::QGemvLoad::Bulk;
         bulk.stages = stages;
         try {
-            limarp::cuda_detail::launch_qgemv_int8(bulk, y.data(), small.data(), dw, false, nullptr);
+            limarp::cuda_detail::launch_qgemv_int8(bulk, y.data(), x32.data(), dw, false, nullptr);
             BOOST_FAIL("bulk stages " << stages << " did not throw");
         } catch (const limarp::ArgumentError& e) {
             BOOST_TEST(has(e.what(), "2, 3 or 4 stages"));

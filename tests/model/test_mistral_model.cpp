@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/fixtures.hpp"
@@ -110,37 +112,49 @@ BOOST_AUTO_TEST_CASE(chunked_and_token_by_token_agree) {
 }
 
 // The layers' per-call working buffers are shared by all layers of all models on a thread
-// (SharedScratch): two models of different shapes, stepped in turn on one thread, each give the
+// (SharedScratch): two models of different shapes, stepped in turn on a fresh thread (its buffers
+// start empty and grow between the two models' calls as the chunks lengthen), each give the
 // logits of its own uninterrupted run.
 BOOST_AUTO_TEST_CASE(models_stepped_in_turn_share_working_buffers_safely) {
-    SharedScratch<Cpu<>, float> a(ScratchSlot::mlp_hidden), b(ScratchSlot::mlp_hidden), c(ScratchSlot::mlp_up);
-    float* pa = a.ensure(64);
-    float* pb = b.ensure(16);  // no larger: the same memory
-    BOOST_TEST(pa == pb);      // one buffer per slot
-    BOOST_TEST(c.ensure(64) != pa);
-
     Model m1 = load("swa_long"), m2 = load("full_attn_hd");
     BOOST_REQUIRE(m1.config().d_model != m2.config().d_model || m1.config().d_ff != m2.config().d_ff);
     const auto ids1 = test::ids_of(test::golden_json("swa_long"), "ids");
     const auto ids2 = test::ids_of(test::golden_json("full_attn_hd"), "ids");
-    const Tensor<float> whole1 = m1.logits(ids1), whole2 = m2.logits(ids2);
+    const Tensor<float> whole1 = m1.logits(ids1), whole2 = m2.logits(ids2);  // this thread's buffers
     const std::int64_t V1 = m1.config().vocab, V2 = m2.config().vocab;
-    KvCache c1 = m1.make_cache(), c2 = m2.make_cache();
     Tensor<float> s1({static_cast<std::int64_t>(ids1.size()), V1}), s2({static_cast<std::int64_t>(ids2.size()), V2});
-    std::size_t t1 = 0, t2 = 0, len = 1;
-    while (t1 < ids1.size() || t2 < ids2.size()) {  // uneven chunks in turn: buffers grow and shrink in use
-        if (t1 < ids1.size()) {
-            const std::size_t n = std::min(len, ids1.size() - t1);
-            m1.forward(s1.data() + t1 * V1, std::span(ids1).subspan(t1, n), c1, LogitsRows::All);
-            t1 += n;
+    bool shared = false, distinct = false;
+    std::exception_ptr failed;
+    std::thread([&] {
+        try {
+            SharedScratch<Cpu<>, float> a(ScratchSlot::mlp_hidden), b(ScratchSlot::mlp_hidden), c(ScratchSlot::mlp_up);
+            float* pa = a.ensure(4);
+            float* pb = b.ensure(2);  // no larger: the same memory
+            shared = pa == pb;        // one buffer per slot
+            distinct = c.ensure(4) != pa;
+            SharedScratch<Cpu<>, float>::release_all();  // empty again: the models below grow them
+            KvCache c1 = m1.make_cache(), c2 = m2.make_cache();
+            std::size_t t1 = 0, t2 = 0, len = 1;
+            while (t1 < ids1.size() || t2 < ids2.size()) {
+                if (t1 < ids1.size()) {
+                    const std::size_t n = std::min(len, ids1.size() - t1);
+                    m1.forward(s1.data() + t1 * V1, std::span(ids1).subspan(t1, n), c1, LogitsRows::All);
+                    t1 += n;
+                }
+                if (t2 < ids2.size()) {
+                    const std::size_t n = std::min(len + 2, ids2.size() - t2);
+                    m2.forward(s2.data() + t2 * V2, std::span(ids2).subspan(t2, n), c2, LogitsRows::All);
+                    t2 += n;
+                }
+                ++len;  // longer chunks: the shared buffers grow (and move) between the models' calls
+            }
+        } catch (...) {
+            failed = std::current_exception();
         }
-        if (t2 < ids2.size()) {
-            const std::size_t n = std::min(len + 2, ids2.size() - t2);
-            m2.forward(s2.data() + t2 * V2, std::span(ids2).subspan(t2, n), c2, LogitsRows::All);
-            t2 += n;
-        }
-        len = len % 6 + 1;
-    }
+    }).join();
+    if (failed) std::rethrow_exception(failed);
+    BOOST_TEST(shared);
+    BOOST_TEST(distinct);
     BOOST_CHECK_LE(test::max_rel_err(s1.data(), whole1.data(), whole1.size()), 1e-5);
     BOOST_CHECK_LE(test::max_rel_err(s2.data(), whole2.data(), whole2.size()), 1e-5);
 }
@@ -148,7 +162,8 @@ BOOST_AUTO_TEST_CASE(models_stepped_in_turn_share_working_buffers_safely) {
 // The tests above must be able to fail: a wrong mask (the W+1 window convention) or a
 // wrong rotary base makes the logits miss the reference by far more than the tolerance.
 BOOST_AUTO_TEST_CASE(negative_controls_wrong_mask_or_rope_fail) {
-    Model wrong_mask = load("swa_long", [](MistralConfig& c) { c.window_convention = WindowConvention::MistralInference; });
+    Model wrong_mask =
+        load("swa_long", [](MistralConfig& c) { c.window_convention = WindowConvention::MistralInference; });
     const double e_mask = logits_error(wrong_mask, "swa_long");
     Model wrong_rope = load("swa_long", [](MistralConfig& c) { c.rope_theta *= 2; });
     const double e_rope = logits_error(wrong_rope, "swa_long");

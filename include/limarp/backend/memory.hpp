@@ -15,7 +15,8 @@
 /// - `step_cache` and `run_step(cache, key, body, key_now)`: how a model step runs (the CPU calls
 ///   `body()`; CUDA records it once into a CUDA graph and replays it while `key` stays the same,
 ///   see `StepKey`).
-/// `Buffer<B, T>` is the buffer type. The CPU specialisation is here; a backend without one is a
+/// `SharedScratch<B, T>` (below) gives a layer a per-call working buffer that all layers on the
+/// thread share. `Buffer<B, T>` is the buffer type. The CPU specialisation is here; a backend without one is a
 /// compile error ("incomplete type BackendMemory<...>"): link its library (limarp::cuda).
 
 #include <algorithm>
@@ -104,7 +105,7 @@ enum class ScratchSlot : int {
     attn_o,        ///< GqaAttention: attention output, o_proj's input [T, n_heads * head_dim]
     mlp_hidden,    ///< SwiGluMlp: silu(gate) * up, down_proj's input [T, d_ff]
     mlp_up,        ///< SwiGluMlp: up(x) [T, d_ff]
-    count_         ///< number of slots
+    count          ///< number of slots (not a slot)
 };
 
 /// A layer's per-call working buffer, shared with every other layer's buffer of the same slot
@@ -116,22 +117,31 @@ enum class ScratchSlot : int {
 /// slot's memory (like `BackendMemory<B>::ensure`; on CUDA freeing it bumps `backend_epoch()`, so
 /// recorded step graphs are made again). Not for data kept between calls, nor for two buffers of
 /// one slot in use at once (`forward` of a layer must not call another layer's `forward` that
-/// uses its own slot: the slots above are distinct per role, so the Mistral layers nest safely).
+/// uses its own slot: the slots above are distinct per role, so the Mistral layers nest safely;
+/// a user layer that nests inside them, e.g. a `Linear` used as down_proj, must keep its own
+/// buffers rather than take one of these slots). The memory stays with the thread after the
+/// models are gone until `release_all` (on CUDA: device memory).
 template <class B, class T>
 class SharedScratch {
 public:
     /// The buffer of `slot` on the calling thread.
-    explicit SharedScratch(ScratchSlot slot = ScratchSlot::block_normed) noexcept : slot_(slot) {}
+    explicit SharedScratch(ScratchSlot slot) noexcept : slot_(slot) {}
     /// Grows the slot's buffer to >= n elements (contents not kept); returns its data.
-    T* ensure(std::int64_t n) { return BackendMemory<B>::ensure(buffer(), n); }
+    T* ensure(std::int64_t n) { return BackendMemory<B>::ensure(pool()[index()], n); }
     /// The slot's data (as last grown by `ensure` on this thread).
-    T* data() { return buffer().data(); }
+    T* data() { return pool()[index()].data(); }
+    /// Frees every slot's buffer of this backend and element type on the calling thread (the next
+    /// `ensure` allocates again), e.g. after the last model of a thread is destroyed.
+    static void release_all() {
+        for (auto& b : pool()) b = Buffer<B, T>{};
+    }
 
 private:
-    Buffer<B, T>& buffer() {
-        thread_local std::array<Buffer<B, T>, static_cast<std::size_t>(ScratchSlot::count_)> pool;
-        return pool[static_cast<std::size_t>(slot_)];
+    static std::array<Buffer<B, T>, static_cast<std::size_t>(ScratchSlot::count)>& pool() {
+        thread_local std::array<Buffer<B, T>, static_cast<std::size_t>(ScratchSlot::count)> p;
+        return p;
     }
+    std::size_t index() const noexcept { return static_cast<std::size_t>(slot_); }
     ScratchSlot slot_;
 };
 

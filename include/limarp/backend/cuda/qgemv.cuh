@@ -906,9 +906,8 @@ void launch_qgemv_int8_bulk(const QGemvConfig& c, const X* x, const QGemvArgs& a
                             : launch_qgemv_int8_bulk_kernel<3, X, false>(c, x, a, stream);
         case 4: return lora ? launch_qgemv_int8_bulk_kernel<4, X, true>(c, x, a, stream)
                             : launch_qgemv_int8_bulk_kernel<4, X, false>(c, x, a, stream);
-        default:
-            throw ArgumentError("qgemv_int8: the bulk path takes 2, 3 or 4 stages (or 0 for the default), got " +
-                                std::to_string(c.stages));
+        default:  // launch_qgemv_int8 checked c.stages; the environment's value is 2-4
+            throw ArgumentError("qgemv_int8: the bulk path takes 2, 3 or 4 stages, got " + std::to_string(p));
     }
 }
 
