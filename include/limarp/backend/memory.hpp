@@ -16,8 +16,8 @@
 ///   `body()`; CUDA records it once into a CUDA graph and replays it while `key` stays the same,
 ///   see `StepKey`).
 /// `SharedScratch<B, T>` (below) gives a layer a per-call working buffer that all layers on the
-/// thread share. `Buffer<B, T>` is the buffer type. The CPU specialisation is here; a backend without one is a
-/// compile error ("incomplete type BackendMemory<...>"): link its library (limarp::cuda).
+/// thread share. `Buffer<B, T>` is the buffer type. The CPU specialisation is here; a backend
+/// without one is a compile error ("incomplete type BackendMemory<...>"): link its library (limarp::cuda).
 
 #include <algorithm>
 #include <array>
@@ -112,8 +112,8 @@ enum class ScratchSlot : int {
 /// on this thread: the layers of a model run one after the other and each needs its buffers
 /// only inside its `forward`, so layer i + 1 reuses layer i's memory. A 32-layer Mistral-7B then
 /// holds one layer's prefill working set (about 48 MB at 256 tokens a chunk) instead of 32 (about
-/// 1.5 GB). The buffers live until the thread ends (one set per thread and element type; on CUDA
-/// on the device current when a slot first grows: one device per thread). `ensure` may move the
+/// 1.5 GB). One set per thread and element type (on CUDA each growth allocates on the device
+/// current at that moment: use one device per thread). `ensure` may move the
 /// slot's memory (like `BackendMemory<B>::ensure`; on CUDA freeing it bumps `backend_epoch()`, so
 /// recorded step graphs are made again). Not for data kept between calls, nor for two buffers of
 /// one slot in use at once (`forward` of a layer must not call another layer's `forward` that

@@ -892,6 +892,12 @@ void launch_qgemv_int8_bulk_kernel(const QGemvConfig& c, const X* x, QGemvArgs a
     LIMARP_CUDA_CHECK_LAUNCH();
 }
 
+// The error for a bulk stage count other than 2, 3 or 4 (0 in a QGemvConfig: the default).
+inline ArgumentError qgemv_bulk_stages_error(int stages) {
+    return ArgumentError("qgemv_int8: the bulk path takes 2, 3 or 4 stages (or 0 for the default), got " +
+                         std::to_string(stages));
+}
+
 // The bulk path with `c.stages`, or those of `LIMARP_CUDA_QGEMV_BULK`, or 2. \throws ArgumentError for
 // c.stages other than 0 (the default), 2, 3 or 4
 template <class X>
@@ -907,7 +913,7 @@ void launch_qgemv_int8_bulk(const QGemvConfig& c, const X* x, const QGemvArgs& a
         case 4: return lora ? launch_qgemv_int8_bulk_kernel<4, X, true>(c, x, a, stream)
                             : launch_qgemv_int8_bulk_kernel<4, X, false>(c, x, a, stream);
         default:  // launch_qgemv_int8 checked c.stages; the environment's value is 2-4
-            throw ArgumentError("qgemv_int8: the bulk path takes 2, 3 or 4 stages, got " + std::to_string(p));
+            throw qgemv_bulk_stages_error(p);
     }
 }
 
@@ -933,8 +939,7 @@ void launch_qgemv_int8_rows(const QGemvConfig& c, const X* x, const QGemvArgs& a
 template <class X>
 void launch_qgemv_int8(const QGemvConfig& c, const X* x, const QGemvArgs& a, cudaStream_t stream) {
     if (c.load == QGemvLoad::Bulk && !(c.stages == 0 || (c.stages >= 2 && c.stages <= 4)))
-        throw ArgumentError("qgemv_int8: the bulk path takes 2, 3 or 4 stages (or 0 for the default), got " +
-                            std::to_string(c.stages));
+        throw qgemv_bulk_stages_error(c.stages);
     if (c.load == QGemvLoad::Bulk && qgemv_bulk_fits(a))
         launch_qgemv_int8_bulk(c, x, a, stream);
     else if (c.load == QGemvLoad::Registers || c.load == QGemvLoad::Bulk)
