@@ -14,6 +14,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__unix__)
+#include <sys/mman.h>
+#endif
+
 #include "limarp/core/error.hpp"
 
 namespace limarp {
@@ -47,11 +51,42 @@ inline Shape contiguous_strides(const Shape& s) {
 /// Alignment, in bytes, of every `Tensor` allocation.
 inline constexpr std::size_t kTensorAlign = 64;
 
+/// Allocations of at least this many bytes map their own pages (POSIX `mmap`) instead of going
+/// through `operator new`: they come back zeroed and unmapped when freed, pages never written stay
+/// out of the resident set (a cache ring's unfilled rows), and they leave no holes in the malloc
+/// heap. glibc raises its mmap threshold to the size of each mapped block freed (up to 32 MiB), so
+/// without this the temporaries of loading a 7B model (bf16 weights before quantization) left
+/// ~0.18 GB of heap slack resident for good (benchmarks/NOTES.md, session 13).
+inline constexpr std::size_t kTensorMapBytes = std::size_t{1} << 20;
+
 /// \cond
 namespace detail {
+// Frees a Tensor's memory: munmap for mapped blocks (bytes >= kTensorMapBytes), else operator delete.
 struct AlignedFree {
-    void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t{kTensorAlign}); }
+    std::size_t bytes = 0;
+    void operator()(void* p) const noexcept {
+#if defined(__unix__)
+        if (bytes >= kTensorMapBytes) {
+            ::munmap(p, bytes);
+            return;
+        }
+#endif
+        ::operator delete(p, std::align_val_t{kTensorAlign});
+    }
 };
+// `bytes` zeroed bytes aligned to kTensorAlign (page-aligned when mapped). \throws std::bad_alloc.
+inline void* tensor_alloc(std::size_t bytes) {
+#if defined(__unix__)
+    if (bytes >= kTensorMapBytes) {
+        void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) throw std::bad_alloc();
+        return p;
+    }
+#endif
+    void* p = ::operator new(bytes, std::align_val_t{kTensorAlign});
+    std::memset(p, 0, bytes);
+    return p;
+}
 }  // namespace detail
 /// \endcond
 
@@ -171,9 +206,7 @@ private:
         const std::int64_t n = numel(shape_);
         if (n < 0) throw ShapeError("negative extent in shape " + shape_str(shape_));
         const std::size_t bytes = std::max<std::size_t>(static_cast<std::size_t>(n) * sizeof(T), kTensorAlign);
-        void* p = ::operator new(bytes, std::align_val_t{kTensorAlign});
-        std::memset(p, 0, bytes);
-        mem_.reset(p);
+        mem_ = std::unique_ptr<void, detail::AlignedFree>(detail::tensor_alloc(bytes), detail::AlignedFree{bytes});
     }
     Shape shape_;
     std::unique_ptr<void, detail::AlignedFree> mem_;

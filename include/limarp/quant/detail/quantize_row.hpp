@@ -16,11 +16,11 @@ namespace limarp {
 /// \cond
 namespace quant_detail {
 
-/// An uninitialised, 64-byte aligned, shared byte buffer (no zero fill: quantizers write every byte).
+/// A zeroed, 64-byte aligned, shared byte buffer (`Tensor`'s allocator: large ones map their own pages).
 inline std::shared_ptr<std::byte> make_buffer(std::size_t bytes) {
-    void* p = ::operator new(std::max<std::size_t>(bytes, 64), std::align_val_t{kTensorAlign});
-    return std::shared_ptr<std::byte>(static_cast<std::byte*>(p),
-                                      [](std::byte* q) { ::operator delete(q, std::align_val_t{kTensorAlign}); });
+    const std::size_t n = std::max<std::size_t>(bytes, 64);  // Tensor's allocator: large buffers map their own pages
+    return std::shared_ptr<std::byte>(static_cast<std::byte*>(limarp::detail::tensor_alloc(n)),
+                                      [n](std::byte* q) { limarp::detail::AlignedFree{n}(q); });
 }
 
 /// Row `r` of a float or bf16 matrix [*, n] converted to f32 in `out`.
