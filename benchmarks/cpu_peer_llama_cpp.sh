@@ -25,7 +25,8 @@
 # first; pp = P prompt tokens in one batch (ubatch 512) from an empty cache; tg = D tokens one by one
 # from an empty cache, or after --depth tokens). Ours: bench_model_cpu --prompt P --decode D (prefill
 # of P tokens after a warm-up prefill, then D greedy decode steps after the prompt, i.e. at context
-# P..P+D; the logits cross to the host and argmax picks). Our lm_head and embeddings are bf16 (262 MB
+# P..P+D; the logits cross to the host and argmax picks; a bf16 key/value cache, its default for
+# int8/q8_0 since session 13, where llama.cpp's is f16). Our lm_head and embeddings are bf16 (262 MB
 # each) while the GGUF's are Q8_0 (139 MB) unless --output bf16: at 32 layers 1.6% more bytes per
 # decoded token for ours, at 4 layers 11%. Pass --depth P to decode llama.cpp at our context too.
 set -euo pipefail

@@ -142,30 +142,41 @@ void BM_MatmulEigen(benchmark::State& state) {
 BENCHMARK(BM_MatmulEigen)->ArgNames({"T", "k", "n"})->Args({512, 4096, 4096})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Attention, Mistral heads (32 q / 8 kv, head_dim 128), window 4096 keys: T new tokens after p0
-// cached ones. FLOP/s counts 4 * keys * head_dim per (query, head) (q·k and p·v).
+// cached ones in an f32 ring (bf16 = 0) or a bf16 one (bf16 = 1: KvCache with DType::BF16).
+// FLOP/s counts 4 * keys * head_dim per (query, head) (q·k and p·v).
 void BM_Attention(benchmark::State& state) {
     const std::int64_t T = state.range(0), p0 = state.range(1), W = 4096;
+    const bool ring_bf16 = state.range(2) != 0;
     const ops::AttentionShape s{32, 8, 128, W};
     const std::int64_t qd = 32 * 128, kvd = 8 * 128, C = std::max<std::int64_t>(W - 1, 1);
     const auto q = random_floats(static_cast<std::size_t>(T * qd));
     const auto k = random_floats(static_cast<std::size_t>(T * kvd)), v = random_floats(static_cast<std::size_t>(T * kvd));
     const auto kc = random_floats(static_cast<std::size_t>(C * kvd)), vc = random_floats(static_cast<std::size_t>(C * kvd));
+    std::vector<bf16> kh(kc.size()), vh(vc.size());
+    for (std::size_t i = 0; i < kc.size(); ++i) kh[i].bits = f32_to_bf16(kc[i]), vh[i].bits = f32_to_bf16(vc[i]);
     std::vector<float> out(static_cast<std::size_t>(T * qd));
     double keys = 0;
     for (std::int64_t t = 0; t < T; ++t) keys += static_cast<double>(std::min(p0 + t + 1, W));
+    const float scale = 1.0f / std::sqrt(128.0f);
     for (auto _ : state) {
-        ops::attention_sliding_window(Bk{}, out.data(), q.data(), k.data(), v.data(), kc.data(), vc.data(), C, p0, T, s,
-                                      1.0f / std::sqrt(128.0f));
+        if (ring_bf16)
+            ops::attention_sliding_window(Bk{}, out.data(), q.data(), k.data(), v.data(), kh.data(), vh.data(), C, p0, T,
+                                          s, scale);
+        else
+            ops::attention_sliding_window(Bk{}, out.data(), q.data(), k.data(), v.data(), kc.data(), vc.data(), C, p0, T,
+                                          s, scale);
         benchmark::DoNotOptimize(out.data());
     }
     state.counters["GFLOP/s"] =
         benchmark::Counter(4e-9 * keys * 32 * 128, benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_Attention)
-    ->ArgNames({"T", "p0"})
-    ->Args({512, 0})
-    ->Args({512, 3584})
-    ->Args({1, 4095})
+    ->ArgNames({"T", "p0", "bf16"})
+    ->Args({512, 0, 0})
+    ->Args({512, 3584, 0})
+    ->Args({512, 3584, 1})
+    ->Args({1, 4095, 0})
+    ->Args({1, 4095, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -5,6 +5,7 @@
 //
 //   bench_model_<cpu|cuda> [--layers N] [--prompt T[,T2,...]] [--decode N] [--threads N]
 //                          [--quant none|int8|q8_0] [--lora-r R] [--activations int8|f32]
+//                          [--kv-cache auto|f32|bf16 (auto: bf16 for int8/q8_0 on the CPU, as the programs)]
 //                          [--outlier-threshold X (int8 activations; default 6, 0 = off)]
 //                          [--chunk C] [--d-model D] [--d-ff F] [--vocab V]
 //                          [--sampler host|greedy|topk|chat (CUDA: where decode picks its tokens)]
@@ -59,6 +60,7 @@ struct ModelBenchArgs {
     std::vector<std::int64_t> prompts{128};
     std::int64_t decode = 16, lora_r = 0, chunk = 256;
     std::string quant = "none", activations = "int8", outlier_threshold = "6", sampler = "host", device_pick = "step";
+    std::string kv_cache = "auto";
 };
 
 template <class B, class Proj>
@@ -71,6 +73,8 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
     ctx.extra.emplace_back(kQuantOutlierOption, a.outlier_threshold);
     MistralModel<B, MistralBlock<B, Lora<Proj>>> model(cfg, ctx);
     model.set_chunk_size(a.chunk);
+    const bool kv_bf16 = a.kv_cache == "bf16" || (a.kv_cache == "auto" && B::host_memory && a.quant != "none");
+    model.set_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
     if (a.lora_r > 0) {
         for_each_projection(model, [&](auto& p) {
             LoraFactors f;
@@ -88,7 +92,7 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
     nlohmann::json out{{"bench", name},        {"layers", cfg.n_layers},   {"d_model", cfg.d_model},
                        {"quant", a.quant},      {"lora_r", a.lora_r},       {"chunk", a.chunk},
                        {"activations", a.quant == "none" ? "f32" : a.activations},
-                       {"outlier_threshold", a.outlier_threshold},
+                       {"outlier_threshold", a.outlier_threshold}, {"kv_cache", kv_bf16 ? "bf16" : "f32"},
                        {"threads", ThreadPool::global().size()}, {"decode", a.decode}};
     std::vector<float> logits(static_cast<std::size_t>(cfg.vocab));
     auto cache = model.make_cache();
@@ -200,6 +204,7 @@ int model_bench_main(const char* name, int argc, char** argv) {
         else if (k == "--chunk") a.chunk = v;
         else if (k == "--sampler") a.sampler = argv[i + 1];
         else if (k == "--device-pick") a.device_pick = argv[i + 1];
+        else if (k == "--kv-cache") a.kv_cache = argv[i + 1];
         else {
             std::fprintf(stderr, "%s: unknown option %s\n", name, k.c_str());
             return 1;
@@ -207,6 +212,10 @@ int model_bench_main(const char* name, int argc, char** argv) {
     }
     if (a.sampler != "host" && a.sampler != "greedy" && a.sampler != "topk" && a.sampler != "chat") {
         std::fprintf(stderr, "%s: --sampler %s is not one of host, greedy, topk, chat\n", name, a.sampler.c_str());
+        return 1;
+    }
+    if (a.kv_cache != "auto" && a.kv_cache != "f32" && a.kv_cache != "bf16") {
+        std::fprintf(stderr, "%s: --kv-cache %s is not one of auto, f32, bf16\n", name, a.kv_cache.c_str());
         return 1;
     }
     if (a.device_pick != "step" && a.device_pick != "after") {

@@ -41,6 +41,7 @@ struct ModelOptions {
     std::string outlier_threshold;             ///< "" = default 6.0
     std::vector<std::string> adapters;         ///< DIR[:SCALE] each
     std::string device = "cpu";                ///< cpu | cuda
+    std::string kv_cache = "auto";             ///< auto | f32 | bf16 (key/value cache rows)
     WindowConvention convention = WindowConvention::HuggingFace;
 };
 
@@ -75,7 +76,23 @@ inline void check_device(const std::string& d) {
                             "CMake -DLIMARP_CUDA=ON)");
 }
 
-/// Loads the model described by `o` and calls `f(model)` with the concrete model type.
+/// The help text of --kv-cache.
+inline constexpr const char* kKvCacheHelp =
+    "auto | f32 | bf16: key/value cache rows (auto: bf16 for int8/q8_0 weights on the CPU, half the cache memory; "
+    "f32 otherwise)";
+
+/// The key/value cache type for --kv-cache `name` with `scheme` weights on `device`.
+/// \throws ArgumentError for an unknown name, or bf16 with --device cuda.
+inline DType resolve_kv_cache(const std::string& name, const std::string& device, QuantScheme scheme) {
+    if (name == "auto") return device == "cpu" && scheme != QuantScheme::None ? DType::BF16 : DType::F32;
+    if (name != "f32" && name != "bf16") throw ArgumentError("--kv-cache must be auto, f32 or bf16, got \"" + name + "\"");
+    if (name == "bf16" && device != "cpu")
+        throw ArgumentError("--kv-cache bf16: the CUDA backend keeps an f32 cache (use f32 or auto)");
+    return kv_cache_dtype(name);
+}
+
+/// Loads the model described by `o` and calls `f(model)` with the concrete model type; the
+/// model's caches hold rows of the type --kv-cache resolves to.
 template <class F>
 decltype(auto) with_model(const ModelOptions& o, F&& f) {
     MistralConfig cfg = io::read_mistral_config(o.dir);
@@ -90,8 +107,10 @@ decltype(auto) with_model(const ModelOptions& o, F&& f) {
     }
     check_device(o.device);
     QuantScheme scheme = o.quant == "auto" ? detect_quant_scheme(*ckpt) : parse_quant_scheme(o.quant);
+    const DType kv = resolve_kv_cache(o.kv_cache, o.device, scheme);  // before the weights load
     auto build = [&]<class Proj>() -> decltype(auto) {
         LoraMistral<Proj> model(cfg, ctx);
+        model.set_cache_dtype(kv);
         // every adapter file must fit this model: no factors for modules it lacks
         for (const auto& a : ctx.adapters) check_adapter_modules(model, *a.adapter);
         return f(model);

@@ -149,6 +149,7 @@ int main(int argc, char** argv) {
         app.add_option("--adapter", mo.adapters, "PEFT LoRA adapter folder, optionally :SCALE (repeatable)");
         app.add_option("--quant", mo.quant, "none | int8 | q8_0 | auto (default: what the files hold)")
             ->capture_default_str();
+        app.add_option("--kv-cache", mo.kv_cache, programs::kKvCacheHelp);
         app.add_option("--activations", mo.activations, "quantized paths: int8 (default) or f32 (weight-only)");
         app.add_option("--tokenizer", tokenizer_path,
                        "tokenizer.model, tokenizer.json or a folder (default: the model folder)");

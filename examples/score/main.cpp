@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
         app.add_option("--top", top, "also print the K most likely next tokens after the sequence")->check(CLI::Range(0, 1000));
         app.add_option("--window-convention", convention, "sliding window: hf (W keys, default) or mistral (W+1 keys)");
         app.add_option("--quant", mo.quant, "none | int8 | q8_0 | auto (default: what the files hold)");
+        app.add_option("--kv-cache", mo.kv_cache, programs::kKvCacheHelp);
         app.add_option("--device", mo.device,
                        std::string("cpu (default) or cuda (needs a build with the CUDA backend") +
                            (programs::kHaveCuda ? "; this one has it)" : "; this one does not)"));

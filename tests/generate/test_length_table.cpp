@@ -171,6 +171,18 @@ BOOST_AUTO_TEST_CASE(bad_flags_give_one_line_errors) {
     BOOST_CHECK_EQUAL(std::count(err.begin(), err.end(), '\n'), 1);
     BOOST_CHECK_EQUAL(run_length_table("--top-p 0", out, err), 1);
     BOOST_CHECK(err.find("top_p") != std::string::npos);
+    BOOST_CHECK_EQUAL(run_length_table("--kv-cache f16", out, err), 1);
+    BOOST_CHECK(err.find("--kv-cache must be auto, f32 or bf16") != std::string::npos);
+    BOOST_CHECK_EQUAL(std::count(err.begin(), err.end(), '\n'), 1);
+}
+
+BOOST_AUTO_TEST_CASE(bf16_cache_runs) {
+    // --kv-cache bf16 on a --quant none model (auto would pick f32 there); the prompt alone
+    // wraps the fixture's 16-key window, so the reply reads keys back from the bf16 ring
+    LENGTH_TABLE_REQUIRE_SETUP();
+    std::string out, err;
+    BOOST_CHECK_EQUAL(run_length_table("--kv-cache bf16 --samples 1 --max-tokens 80 --lengths short", out, err), 0);
+    BOOST_CHECK(out.find("| short |") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

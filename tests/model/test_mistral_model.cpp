@@ -111,6 +111,40 @@ BOOST_AUTO_TEST_CASE(chunked_and_token_by_token_agree) {
     }
 }
 
+// A bf16 key/value cache (Model::set_cache_dtype): half the bytes; token by token its logits
+// stay within bf16 rounding of the f32 run (and differ from it: the ring really is bf16), with
+// the same top-1 on >= 90% of the rows; a type other than f32/bf16 is refused.
+BOOST_AUTO_TEST_CASE(bf16_cache_halves_memory_and_tracks_f32) {
+    for (const char* name : kFixtures) {
+        Model m = load(name);
+        const auto ids = test::ids_of(test::golden_json(name), "ids");
+        const std::int64_t T = static_cast<std::int64_t>(ids.size()), V = m.config().vocab;
+        const Tensor<float> whole = m.logits(ids);
+        const std::size_t f32_bytes = m.make_cache().bytes();
+        BOOST_CHECK_THROW(m.set_cache_dtype(DType::F16), ArgumentError);
+        BOOST_CHECK(m.cache_dtype() == DType::F32);
+        m.set_cache_dtype(DType::BF16);
+        KvCache cache = m.make_cache();
+        BOOST_CHECK(cache.dtype() == DType::BF16);
+        BOOST_CHECK_EQUAL(2 * cache.bytes(), f32_bytes);
+        Tensor<float> step({T, V});
+        for (std::int64_t t = 0; t < T; t += 2)
+            m.forward(step.data() + t * V, std::span(ids).subspan(t, std::min<std::int64_t>(2, T - t)), cache,
+                      LogitsRows::All);
+        const double err = test::max_rel_err(step.data(), whole.data(), whole.size());
+        BOOST_TEST_MESSAGE(name << ": bf16 cache, logits max rel err vs the f32 cache = " << err);
+        BOOST_CHECK_MESSAGE(err > 0 && err <= 2e-2, name << ": bf16 cache rel err " << err);
+        // top-1 of every row (random tiny models have near ties, so not all of them)
+        std::int64_t same = 0;
+        for (std::int64_t t = 0; t < T; ++t) {
+            const float* a = step.data() + t * V;
+            const float* b = whole.data() + t * V;
+            same += std::max_element(a, a + V) - a == std::max_element(b, b + V) - b;
+        }
+        BOOST_CHECK_MESSAGE(10 * same >= 9 * T, name << ": top-1 agrees on " << same << " of " << T << " rows");
+    }
+}
+
 // The layers' per-call working buffers are shared by all layers of all models on a thread
 // (SharedScratch): two models of different shapes, stepped in turn on a fresh thread (its buffers
 // start empty and grow between the two models' calls as the chunks lengthen), each give the

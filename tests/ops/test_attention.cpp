@@ -1,16 +1,19 @@
 // Tests for limarp/backend/cpu/attention.hpp: attention_sliding_window against a double
 // reference (windowed and unlimited, GQA ratios 1/2/4), and chunked calls through a ring-buffer
 // KV cache (C = window_keys - 1 and C = window_keys, token by token and in uneven chunks) equal
-// to the one-shot computation.
+// to the one-shot computation; a bf16 ring (attention_with_cache) equal, bit for bit, to an f32
+// ring that holds the same rounded keys and values.
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "limarp/backend/cpu/attention.hpp"
+#include "limarp/core/dtype.hpp"
 #include "ops/ops_test_util.hpp"
 #include "ops/tolerance.hpp"
 
@@ -135,6 +138,51 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(attention_long_window_and_wrapping_ring, Bk, CpuBa
             for (std::size_t i = 0; i < out.size(); ++i) err = std::max(err, std::fabs(out[i] - ref[i]));
             BOOST_TEST(err <= test::tol::kAttention, "C=" << C << " threads=" << pool->size() << " err " << err);
         }
+}
+
+BOOST_AUTO_TEST_CASE_TEMPLATE(bf16_ring_equals_f32_ring_of_rounded_rows, Bk, CpuBackends) {
+    // attention_with_cache through a bf16 ring stores each key/value rounded to nearest-even and
+    // widens it exactly when read: the same outputs, bit for bit, as an f32 ring whose rows are
+    // rounded the same way after every chunk. Windowed (the ring wraps) and unlimited, heads not a
+    // multiple of the SIMD width, chunks longer than a key block; unwritten slots are NaN.
+    const std::int64_t N = 150;
+    for (const auto& [s, C] : {std::pair{ops::AttentionShape{8, 2, 128, 70}, std::int64_t{69}},
+                               std::pair{ops::AttentionShape{4, 4, 20, 0}, std::int64_t{150}},
+                               std::pair{ops::AttentionShape{6, 2, 36, 9}, std::int64_t{12}}}) {
+        const std::int64_t qd = s.n_heads * s.head_dim, kvd = s.n_kv_heads * s.head_dim;
+        const auto q = test::random_floats(N * qd, -3.0f, 3.0f);
+        const auto k = test::random_floats(N * kvd, -2.0f, 2.0f), v = test::random_floats(N * kvd, -2.0f, 2.0f);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+        std::vector<float> kf(static_cast<std::size_t>(C * kvd), std::numeric_limits<float>::quiet_NaN()), vf = kf;
+        std::vector<bf16> kh(static_cast<std::size_t>(C * kvd), bf16{0x7fc0}), vh = kh;
+        std::vector<float> out_f(static_cast<std::size_t>(N * qd)), out_h(out_f.size());
+        std::vector<std::int64_t> pos(static_cast<std::size_t>(N));
+        for (std::int64_t i = 0; i < N; ++i) pos[static_cast<std::size_t>(i)] = i;
+        const std::int64_t chunks[] = {1, 70, 3, 1, 1, 64, 11};
+        std::int64_t p0 = 0;
+        for (std::size_t ci = 0; p0 < N; ++ci) {
+            const std::int64_t T = std::min(chunks[ci % std::size(chunks)], N - p0);
+            ops::attention_with_cache(Bk{}, out_f.data() + p0 * qd, q.data() + p0 * qd, k.data() + p0 * kvd,
+                                      v.data() + p0 * kvd, kf.data(), vf.data(), C, pos.data() + p0, T, s, scale);
+            for (auto* ring : {&kf, &vf})
+                for (float& x : *ring) x = bf16_to_f32(f32_to_bf16(x));
+            ops::attention_with_cache(Bk{}, out_h.data() + p0 * qd, q.data() + p0 * qd, k.data() + p0 * kvd,
+                                      v.data() + p0 * kvd, kh.data(), vh.data(), C, pos.data() + p0, T, s, scale);
+            p0 += T;
+        }
+        std::int64_t differ = 0, ring_differ = 0;
+        for (std::size_t i = 0; i < out_f.size(); ++i) differ += std::bit_cast<std::uint32_t>(out_f[i]) !=
+                                                                   std::bit_cast<std::uint32_t>(out_h[i]);
+        for (std::size_t i = 0; i < kf.size(); ++i)
+            ring_differ += (std::bit_cast<std::uint32_t>(kf[i]) != std::bit_cast<std::uint32_t>(bf16_to_f32(kh[i].bits))) +
+                           (std::bit_cast<std::uint32_t>(vf[i]) != std::bit_cast<std::uint32_t>(bf16_to_f32(vh[i].bits)));
+        BOOST_TEST_CONTEXT("heads " << s.n_heads << "/" << s.n_kv_heads << " hd " << s.head_dim << " W " << s.window_keys
+                                    << " C " << C) {
+            BOOST_TEST(differ == 0);
+            BOOST_TEST(ring_differ == 0);
+            BOOST_TEST(std::none_of(out_h.begin(), out_h.end(), [](float x) { return std::isnan(x); }));
+        }
+    }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -68,7 +68,18 @@ public:
         }
         // RoPE, attend, then keep the newest keys/values in the ring: in one call where the
         // backend fuses them (CUDA: one launch for a decode step), else in three steps
-        if constexpr (requires {
+        if (cache.k_bf16) {  // a bf16 ring (the cache refuses one on backends without these ops)
+            if constexpr (requires {
+                              ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k_bf16, cache.v_bf16, cache.capacity,
+                                                        positions, T, shape_, score_scale());
+                          }) {
+                rope_.forward_qk(qb, kb, positions, T, shape_.n_heads, shape_.n_kv_heads);
+                ops::attention_with_cache(B{}, ob, qb, kb, vb, cache.k_bf16, cache.v_bf16, cache.capacity, positions, T,
+                                          shape_, score_scale());
+            } else {
+                throw ArgumentError("GqaAttention: this backend has no bf16 key/value cache");
+            }
+        } else if constexpr (requires {
                           ops::attention_with_cache_rope(B{}, ob, qb, kb, vb, cache.k, cache.v, cache.capacity,
                                                          positions, T, shape_, score_scale(), rope_.theta());
                       }) {

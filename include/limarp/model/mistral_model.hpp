@@ -91,8 +91,18 @@ public:
 
     /// The configuration.
     const MistralConfig& config() const noexcept { return cfg_; }
-    /// A fresh cache for this model.
-    cache_type make_cache(std::int64_t rewind_slack = 0) const { return cache_type(cfg_, rewind_slack); }
+    /// A fresh cache for this model, its rows of type `cache_dtype()`.
+    cache_type make_cache(std::int64_t rewind_slack = 0) const {
+        return cache_type(cfg_, rewind_slack, 256, cache_dtype_);
+    }
+    /// Element type of the caches that `make_cache` makes (F32 unless set).
+    DType cache_dtype() const noexcept { return cache_dtype_; }
+    /// Sets the element type of later caches: F32, or BF16 (half the memory; host backends only).
+    /// \throws ArgumentError for another type or BF16 on a device backend (nothing changed).
+    void set_cache_dtype(DType t) {
+        cache_type::check_dtype(t);
+        cache_dtype_ = t;
+    }
     /// Number of tokens processed per internal step of a long prefill.
     std::int64_t chunk_size() const noexcept { return chunk_; }
     /// Sets the prefill chunk length (>= 1).
@@ -206,7 +216,7 @@ private:
                        : first_row >= 0 ? Mem::ensure(logits_b_, m * cfg_.vocab) : nullptr;
         // The kernels of the step (recorded once and replayed on CUDA while the key holds).
         const auto key = [&] {
-            return StepKey{this, blocks_.empty() ? nullptr : cache.layer(0).k, cache.capacity(), n,
+            return StepKey{this, blocks_.empty() ? nullptr : cache.layer(0).data(), cache.capacity(), n,
                            y ? first_row : -1, backend_epoch().load(), pick && y ? pick->version() : 0};
         };
         Mem::run_step(steps_, key(), [&] {
@@ -230,6 +240,7 @@ private:
     norm_type norm_;
     Head head_;
     std::int64_t chunk_ = 256;
+    DType cache_dtype_ = DType::F32;
     Buffer<B, float> x_, logits_b_;
     Buffer<B, std::int64_t> pos_b_;
     Buffer<B, std::int32_t> ids_b_;

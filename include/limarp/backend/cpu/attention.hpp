@@ -20,8 +20,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
@@ -32,6 +34,7 @@
 #include "limarp/backend/cpu/detail/gemm_kernel.hpp"
 #include "limarp/backend/cpu/detail/simd.hpp"
 #include "limarp/backend/cpu/gemm_backward.hpp"
+#include "limarp/core/dtype.hpp"
 #include "limarp/core/thread_pool.hpp"
 
 LIMARP_CPU_KERNELS_BEGIN
@@ -55,6 +58,8 @@ struct AttnTile {
     float* l;     // [M] running sum of exp(score - m)
     float* kp;    // [ceil(kKeyBlock / NR), hd, NR] packed key block
     float* vt;    // [kKeyBlock, NR] value columns of the head_dim tail (hd % NR != 0)
+    float* kf;    // [kKeyBlock, hd] a block of keys, staged (stage_rows)
+    float* vf;    // [kKeyBlock, hd] a block of values, staged
     std::int64_t M, n_rep, hd;
     std::int64_t q_pos0;  // absolute position of the tile's first token
     std::int64_t W;       // window_keys (0 = unlimited)
@@ -62,9 +67,9 @@ struct AttnTile {
 };
 
 /// Folds `nb` <= kKeyBlock consecutive key/value rows at absolute positions [pos, pos + nb)
-/// (row stride ld, already offset to the kv head) into the tile.
+/// (key rows of stride ldk, value rows of stride ld, already offset to the kv head) into the tile.
 template <class A>
-void attend_block(AttnTile& a, const float* k, const float* v, std::int64_t ld, std::int64_t pos,
+void attend_block(AttnTile& a, const float* k, std::int64_t ldk, const float* v, std::int64_t ld, std::int64_t pos,
                   std::int64_t nb) noexcept {
     using B = fbatch<A>;
     using Blk = GemmBlocking<A>;
@@ -72,7 +77,7 @@ void attend_block(AttnTile& a, const float* k, const float* v, std::int64_t ld, 
     const std::int64_t hd = a.hd, M = a.M;
     const std::int64_t n_panels = (nb + NR - 1) / NR;
     // S = Q · Kᵀ
-    pack_panels(a.kp, k, ld, nb, 0, hd, NR);
+    pack_panels(a.kp, k, ldk, nb, 0, hd, NR);
     for (std::int64_t r0 = 0; r0 < M; r0 += MR) {
         const int mr = static_cast<int>(std::min(MR, M - r0));
         for (std::int64_t p = 0; p < n_panels; ++p)
@@ -137,58 +142,48 @@ void attend_block(AttnTile& a, const float* k, const float* v, std::int64_t ld, 
     }
 }
 
-/// Folds `n` consecutive key/value rows starting at absolute position `pos` into the tile, by blocks.
-template <class A>
-void attend_rows(AttnTile& a, const float* k, const float* v, std::int64_t ld, std::int64_t pos,
-                 std::int64_t n) noexcept {
-    for (std::int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
-        // Rows of one head are ld floats apart (often a page): prefetch the next block's rows,
-        // which the hardware prefetchers do not follow across pages.
-        const std::int64_t nxt = std::min(kKeyBlock, n - j0 - kKeyBlock);
-        for (std::int64_t j = 0; j < nxt; ++j)
-            for (std::int64_t c = 0; c < a.hd; c += 16) {
-                __builtin_prefetch(k + (j0 + kKeyBlock + j) * ld + c, 0, 2);
-                __builtin_prefetch(v + (j0 + kKeyBlock + j) * ld + c, 0, 2);
-            }
-        attend_block<A>(a, k + j0 * ld, v + j0 * ld, ld, pos + j0, std::min(kKeyBlock, n - j0));
+/// Rows ahead that `stage_rows` prefetches: enough lines in flight to hide the latency of strided
+/// rows (a kv head's rows are kv_dim values apart), few enough not to overflow the miss queues.
+inline constexpr std::int64_t kStageAhead = 12;
+
+/// Copies `nb` rows of `hd` values (f32, or bf16 widened exactly; row stride ld) into dst [nb, hd]
+/// f32, prefetching the row kStageAhead ahead while there is one (`avail` rows readable from src).
+/// A running prefetch: issuing a whole block's lines at once (the first version) overflowed the
+/// miss queues and left the loads waiting (benchmarks/NOTES.md, session 13).
+template <class A, class KV>
+void stage_rows(float* dst, const KV* src, std::int64_t ld, std::int64_t nb, std::int64_t hd,
+                std::int64_t avail) noexcept {
+    constexpr std::int64_t L = lanes<A>, per_line = 64 / static_cast<std::int64_t>(sizeof(KV));
+    for (std::int64_t j = 0; j < nb; ++j) {
+        if (j + kStageAhead < avail)
+            for (std::int64_t c = 0; c < hd; c += per_line) __builtin_prefetch(src + (j + kStageAhead) * ld + c, 0, 3);
+        const KV* s = src + j * ld;
+        float* d = dst + j * hd;
+        std::int64_t c = 0;
+        for (; c + L <= hd; c += L) load_f32<A>(s + c).store_unaligned(d + c);
+        for (; c < hd; ++c) d[c] = to_f32(s[c]);
     }
 }
 
-}  // namespace cpu_detail
-/// \endcond
+/// Folds `n` consecutive key/value rows starting at absolute position `pos` into the tile, by
+/// blocks: each block's rows are first staged (`stage_rows`: contiguous f32 in the tile's kf/vf,
+/// with a running prefetch of the rows ahead), then folded from there.
+template <class A, class KV>
+void attend_rows(AttnTile& a, const KV* k, const KV* v, std::int64_t ld, std::int64_t pos,
+                 std::int64_t n) noexcept {
+    for (std::int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
+        const std::int64_t nb = std::min(kKeyBlock, n - j0);
+        stage_rows<A>(a.kf, k + j0 * ld, ld, nb, a.hd, n - j0);
+        stage_rows<A>(a.vf, v + j0 * ld, ld, nb, a.hd, n - j0);
+        attend_block<A>(a, a.kf, a.hd, a.vf, a.hd, pos + j0, nb);
+    }
+}
 
-/// Sliding-window grouped-query causal attention of T new tokens (absolute positions
-/// p0 .. p0+T-1) over themselves and a ring-buffer KV cache: for query head h of the token at
-/// position p, out = softmax_j(q·k_j * scale) · v_j over key positions
-/// max(0, p - window_keys + 1) .. p (0 .. p when window_keys == 0), using kv head
-/// h / (n_heads / n_kv_heads). Keys/values at positions >= p0 are rows (pos - p0) of
-/// k_new/v_new; positions < p0 are rows (pos % C) of k_cache/v_cache. f32 throughout, exact exp
-/// (~1 ulp), streaming softmax with max subtraction; the T x T score matrix is never formed.
-///
-/// \param out     [T, n_heads * head_dim] attention output (before o_proj)
-/// \param q       [T, n_heads * head_dim] queries (RoPE applied)
-/// \param k_new   [T, n_kv_heads * head_dim] keys of the new tokens (RoPE applied)
-/// \param v_new   [T, n_kv_heads * head_dim] values of the new tokens
-/// \param k_cache [C, n_kv_heads * head_dim] ring buffer of earlier keys (row pos % C); may be null when p0 == 0
-/// \param v_cache [C, n_kv_heads * head_dim] ring buffer of earlier values
-/// \param C       ring buffer rows
-/// \param p0      absolute position of the first new token (= number of tokens before it)
-/// \param T       number of new tokens
-/// \param s       heads and window
-/// \param scale   score scale, normally 1 / sqrt(head_dim)
-/// \param pool    thread pool (nullptr: ThreadPool::global())
-/// \pre n_heads % n_kv_heads == 0; head_dim > 0; window_keys >= 0; p0 >= 0; T >= 0.
-/// \pre The cache holds every earlier position a query needs and has not been overwritten by
-///      the new tokens yet (write k_new/v_new into the ring after the call): C >= window_keys - 1
-///      when windowed, C >= p0 when unlimited.
-/// \pre out does not overlap any input.
-template <class A>
-void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, const float* q /*[T, n_heads*head_dim]*/,
-                              const float* k_new /*[T, n_kv_heads*head_dim]*/,
-                              const float* v_new /*[T, n_kv_heads*head_dim]*/,
-                              const float* k_cache /*[C, n_kv_heads*head_dim]*/,
-                              const float* v_cache /*[C, n_kv_heads*head_dim]*/, std::int64_t C, std::int64_t p0,
-                              std::int64_t T, const AttentionShape& s, float scale, ThreadPool* pool = nullptr) {
+// attention_sliding_window (below) over an f32 or bf16 ring.
+template <class A, class KV>
+void attention_sliding_window_impl(Cpu<A>, float* out, const float* q, const float* k_new, const float* v_new,
+                                   const KV* k_cache, const KV* v_cache, std::int64_t C, std::int64_t p0, std::int64_t T,
+                                   const AttentionShape& s, float scale, ThreadPool* pool) {
     using Blk = cpu_detail::GemmBlocking<A>;
     constexpr std::int64_t NR = Blk::NR, KB = cpu_detail::kKeyBlock;
     const std::int64_t n_kv = s.n_kv_heads, hd = s.head_dim, n_rep = s.n_heads / s.n_kv_heads;
@@ -202,7 +197,9 @@ void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, cons
         const std::int64_t tile = n_tiles - 1 - i / n_kv, g = i % n_kv;
         const std::int64_t t0 = tile * QT, nt = std::min(QT, T - t0), M = nt * n_rep;
         const std::int64_t kp_size = (KB + NR - 1) / NR * NR * hd;
-        float* buf = cpu_detail::scratch<2>(static_cast<std::size_t>(2 * M * hd + M * KB + 2 * M + kp_size + KB * NR));
+        const std::int64_t staged = 2 * KB * hd;  // kf, vf
+        float* buf =
+            cpu_detail::scratch<2>(static_cast<std::size_t>(2 * M * hd + M * KB + 2 * M + kp_size + KB * NR + staged));
         cpu_detail::AttnTile a{};
         a.qbuf = buf;
         a.o = a.qbuf + M * hd;
@@ -211,6 +208,8 @@ void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, cons
         a.l = a.m + M;
         a.kp = a.l + M;
         a.vt = a.kp + kp_size;
+        a.kf = a.vt + KB * NR;
+        a.vf = a.kf + KB * hd;
         a.M = M;
         a.n_rep = n_rep;
         a.hd = hd;
@@ -246,24 +245,86 @@ void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, cons
     cpu_detail::parallel_dynamic(p, n_tiles * n_kv, task);
 }
 
+}  // namespace cpu_detail
+/// \endcond
+
+/// Sliding-window grouped-query causal attention of T new tokens (absolute positions
+/// p0 .. p0+T-1) over themselves and a ring-buffer KV cache: for query head h of the token at
+/// position p, out = softmax_j(q·k_j * scale) · v_j over key positions
+/// max(0, p - window_keys + 1) .. p (0 .. p when window_keys == 0), using kv head
+/// h / (n_heads / n_kv_heads). Keys/values at positions >= p0 are rows (pos - p0) of
+/// k_new/v_new; positions < p0 are rows (pos % C) of k_cache/v_cache (f32 here; bf16 in the
+/// overload below). f32 arithmetic throughout, exact exp (~1 ulp), streaming softmax
+/// with max subtraction; the T x T score matrix is never formed.
+///
+/// \param out     [T, n_heads * head_dim] attention output (before o_proj)
+/// \param q       [T, n_heads * head_dim] queries (RoPE applied)
+/// \param k_new   [T, n_kv_heads * head_dim] keys of the new tokens (RoPE applied)
+/// \param v_new   [T, n_kv_heads * head_dim] values of the new tokens
+/// \param k_cache [C, n_kv_heads * head_dim] ring buffer of earlier keys (row pos % C); may be null when p0 == 0
+/// \param v_cache [C, n_kv_heads * head_dim] ring buffer of earlier values
+/// \param C       ring buffer rows
+/// \param p0      absolute position of the first new token (= number of tokens before it)
+/// \param T       number of new tokens
+/// \param s       heads and window
+/// \param scale   score scale, normally 1 / sqrt(head_dim)
+/// \param pool    thread pool (nullptr: ThreadPool::global())
+/// \pre n_heads % n_kv_heads == 0; head_dim > 0; window_keys >= 0; p0 >= 0; T >= 0.
+/// \pre The cache holds every earlier position a query needs and has not been overwritten by
+///      the new tokens yet (write k_new/v_new into the ring after the call): C >= window_keys - 1
+///      when windowed, C >= p0 when unlimited.
+/// \pre out does not overlap any input.
+template <class A>
+void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, const float* q /*[T, n_heads*head_dim]*/,
+                              const float* k_new /*[T, n_kv_heads*head_dim]*/,
+                              const float* v_new /*[T, n_kv_heads*head_dim]*/,
+                              const float* k_cache /*[C, n_kv_heads*head_dim]*/,
+                              const float* v_cache /*[C, n_kv_heads*head_dim]*/, std::int64_t C, std::int64_t p0,
+                              std::int64_t T, const AttentionShape& s, float scale, ThreadPool* pool = nullptr) {
+    cpu_detail::attention_sliding_window_impl(Cpu<A>{}, out, q, k_new, v_new, k_cache, v_cache, C, p0, T, s, scale, pool);
+}
+
+/// `attention_sliding_window` over a bf16 ring (its rows widened exactly to f32 block by block;
+/// `KV` is deduced so that a null cache still picks the f32 form).
+template <class A, class KV>
+    requires std::same_as<KV, bf16>
+void attention_sliding_window(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, const float* q /*[T, n_heads*head_dim]*/,
+                              const float* k_new /*[T, n_kv_heads*head_dim]*/,
+                              const float* v_new /*[T, n_kv_heads*head_dim]*/,
+                              const KV* k_cache /*[C, n_kv_heads*head_dim]*/,
+                              const KV* v_cache /*[C, n_kv_heads*head_dim]*/, std::int64_t C, std::int64_t p0,
+                              std::int64_t T, const AttentionShape& s, float scale, ThreadPool* pool = nullptr) {
+    cpu_detail::attention_sliding_window_impl(Cpu<A>{}, out, q, k_new, v_new, k_cache, v_cache, C, p0, T, s, scale, pool);
+}
+
 /// One attention layer's step over the rolling cache (what `GqaAttention::forward` runs between
 /// RoPE and o_proj): `attention_sliding_window` of the T new tokens at positions[0] to
 /// positions[0] + T - 1, then their keys and values into the ring (the newest min(T, C) of them,
-/// row pos % C). Every backend provides it with this signature; positions are in the backend's
-/// memory (host here).
+/// row pos % C). Every backend provides it with this signature for an f32 ring; the host
+/// backends also for a bf16 ring (`KV` = bf16: rows rounded to nearest-even when stored).
+/// Positions are in the backend's memory (host here).
 /// \pre as `attention_sliding_window`; positions consecutive.
-template <class A>
+template <class A, class KV>
+    requires std::same_as<KV, float> || std::same_as<KV, bf16>
 void attention_with_cache(Cpu<A>, float* out /*[T, n_heads*head_dim]*/, const float* q /*[T, n_heads*head_dim]*/,
                           const float* k_new /*[T, kv_dim]*/, const float* v_new /*[T, kv_dim]*/,
-                          float* k_cache /*[C, kv_dim]*/, float* v_cache /*[C, kv_dim]*/, std::int64_t C,
+                          KV* k_cache /*[C, kv_dim]*/, KV* v_cache /*[C, kv_dim]*/, std::int64_t C,
                           const std::int64_t* positions /*[T]*/, std::int64_t T, const AttentionShape& s, float scale) {
     if (T <= 0) return;
     const std::int64_t p0 = positions[0], kvd = s.n_kv_heads * s.head_dim;
-    attention_sliding_window(Cpu<A>{}, out, q, k_new, v_new, k_cache, v_cache, C, p0, T, s, scale);
+    attention_sliding_window(Cpu<A>{}, out, q, k_new, v_new, static_cast<const KV*>(k_cache), static_cast<const KV*>(v_cache), C,
+                             p0, T, s, scale);
     for (std::int64_t t = T - std::min(T, C); t < T; ++t) {
         const std::int64_t slot = (p0 + t) % C;
-        std::copy_n(k_new + t * kvd, kvd, k_cache + slot * kvd);
-        std::copy_n(v_new + t * kvd, kvd, v_cache + slot * kvd);
+        if constexpr (std::is_same_v<KV, float>) {
+            std::copy_n(k_new + t * kvd, kvd, k_cache + slot * kvd);
+            std::copy_n(v_new + t * kvd, kvd, v_cache + slot * kvd);
+        } else {
+            for (std::int64_t i = 0; i < kvd; ++i) {
+                k_cache[slot * kvd + i].bits = f32_to_bf16(k_new[t * kvd + i]);
+                v_cache[slot * kvd + i].bits = f32_to_bf16(v_new[t * kvd + i]);
+            }
+        }
     }
 }
 
