@@ -142,7 +142,7 @@ void BM_MatmulEigen(benchmark::State& state) {
 BENCHMARK(BM_MatmulEigen)->ArgNames({"T", "k", "n"})->Args({512, 4096, 4096})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Attention, Mistral heads (32 q / 8 kv, head_dim 128), window 4096 keys: T new tokens after p0
-// cached ones in an f32 ring (bf16 = 0) or a bf16 one (bf16 = 1: KvCache with DType::BF16).
+// cached ones in an f32 ring (bf16 = 0) or a bf16 one (bf16 = 1: the rows a bf16 KvCache holds).
 // FLOP/s counts 4 * keys * head_dim per (query, head) (q·k and p·v).
 void BM_Attention(benchmark::State& state) {
     const std::int64_t T = state.range(0), p0 = state.range(1), W = 4096;

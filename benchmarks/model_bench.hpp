@@ -5,7 +5,8 @@
 //
 //   bench_model_<cpu|cuda> [--layers N] [--prompt T[,T2,...]] [--decode N] [--threads N]
 //                          [--quant none|int8|q8_0] [--lora-r R] [--activations int8|f32]
-//                          [--kv-cache auto|f32|bf16 (auto: bf16 for int8/q8_0 on the CPU, as the programs)]
+//                          [--kv-cache auto|f32|bf16 (auto: bf16 for int8/q8_0 on the CPU unless --activations
+//                           f32, as the programs)]
 //                          [--outlier-threshold X (int8 activations; default 6, 0 = off)]
 //                          [--chunk C] [--d-model D] [--d-ff F] [--vocab V]
 //                          [--sampler host|greedy|topk|chat (CUDA: where decode picks its tokens)]
@@ -73,7 +74,8 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
     ctx.extra.emplace_back(kQuantOutlierOption, a.outlier_threshold);
     MistralModel<B, MistralBlock<B, Lora<Proj>>> model(cfg, ctx);
     model.set_chunk_size(a.chunk);
-    const bool kv_bf16 = a.kv_cache == "bf16" || (a.kv_cache == "auto" && B::host_memory && a.quant != "none");
+    const bool kv_bf16 = a.kv_cache == "bf16" ||
+                         (a.kv_cache == "auto" && B::host_memory && a.quant != "none" && a.activations != "f32");
     model.set_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
     if (a.lora_r > 0) {
         for_each_projection(model, [&](auto& p) {
@@ -216,6 +218,10 @@ int model_bench_main(const char* name, int argc, char** argv) {
     }
     if (a.kv_cache != "auto" && a.kv_cache != "f32" && a.kv_cache != "bf16") {
         std::fprintf(stderr, "%s: --kv-cache %s is not one of auto, f32, bf16\n", name, a.kv_cache.c_str());
+        return 1;
+    }
+    if (a.kv_cache == "bf16" && !B::host_memory) {
+        std::fprintf(stderr, "%s: --kv-cache bf16: this backend keeps an f32 cache (use f32 or auto)\n", name);
         return 1;
     }
     if (a.device_pick != "step" && a.device_pick != "after") {

@@ -121,7 +121,7 @@ echo "fine-tuning took $(elapsed "$t")"
 say "[4/4] one roleplay prompt, $SAMPLES replies per trained length tag (temperature 0.8, min-p 0.02)"
 t=$(date +%s)
 "$BUILD/bin/limarp-length-table" --model "$OUT/base" --adapter "$OUT/lora/adapter" --tokenizer "$TOK" \
-    --quant int8 --samples "$SAMPLES" --max-tokens 200 --temperature 0.8 --min-p 0.02 \
+    --quant int8 --kv-cache f32 --samples "$SAMPLES" --max-tokens 200 --temperature 0.8 --min-p 0.02 \
     --lengths "$TAGS" \
     --json "$OUT/lengths.json" --transcript "$OUT/transcript.txt" --threads "$THREADS" | tee "$OUT/lengths.md"
 echo "generation took $(elapsed "$t")"

@@ -79,12 +79,15 @@ inline void check_device(const std::string& d) {
 /// The help text of --kv-cache.
 inline constexpr const char* kKvCacheHelp =
     "auto | f32 | bf16: key/value cache rows (auto: bf16 for int8/q8_0 weights on the CPU, half the cache memory; "
-    "f32 otherwise)";
+    "f32 otherwise, and with --activations f32)";
 
-/// The key/value cache type for --kv-cache `name` with `scheme` weights on `device`.
+/// The key/value cache type for --kv-cache `name` with `scheme` weights on `device` (auto: bf16
+/// for quantized weights on the CPU unless `activations` is "f32", which asks for f32 products).
 /// \throws ArgumentError for an unknown name, or bf16 with --device cuda.
-inline DType resolve_kv_cache(const std::string& name, const std::string& device, QuantScheme scheme) {
-    if (name == "auto") return device == "cpu" && scheme != QuantScheme::None ? DType::BF16 : DType::F32;
+inline DType resolve_kv_cache(const std::string& name, const std::string& device, QuantScheme scheme,
+                              const std::string& activations) {
+    if (name == "auto")
+        return device == "cpu" && scheme != QuantScheme::None && activations != "f32" ? DType::BF16 : DType::F32;
     if (name != "f32" && name != "bf16") throw ArgumentError("--kv-cache must be auto, f32 or bf16, got \"" + name + "\"");
     if (name == "bf16" && device != "cpu")
         throw ArgumentError("--kv-cache bf16: the CUDA backend keeps an f32 cache (use f32 or auto)");
@@ -107,7 +110,7 @@ decltype(auto) with_model(const ModelOptions& o, F&& f) {
     }
     check_device(o.device);
     QuantScheme scheme = o.quant == "auto" ? detect_quant_scheme(*ckpt) : parse_quant_scheme(o.quant);
-    const DType kv = resolve_kv_cache(o.kv_cache, o.device, scheme);  // before the weights load
+    const DType kv = resolve_kv_cache(o.kv_cache, o.device, scheme, o.activations);  // before the weights load
     auto build = [&]<class Proj>() -> decltype(auto) {
         LoraMistral<Proj> model(cfg, ctx);
         model.set_cache_dtype(kv);

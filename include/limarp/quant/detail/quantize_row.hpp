@@ -18,7 +18,7 @@ namespace quant_detail {
 
 /// A zeroed, 64-byte aligned, shared byte buffer (`Tensor`'s allocator: large ones map their own pages).
 inline std::shared_ptr<std::byte> make_buffer(std::size_t bytes) {
-    const std::size_t n = std::max<std::size_t>(bytes, 64);  // Tensor's allocator: large buffers map their own pages
+    const std::size_t n = std::max<std::size_t>(bytes, 64);
     return std::shared_ptr<std::byte>(static_cast<std::byte*>(limarp::detail::tensor_alloc(n)),
                                       [n](std::byte* q) { limarp::detail::AlignedFree{n}(q); });
 }
