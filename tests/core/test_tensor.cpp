@@ -4,8 +4,10 @@
 #include <atomic>
 #include <cstdint>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
+#include "limarp/backend/memory.hpp"
 #include "limarp/core/tensor.hpp"
 #include "limarp/core/thread_pool.hpp"
 
@@ -26,6 +28,33 @@ BOOST_AUTO_TEST_CASE(owning_tensor_is_aligned_and_zeroed) {
     BOOST_CHECK_THROW(a.reshape({4, 2}), ShapeError);
     a.reshape({3, 2});
     BOOST_CHECK_EQUAL(a.dim(0), 3);
+}
+
+BOOST_AUTO_TEST_CASE(tensor_without_storage_has_no_elements) {
+    // A default-constructed or moved-from tensor holds nothing: size 0, its copy empty too, and
+    // a backend buffer grown from it to one element gets real storage (before, a fresh buffer
+    // reported size 1, so ensure(b, 1) returned a null pointer: the [1, 1] A product of a rank-1
+    // LoRA at decode would have been written through it).
+    Tensor<float> none;
+    BOOST_CHECK_EQUAL(none.size(), 0);
+    BOOST_CHECK(none.empty());
+    const Tensor<float> copy(none);
+    BOOST_CHECK(copy.empty() && copy.data() == nullptr);
+    Tensor<float> assigned({3});
+    assigned = none;
+    BOOST_CHECK(assigned.empty());
+    float* one = BackendMemory<Cpu<>>::ensure(none, 1);
+    BOOST_REQUIRE(one != nullptr);
+    one[0] = 2.0f;
+    BOOST_CHECK_EQUAL(none.size(), 1);
+    Tensor<float> big({1 << 19});  // 2 MiB: mapped pages
+    big[(1 << 19) - 1] = 1.0f;
+    Tensor<float> moved(std::move(big));
+    BOOST_CHECK_EQUAL(big.size(), 0);  // NOLINT(bugprone-use-after-move): the moved-from state is the point
+    BOOST_CHECK_EQUAL(moved[(1 << 19) - 1], 1.0f);
+    const Tensor<float> big_copy(moved);
+    BOOST_CHECK_EQUAL(big_copy[(1 << 19) - 1], 1.0f);
+    BOOST_CHECK_EQUAL(big_copy[0], 0.0f);
 }
 
 BOOST_AUTO_TEST_CASE(views_and_strides) {

@@ -155,6 +155,7 @@ public:
     }
     /// Deep copy.
     Tensor(const Tensor& o) : shape_(o.shape_) {
+        if (!o.mem_) return;  // a copy of a tensor without storage has none either
         allocate();
         std::copy(o.data(), o.data() + size(), data());
     }
@@ -179,8 +180,8 @@ public:
     const Shape& shape() const noexcept { return shape_; }
     /// Extent of dimension `i`.
     std::int64_t dim(std::size_t i) const { return shape_.at(i); }
-    /// Number of elements.
-    std::int64_t size() const { return numel(shape_); }
+    /// Number of elements (0 without storage: default-constructed or moved from).
+    std::int64_t size() const { return mem_ ? numel(shape_) : 0; }
     /// True when the tensor holds no elements.
     bool empty() const { return !mem_ || size() == 0; }
     /// Element `i` of the flat storage.
