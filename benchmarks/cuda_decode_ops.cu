@@ -187,26 +187,34 @@ int main(int argc, char** argv) try {
             std::int64_t p;
             int splits;
             bool fused;
+            bool rope = false;   // the model's form: RoPE and the store inside the launch
         };
         std::vector<V> vs{{127, 0, true},  {1023, 0, true},  {4095, 0, true},  {10000, 0, true},
                           {127, 0, false}, {1023, 0, false}, {4095, 0, false}};
         for (int s : {1, 8, 16, 66, 132})
             if (s != def_splits) vs.push_back({10000, s, true});
+        for (std::int64_t p : {15, 127, 1023, 4095}) vs.push_back({p, 0, true, true});
         for (const V& var : vs) {
             pos.upload(&var.p, 1);
             LIMARP_CUDA_CHECK(cudaDeviceSynchronize());  // the pageable upload before the stream's work
             const std::int64_t keys = std::min<std::int64_t>(var.p + 1, kWindow);
             const double bytes = 2.0 * static_cast<double>(keys - 1) * kKvd * sizeof(KV) + 2.0 * 4 * kKvd + 2.0 * 4 * kQd;
             const int splits = var.splits ? var.splits : def_splits;
-            char name[96];
-            std::snprintf(name, sizeof name, "p %lld (%lld keys), %d splits%s%s", static_cast<long long>(var.p),
+            char name[160];
+            std::snprintf(name, sizeof name, "p %lld (%lld keys), %d splits%s%s%s", static_cast<long long>(var.p),
                           static_cast<long long>(keys), splits, var.splits ? "" : " (default)",
-                          var.fused ? "" : ", combine kernel");
+                          var.fused ? "" : ", combine kernel", var.rope ? ", RoPE and the store inside" : "");
             LIMARP_CUDA_CHECK(cudaMemsetAsync(out.data(), 0xff, out.bytes(), stream));
+            AttentionDecodeConfig cfg{splits, var.fused};
+            if (var.rope) cfg.rope_theta = 1e6;
             run(std::string("attention decode ") + dt, name, bytes, layers, [&](int l) {
-                ops::attention_sliding_window_decode(Cu{}, out.data(), q.data(), k.data(), v.data(), kr[l].data(),
-                                                     vr[l].data(), kRing, pos.data(), shape, scale, ws, stream,
-                                                     AttentionDecodeConfig{splits, var.fused});
+                if (var.rope)
+                    ops::attention_decode_and_store(Cu{}, out.data(), q.data(), k.data(), v.data(), kr[l].data(),
+                                                    vr[l].data(), kRing, pos.data(), shape, scale, ws, stream, cfg);
+                else
+                    ops::attention_sliding_window_decode(Cu{}, out.data(), q.data(), k.data(), v.data(), kr[l].data(),
+                                                         vr[l].data(), kRing, pos.data(), shape, scale, ws, stream,
+                                                         cfg);
             });
             std::vector<float> o(kQd);
             LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));

@@ -272,7 +272,7 @@ BOOST_AUTO_TEST_CASE(rope_inside_the_attention_matches_rope_then_attention) {
     std::uint32_t seed = 9100;
     AttentionDecodeWorkspace ws;
     for (const Case& c : cases)
-        for (const int splits : {1, 3, 0})
+        for (const int splits : {1, 2, 3, 0})
             for (const double theta : {10000.0, 1e6})
                 BOOST_TEST_CONTEXT("heads " << c.s.n_heads << "/" << c.s.n_kv_heads << " head_dim " << c.s.head_dim
                                             << " C " << c.C << " p " << c.p << " splits " << splits << " theta "

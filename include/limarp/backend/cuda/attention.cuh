@@ -23,12 +23,15 @@
 /// With `store_new` (`ops::attention_decode_and_store`) the kernel also writes the new key and
 /// value into the ring, after every block of the kv head has read it: no store launch. With
 /// `AttentionDecodeConfig::rope_theta` > 0 (and the store inside) q and k_new come without RoPE:
-/// each block rotates its NREP query heads and its kv head's new key into shared memory first
-/// (the rope kernel's numerics, rope.cuh), and the rotated key is what the ring gets: no RoPE
-/// launch either. Inside the block, groups of G = HD / 8 lanes own one key
-/// at a time, a lane 8 dimensions (one 16-byte load of bf16, two of f32); a group folds TK keys per
-/// step into its running max, sum and output (online softmax, one rescale per step), with the
-/// score reduced over the G lanes by shuffles; the next step's keys and values are loaded before
+/// each block rotates its NREP query heads (in the registers that hold them, the pair's other
+/// half from a neighbour lane) and its kv head's new key (into shared memory), with the rope
+/// kernel's numerics (rope.cuh), and the rotated key is what the ring gets: no RoPE launch
+/// either. The position, the queries and the new key are loaded together, the inverse
+/// frequencies computed before the programmatic wait, and the first keys' ring rows requested
+/// before the rotation (the new key's row is filled in after it). Inside the block, groups of
+/// G = HD / 8 lanes own one key at a time, a lane 8 dimensions (one 16-byte load of bf16, two of
+/// f32); a group folds TK keys per step into its running max, sum and output (online softmax, one
+/// rescale per step), with the score reduced over the G lanes by shuffles; the next step's keys and values are loaded before
 /// this step's arithmetic (register double buffer). The groups' states merge in shared memory;
 /// with one split the block writes the normalised output, else its (max, sum, unnormalised
 /// output) go to the workspace and the last block of the kv head to finish (a ticket counter per
@@ -97,25 +100,48 @@ __global__ void __launch_bounds__(kAttnThreads)
                             const std::int64_t* __restrict__ position, int window, int n_kv, float scale,
                             unsigned* __restrict__ counters /*[n_kv]: fused combine, or null*/, bool store_new,
                             float rope_theta /*> 0: rotate q and k_new here*/) {
-    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
     constexpr int G = HD / 8;              // lanes per key
     constexpr int KPW = 32 / G;            // keys per warp step
     constexpr int NG = kAttnWarps * KPW;   // groups per block
     constexpr int TK = kAttnTileKeys<NREP>;
+    constexpr int half = HD / 2;
+    static_assert(half <= kAttnThreads, "one thread a RoPE pair");
     constexpr float kNegInf = -__builtin_huge_valf();
     __shared__ float sm_o[NG][NREP][HD];
     __shared__ float sm_m[NG][NREP], sm_l[NG][NREP];
     __shared__ unsigned s_ticket;
-    __shared__ __align__(16) float s_q[NREP][HD];  // rotated queries of this kv head
-    __shared__ __align__(16) float s_k[HD];        // rotated new key of kv head g
-    __shared__ float s_cs[HD / 2][2];
+    __shared__ __align__(16) float s_k[HD];  // rotated new key of kv head g
+    __shared__ float s_cs[half][2];
 
-    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int tid = static_cast<int>(threadIdx.x);
+    const int lane = tid % 32, warp = tid / 32;
     const int sub = lane % G, grp = warp * KPW + lane / G;
     const int g = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.y);
     const int kvd = n_kv * HD;
 
-    const int p = static_cast<int>(*position);
+    // RoPE here (rope_theta > 0): the rope kernel's numerics (rope.cuh: rope_inv_freq,
+    // rope_cos_sin_at, rope_rotate). Pair tid's inverse frequency depends on nothing a kernel
+    // writes: computed before the programmatic wait.
+    const bool rope = rope_theta > 0.f;
+    float inv_freq = 0.f;
+    if (rope && tid < half) inv_freq = rope_inv_freq(tid, HD, rope_theta);
+    pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
+
+    // The position, this lane's 8 dimensions of the NREP queries and (RoPE) thread tid's pair of
+    // the new key are loaded together: none waits for another.
+    const std::int64_t pos64 = *position;
+    float qr[NREP][8];
+#pragma unroll
+    for (int r = 0; r < NREP; ++r) {
+        const float* qp = q + (g * NREP + r) * HD + sub * 8;
+        const float4 a = load4(qp), b = load4(qp + 4);
+        qr[r][0] = a.x, qr[r][1] = a.y, qr[r][2] = a.z, qr[r][3] = a.w;
+        qr[r][4] = b.x, qr[r][5] = b.y, qr[r][6] = b.z, qr[r][7] = b.w;
+    }
+    float kx1 = 0.f, kx2 = 0.f;
+    if (rope && tid < half) kx1 = k_new[g * HD + tid], kx2 = k_new[g * HD + tid + half];
+
+    const int p = static_cast<int>(pos64);
     const int lo = window > 0 ? max(0, p - window + 1) : 0;
     const int n_keys = p - lo + 1;
     // Splits in use: with the fused combine, no more than one per block step of the visible keys
@@ -126,51 +152,26 @@ __global__ void __launch_bounds__(kAttnThreads)
                             : static_cast<int>(gridDim.y);
     if (split >= n_splits) return;
     const int chunk = (n_keys + n_splits - 1) / n_splits;
-
-    // RoPE here (rope_theta > 0): the block rotates its NREP query heads and kv head g's new key
-    // into shared memory with the rope kernel's numerics (rope.cuh: rope_cos_sin, rope_rotate).
-    const bool rope = rope_theta > 0.f;
-    const float* q_src = q + g * NREP * HD;  // this kv head's query heads
-    const float* k_fresh = k_new + g * HD;   // its new key
-    if (rope) {
-        constexpr int half = HD / 2;
-        const float pos = static_cast<float>(*position);
-        for (int i = static_cast<int>(threadIdx.x); i < half; i += kAttnThreads)
-            rope_cos_sin(i, HD, pos, rope_theta, s_cs[i][0], s_cs[i][1]);
-        __syncthreads();
-        for (int e = static_cast<int>(threadIdx.x); e < (NREP + 1) * half; e += kAttnThreads) {
-            const int r = e / half, i = e % half;
-            const float* src = r < NREP ? q_src + r * HD : k_fresh;
-            float* dst = r < NREP ? &s_q[r][0] : s_k;
-            rope_rotate(src[i], src[i + half], s_cs[i][0], s_cs[i][1], dst[i], dst[i + half]);
-        }
-        __syncthreads();
-        q_src = &s_q[0][0];
-        k_fresh = s_k;
-    }
     const int j_begin = min(n_keys, split * chunk), j_end = min(n_keys, j_begin + chunk);
+    const float* k_fresh = rope ? s_k : k_new + g * HD;  // the new key (rotated)
 
-    float qr[NREP][8], o[NREP][8], m[NREP], l[NREP];
-#pragma unroll
-    for (int r = 0; r < NREP; ++r) {
-        const float* qp = q_src + r * HD + sub * 8;
-        const float4 a = load4(qp), b = load4(qp + 4);
-        qr[r][0] = a.x, qr[r][1] = a.y, qr[r][2] = a.z, qr[r][3] = a.w;
-        qr[r][4] = b.x, qr[r][5] = b.y, qr[r][6] = b.z, qr[r][7] = b.w;
-        m[r] = kNegInf;
-        l[r] = 0.f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) o[r][i] = 0.f;
-    }
-
-    // Loads the TK keys and values of the step at j0 (zeros past j_end).
-    const auto load_step = [&](int j0, float (&kf)[TK][8], float (&vf)[TK][8], bool (&valid)[TK]) {
+    // Loads the TK keys and values of the step at j0 (zeros past j_end); with `defer_fresh`, the
+    // new token's key stays zero (it is rotated later; `fresh_t` says which t holds it, or -1).
+    const auto load_step = [&](int j0, float (&kf)[TK][8], float (&vf)[TK][8], bool (&valid)[TK], bool defer_fresh,
+                               int& fresh_t) {
+        fresh_t = -1;
 #pragma unroll
         for (int t = 0; t < TK; ++t) {
             const int j = j0 + t * NG + grp;
             valid[t] = j < j_end;
             if (valid[t]) {
-                load_kv_row8(kf[t], k_fresh, k_cache, lo + j, p, C, kvd, g, HD, sub);
+                if (defer_fresh && lo + j == p) {
+                    fresh_t = t;
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) kf[t][i] = 0.f;
+                } else {
+                    load_kv_row8(kf[t], k_fresh, k_cache, lo + j, p, C, kvd, g, HD, sub);
+                }
                 load_kv_row8(vf[t], v_new + g * HD, v_cache, lo + j, p, C, kvd, g, HD, sub);
             } else {
 #pragma unroll
@@ -178,15 +179,74 @@ __global__ void __launch_bounds__(kAttnThreads)
             }
         }
     };
+    // The first step's ring rows go out as soon as the position is known, before the rotation.
     float kf[TK][8], vf[TK][8];
     bool valid[TK];
-    if (j_begin < j_end) load_step(j_begin, kf, vf, valid);
+    int fresh_t = -1;
+    if (j_begin < j_end) load_step(j_begin, kf, vf, valid, rope, fresh_t);
+
+    if (rope) {
+        if (tid < half) {
+            float c, s;
+            rope_cos_sin_at(static_cast<float>(pos64), inv_freq, c, s);
+            s_cs[tid][0] = c;
+            s_cs[tid][1] = s;
+            rope_rotate(kx1, kx2, c, s, s_k[tid], s_k[tid + half]);
+        }
+        __syncthreads();
+        // Rotate the query registers: dimension d pairs with d +- half, which lane sub ^ (G / 2) of
+        // the group holds (the same lane, 4 registers away, when one lane holds the head).
+#pragma unroll
+        for (int r = 0; r < NREP; ++r) {
+            float other[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                if constexpr (G == 1) {
+                    other[i] = qr[r][(i + 4) % 8];
+                } else {
+                    other[i] = __shfl_xor_sync(0xffffffffu, qr[r][i], G / 2);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int d = sub * 8 + i, pi = d % half;
+                const float c = s_cs[pi][0], sn = s_cs[pi][1];
+                float y1, y2;
+                if (d < half) {
+                    rope_rotate(qr[r][i], other[i], c, sn, y1, y2);
+                    qr[r][i] = y1;
+                } else {
+                    rope_rotate(other[i], qr[r][i], c, sn, y1, y2);
+                    qr[r][i] = y2;
+                }
+            }
+        }
+        if (fresh_t >= 0) {  // the new key, now rotated
+#pragma unroll
+            for (int t = 0; t < TK; ++t)
+                if (t == fresh_t) {
+                    const float4 a = load4(s_k + sub * 8), b = load4(s_k + sub * 8 + 4);
+                    kf[t][0] = a.x, kf[t][1] = a.y, kf[t][2] = a.z, kf[t][3] = a.w;
+                    kf[t][4] = b.x, kf[t][5] = b.y, kf[t][6] = b.z, kf[t][7] = b.w;
+                }
+        }
+    }
+
+    float o[NREP][8], m[NREP], l[NREP];
+#pragma unroll
+    for (int r = 0; r < NREP; ++r) {
+        m[r] = kNegInf;
+        l[r] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o[r][i] = 0.f;
+    }
     for (int j0 = j_begin; j0 < j_end; j0 += NG * TK) {  // uniform over the block
         // the next step's loads go out before this step's arithmetic (register double buffer)
         float kn[TK][8], vn[TK][8];
         bool valid_n[TK];
         const bool more = j0 + NG * TK < j_end;
-        if (more) load_step(j0 + NG * TK, kn, vn, valid_n);
+        int unused_fresh;
+        if (more) load_step(j0 + NG * TK, kn, vn, valid_n, false, unused_fresh);
         float sc[TK][NREP];
 #pragma unroll
         for (int t = 0; t < TK; ++t)
