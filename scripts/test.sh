@@ -149,6 +149,9 @@ do_configure() {
 
 do_build() { cmake --build "$BUILD" -j "$JOBS"; }
 
+# ctest -j runs several test programs on the same cores: their pools sleep at once instead of
+# polling for the next job (LIMARP_SPIN_US=0; test_core checks the polling pools on its own).
+export LIMARP_SPIN_US="${LIMARP_SPIN_US:-0}"
 do_test() { ctest --test-dir "$BUILD" --output-on-failure -j "$JOBS" -LE "$EXCLUDE_LABELS"; }
 
 do_consumer() {

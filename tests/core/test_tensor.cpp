@@ -2,8 +2,10 @@
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -83,6 +85,26 @@ BOOST_AUTO_TEST_CASE(thread_pool_covers_range_once) {
             for (auto& h : hits) BOOST_REQUIRE_EQUAL(h.load(), 1);
         }
     }
+}
+
+// Back-to-back calls with the workers polling (the default) and sleeping (spin 0) between jobs, and
+// calls after a pause long enough that polling workers have gone to sleep: every element once, every
+// call complete when parallel_for returns.
+BOOST_AUTO_TEST_CASE(thread_pool_polls_then_sleeps) {
+    for (const long spin_us : {0L, 200L, 100000L})
+        for (unsigned threads : {2u, 3u}) {
+            ThreadPool pool(threads, std::chrono::microseconds(spin_us));
+            BOOST_CHECK_EQUAL(pool.spin().count(), spin_us);
+            std::vector<int> hits(64);
+            for (int call = 0; call < 2000; ++call) {
+                pool.parallel_for(0, 64, [&](std::int64_t b, std::int64_t e, unsigned) {
+                    for (auto i = b; i < e; ++i) ++hits[static_cast<std::size_t>(i)];
+                });
+                if (call % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+            }
+            for (int h : hits) BOOST_REQUIRE_EQUAL(h, 2000);
+        }
+    BOOST_CHECK_EQUAL(ThreadPool(2, std::chrono::microseconds(-5)).spin().count(), 0);
 }
 
 BOOST_AUTO_TEST_CASE(thread_pool_rethrows_and_survives) {
