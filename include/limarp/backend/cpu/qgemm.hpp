@@ -175,6 +175,15 @@ void qmatmul_wt_lora(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]
         return;
     }
     const auto lora = [&](std::int64_t o, int g) {  // y[:, o .. o+g) += z · B[o .. o+g)ᵀ
+        // B is a stream of its own, short rows read a group at a time, which the GEMV's weight
+        // prefetch does not cover: ask for the next group's rows (usually this thread's next)
+        // while this group's dots run.
+        const std::int64_t o_next = o + g, g_next = std::min<std::int64_t>(g, n_out - o_next);
+        if (g_next > 0) {
+            const char* next = reinterpret_cast<const char*>(b + o_next * r);
+            const std::int64_t bytes = g_next * r * static_cast<std::int64_t>(sizeof(bf16));
+            for (std::int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(next + off, 0, 3);
+        }
         cpu_detail::matmul_wt_row_group<A>(y, z, b, T, r, n_out, o, g, /*accumulate=*/true);
     };
     if (!opt.int8_activations) {
