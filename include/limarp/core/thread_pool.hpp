@@ -141,6 +141,8 @@ private:
             if (ready()) return;
 #if defined(__x86_64__) || defined(__i386__)
             _mm_pause();
+#else
+            std::this_thread::yield();
 #endif
             if (i % 256 == 0 && std::chrono::steady_clock::now() - t0 > limit) return;
         }

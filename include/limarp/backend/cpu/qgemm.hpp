@@ -155,8 +155,9 @@ void qmatmul_wt(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/, c
 /// row-major, z [T, r] = scale · x Aᵀ) in the same pass where the GEMV path runs (T <=
 /// kQGemvMaxRows, or any T on the scalar ISA with int8 activations): each thread adds the B rows
 /// of its group of 4 weight rows right after them (`cpu_detail::matmul_wt_row_group`, the dot
-/// tiles of the few-rows `matmul_wt`, so the term equals that of a separate bf16 `matmul_wt` pass), with no second parallel pass over y. Other shapes run
-/// the product, then `matmul_wt` accumulating z · Bᵀ.
+/// tiles of the few-rows `matmul_wt`, so the term equals that of a separate bf16 `matmul_wt`
+/// pass), with no second parallel pass over y, and prefetches the next group's B rows. Other
+/// shapes run the product, then `matmul_wt` accumulating z · Bᵀ.
 /// \pre as `qmatmul_wt`; b and z do not overlap y.
 template <class A>
 void qmatmul_wt_lora(Cpu<A>, float* y /*[T, n_out]*/, const float* x /*[T, n_in]*/,

@@ -119,8 +119,8 @@ __global__ void __launch_bounds__(kAttnThreads)
     const int g = static_cast<int>(blockIdx.x), split = static_cast<int>(blockIdx.y);
     const int kvd = n_kv * HD;
 
-    // RoPE here (rope_theta > 0): the rope kernel's numerics (rope.cuh: rope_inv_freq,
-    // rope_cos_sin_at, rope_rotate). Pair tid's inverse frequency depends on nothing a kernel
+    // RoPE here (rope_theta > 0): the rope kernel's numerics (detail/rope_math.cuh: rope_inv_freq,
+    // rope_cos_sin_at, rope_rotate, as rope.cuh uses them). Pair tid's inverse frequency depends on nothing a kernel
     // writes: computed before the programmatic wait.
     const bool rope = rope_theta > 0.f;
     float inv_freq = 0.f;
@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     if (split >= n_splits) return;
     const int chunk = (n_keys + n_splits - 1) / n_splits;
     const int j_begin = min(n_keys, split * chunk), j_end = min(n_keys, j_begin + chunk);
-    const float* k_fresh = rope ? s_k : k_new + g * HD;  // the new key (rotated)
+    const float* k_fresh = rope ? s_k : k_new + g * HD;  // the new key (rotated here when rope)
 
     // Loads the TK keys and values of the step at j0 (zeros past j_end); with `defer_fresh`, the
     // new token's key stays zero (it is rotated later; `fresh_t` says which t holds it, or -1).
