@@ -74,9 +74,10 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
     ctx.extra.emplace_back(kQuantOutlierOption, a.outlier_threshold);
     MistralModel<B, MistralBlock<B, Lora<Proj>>> model(cfg, ctx);
     model.set_chunk_size(a.chunk);
-    const bool kv_bf16 = a.kv_cache == "bf16" ||
-                         (a.kv_cache == "auto" && B::host_memory && a.quant != "none" && a.activations != "f32");
-    model.set_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
+    const DType kv = a.kv_cache == "auto"
+                         ? auto_kv_cache_dtype(B::host_memory, a.quant != "none", a.activations == "f32")
+                         : kv_cache_dtype(a.kv_cache);
+    model.set_cache_dtype(kv);
     if (a.lora_r > 0) {
         for_each_projection(model, [&](auto& p) {
             LoraFactors f;
@@ -94,7 +95,7 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
     nlohmann::json out{{"bench", name},        {"layers", cfg.n_layers},   {"d_model", cfg.d_model},
                        {"quant", a.quant},      {"lora_r", a.lora_r},       {"chunk", a.chunk},
                        {"activations", a.quant == "none" ? "f32" : a.activations},
-                       {"outlier_threshold", a.outlier_threshold}, {"kv_cache", kv_bf16 ? "bf16" : "f32"},
+                       {"outlier_threshold", a.outlier_threshold}, {"kv_cache", kv == DType::BF16 ? "bf16" : "f32"},
                        {"threads", ThreadPool::global().size()}, {"decode", a.decode}};
     std::vector<float> logits(static_cast<std::size_t>(cfg.vocab));
     auto cache = model.make_cache();

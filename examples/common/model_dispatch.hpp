@@ -86,8 +86,7 @@ inline constexpr const char* kKvCacheHelp =
 /// \throws ArgumentError for an unknown name, or bf16 with --device cuda.
 inline DType resolve_kv_cache(const std::string& name, const std::string& device, QuantScheme scheme,
                               const std::string& activations) {
-    if (name == "auto")
-        return device == "cpu" && scheme != QuantScheme::None && activations != "f32" ? DType::BF16 : DType::F32;
+    if (name == "auto") return auto_kv_cache_dtype(device == "cpu", scheme != QuantScheme::None, activations == "f32");
     if (name != "f32" && name != "bf16") throw ArgumentError("--kv-cache must be auto, f32 or bf16, got \"" + name + "\"");
     if (name == "bf16" && device != "cpu")
         throw ArgumentError("--kv-cache bf16: the CUDA backend keeps an f32 cache (use f32 or auto)");

@@ -48,6 +48,13 @@ inline DType kv_cache_dtype(std::string_view name) {
     throw ArgumentError("key/value cache type \"" + std::string(name) + "\": expected f32 or bf16");
 }
 
+/// The key/value cache type that `--kv-cache auto` picks: bf16 on a host backend for quantized
+/// weights with int8 activations (half the cache and half the bytes attention reads), f32
+/// otherwise (device backends, and the f32 paths: unquantized weights, `--activations f32`).
+inline DType auto_kv_cache_dtype(bool host_backend, bool quantized, bool f32_activations) noexcept {
+    return host_backend && quantized && !f32_activations ? DType::BF16 : DType::F32;
+}
+
 /// The key/value cache of a whole model plus the token ids it holds (on the host), for prompt
 /// reuse. The rings live in the memory of backend `B` (`BackendMemory<B>`).
 template <class B>
@@ -111,21 +118,14 @@ public:
         // 0.5 GB less). When an allocation throws, the rings already grown hold the same rows
         // and capacity_ is still the old one, so the cache stays usable as it was.
         const std::int64_t rows = std::min(n_past(), capacity_) * kv_dim_;
-        auto grow = [&](auto& rings) {
+        for_each_ring_set([&](auto& rings) {
             for (auto& ring : rings) {
                 std::remove_reference_t<decltype(ring)> grown;
                 BackendMemory<B>::ensure(grown, c * kv_dim_);
                 BackendMemory<B>::copy(grown.data(), ring.data(), rows);
                 ring = std::move(grown);
             }
-        };
-        if (dtype_ == DType::BF16) {
-            grow(kh_);
-            grow(vh_);
-        } else {
-            grow(k_);
-            grow(v_);
-        }
+        });
         capacity_ = c;
     }
 
@@ -165,17 +165,21 @@ public:
 
 private:
     void alloc(std::int64_t c) {
-        auto make = [&](auto& rings) {
+        for_each_ring_set([&](auto& rings) {
             rings.clear();
             rings.resize(static_cast<std::size_t>(n_layers_));
             for (auto& ring : rings) BackendMemory<B>::ensure(ring, c * kv_dim_);
-        };
+        });
+    }
+    // f(key rings), then f(value rings), of the cache's row type.
+    template <class F>
+    void for_each_ring_set(F&& f) {
         if (dtype_ == DType::BF16) {
-            make(kh_);
-            make(vh_);
+            f(kh_);
+            f(vh_);
         } else {
-            make(k_);
-            make(v_);
+            f(k_);
+            f(v_);
         }
     }
     std::int64_t n_layers_ = 0, kv_dim_ = 0, window_keys_ = 0;
