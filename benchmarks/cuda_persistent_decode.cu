@@ -129,10 +129,12 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
     return v;
 }
 
-// All blocks of the grid (all resident) meet here; writes before it are visible after it.
-__device__ __forceinline__ void grid_barrier(unsigned* bar) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
+// All blocks of the grid (all resident) meet here; writes before it are visible after it. `sync`
+// synchronises the block's participating threads, `leader` is one of them.
+template <class Sync>
+__device__ __forceinline__ void grid_barrier_flip(unsigned* bar /*[2]: count, generation*/, bool leader, Sync sync) {
+    sync();
+    if (leader) {
         const unsigned gen = ld_acquire(bar + 1);
         __threadfence();
         if (atomicAdd(bar, 1u) == gridDim.x - 1) {
@@ -145,7 +147,47 @@ __device__ __forceinline__ void grid_barrier(unsigned* bar) {
         }
         __threadfence();
     }
-    __syncthreads();
+    sync();
+}
+
+// x staging, shared by the kernels: NT threads (t = 0..NT-1) of a block put(k, x[k]) for every k
+// of the phase's input, then sync(). stage_norm: x = h / rms(h) * w (n = kD); stage_copy: x = src.
+template <int NT, class Sync, class Put>
+__device__ void stage_norm(const float* h, const float* w, float* red /*[NT / 32]*/, int t, Sync sync, Put put) {
+    constexpr int PER = kD / NT;
+    static_assert(kD % NT == 0, "the norm gives each thread the same number of values");
+    float ss = 0.f, v[PER];
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        v[i] = __ldcg(h + t + i * NT);
+        ss = fmaf(v[i], v[i], ss);
+    }
+    ss = warp_sum(ss);
+    if ((t & 31) == 0) red[t / 32] = ss;
+    sync();
+    float tot = 0.f;
+#pragma unroll
+    for (int i = 0; i < NT / 32; ++i) tot += red[i];
+    const float inv = rsqrtf(tot / kD + kEps);
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int k = t + i * NT;
+        put(k, v[i] * inv * __ldg(w + k));
+    }
+    sync();
+}
+template <int NT, class Sync, class Put>
+__device__ void stage_copy(const float* src, int n, int t, Sync sync, Put put) {
+    int k = t;
+    for (; k + 7 * NT < n; k += 8 * NT) {  // 8 loads in flight a thread
+        float v[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = __ldcg(src + k + i * NT);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) put(k + i * NT, v[i]);
+    }
+    for (; k < n; k += NT) put(k, __ldcg(src + k));
+    sync();
 }
 
 // One GEMV phase's weight stream for a warp: P matrices (1, or 2 for gate/up) of K columns; item t
@@ -246,41 +288,13 @@ __device__ __forceinline__ void gemv_phase(const Stream<K, P>& st, const float* 
     }
 }
 
-// xs = h / rms(h) * w (swizzled), all threads of the block.
-__device__ void stage_norm(float* xs, const float* h, const float* w, float* red) {
-    float ss = 0.f;
-    float v[kD / kThreads];
-#pragma unroll
-    for (int i = 0; i < kD / kThreads; ++i) {
-        v[i] = __ldcg(h + threadIdx.x + i * kThreads);
-        ss = fmaf(v[i], v[i], ss);
-    }
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = ss;
-    __syncthreads();
-    float tot = 0.f;
-#pragma unroll
-    for (int i = 0; i < kWarps; ++i) tot += red[i];
-    const float inv = rsqrtf(tot / kD + kEps);
-#pragma unroll
-    for (int i = 0; i < kD / kThreads; ++i) {
-        const int k = threadIdx.x + i * kThreads;
-        xs[swz(k)] = v[i] * inv * __ldg(w + k);
-    }
-    __syncthreads();
+// v1's staging: all threads, x swizzled in shared memory.
+__device__ __forceinline__ void block_sync() { __syncthreads(); }
+__device__ void v1_stage_norm(float* xs, const float* h, const float* w, float* red) {
+    stage_norm<kThreads>(h, w, red, static_cast<int>(threadIdx.x), block_sync, [&](int k, float v) { xs[swz(k)] = v; });
 }
-
-__device__ void stage_copy(float* xs, const float* src, int n) {
-    int k = threadIdx.x;
-    for (; k + 7 * kThreads < n; k += 8 * kThreads) {  // 8 loads in flight a thread
-        float v[8];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = __ldcg(src + k + i * kThreads);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) xs[swz(k + i * kThreads)] = v[i];
-    }
-    for (; k < n; k += kThreads) xs[swz(k)] = __ldcg(src + k);
-    __syncthreads();
+__device__ void v1_stage_copy(float* xs, const float* src, int n) {
+    stage_copy<kThreads>(src, n, static_cast<int>(threadIdx.x), block_sync, [&](int k, float v) { xs[swz(k)] = v; });
 }
 
 __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(Params p) {
@@ -306,23 +320,23 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(Params p) {
         Next<decltype(st)>{&st, 0}.regs(b0, s0, lane);
     }
     for (int l = 0; l < p.n_layers; ++l) {
-        stage_norm(xs, p.h, p.layers[l].n1, red);
+        v1_stage_norm(xs, p.h, p.layers[l].n1, red);
         {
             const auto qkv = qkv_stream(l);
             const auto o = o_stream(l);
             gemv_phase(qkv, xs, b0, b1, s0, s1, [&](int r, float v, float) { p.qkv[r] = v; },
                        Next<decltype(o)>{&o, l2n}, lane);
         }
-        grid_barrier(p.bar);
-        stage_copy(xs, p.qkv, kD);  // the attention's place: o_proj reads q
+        grid_barrier_flip(p.bar, threadIdx.x == 0, block_sync);
+        v1_stage_copy(xs, p.qkv, kD);  // the attention's place: o_proj reads q
         {
             const auto o = o_stream(l);
             const auto gu = gu_stream(l);
             gemv_phase(o, xs, b0, b1, s0, s1, [&](int r, float v, float) { p.h[r] = __ldcg(p.h + r) + v; },
                        Next<decltype(gu)>{&gu, l2n}, lane);
         }
-        grid_barrier(p.bar);
-        stage_norm(xs, p.h, p.layers[l].n2, red);
+        grid_barrier_flip(p.bar, threadIdx.x == 0, block_sync);
+        v1_stage_norm(xs, p.h, p.layers[l].n2, red);
         {
             const auto gu = gu_stream(l);
             const auto down = down_stream(l);
@@ -331,15 +345,111 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(Params p) {
                 [&](int r, float g, float u) { p.hid[r] = g / (1.f + __expf(-g)) * u; },
                 Next<decltype(down)>{&down, l2n}, lane);
         }
-        grid_barrier(p.bar);
-        stage_copy(xs, p.hid, kFf);
+        grid_barrier_flip(p.bar, threadIdx.x == 0, block_sync);
+        v1_stage_copy(xs, p.hid, kFf);
         {
             const auto down = down_stream(l);
             const auto nq = qkv_stream(l + 1 < p.n_layers ? l + 1 : l);
             gemv_phase(down, xs, b0, b1, s0, s1, [&](int r, float v, float) { p.h[r] = __ldcg(p.h + r) + v; },
                        Next<decltype(nq)>{l + 1 < p.n_layers ? &nq : nullptr, l2n}, lane);
         }
-        grid_barrier(p.bar);
+        grid_barrier_flip(p.bar, threadIdx.x == 0, block_sync);
+    }
+}
+
+// ---- shared by the ring kernels (v2, v3) ------------------------------------------------------
+
+__device__ __forceinline__ unsigned su32(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_wait(std::uint64_t* b, unsigned parity) {
+    asm volatile(
+        "{\n .reg .pred p;\n W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra W;\n}\n" ::"r"(su32(b)),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, std::uint64_t* bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(su32(dst)),
+                 "l"(src), "r"(bytes), "r"(su32(bar))
+                 : "memory");
+}
+
+// Phase ph of a layer (0 q/k/v, 1 o_proj, 2 gate/up, 3 down_proj) in groups of Rows rows (gate/up:
+// Rows indices, a gate and an up row each) and chunks of Chunk bytes a row (gate/up: Chunk / 2 of
+// each).
+struct RingPhase {
+    int K, groups, chunks, chunk_bytes;
+    bool pair;
+};
+template <int Rows, int Chunk>
+__device__ __forceinline__ RingPhase ring_phase(int ph, bool rows_on) {
+    const int on = rows_on ? 1 : 0;
+    switch (ph) {
+        case 0: return {kD, on * kQkv / Rows, kD / Chunk, Chunk, false};
+        case 1: return {kD, on * kD / Rows, kD / Chunk, Chunk, false};
+        case 2: return {kD, on * kFf / Rows, kD / (Chunk / 2), Chunk / 2, true};
+        default: return {kFf, on * kD / Rows, (kFf + Chunk - 1) / Chunk, Chunk, false};
+    }
+}
+__device__ __forceinline__ int my_groups(int groups) {
+    const int b = static_cast<int>(blockIdx.x), n = static_cast<int>(gridDim.x);
+    return groups > b ? (groups - b + n - 1) / n : 0;
+}
+
+// Thread 0 initialises the ring's mbarriers: "full" completes on the producer's arrival plus the
+// stage's bytes, "empty" on one arrival of each consumer warp. The caller synchronises the block.
+template <int Stages, int Consumers>
+__device__ __forceinline__ void ring_init(std::uint64_t* full, std::uint64_t* empty) {
+    if (threadIdx.x != 0) return;
+    for (int s = 0; s < Stages; ++s) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(su32(full + s)) : "memory");
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(su32(empty + s)), "n"(Consumers) : "memory");
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+
+// The producer warp of a ring kernel: walks the consumers' stage sequence (layers, phases, the
+// block's groups, chunks), and for each stage waits for its slot, arms the slot's mbarrier with the
+// stage's bytes and copies Rows rows (gate/up: Rows gate and Rows up rows) of the chunk, plus the
+// group's scales with its first chunk. Layout places them: row(r, up) and scales(up) are offsets in
+// the stage.
+template <int Rows, int Chunk, int Stages, int StageBytes, class Layout>
+__device__ __forceinline__ void ring_producer(const Params& p, unsigned char* ring, std::uint64_t* full, std::uint64_t* empty, int lane,
+                              Layout layout) {
+    static_assert(2 * Rows <= 32, "one lane a row");
+    const int gb = static_cast<int>(blockIdx.x), gn = static_cast<int>(gridDim.x);
+    int i = 0;
+    for (int l = 0; l < p.n_layers; ++l) {
+        const LayerW& L = p.layers[l];
+        for (int ph = 0; ph < 4; ++ph) {
+            const RingPhase f = ring_phase<Rows, Chunk>(ph, p.rows_on);
+            const std::int8_t* w0 = ph == 0 ? L.qkv : ph == 1 ? L.o : ph == 2 ? L.gate : L.down;
+            const float* s0 = ph == 0 ? L.s_qkv : ph == 1 ? L.s_o : ph == 2 ? L.s_gate : L.s_down;
+            const int G = my_groups(f.groups);
+            for (int j = 0; j < G; ++j) {
+                const int g = gb + j * gn;
+                for (int c = 0; c < f.chunks; ++c, ++i) {
+                    const int slot = i % Stages;
+                    if (i >= Stages) mbar_wait(empty + slot, ((i / Stages) - 1) & 1);
+                    const int cb = min(f.chunk_bytes, f.K - c * f.chunk_bytes);
+                    const unsigned scale_bytes = c == 0 ? (f.pair ? 8u : 4u) * Rows : 0u;
+                    const unsigned total = (f.pair ? 2u : 1u) * Rows * cb + scale_bytes;
+                    if (lane == 0)
+                        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(su32(full + slot)),
+                                     "r"(total)
+                                     : "memory");
+                    __syncwarp();
+                    unsigned char* st = ring + slot * StageBytes;
+                    if (lane < (f.pair ? 2 * Rows : Rows)) {  // a lane a row (a loop here was 5% slower)
+                        const int r = lane % Rows, up = lane / Rows;
+                        const std::int8_t* src = (up ? L.up : w0) + static_cast<long long>(g * Rows + r) * f.K +
+                                                 static_cast<long long>(c) * f.chunk_bytes;
+                        bulk_copy(st + layout.row(r, up, f.pair), src, static_cast<unsigned>(cb), full + slot);
+                    }
+                    if (c == 0 && lane == 0) bulk_copy(st + layout.scales(0), s0 + g * Rows, 4u * Rows, full + slot);
+                    if (c == 0 && lane == 1 && f.pair)
+                        bulk_copy(st + layout.scales(1), L.s_up + g * Rows, 4u * Rows, full + slot);
+                }
+            }
+        }
     }
 }
 
@@ -369,91 +479,23 @@ constexpr int kStageBytes = kRows * kChunk + 128;     // rows, then the scales (
 constexpr int kXBytes = kFf * 4;
 constexpr int kSmem = kXBytes + kStages * kStageBytes + 2 * kStages * 8;
 
-__device__ __forceinline__ unsigned su32(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_wait(std::uint64_t* b, unsigned parity) {
-    asm volatile(
-        "{\n .reg .pred p;\n W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra W;\n}\n" ::"r"(su32(b)),
-        "r"(parity)
-        : "memory");
-}
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, std::uint64_t* bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(su32(dst)),
-                 "l"(src), "r"(bytes), "r"(su32(bar))
-                 : "memory");
-}
 __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers * 32) : "memory"); }
 
-// Phase ph of a layer: 0 q/k/v, 1 o_proj, 2 gate/up, 3 down_proj.
-struct Phase {
-    int K, groups, chunks, chunk_bytes;
-    bool pair;
-};
-__device__ __forceinline__ Phase phase_of(int ph, bool rows_on) {
-    const int on = rows_on ? 1 : 0;
-    switch (ph) {
-        case 0: return {kD, on * kQkv / kRows, kD / kChunk, kChunk, false};
-        case 1: return {kD, on * kD / kRows, kD / kChunk, kChunk, false};
-        case 2: return {kD, on * kFf / kRows, kD / (kChunk / 2), kChunk / 2, true};
-        default: return {kFf, on * kD / kRows, (kFf + kChunk - 1) / kChunk, kChunk, false};
-    }
+using Phase = RingPhase;
+__device__ __forceinline__ Phase phase_of(int ph, bool rows_on) { return ring_phase<kRows, kChunk>(ph, rows_on); }
+
+__device__ void v2_stage_norm(float* xs, const float* h, const float* w, float* red, int ct) {
+    stage_norm<kConsumers * 32>(h, w, red, ct, consumers_sync, [&](int k, float v) { xs[swz(k)] = v; });
 }
-__device__ __forceinline__ int my_groups(int groups) {
-    const int b = static_cast<int>(blockIdx.x), n = static_cast<int>(gridDim.x);
-    return groups > b ? (groups - b + n - 1) / n : 0;
+__device__ void v2_stage_copy(float* xs, const float* src, int n, int ct) {
+    stage_copy<kConsumers * 32>(src, n, ct, consumers_sync, [&](int k, float v) { xs[swz(k)] = v; });
 }
 
-__device__ void stage_norm(float* xs, const float* h, const float* w, float* red, int ct) {
-    float ss = 0.f;
-    float v[kD / (kConsumers * 32)];
-#pragma unroll
-    for (int i = 0; i < kD / (kConsumers * 32); ++i) {
-        v[i] = __ldcg(h + ct + i * kConsumers * 32);
-        ss = fmaf(v[i], v[i], ss);
-    }
-    ss = warp_sum(ss);
-    if ((ct & 31) == 0) red[ct / 32] = ss;
-    consumers_sync();
-    float tot = 0.f;
-#pragma unroll
-    for (int i = 0; i < kConsumers; ++i) tot += red[i];
-    const float inv = rsqrtf(tot / kD + kEps);
-#pragma unroll
-    for (int i = 0; i < kD / (kConsumers * 32); ++i) {
-        const int k = ct + i * kConsumers * 32;
-        xs[swz(k)] = v[i] * inv * __ldg(w + k);
-    }
-    consumers_sync();
-}
-__device__ void stage_copy(float* xs, const float* src, int n, int ct) {
-    constexpr int NT = kConsumers * 32;
-    int k = ct;
-    for (; k + 7 * NT < n; k += 8 * NT) {
-        float v[8];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = __ldcg(src + k + i * NT);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) xs[swz(k + i * NT)] = v[i];
-    }
-    for (; k < n; k += NT) xs[swz(k)] = __ldcg(src + k);
-    consumers_sync();
-}
-__device__ __forceinline__ void grid_barrier(unsigned* bar, int ct) {
-    consumers_sync();
-    if (ct == 0) {
-        const unsigned gen = ld_acquire(bar + 1);
-        __threadfence();
-        if (atomicAdd(bar, 1u) == gridDim.x - 1) {
-            bar[0] = 0;
-            __threadfence();
-            atomicExch(bar + 1, gen + 1);
-        } else {
-            while (ld_acquire(bar + 1) == gen) {
-            }
-        }
-        __threadfence();
-    }
-    consumers_sync();
-}
+// stage layout: row r of the group at r * kChunk (gate/up: gate then up half), then the scales
+struct Layout {
+    __device__ int row(int r, int up, bool) const { return r * kChunk + up * (kChunk / 2); }
+    __device__ int scales(int up) const { return kRows * kChunk + up * 4 * kRows; }
+};
 
 __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
     extern __shared__ __align__(128) unsigned char smem[];
@@ -463,53 +505,12 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
     std::uint64_t* empty = full + kStages;
     __shared__ float red[kConsumers];
     const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < kStages; ++s) {
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(su32(full + s)) : "memory");
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(su32(empty + s)), "n"(kConsumers) : "memory");
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
+    ring_init<kStages, kConsumers>(full, empty);
     __syncthreads();
     const int gb = static_cast<int>(blockIdx.x), gn = static_cast<int>(gridDim.x);
 
     if (warp == 0) {  // ---- producer
-        if (p.mode == 2) return;
-        int i = 0;
-        for (int l = 0; l < p.n_layers; ++l) {
-            const LayerW& L = p.layers[l];
-            for (int ph = 0; ph < 4; ++ph) {
-                const Phase f = phase_of(ph, p.rows_on);
-                const std::int8_t* w0 = ph == 0 ? L.qkv : ph == 1 ? L.o : ph == 2 ? L.gate : L.down;
-                const float* s0 = ph == 0 ? L.s_qkv : ph == 1 ? L.s_o : ph == 2 ? L.s_gate : L.s_down;
-                const int G = my_groups(f.groups);
-                for (int j = 0; j < G; ++j) {
-                    const int g = gb + j * gn;
-                    for (int c = 0; c < f.chunks; ++c, ++i) {
-                        const int slot = i % kStages;
-                        if (i >= kStages) mbar_wait(empty + slot, ((i / kStages) - 1) & 1);
-                        const int cb = min(f.chunk_bytes, f.K - c * f.chunk_bytes);
-                        const unsigned scale_bytes = c == 0 ? (f.pair ? 8u : 4u) * kRows : 0u;
-                        const unsigned total = (f.pair ? 2u : 1u) * kRows * cb + scale_bytes;
-                        if (lane == 0)
-                            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(su32(full + slot)),
-                                         "r"(total)
-                                         : "memory");
-                        __syncwarp();
-                        unsigned char* st = ring + slot * kStageBytes;
-                        for (int q = lane; q < (f.pair ? 2 * kRows : kRows); q += 32) {
-                            const int r = q % kRows, up = q / kRows;
-                            const std::int8_t* src = (up ? L.up : w0) + static_cast<long long>(g * kRows + r) * f.K +
-                                                     static_cast<long long>(c) * f.chunk_bytes;
-                            bulk_copy(st + r * kChunk + up * (kChunk / 2), src, static_cast<unsigned>(cb), full + slot);
-                        }
-                        if (c == 0 && lane == 0) bulk_copy(st + kRows * kChunk, s0 + g * kRows, 4u * kRows, full + slot);
-                        if (c == 0 && lane == 1 && f.pair)
-                            bulk_copy(st + kRows * kChunk + 4 * kRows, L.s_up + g * kRows, 4u * kRows, full + slot);
-                    }
-                }
-            }
-        }
+        if (p.mode != 2) ring_producer<kRows, kChunk, kStages, kStageBytes>(p, ring, full, empty, lane, Layout{});
         return;
     }
 
@@ -519,10 +520,10 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
     for (int l = 0; l < p.n_layers; ++l) {
         const LayerW& L = p.layers[l];
         for (int ph = 0; ph < 4; ++ph) {
-            if (ph == 0) stage_norm(xs, p.h, L.n1, red, ct);
-            if (ph == 1) stage_copy(xs, p.qkv, kD, ct);  // the attention's place: o_proj reads q
-            if (ph == 2) stage_norm(xs, p.h, L.n2, red, ct);
-            if (ph == 3) stage_copy(xs, p.hid, kFf, ct);
+            if (ph == 0) v2_stage_norm(xs, p.h, L.n1, red, ct);
+            if (ph == 1) v2_stage_copy(xs, p.qkv, kD, ct);  // the attention's place: o_proj reads q
+            if (ph == 2) v2_stage_norm(xs, p.h, L.n2, red, ct);
+            if (ph == 3) v2_stage_copy(xs, p.hid, kFf, ct);
             const Phase f = phase_of(ph, p.rows_on);
             const int G = my_groups(f.groups);
             for (int j = 0; j < G; ++j) {
@@ -581,7 +582,7 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                     else p.h[row] = __ldcg(p.h + row) + v;
                 }
             }
-            grid_barrier(p.bar, ct);
+            grid_barrier_flip(p.bar, ct == 0, consumers_sync);
         }
     }
 }
@@ -603,12 +604,7 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
 namespace v3 {
 
 using v2::kConsumers;
-using v2::su32;
-using v2::mbar_wait;
-using v2::bulk_copy;
 using v2::consumers_sync;
-using v2::grid_barrier;
-using v2::my_groups;
 static_assert(kConsumers == 8, "v3 is written for 8 consumer warps");
 constexpr int kThreads = 32 * (kConsumers + 1);
 constexpr int kStages = 4;
@@ -623,19 +619,13 @@ constexpr int kXHalf = kFf * 2 + 16;               // bytes of one f16 copy of x
 constexpr int kSmem = 2 * kXHalf + kStages * kStageBytes + 2 * kStages * 8;
 static_assert(16 * kRowStride <= 32 * kPairStride, "stage layout");
 
-struct Phase {
-    int K, groups, chunks, chunk_bytes;
-    bool pair;
+using Phase = RingPhase;
+__device__ __forceinline__ Phase phase_of(int ph, bool rows_on) { return ring_phase<kGroupRows, kChunk>(ph, rows_on); }
+// stage layout: row r (gate/up: gate rows 0..15, then up rows) at r * the row stride, then scales
+struct Layout {
+    __device__ int row(int r, int up, bool pair) const { return (r + up * kGroupRows) * (pair ? kPairStride : kRowStride); }
+    __device__ int scales(int up) const { return kScaleOff + up * 4 * kGroupRows; }
 };
-__device__ __forceinline__ Phase phase_of(int ph, bool rows_on) {
-    const int on = rows_on ? 1 : 0;
-    switch (ph) {
-        case 0: return {kD, on * kQkv / kGroupRows, kD / kChunk, kChunk, false};
-        case 1: return {kD, on * kD / kGroupRows, kD / kChunk, kChunk, false};
-        case 2: return {kD, on * kFf / kGroupRows, kD / (kChunk / 2), kChunk / 2, true};
-        default: return {kFf, on * kD / kGroupRows, (kFf + kChunk - 1) / kChunk, kChunk, false};
-    }
-}
 
 // Grid barrier on a counter that only grows (zeroed before the launch): each block adds 1 with a
 // release and waits for `target` = (barriers passed + 1) x blocks; no returning atomic, no second
@@ -657,40 +647,11 @@ __device__ __forceinline__ void put_x(__half* hi, __half* lo, int k, float v) {
     hi[k] = h;
     lo[k] = __float2half_rn(v - __half2float(h));
 }
-__device__ void stage_norm(__half* hi, __half* lo, const float* h, const float* w, float* red, int ct) {
-    constexpr int NT = kConsumers * 32, PER = kD / NT;
-    float ss = 0.f, v[PER];
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        v[i] = __ldcg(h + ct + i * NT);
-        ss = fmaf(v[i], v[i], ss);
-    }
-    ss = warp_sum(ss);
-    if ((ct & 31) == 0) red[ct / 32] = ss;
-    consumers_sync();
-    float tot = 0.f;
-#pragma unroll
-    for (int i = 0; i < kConsumers; ++i) tot += red[i];
-    const float inv = rsqrtf(tot / kD + kEps);
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const int k = ct + i * NT;
-        put_x(hi, lo, k, v[i] * inv * __ldg(w + k));
-    }
-    consumers_sync();
+__device__ void v3_stage_norm(__half* hi, __half* lo, const float* h, const float* w, float* red, int ct) {
+    stage_norm<kConsumers * 32>(h, w, red, ct, consumers_sync, [&](int k, float v) { put_x(hi, lo, k, v); });
 }
-__device__ void stage_copy(__half* hi, __half* lo, const float* src, int n, int ct) {
-    constexpr int NT = kConsumers * 32;
-    int k = ct;
-    for (; k + 7 * NT < n; k += 8 * NT) {
-        float v[8];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = __ldcg(src + k + i * NT);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) put_x(hi, lo, k + i * NT, v[i]);
-    }
-    for (; k < n; k += NT) put_x(hi, lo, k, __ldcg(src + k));
-    consumers_sync();
+__device__ void v3_stage_copy(__half* hi, __half* lo, const float* src, int n, int ct) {
+    stage_copy<kConsumers * 32>(src, n, ct, consumers_sync, [&](int k, float v) { put_x(hi, lo, k, v); });
 }
 
 // Word j of a row's 16 bytes -> the two f16x2 A registers (weights 0,1 and 2,3), exact.
@@ -738,53 +699,13 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
     __shared__ float part[4][kConsumers][32];  // partial sums of the last 4 groups (warps run <= 4 stages apart)
     __shared__ int done[4];                     // warps finished with the group in that slot
     const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < kStages; ++s) {
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(su32(full + s)) : "memory");
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(su32(empty + s)), "n"(kConsumers) : "memory");
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        for (int s = 0; s < 4; ++s) done[s] = 0;
-    }
+    ring_init<kStages, kConsumers>(full, empty);
+    if (threadIdx.x < 4) done[threadIdx.x] = 0;
     __syncthreads();
     const int gb = static_cast<int>(blockIdx.x), gn = static_cast<int>(gridDim.x);
 
-    if (warp == 0) {  // ---- producer: the same stage sequence as the consumers
-        if (p.mode == 2) return;
-        int i = 0;
-        for (int l = 0; l < p.n_layers; ++l) {
-            const LayerW& L = p.layers[l];
-            for (int ph = 0; ph < 4; ++ph) {
-                const Phase f = phase_of(ph, p.rows_on);
-                const std::int8_t* w0 = ph == 0 ? L.qkv : ph == 1 ? L.o : ph == 2 ? L.gate : L.down;
-                const float* s0 = ph == 0 ? L.s_qkv : ph == 1 ? L.s_o : ph == 2 ? L.s_gate : L.s_down;
-                const int G = my_groups(f.groups), rs = f.pair ? kPairStride : kRowStride;
-                for (int j = 0; j < G; ++j) {
-                    const int g = gb + j * gn;
-                    for (int c = 0; c < f.chunks; ++c, ++i) {
-                        const int slot = i % kStages;
-                        if (i >= kStages) mbar_wait(empty + slot, ((i / kStages) - 1) & 1);
-                        const int cb = min(f.chunk_bytes, f.K - c * f.chunk_bytes);
-                        const unsigned scale_bytes = c == 0 ? (f.pair ? 128u : 64u) : 0u;
-                        const unsigned total = (f.pair ? 32u : 16u) * cb + scale_bytes;
-                        if (lane == 0)
-                            asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(su32(full + slot)),
-                                         "r"(total)
-                                         : "memory");
-                        __syncwarp();
-                        unsigned char* st = ring + slot * kStageBytes;
-                        if (lane < (f.pair ? 32 : 16)) {
-                            const int r = lane % 16, up = lane / 16;
-                            const std::int8_t* src = (up ? L.up : w0) + static_cast<long long>(g * 16 + r) * f.K +
-                                                     static_cast<long long>(c) * f.chunk_bytes;
-                            bulk_copy(st + lane * rs, src, static_cast<unsigned>(cb), full + slot);
-                        }
-                        if (c == 0 && lane == 0) bulk_copy(st + kScaleOff, s0 + g * 16, 64u, full + slot);
-                        if (c == 0 && lane == 1 && f.pair) bulk_copy(st + kScaleOff + 64, L.s_up + g * 16, 64u, full + slot);
-                    }
-                }
-            }
-        }
+    if (warp == 0) {  // ---- producer
+        if (p.mode != 2) ring_producer<kGroupRows, kChunk, kStages, kStageBytes>(p, ring, full, empty, lane, Layout{});
         return;
     }
 
@@ -798,10 +719,10 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
         const LayerW& L = p.layers[l];
         for (int ph = 0; ph < 4; ++ph) {
             if (p.mode != 3) {
-                if (ph == 0) stage_norm(xhi, xlo, p.h, L.n1, red, ct);
-                if (ph == 1) stage_copy(xhi, xlo, p.qkv, kD, ct);  // the attention's place: o_proj reads q
-                if (ph == 2) stage_norm(xhi, xlo, p.h, L.n2, red, ct);
-                if (ph == 3) stage_copy(xhi, xlo, p.hid, kFf, ct);
+                if (ph == 0) v3_stage_norm(xhi, xlo, p.h, L.n1, red, ct);
+                if (ph == 1) v3_stage_copy(xhi, xlo, p.qkv, kD, ct);  // the attention's place: o_proj reads q
+                if (ph == 2) v3_stage_norm(xhi, xlo, p.h, L.n2, red, ct);
+                if (ph == 3) v3_stage_copy(xhi, xlo, p.hid, kFf, ct);
             }
             const Phase f = phase_of(ph, p.rows_on);
             const int G = my_groups(f.groups), rs = f.pair ? kPairStride : kRowStride;
