@@ -4,7 +4,7 @@
 // separated by grid-wide barriers, against the bandwidth floor of its weight bytes (the
 // device-to-device copy bandwidth measured in the same process).
 //
-//   bench_cuda_persistent_decode [--kernel tc|ring|registers] [--layers 32] [--reps 20]
+//   bench_cuda_persistent_decode [--kernel tc|tc8|ring|registers] [--layers 32] [--reps 20]
 //                                [--check-layers 2] [--mode 0|1|2|3] [--no-rows] [--l2-items 0] [--blocks-per-sm 1]
 //
 // What it is not: the model's decode. The attention is left out (the o_proj phase reads the q part
@@ -22,13 +22,16 @@
 // - ring (v2): a producer warp streams every phase's weights with cp.async.bulk into a ring of
 //   shared-memory stages (8 rows x 4096 bytes, completing on mbarriers) without ever waiting for a
 //   grid barrier, 8 consumer warps (one row of each stage a warp) do v1's arithmetic.
-// - tc (v3, the default): v2's ring with a tensor-core consumer: 16-row groups, int8 -> f16 exact
-//   (byte permute into 1024 + (w + 128), one half2 subtract per two weights), x as two f16
-//   columns x_hi = f16(x), x_lo = f16(x - x_hi) of mma.sync.m16n8k16 (f32 accumulate), the 8
-//   consumer warps splitting each stage's columns and the last warp of a group adding the 8
-//   partial sums in warp order; a grid barrier on a counter that only grows.
-// --mode (ring, tc): 1 no arithmetic (streaming, staging and barriers), 2 no copies (arithmetic on
-// stale stages, staging and barriers), 3 (tc) streaming alone (no arithmetic, staging or
+// - tc / tc8 (v3, `kernel<X>`; tc the default): v2's ring with a tensor-core consumer: 16-row
+//   groups, the 8 consumer warps splitting each stage's columns (4 segments of 64 inputs a warp)
+//   and the last warp of a group adding the 8 partial sums in warp order; a grid barrier on a
+//   counter that only grows. How x enters the mma (X): tc (`F16HiLo`): int8 -> f16 exact (byte
+//   permute into 1024 + (w + 128), one half2 subtract per two weights), x as two f16 columns
+//   x_hi = f16(x), x_lo = f16(x - x_hi) of mma.m16n8k16 (f32 accumulate); tc8 (`Int8Digits`):
+//   the int8 weights as they are into mma.m16n8k32.s8, x as four signed 7-bit digits with one
+//   scale for the vector (28 bits relative to max|x|), exact int32 sums until a group's end.
+// --mode (ring, tc, tc8): 1 no arithmetic (streaming, staging and barriers), 2 no copies (arithmetic on
+// stale stages, staging and barriers), 3 (tc, tc8) streaming alone (no arithmetic, staging or
 // barriers); --no-rows: the phases without rows (staging and barriers alone).
 //
 // Correctness: the first --check-layers layers are recomputed with plain one-kernel-per-op
@@ -152,13 +155,14 @@ __device__ __forceinline__ void grid_barrier_flip(unsigned* bar /*[2]: count, ge
 
 // x staging, shared by the kernels: NT threads (t = 0..NT-1) of a block put(k, x[k]) for every k
 // of the phase's input, then sync(). stage_norm: x = h / rms(h) * w (n = kD); stage_copy: x = src.
-template <int NT, class Sync, class Put>
-__device__ void stage_norm(const float* h, const float* w, float* red /*[NT / 32]*/, int t, Sync sync, Put put) {
-    constexpr int PER = kD / NT;
+// norm_values: thread t's kD / NT values of h / rms(h) * w (k = t + i NT), red free again after it.
+template <int NT, class Sync>
+__device__ void norm_values(const float* h, const float* w, float* red /*[NT / 32]*/, int t, Sync sync,
+                            float (&v)[kD / NT]) {
     static_assert(kD % NT == 0, "the norm gives each thread the same number of values");
-    float ss = 0.f, v[PER];
+    float ss = 0.f;
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
+    for (int i = 0; i < kD / NT; ++i) {
         v[i] = __ldcg(h + t + i * NT);
         ss = fmaf(v[i], v[i], ss);
     }
@@ -168,12 +172,17 @@ __device__ void stage_norm(const float* h, const float* w, float* red /*[NT / 32
     float tot = 0.f;
 #pragma unroll
     for (int i = 0; i < NT / 32; ++i) tot += red[i];
+    sync();
     const float inv = rsqrtf(tot / kD + kEps);
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const int k = t + i * NT;
-        put(k, v[i] * inv * __ldg(w + k));
-    }
+    for (int i = 0; i < kD / NT; ++i) v[i] *= inv * __ldg(w + t + i * NT);
+}
+template <int NT, class Sync, class Put>
+__device__ void stage_norm(const float* h, const float* w, float* red, int t, Sync sync, Put put) {
+    float v[kD / NT];
+    norm_values<NT>(h, w, red, t, sync, v);
+#pragma unroll
+    for (int i = 0; i < kD / NT; ++i) put(t + i * NT, v[i]);
     sync();
 }
 template <int NT, class Sync, class Put>
@@ -615,9 +624,12 @@ constexpr int kRowStride = kChunk + kPad;          // gate/up: 32 rows of (1024 
 constexpr int kPairStride = kChunk / 2 + kPad;
 constexpr int kStageBytes = 32 * kPairStride + 128;  // >= 16 * kRowStride; + scales (2 x 16 floats)
 constexpr int kScaleOff = 32 * kPairStride;
-constexpr int kXHalf = kFf * 2 + 16;               // bytes of one f16 copy of x (+16: lo on other banks)
-constexpr int kSmem = 2 * kXHalf + kStages * kStageBytes + 2 * kStages * 8;
+constexpr int kXHalf = kFf * 2 + 16;               // F16HiLo: bytes of one f16 copy of x (+16: lo on other banks)
+constexpr int kDigitStride = kFf + 64;             // Int8Digits: bytes of one digit row (+64: other banks)
+constexpr int kXBytes = 4 * kDigitStride > 2 * kXHalf ? 4 * kDigitStride : 2 * kXHalf;
+constexpr int kSmem = kXBytes + kStages * kStageBytes + 2 * kStages * 8;
 static_assert(16 * kRowStride <= 32 * kPairStride, "stage layout");
+static_assert(kD % kChunk == 0 && kFf % kChunk == 0 && kChunk % (128 * kConsumers) == 0, "whole chunks, whole segments");
 
 using Phase = RingPhase;
 __device__ __forceinline__ Phase phase_of(int ph, bool rows_on) { return ring_phase<kGroupRows, kChunk>(ph, rows_on); }
@@ -641,63 +653,209 @@ __device__ __forceinline__ void grid_barrier_count(unsigned* count, unsigned tar
     consumers_sync();
 }
 
-// x (f32 from global or normalised h) -> f16 hi / lo copies in shared memory.
-__device__ __forceinline__ void put_x(__half* hi, __half* lo, int k, float v) {
-    const __half h = __float2half_rn(v);
-    hi[k] = h;
-    lo[k] = __float2half_rn(v - __half2float(h));
-}
-__device__ void v3_stage_norm(__half* hi, __half* lo, const float* h, const float* w, float* red, int ct) {
-    stage_norm<kConsumers * 32>(h, w, red, ct, consumers_sync, [&](int k, float v) { put_x(hi, lo, k, v); });
-}
-__device__ void v3_stage_copy(__half* hi, __half* lo, const float* src, int n, int ct) {
-    stage_copy<kConsumers * 32>(src, n, ct, consumers_sync, [&](int k, float v) { put_x(hi, lo, k, v); });
-}
+// ---- how x enters the mmas: two policies for the kernel below. Each stages x into shared memory
+// (stage_norm: x = h / rms(h) * w; stage_copy: x = src), loads a lane's B fragment for the 64
+// inputs at k0 (load_b), multiplies a 64-byte segment of 16 rows into its accumulators (segment),
+// and at a group's end gives rows n and n + 8 of its partial sums on the lanes with q == 0
+// (row_sums), to be multiplied by scale().
 
-// Word j of a row's 16 bytes -> the two f16x2 A registers (weights 0,1 and 2,3), exact.
-__device__ __forceinline__ void to_f16x2(unsigned word, unsigned& lo2, unsigned& hi2) {
-    const unsigned u = word ^ 0x80808080u;  // w + 128
-    const unsigned a = __byte_perm(u, 0x64646464u, 0x4140u), b = __byte_perm(u, 0x64646464u, 0x4342u);
-    const __half2 bias = __halves2half2(__float2half(1152.f), __float2half(1152.f));
-    const __half2 ha = __hsub2(*reinterpret_cast<const __half2*>(&a), bias);
-    const __half2 hb = __hsub2(*reinterpret_cast<const __half2*>(&b), bias);
-    lo2 = *reinterpret_cast<const unsigned*>(&ha);
-    hi2 = *reinterpret_cast<const unsigned*>(&hb);
-}
-__device__ __forceinline__ void mma16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
-                                         unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-// One 64-byte segment of 16 rows (row stride rs, from `rows`) against x's 16-value slices: 4 mmas.
-__device__ __forceinline__ void segment(float (&d)[4][4], const unsigned char* rows, int rs, const uint4 (&bx)[2],
-                                        int lane) {
-    const int g = lane >> 2, q = lane & 3;
-    const uint4 r0 = *reinterpret_cast<const uint4*>(rows + g * rs + q * 16);
-    const uint4 r1 = *reinterpret_cast<const uint4*>(rows + (g + 8) * rs + q * 16);
-    const unsigned w0[4] = {r0.x, r0.y, r0.z, r0.w}, w1[4] = {r1.x, r1.y, r1.z, r1.w};
-    const unsigned b[8] = {bx[0].x, bx[0].y, bx[0].z, bx[0].w, bx[1].x, bx[1].y, bx[1].z, bx[1].w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        unsigned a0, a2, a1, a3;
-        to_f16x2(w0[j], a0, a2);
-        to_f16x2(w1[j], a1, a3);
-        mma16816(d[j], a0, a1, a2, a3, b[2 * j], b[2 * j + 1]);
+// F16HiLo: x as two f16 columns of mma.m16n8k16 (f32 accumulate), x_hi = f16(x), x_lo = f16(x - x_hi);
+// the int8 weights become f16 exactly (byte permute into 1024 + (w + 128), one half2 subtract per
+// two weights). Four mmas a segment.
+struct F16HiLo {
+    struct Acc {
+        float d[4][4] = {};
+    };
+    struct B {
+        uint4 v[2];
+    };
+    unsigned char* xs;
+    __device__ __half* hi() const { return reinterpret_cast<__half*>(xs); }
+    __device__ __half* lo() const { return reinterpret_cast<__half*>(xs + kXHalf); }
+    __device__ void put(int k, float v) const {
+        const __half h = __float2half_rn(v);
+        hi()[k] = h;
+        lo()[k] = __float2half_rn(v - __half2float(h));
     }
-}
+    __device__ void stage_norm(const float* h, const float* w, float* red, int ct) const {
+        ::stage_norm<kConsumers * 32>(h, w, red, ct, consumers_sync, [&](int k, float v) { put(k, v); });
+    }
+    __device__ void stage_copy(const float* src, int n, float*, int ct) const {
+        ::stage_copy<kConsumers * 32>(src, n, ct, consumers_sync, [&](int k, float v) { put(k, v); });
+    }
+    __device__ float scale() const { return 1.f; }
+    __device__ B load_b(int k0, int lane) const {  // column n = lane / 4: 0 x_hi, 1 x_lo, others zero
+        B b{{make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)}};
+        const int n = lane >> 2, q = lane & 3;
+        if (n < 2) {
+            const __half* xp = (n == 0 ? hi() : lo()) + k0 + q * 16;
+            b.v[0] = *reinterpret_cast<const uint4*>(xp);
+            b.v[1] = *reinterpret_cast<const uint4*>(xp + 8);
+        }
+        return b;
+    }
+    // Word j of a row's 16 bytes -> the two f16x2 A registers (weights 0,1 and 2,3), exact.
+    static __device__ __forceinline__ void to_f16x2(unsigned word, unsigned& lo2, unsigned& hi2) {
+        const unsigned u = word ^ 0x80808080u;  // w + 128
+        const unsigned a = __byte_perm(u, 0x64646464u, 0x4140u), b = __byte_perm(u, 0x64646464u, 0x4342u);
+        const __half2 bias = __halves2half2(__float2half(1152.f), __float2half(1152.f));
+        const __half2 ha = __hsub2(*reinterpret_cast<const __half2*>(&a), bias);
+        const __half2 hb = __hsub2(*reinterpret_cast<const __half2*>(&b), bias);
+        lo2 = *reinterpret_cast<const unsigned*>(&ha);
+        hi2 = *reinterpret_cast<const unsigned*>(&hb);
+    }
+    static __device__ __forceinline__ void mma(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                               unsigned b0, unsigned b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+    // A lane's 16-byte load of row g (and g + 8) feeds four mmas: the inputs' order inside a k-block
+    // is free as long as x follows it.
+    static __device__ __forceinline__ void segment(Acc& acc, const unsigned char* rows, int rs, const B& bx, int lane,
+                                                   int /*sub: four accumulators already*/) {
+        const int g = lane >> 2, q = lane & 3;
+        const uint4 r0 = *reinterpret_cast<const uint4*>(rows + g * rs + q * 16);
+        const uint4 r1 = *reinterpret_cast<const uint4*>(rows + (g + 8) * rs + q * 16);
+        const unsigned w0[4] = {r0.x, r0.y, r0.z, r0.w}, w1[4] = {r1.x, r1.y, r1.z, r1.w};
+        const unsigned b[8] = {bx.v[0].x, bx.v[0].y, bx.v[0].z, bx.v[0].w, bx.v[1].x, bx.v[1].y, bx.v[1].z, bx.v[1].w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            unsigned a0, a2, a1, a3;
+            to_f16x2(w0[j], a0, a2);
+            to_f16x2(w1[j], a1, a3);
+            mma(acc.d[j], a0, a1, a2, a3, b[2 * j], b[2 * j + 1]);
+        }
+    }
+    static __device__ void row_sums(const Acc& a, int, float& r0, float& r1) {  // columns 0 (hi) + 1 (lo)
+        r0 = r1 = 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            r0 += a.d[j][0] + a.d[j][1];
+            r1 += a.d[j][2] + a.d[j][3];
+        }
+    }
+};
 
+// Int8Digits: the int8 weights go into mma.m16n8k32.s8 as they are; x enters as four signed 7-bit
+// digits (columns 0..3): x = s (d0 + 2^7 d1 + 2^14 d2 + 2^21 d3) with one s = max|x| / 2^27 for
+// the whole vector (28 bits relative to the largest |x|), so a group's int32 sums are exact and
+// become f32 once, at its end. Two mmas a segment, no conversion of the weights.
+struct Int8Digits {
+    struct Acc {
+        int d[2][4] = {};  // two sets (alternate segments): two independent mma chains
+    };
+    using B = uint4;
+    unsigned char* xs;
+    float* s;  // shared: the vector's scale
+    __device__ signed char* digit(int n) const { return reinterpret_cast<signed char*>(xs + n * kDigitStride); }
+    __device__ void put(int k, float v, float inv) const {
+        int X = __float2int_rn(v * inv);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            const int d = n < 3 ? ((X + 64) & 127) - 64 : X;
+            digit(n)[k] = static_cast<signed char>(d);
+            X = (X - d) >> 7;
+        }
+    }
+    // The block's largest |value| (every consumer thread passes its own).
+    static __device__ float block_max(float m, float* red, int ct) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if ((ct & 31) == 0) red[ct / 32] = m;
+        consumers_sync();
+        float t = 0.f;
+#pragma unroll
+        for (int i = 0; i < kConsumers; ++i) t = fmaxf(t, red[i]);
+        consumers_sync();  // red is reused
+        return t;
+    }
+    __device__ float set_scale(float mx, int ct) const {  // returns 1 / s
+        const float sc = mx > 0.f ? mx / 134217728.f : 1.f;
+        if (ct == 0) *s = sc;
+        return 1.f / sc;
+    }
+    __device__ void stage_norm(const float* h, const float* w, float* red, int ct) const {
+        constexpr int NT = kConsumers * 32, PER = kD / NT;
+        float v[PER], m = 0.f;
+        norm_values<NT>(h, w, red, ct, consumers_sync, v);
+#pragma unroll
+        for (int i = 0; i < PER; ++i) m = fmaxf(m, fabsf(v[i]));
+        const float inv = set_scale(block_max(m, red, ct), ct);
+#pragma unroll
+        for (int i = 0; i < PER; ++i) put(ct + i * NT, v[i], inv);
+        consumers_sync();
+    }
+    __device__ void stage_copy(const float* src, int n, float* red, int ct) const {  // two passes over src (L2)
+        constexpr int NT = kConsumers * 32;
+        float m = 0.f;
+        for (int k = ct; k < n; k += 8 * NT) {
+            float v[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) v[i] = k + i * NT < n ? __ldcg(src + k + i * NT) : 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) m = fmaxf(m, fabsf(v[i]));
+        }
+        const float inv = set_scale(block_max(m, red, ct), ct);
+        for (int k = ct; k < n; k += 8 * NT) {
+            float v[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) v[i] = k + i * NT < n ? __ldcg(src + k + i * NT) : 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+                if (k + i * NT < n) put(k + i * NT, v[i], inv);
+        }
+        consumers_sync();
+    }
+    __device__ float scale() const { return *s; }
+    __device__ B load_b(int k0, int lane) const {  // column n = lane / 4: digit n, columns 4..7 zero
+        const int n = lane >> 2, q = lane & 3;
+        return n < 4 ? *reinterpret_cast<const uint4*>(digit(n) + k0 + q * 16) : make_uint4(0, 0, 0, 0);
+    }
+    static __device__ __forceinline__ void mma(int (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                               unsigned b0, unsigned b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ void segment(Acc& acc, const unsigned char* rows, int rs, const B& bx, int lane,
+                                                   int sub) {
+        const int g = lane >> 2, q = lane & 3;
+        const uint4 ra = *reinterpret_cast<const uint4*>(rows + g * rs + q * 16);
+        const uint4 rb = *reinterpret_cast<const uint4*>(rows + (g + 8) * rs + q * 16);
+        int(&d)[4] = acc.d[sub];
+        mma(d, ra.x, rb.x, ra.y, rb.y, bx.x, bx.y);
+        mma(d, ra.z, rb.z, ra.w, rb.w, bx.z, bx.w);
+    }
+    // Lane 4n holds digits 0 and 1 of rows n and n + 8, lane 4n + 1 digits 2 and 3.
+    static __device__ void row_sums(const Acc& a, int lane, float& r0, float& r1) {
+        const bool high = (lane & 3) == 1;
+        const float f0 = high ? 16384.f : 1.f, f1 = high ? 2097152.f : 128.f;
+        const int d0 = a.d[0][0] + a.d[1][0], d1 = a.d[0][1] + a.d[1][1];  // exact: |sum| < 2^31
+        const int d2 = a.d[0][2] + a.d[1][2], d3 = a.d[0][3] + a.d[1][3];
+        r0 = static_cast<float>(d0) * f0 + static_cast<float>(d1) * f1;
+        r1 = static_cast<float>(d2) * f0 + static_cast<float>(d3) * f1;
+        if ((lane & 3) > 1) r0 = r1 = 0.f;
+        r0 += __shfl_down_sync(0xffffffffu, r0, 1);
+        r1 += __shfl_down_sync(0xffffffffu, r1, 1);
+    }
+};
+
+template <class X>
 __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
     extern __shared__ __align__(128) unsigned char smem[];
-    __half* xhi = reinterpret_cast<__half*>(smem);
-    __half* xlo = reinterpret_cast<__half*>(smem + kXHalf);
-    unsigned char* ring = smem + 2 * kXHalf;
+    unsigned char* ring = smem + kXBytes;
     std::uint64_t* full = reinterpret_cast<std::uint64_t*>(ring + kStages * kStageBytes);
     std::uint64_t* empty = full + kStages;
     __shared__ float red[kConsumers];
     __shared__ float part[4][kConsumers][32];  // partial sums of the last 4 groups (warps run <= 4 stages apart)
     __shared__ int done[4];                     // warps finished with the group in that slot
+    __shared__ float x_scale;
+    X x;
+    x.xs = smem;
+    if constexpr (requires { x.s; }) x.s = &x_scale;
     const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
     ring_init<kStages, kConsumers>(full, empty);
     if (threadIdx.x < 4) done[threadIdx.x] = 0;
@@ -711,24 +869,23 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
 
     // ---- consumers
     const int cw = warp - 1, ct = static_cast<int>(threadIdx.x) - 32;
-    const int n = lane >> 2, q = lane & 3;  // B fragment: column n (0 = x_hi, 1 = x_lo, others 0)
-    const __half* xcol = n == 0 ? xhi : xlo;
+    const int n = lane >> 2, q = lane & 3;
     int i = 0, gcount = 0;
     unsigned nbar = 0;
     for (int l = 0; l < p.n_layers; ++l) {
         const LayerW& L = p.layers[l];
         for (int ph = 0; ph < 4; ++ph) {
             if (p.mode != 3) {
-                if (ph == 0) v3_stage_norm(xhi, xlo, p.h, L.n1, red, ct);
-                if (ph == 1) v3_stage_copy(xhi, xlo, p.qkv, kD, ct);  // the attention's place: o_proj reads q
-                if (ph == 2) v3_stage_norm(xhi, xlo, p.h, L.n2, red, ct);
-                if (ph == 3) v3_stage_copy(xhi, xlo, p.hid, kFf, ct);
+                if (ph == 0) x.stage_norm(p.h, L.n1, red, ct);
+                if (ph == 1) x.stage_copy(p.qkv, kD, red, ct);  // the attention's place: o_proj reads q
+                if (ph == 2) x.stage_norm(p.h, L.n2, red, ct);
+                if (ph == 3) x.stage_copy(p.hid, kFf, red, ct);
             }
             const Phase f = phase_of(ph, p.rows_on);
             const int G = my_groups(f.groups), rs = f.pair ? kPairStride : kRowStride;
             for (int j = 0; j < G; ++j, ++gcount) {
                 const int g = gb + j * gn;
-                float d[4][4] = {}, e[4][4] = {};  // e: the up rows (gate/up)
+                typename X::Acc d, e;  // e: the up rows (gate/up)
                 float sc = 0.f, scu = 0.f;
                 // o_proj / down_proj add into h: warp 0 reads the old values now, not at the group's end
                 const float h_old = (ph == 1 || ph == 3) && lane < 16 ? __ldcg(p.h + g * 16 + lane) : 0.f;
@@ -740,18 +897,25 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                         sc = reinterpret_cast<const float*>(st + kScaleOff)[lane];
                         if (f.pair) scu = reinterpret_cast<const float*>(st + kScaleOff + 64)[lane];
                     }
-                    const int cbytes = min(f.chunk_bytes, f.K - c * f.chunk_bytes);
-                    if (p.mode != 1 && p.mode != 3)
-                        for (int s = cw; s < cbytes / 64; s += kConsumers) {
-                            uint4 bx[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-                            if (n < 2) {
-                                const __half* xp = xcol + c * f.chunk_bytes + s * 64 + q * 16;
-                                bx[0] = *reinterpret_cast<const uint4*>(xp);
-                                bx[1] = *reinterpret_cast<const uint4*>(xp + 8);
+                    // every chunk is whole (K % kChunk == 0): 4 segments a warp (gate/up: 2 of each)
+                    if (p.mode != 1 && p.mode != 3) {
+                        if (f.pair) {
+#pragma unroll
+                            for (int u = 0; u < kChunk / 128 / kConsumers; ++u) {
+                                const int s = cw + u * kConsumers;
+                                const typename X::B bx = x.load_b(c * f.chunk_bytes + s * 64, lane);
+                                X::segment(d, st + s * 64, rs, bx, lane, u & 1);
+                                X::segment(e, st + 16 * rs + s * 64, rs, bx, lane, u & 1);
                             }
-                            segment(d, st + s * 64, rs, bx, lane);
-                            if (f.pair) segment(e, st + 16 * rs + s * 64, rs, bx, lane);
+                        } else {
+#pragma unroll
+                            for (int u = 0; u < kChunk / 64 / kConsumers; ++u) {
+                                const int s = cw + u * kConsumers;
+                                const typename X::B bx = x.load_b(c * f.chunk_bytes + s * 64, lane);
+                                X::segment(d, st + s * 64, rs, bx, lane, u & 1);
+                            }
                         }
+                    }
                     __syncwarp();
                     if (lane == 0 && p.mode != 2)
                         asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(su32(empty + slot)) : "memory");
@@ -760,19 +924,16 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                 // the last warp to finish the group adds the 8 partials in warp order and writes the
                 // outputs (no barrier: the others go on to the next group)
                 const int buf = gcount & 3;
-                if (q == 0) {
-                    float r0 = 0.f, r1 = 0.f, u0 = 0.f, u1 = 0.f;
-#pragma unroll
-                    for (int jj = 0; jj < 4; ++jj) {
-                        r0 += d[jj][0] + d[jj][1];
-                        r1 += d[jj][2] + d[jj][3];
-                        u0 += e[jj][0] + e[jj][1];
-                        u1 += e[jj][2] + e[jj][3];
+                {
+                    float r0, r1, u0 = 0.f, u1 = 0.f;
+                    X::row_sums(d, lane, r0, r1);
+                    if (f.pair) X::row_sums(e, lane, u0, u1);
+                    if (q == 0) {
+                        part[buf][cw][n] = r0;
+                        part[buf][cw][n + 8] = r1;
+                        part[buf][cw][16 + n] = u0;
+                        part[buf][cw][16 + n + 8] = u1;
                     }
-                    part[buf][cw][n] = r0;
-                    part[buf][cw][n + 8] = r1;
-                    part[buf][cw][16 + n] = u0;
-                    part[buf][cw][16 + n + 8] = u1;
                 }
                 __threadfence_block();
                 __syncwarp();
@@ -788,10 +949,11 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                             v += part[buf][w][lane];
                             u += part[buf][w][16 + lane];
                         }
-                        v *= sc;
+                        const float xsc = x.scale();
+                        v *= sc * xsc;
                         const int row = g * 16 + lane;
                         if (f.pair) {
-                            u *= scu;
+                            u *= scu * xsc;
                             p.hid[row] = v / (1.f + __expf(-v)) * u;
                         } else if (ph == 0) {
                             p.qkv[row] = v;
@@ -895,11 +1057,11 @@ int main(int argc, char** argv) try {
         else if (a == "--kernel") {
             if (i + 1 >= argc) throw ArgumentError("--kernel needs a value");
             kernel_name = argv[++i];
-            if (kernel_name != "ring" && kernel_name != "registers" && kernel_name != "tc")
-                throw ArgumentError("--kernel: tc, ring or registers");
+            if (kernel_name != "ring" && kernel_name != "registers" && kernel_name != "tc" && kernel_name != "tc8")
+                throw ArgumentError("--kernel: tc, tc8, ring or registers");
         }
         else if (a == "--help") {
-            std::printf("bench_cuda_persistent_decode [--layers 32] [--reps 20] [--blocks-per-sm 1] [--check-layers 2] [--kernel tc|ring|registers] [--mode 0|1|2|3] [--l2-items 0] [--no-rows]\n");
+            std::printf("bench_cuda_persistent_decode [--layers 32] [--reps 20] [--blocks-per-sm 1] [--check-layers 2] [--kernel tc|tc8|ring|registers] [--mode 0|1|2|3] [--l2-items 0] [--no-rows]\n");
             return 0;
         } else throw ArgumentError("unknown argument " + a);
     }
@@ -948,8 +1110,9 @@ int main(int argc, char** argv) try {
     fill_f32<<<16, 256>>>(h0.data(), kD, 77, -1.f, 1.f);
     LIMARP_CUDA_CHECK_LAUNCH();
 
-    const bool ring = kernel_name == "ring", tc = kernel_name == "tc";
-    const void* kfun = tc     ? reinterpret_cast<const void*>(v3::kernel)
+    const bool ring = kernel_name == "ring", tc8 = kernel_name == "tc8", tc = kernel_name == "tc" || tc8;
+    const void* kfun = tc8    ? reinterpret_cast<const void*>(v3::kernel<v3::Int8Digits>)
+                       : tc   ? reinterpret_cast<const void*>(v3::kernel<v3::F16HiLo>)
                        : ring ? reinterpret_cast<const void*>(v2::kernel)
                               : reinterpret_cast<const void*>(persistent_kernel);
     const int smem = tc ? v3::kSmem : ring ? v2::kSmem : kFf * 4;
