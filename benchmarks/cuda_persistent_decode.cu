@@ -18,7 +18,7 @@
 //   two items in flight a warp (a register double buffer), the next phase's first item issued
 //   before the barrier; x in shared memory (f32, swizzled against bank conflicts); int8 -> f32 by a
 //   byte permute into 2^23's mantissa and one FMA a weight. --l2-items N also asks the L2 for the
-//   next phase's first N items (measured slower).
+//   next phase's items 1..N (item 0 goes to the registers; measured slower).
 // - ring (v2): a producer warp streams every phase's weights with cp.async.bulk into a ring of
 //   shared-memory stages (8 rows x 4096 bytes, completing on mbarriers) without ever waiting for a
 //   grid barrier, 8 consumer warps (one row of each stage a warp) do v1's arithmetic.
@@ -28,11 +28,13 @@
 //   counter that only grows. How x enters the mma (X): tc (`F16HiLo`): int8 -> f16 exact (byte
 //   permute into 1024 + (w + 128), one half2 subtract per two weights), x as two f16 columns
 //   x_hi = f16(x), x_lo = f16(x - x_hi) of mma.m16n8k16 (f32 accumulate); tc8 (`Int8Digits`):
-//   the int8 weights as they are into mma.m16n8k32.s8, x as four signed 7-bit digits with one
-//   scale for the vector (28 bits relative to max|x|), exact int32 sums until a group's end.
+//   the int8 weights as they are into mma.m16n8k32.s8, x as four signed digits of base 128 (in
+//   [-64, 63], the top one in [-64, 64]) with one scale for the vector (28 bits relative to
+//   max|x|), exact int32 sums until a group's end.
 // --mode (ring, tc, tc8): 1 no arithmetic (streaming, staging and barriers), 2 no copies (arithmetic on
-// stale stages, staging and barriers), 3 (tc, tc8) streaming alone (no arithmetic, staging or
-// barriers); --no-rows: the phases without rows (staging and barriers alone).
+// stale stages, the ring's handshakes, staging and barriers), 3 (tc, tc8 only) streaming alone (no
+// arithmetic, staging or barriers); --no-rows: the phases without rows (staging and barriers
+// alone). Both skip the correctness check; the registers kernel takes --no-rows, not --mode.
 //
 // Correctness: the first --check-layers layers are recomputed with plain one-kernel-per-op
 // reference kernels (double accumulation) and the residual streams compared (max relative error
@@ -368,6 +370,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(Params p) {
 
 // ---- shared by the ring kernels (v2, v3) ------------------------------------------------------
 
+// Named barrier 1 over the N consumer warps (the producer warp, warp 0, never joins it).
+template <int N>
+__device__ __forceinline__ void consumer_warps_sync() {
+    asm volatile("bar.sync 1, %0;" ::"n"(N * 32) : "memory");
+}
+
 __device__ __forceinline__ unsigned su32(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
 __device__ __forceinline__ void mbar_wait(std::uint64_t* b, unsigned parity) {
     asm volatile(
@@ -438,6 +446,11 @@ __device__ __forceinline__ void ring_producer(const Params& p, unsigned char* ri
                 for (int c = 0; c < f.chunks; ++c, ++i) {
                     const int slot = i % Stages;
                     if (i >= Stages) mbar_wait(empty + slot, ((i / Stages) - 1) & 1);
+                    if (p.mode == 2) {  // no copies: the slot is "full" at once (stale bytes), the handshakes stay
+                        if (lane == 0)
+                            asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(su32(full + slot)) : "memory");
+                        continue;
+                    }
                     const int cb = min(f.chunk_bytes, f.K - c * f.chunk_bytes);
                     const unsigned scale_bytes = c == 0 ? (f.pair ? 8u : 4u) * Rows : 0u;
                     const unsigned total = (f.pair ? 2u : 1u) * Rows * cb + scale_bytes;
@@ -488,7 +501,7 @@ constexpr int kStageBytes = kRows * kChunk + 128;     // rows, then the scales (
 constexpr int kXBytes = kFf * 4;
 constexpr int kSmem = kXBytes + kStages * kStageBytes + 2 * kStages * 8;
 
-__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kConsumers * 32) : "memory"); }
+__device__ __forceinline__ void consumers_sync() { consumer_warps_sync<kConsumers>(); }
 
 using Phase = RingPhase;
 __device__ __forceinline__ Phase phase_of(int ph, bool rows_on) { return ring_phase<kRows, kChunk>(ph, rows_on); }
@@ -519,7 +532,7 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
     const int gb = static_cast<int>(blockIdx.x), gn = static_cast<int>(gridDim.x);
 
     if (warp == 0) {  // ---- producer
-        if (p.mode != 2) ring_producer<kRows, kChunk, kStages, kStageBytes>(p, ring, full, empty, lane, Layout{});
+        ring_producer<kRows, kChunk, kStages, kStageBytes>(p, ring, full, empty, lane, Layout{});
         return;
     }
 
@@ -540,7 +553,7 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                 float a0 = 0.f, a1 = 0.f, u0 = 0.f, u1 = 0.f, sc = 0.f, scu = 0.f;
                 for (int c = 0; c < f.chunks; ++c, ++i) {
                     const int slot = i % kStages;
-                    if (p.mode != 2) mbar_wait(full + slot, (i / kStages) & 1);
+                    mbar_wait(full + slot, (i / kStages) & 1);
                     const unsigned char* st = ring + slot * kStageBytes + cw * kChunk;
                     if (c == 0) {
                         sc = reinterpret_cast<const float*>(ring + slot * kStageBytes + kRows * kChunk)[cw];
@@ -578,7 +591,7 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                             }
                     }
                     __syncwarp();
-                    if (lane == 0 && p.mode != 2)
+                    if (lane == 0)
                         asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(su32(empty + slot)) : "memory");
                 }
                 const float v = warp_sum(a0 + a1) * sc;
@@ -609,12 +622,11 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
 // 16-byte load of a row feeds four mmas (the inputs' order inside a k-block is free as long as x
 // follows it). A group is 16 rows (gate/up: 16 indices, 32 rows); the 8 consumer warps split each
 // stage's columns (64-byte segments) and reduce their 16 (32) partial sums through shared memory
-// at the group's end (one named barrier a group; warp 0 writes the outputs).
+// at the group's end (no barrier: the last warp to finish the group adds them and writes).
 namespace v3 {
 
-using v2::kConsumers;
-using v2::consumers_sync;
-static_assert(kConsumers == 8, "v3 is written for 8 consumer warps");
+constexpr int kConsumers = 8;  // the stage layout below gives 8 warps 4 segments each (gate/up: 2)
+__device__ __forceinline__ void consumers_sync() { consumer_warps_sync<kConsumers>(); }
 constexpr int kThreads = 32 * (kConsumers + 1);
 constexpr int kStages = 4;
 constexpr int kGroupRows = 16;
@@ -659,7 +671,8 @@ __device__ __forceinline__ void grid_barrier_count(unsigned* count, unsigned tar
 // and at a group's end gives rows n and n + 8 of its partial sums on the lanes with q == 0
 // (row_sums), to be multiplied by scale().
 
-// F16HiLo: x as two f16 columns of mma.m16n8k16 (f32 accumulate), x_hi = f16(x), x_lo = f16(x - x_hi);
+// F16HiLo: x as two f16 columns of mma.m16n8k16 (f32 accumulate), x_hi = f16(x), x_lo = f16(x - x_hi)
+// (22 significant bits for 2^-3 <= |x| <= 65504: x_lo is subnormal below, x_hi infinite above);
 // the int8 weights become f16 exactly (byte permute into 1024 + (w + 128), one half2 subtract per
 // two weights). Four mmas a segment.
 struct F16HiLo {
@@ -738,8 +751,9 @@ struct F16HiLo {
     }
 };
 
-// Int8Digits: the int8 weights go into mma.m16n8k32.s8 as they are; x enters as four signed 7-bit
-// digits (columns 0..3): x = s (d0 + 2^7 d1 + 2^14 d2 + 2^21 d3) with one s = max|x| / 2^27 for
+// Int8Digits: the int8 weights go into mma.m16n8k32.s8 as they are; x enters as four signed digits
+// of base 128 (columns 0..3; d0..d2 in [-64, 63], d3 in [-64, 64]):
+// x = s (d0 + 2^7 d1 + 2^14 d2 + 2^21 d3) with one s = max|x| / 2^27 for
 // the whole vector (28 bits relative to the largest |x|), so a group's int32 sums are exact and
 // become f32 once, at its end. Two mmas a segment, no conversion of the weights.
 struct Int8Digits {
@@ -863,7 +877,7 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
     const int gb = static_cast<int>(blockIdx.x), gn = static_cast<int>(gridDim.x);
 
     if (warp == 0) {  // ---- producer
-        if (p.mode != 2) ring_producer<kGroupRows, kChunk, kStages, kStageBytes>(p, ring, full, empty, lane, Layout{});
+        ring_producer<kGroupRows, kChunk, kStages, kStageBytes>(p, ring, full, empty, lane, Layout{});
         return;
     }
 
@@ -887,11 +901,12 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                 const int g = gb + j * gn;
                 typename X::Acc d, e;  // e: the up rows (gate/up)
                 float sc = 0.f, scu = 0.f;
-                // o_proj / down_proj add into h: warp 0 reads the old values now, not at the group's end
+                // o_proj / down_proj add into h: the old values are read now, not at the group's end (by
+                // every warp: any of them may finish the group last)
                 const float h_old = (ph == 1 || ph == 3) && lane < 16 ? __ldcg(p.h + g * 16 + lane) : 0.f;
                 for (int c = 0; c < f.chunks; ++c, ++i) {
                     const int slot = i % kStages;
-                    if (p.mode != 2) mbar_wait(full + slot, (i / kStages) & 1);
+                    mbar_wait(full + slot, (i / kStages) & 1);
                     const unsigned char* st = ring + slot * kStageBytes;
                     if (c == 0 && lane < 16) {
                         sc = reinterpret_cast<const float*>(st + kScaleOff)[lane];
@@ -917,7 +932,7 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                         }
                     }
                     __syncwarp();
-                    if (lane == 0 && p.mode != 2)
+                    if (lane == 0)
                         asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(su32(empty + slot)) : "memory");
                 }
                 // this warp's partial sums: lanes with q == 0 hold rows n (d[.][0] + d[.][1]) and n + 8;
@@ -935,13 +950,16 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                         part[buf][cw][16 + n + 8] = u1;
                     }
                 }
-                __threadfence_block();
-                __syncwarp();
+                __syncwarp();  // the warp's partials are written (lanes 0, 4, ..., 28)
                 int last = 0;
-                if (lane == 0) last = atomicAdd(&done[buf], 1) == kConsumers - 1;
-                last = __shfl_sync(0xffffffffu, last, 0);
-                if (last) {
+                if (lane == 0) {
                     __threadfence_block();
+                    last = atomicAdd(&done[buf], 1) == kConsumers - 1;
+                    __threadfence_block();
+                }
+                last = __shfl_sync(0xffffffffu, last, 0);
+                __syncwarp();
+                if (last) {
                     if (lane < 16) {
                         float v = 0.f, u = 0.f;
 #pragma unroll
@@ -1042,7 +1060,12 @@ int main(int argc, char** argv) try {
         const std::string a = argv[i];
         const auto val = [&] {
             if (i + 1 >= argc) throw ArgumentError(a + " needs a value");
-            return std::atoi(argv[++i]);
+            const char* v = argv[++i];
+            char* end = nullptr;
+            const long n = std::strtol(v, &end, 10);
+            if (end == v || *end != '\0' || n < 0 || n > 1000000)
+                throw ArgumentError(a + ": \"" + v + "\" is not a whole number from 0 to 1000000");
+            return static_cast<int>(n);
         };
         if (a == "--layers") layers = val();
         else if (a == "--reps") reps = val();
@@ -1061,14 +1084,27 @@ int main(int argc, char** argv) try {
                 throw ArgumentError("--kernel: tc, tc8, ring or registers");
         }
         else if (a == "--help") {
-            std::printf("bench_cuda_persistent_decode [--layers 32] [--reps 20] [--blocks-per-sm 1] [--check-layers 2] [--kernel tc|tc8|ring|registers] [--mode 0|1|2|3] [--l2-items 0] [--no-rows]\n");
+            std::printf(
+                "bench_cuda_persistent_decode [--kernel tc|tc8|ring|registers] [--layers 32] [--reps 20]\n"
+                "    [--check-layers 2] [--mode 0|1|2|3] [--no-rows] [--l2-items 0] [--blocks-per-sm 1]\n"
+                "The int8 GEMV chain of --layers decode layers in one launch, timed (median of --reps) against the\n"
+                "copy bandwidth; the first --check-layers layers checked against reference kernels (exit 1 if off).\n"
+                "--mode (ring, tc, tc8): 1 no arithmetic, 2 no weight copies, 3 (tc, tc8) streaming alone;\n"
+                "--no-rows: barriers and staging alone; both skip the check. --l2-items (registers): next\n"
+                "phase's items 1..N into the L2. See the file's header and benchmarks/NOTES.md.\n");
             return 0;
         } else throw ArgumentError("unknown argument " + a);
     }
+    if (layers < 1 || reps < 1 || bps < 1) throw ArgumentError("--layers, --reps and --blocks-per-sm must be at least 1");
+    if (mode != 0 && kernel_name == "registers") throw ArgumentError("--mode: the registers kernel has none (use --no-rows)");
+    if (mode == 3 && kernel_name == "ring") throw ArgumentError("--mode 3: tc and tc8 only");
     check_layers = rows_on && mode == 0 ? std::min(check_layers, layers) : 0;
     cudaDeviceProp prop{};
     LIMARP_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    if (prop.major < 9)
+        throw ArgumentError("this study uses sm_90 instructions (cp.async.bulk, mbarrier transactions): it needs an "
+                            "H100/H200-class GPU, this one is sm_" + std::to_string(prop.major * 10 + prop.minor));
     cudaStream_t stream;
     LIMARP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
@@ -1109,6 +1145,7 @@ int main(int argc, char** argv) try {
     LIMARP_CUDA_CHECK(cudaMemset(bar.data(), 0, bar.bytes()));
     fill_f32<<<16, 256>>>(h0.data(), kD, 77, -1.f, 1.f);
     LIMARP_CUDA_CHECK_LAUNCH();
+    LIMARP_CUDA_CHECK(cudaDeviceSynchronize());  // the legacy stream does not order `stream` (non-blocking)
 
     const bool ring = kernel_name == "ring", tc8 = kernel_name == "tc8", tc = kernel_name == "tc" || tc8;
     const void* kfun = tc8    ? reinterpret_cast<const void*>(v3::kernel<v3::Int8Digits>)
@@ -1127,9 +1164,12 @@ int main(int argc, char** argv) try {
     if (per_sm < bps) throw ArgumentError("fewer resident blocks per SM than --blocks-per-sm");
     const int grid = prop.multiProcessorCount * bps;
 
+    // tc / tc8: their grid barrier's counter only grows during a launch; zero it before each one
+    const auto reset_count = [&] {
+        if (tc) LIMARP_CUDA_CHECK(cudaMemsetAsync(bar.data() + 2, 0, sizeof(unsigned), stream));
+    };
     const auto run_persistent = [&](int n_layers) {
         Params p{d_lw.data(), n_layers, h.data(), qkv.data(), hid.data(), bar.data(), l2_items, rows_on, mode};
-        if (tc) LIMARP_CUDA_CHECK(cudaMemsetAsync(bar.data() + 2, 0, sizeof(unsigned), stream));
         void* args[] = {&p};
         LIMARP_CUDA_CHECK(cudaLaunchCooperativeKernel(kfun, dim3(grid), dim3(threads), args, smem, stream));
     };
@@ -1138,6 +1178,7 @@ int main(int argc, char** argv) try {
     bool ok = true;
     if (check_layers > 0) {
         LIMARP_CUDA_CHECK(cudaMemcpyAsync(h.data(), h0.data(), h.bytes(), cudaMemcpyDeviceToDevice, stream));
+        reset_count();
         run_persistent(check_layers);
         std::vector<float> got(kD), ref(kD);
         LIMARP_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -1171,6 +1212,7 @@ int main(int argc, char** argv) try {
     std::vector<double> v;
     for (int r = 0; r < reps + 2; ++r) {
         LIMARP_CUDA_CHECK(cudaMemcpyAsync(h.data(), h0.data(), h.bytes(), cudaMemcpyDeviceToDevice, stream));
+        reset_count();  // outside the timed window
         LIMARP_CUDA_CHECK(cudaEventRecord(ev.a, stream));
         run_persistent(layers);
         LIMARP_CUDA_CHECK(cudaEventRecord(ev.b, stream));
