@@ -590,6 +590,8 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                                     a1 = dot16(wv, x, a1);
                             }
                     }
+                    // read through the generic proxy, refilled next through the async one (the bulk copy)
+                    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
                     __syncwarp();
                     if (lane == 0)
                         asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(su32(empty + slot)) : "memory");
@@ -931,6 +933,8 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                             }
                         }
                     }
+                    // read through the generic proxy, refilled next through the async one (the bulk copy)
+                    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
                     __syncwarp();
                     if (lane == 0)
                         asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(su32(empty + slot)) : "memory");

@@ -676,6 +676,9 @@ __global__ void __launch_bounds__(kQGemvBulkThreads)
         // One barrier a stage: stage i is consumed, so warp 0 refills its slot with stage i + P while
         // warp 1 writes the group's outputs (the partials are double-buffered by group parity: the
         // next group's are written after this barrier, the one after next only after the next one).
+        // The slot was read through the generic proxy and is written next by the async proxy (the
+        // bulk copy): each reading thread orders the two with a proxy fence before the barrier.
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
         __syncthreads();
         if (warp == 0 && i + P < n_stages) issue(i + P);
         if (last && cid >= 0 && cid < RB) {
