@@ -34,9 +34,11 @@
 ///   its one wave streams at least 4 row groups: gate/up, an int8 lm_head): 8 rows x 4096 bytes
 ///   a stage, copied by `cp.async.bulk` into a ring of 2-4 shared-memory stages that complete on mbarriers, the first
 ///   stages before `griddepcontrol.wait`; 256-thread blocks, warp w takes the 512-byte step w of a
-///   stage for all 8 rows. On an H200 it streams gate/up at 0.80 of the copy bandwidth against the
+///   stage for all 8 rows; a consumed slot is refilled after a proxy fence (`fence.proxy.async`:
+///   read through the generic proxy, written by the bulk copy's async proxy) and the stage's
+///   `__syncthreads`. On an H200 it streamed gate/up at 0.80 of the copy bandwidth against the
 ///   registers path's 0.66-0.68, but loses on o/down (512 groups on 396 blocks end unevenly),
-///   and in the whole model it was no faster (361-362 against 362-363 tok/s).
+///   and in the whole model it was no faster (361-362 against 362-363 tok/s; before the fence).
 /// - x: a lane reads its 16 x values (four 16-byte loads for f32, two for bf16) through L1, where
 ///   x (at most 256 KB) stays resident for all the warps of the SM.
 /// - int8 -> f32 without the slow I2F unit: bias the byte by 128 (xor 0x80), place it in the low
