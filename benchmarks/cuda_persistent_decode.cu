@@ -39,7 +39,6 @@
 // Correctness: the first --check-layers layers are recomputed with plain one-kernel-per-op
 // reference kernels (double accumulation) and the residual streams compared (max relative error
 // printed; FAIL above 1e-4, and the exit status is 1).
-#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -48,7 +47,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -79,7 +77,7 @@ struct Params {
     float* h;      // [kD] residual stream
     float* qkv;    // [kQkv]
     float* hid;    // [kFf]
-    unsigned* bar; // [2]: arrival count, generation
+    unsigned* bar; // [3]: the flip barrier's count and generation (v1, v2); the growing count (v3)
     int l2_items;  // registers kernel: next-phase items a warp asks the L2 for (at most 31)
     int rows_on;   // 0: every phase has no rows (measures the barriers and the staging alone)
     int mode;      // ring kernels: 0 normal, 1 no arithmetic, 2 no copies (arithmetic on stale stages), 3 (tc) stream only
@@ -199,6 +197,27 @@ __device__ void stage_copy(const float* src, int n, int t, Sync sync, Put put) {
     }
     for (; k < n; k += NT) put(k, __ldcg(src + k));
     sync();
+}
+
+// Phase ph's input (0 q/k/v: norm 1 of h; 1 o_proj: q, the attention's place; 2 gate/up: norm 2
+// of h; 3 down_proj: the SwiGLU row) staged by the kernel's own norm(h, w) or copy(src, n).
+template <class Norm, class Copy>
+__device__ __forceinline__ void stage_input(int ph, const Params& p, const LayerW& L, Norm norm, Copy copy) {
+    if (ph == 0) norm(p.h, L.n1);
+    if (ph == 1) copy(p.qkv, kD);
+    if (ph == 2) norm(p.h, L.n2);
+    if (ph == 3) copy(p.hid, kFf);
+}
+
+// Phase ph's output for `row`: q/k/v as it is, o_proj and down_proj added to the residual
+// (h_old, its value before the phase), gate/up (v, u) as silu(v) u.
+__device__ __forceinline__ void store_output(const Params& p, int ph, int row, float v, float u, float h_old) {
+    if (ph == 0)
+        p.qkv[row] = v;
+    else if (ph == 2)
+        p.hid[row] = v / (1.f + __expf(-v)) * u;
+    else
+        p.h[row] = h_old + v;
 }
 
 // One GEMV phase's weight stream for a warp: P matrices (1, or 2 for gate/up) of K columns; item t
@@ -331,37 +350,41 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(Params p) {
         Next<decltype(st)>{&st, 0}.regs(b0, s0, lane);
     }
     for (int l = 0; l < p.n_layers; ++l) {
-        v1_stage_norm(xs, p.h, p.layers[l].n1, red);
+        const auto norm = [&](const float* h, const float* w) { v1_stage_norm(xs, h, w, red); };
+        const auto copy = [&](const float* src, int n) { v1_stage_copy(xs, src, n); };
+        stage_input(0, p, p.layers[l], norm, copy);
         {
             const auto qkv = qkv_stream(l);
             const auto o = o_stream(l);
-            gemv_phase(qkv, xs, b0, b1, s0, s1, [&](int r, float v, float) { p.qkv[r] = v; },
+            gemv_phase(qkv, xs, b0, b1, s0, s1, [&](int r, float v, float) { store_output(p, 0, r, v, 0.f, 0.f); },
                        Next<decltype(o)>{&o, l2n}, lane);
         }
         grid_barrier_flip(p.bar, threadIdx.x == 0, block_sync);
-        v1_stage_copy(xs, p.qkv, kD);  // the attention's place: o_proj reads q
+        stage_input(1, p, p.layers[l], norm, copy);
         {
             const auto o = o_stream(l);
             const auto gu = gu_stream(l);
-            gemv_phase(o, xs, b0, b1, s0, s1, [&](int r, float v, float) { p.h[r] = __ldcg(p.h + r) + v; },
+            gemv_phase(o, xs, b0, b1, s0, s1,
+                       [&](int r, float v, float) { store_output(p, 1, r, v, 0.f, __ldcg(p.h + r)); },
                        Next<decltype(gu)>{&gu, l2n}, lane);
         }
         grid_barrier_flip(p.bar, threadIdx.x == 0, block_sync);
-        v1_stage_norm(xs, p.h, p.layers[l].n2, red);
+        stage_input(2, p, p.layers[l], norm, copy);
         {
             const auto gu = gu_stream(l);
             const auto down = down_stream(l);
             gemv_phase(
                 gu, xs, b0, b1, s0, s1,
-                [&](int r, float g, float u) { p.hid[r] = g / (1.f + __expf(-g)) * u; },
+                [&](int r, float g, float u) { store_output(p, 2, r, g, u, 0.f); },
                 Next<decltype(down)>{&down, l2n}, lane);
         }
         grid_barrier_flip(p.bar, threadIdx.x == 0, block_sync);
-        v1_stage_copy(xs, p.hid, kFf);
+        stage_input(3, p, p.layers[l], norm, copy);
         {
             const auto down = down_stream(l);
             const auto nq = qkv_stream(l + 1 < p.n_layers ? l + 1 : l);
-            gemv_phase(down, xs, b0, b1, s0, s1, [&](int r, float v, float) { p.h[r] = __ldcg(p.h + r) + v; },
+            gemv_phase(down, xs, b0, b1, s0, s1,
+                       [&](int r, float v, float) { store_output(p, 3, r, v, 0.f, __ldcg(p.h + r)); },
                        Next<decltype(nq)>{l + 1 < p.n_layers ? &nq : nullptr, l2n}, lane);
         }
         grid_barrier_flip(p.bar, threadIdx.x == 0, block_sync);
@@ -409,6 +432,15 @@ __device__ __forceinline__ RingPhase ring_phase(int ph, bool rows_on) {
 __device__ __forceinline__ int my_groups(int groups) {
     const int b = static_cast<int>(blockIdx.x), n = static_cast<int>(gridDim.x);
     return groups > b ? (groups - b + n - 1) / n : 0;
+}
+
+// A consumer warp is done with a slot: its lanes read it through the generic proxy and the
+// producer refills it through the async one (the bulk copy), so each lane fences the two proxies,
+// then lane 0 arrives on the slot's "empty" mbarrier.
+__device__ __forceinline__ void ring_release(std::uint64_t* empty_slot, int lane) {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    __syncwarp();
+    if (lane == 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(su32(empty_slot)) : "memory");
 }
 
 // Thread 0 initialises the ring's mbarriers: "full" completes on the producer's arrival plus the
@@ -542,10 +574,9 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
     for (int l = 0; l < p.n_layers; ++l) {
         const LayerW& L = p.layers[l];
         for (int ph = 0; ph < 4; ++ph) {
-            if (ph == 0) v2_stage_norm(xs, p.h, L.n1, red, ct);
-            if (ph == 1) v2_stage_copy(xs, p.qkv, kD, ct);  // the attention's place: o_proj reads q
-            if (ph == 2) v2_stage_norm(xs, p.h, L.n2, red, ct);
-            if (ph == 3) v2_stage_copy(xs, p.hid, kFf, ct);
+            stage_input(
+                ph, p, L, [&](const float* h, const float* w) { v2_stage_norm(xs, h, w, red, ct); },
+                [&](const float* src, int n) { v2_stage_copy(xs, src, n, ct); });
             const Phase f = phase_of(ph, p.rows_on);
             const int G = my_groups(f.groups);
             for (int j = 0; j < G; ++j) {
@@ -590,21 +621,12 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                                     a1 = dot16(wv, x, a1);
                             }
                     }
-                    // read through the generic proxy, refilled next through the async one (the bulk copy)
-                    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-                    __syncwarp();
-                    if (lane == 0)
-                        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(su32(empty + slot)) : "memory");
+                    ring_release(empty + slot, lane);
                 }
                 const float v = warp_sum(a0 + a1) * sc;
+                const float u = f.pair ? warp_sum(u0 + u1) * scu : 0.f;
                 const int row = g * kRows + cw;
-                if (f.pair) {
-                    const float u = warp_sum(u0 + u1) * scu;
-                    if (lane == 0) p.hid[row] = v / (1.f + __expf(-v)) * u;
-                } else if (lane == 0) {
-                    if (ph == 0) p.qkv[row] = v;
-                    else p.h[row] = __ldcg(p.h + row) + v;
-                }
+                if (lane == 0) store_output(p, ph, row, v, u, ph == 1 || ph == 3 ? __ldcg(p.h + row) : 0.f);
             }
             grid_barrier_flip(p.bar, ct == 0, consumers_sync);
         }
@@ -891,12 +913,10 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
     for (int l = 0; l < p.n_layers; ++l) {
         const LayerW& L = p.layers[l];
         for (int ph = 0; ph < 4; ++ph) {
-            if (p.mode != 3) {
-                if (ph == 0) x.stage_norm(p.h, L.n1, red, ct);
-                if (ph == 1) x.stage_copy(p.qkv, kD, red, ct);  // the attention's place: o_proj reads q
-                if (ph == 2) x.stage_norm(p.h, L.n2, red, ct);
-                if (ph == 3) x.stage_copy(p.hid, kFf, red, ct);
-            }
+            if (p.mode != 3)
+                stage_input(
+                    ph, p, L, [&](const float* h, const float* w) { x.stage_norm(h, w, red, ct); },
+                    [&](const float* src, int n) { x.stage_copy(src, n, red, ct); });
             const Phase f = phase_of(ph, p.rows_on);
             const int G = my_groups(f.groups), rs = f.pair ? kPairStride : kRowStride;
             for (int j = 0; j < G; ++j, ++gcount) {
@@ -933,11 +953,7 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                             }
                         }
                     }
-                    // read through the generic proxy, refilled next through the async one (the bulk copy)
-                    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-                    __syncwarp();
-                    if (lane == 0)
-                        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(su32(empty + slot)) : "memory");
+                    ring_release(empty + slot, lane);
                 }
                 // this warp's partial sums: lanes with q == 0 hold rows n (d[.][0] + d[.][1]) and n + 8;
                 // the last warp to finish the group adds the 8 partials in warp order and writes the
@@ -972,16 +988,7 @@ __global__ void __launch_bounds__(kThreads, 1) kernel(Params p) {
                             u += part[buf][w][16 + lane];
                         }
                         const float xsc = x.scale();
-                        v *= sc * xsc;
-                        const int row = g * 16 + lane;
-                        if (f.pair) {
-                            u *= scu * xsc;
-                            p.hid[row] = v / (1.f + __expf(-v)) * u;
-                        } else if (ph == 0) {
-                            p.qkv[row] = v;
-                        } else {
-                            p.h[row] = h_old + v;
-                        }
+                        store_output(p, ph, g * 16 + lane, v * sc * xsc, u * scu * xsc, h_old);
                     }
                     if (lane == 0) done[buf] = 0;
                 }
