@@ -21,6 +21,12 @@ namespace qdetail {
 
 using Q8Weight = QuantizedWeight<Q8_0>;
 
+/// q8_0 x q8_0 GEMV with AVX-512: 1 (default) prefetches both lines a pair of blocks spans, 0
+/// only the first (an A/B switch for benchmarks/NOTES.md).
+#ifndef LIMARP_QGEMV_Q8_PF_PAIR
+#define LIMARP_QGEMV_Q8_PF_PAIR 1
+#endif
+
 /// Bytes of one Q8_0 block.
 inline constexpr std::int64_t kQ8Bytes = 34;
 
@@ -72,6 +78,11 @@ inline void gemv_q8_tile(float* y, std::int64_t ldy, const XQuant& xq, std::int6
             for (int g = 0; g < G; ++g) {
                 const std::uint8_t* p = wr[g] + b * kQ8Bytes;
                 gemv_prefetch(p, rb, G);
+#if LIMARP_QGEMV_Q8_PF_PAIR
+                // A pair of blocks is 68 bytes: p's line and the next cover it (with the next
+                // pair's first line); one prefetch per pair would skip a line every 16 pairs.
+                gemv_prefetch(p + 64, rb, G);
+#endif
                 const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
                 const __m512i wv = pair ? _mm512_inserti64x4(_mm512_castsi256_si512(lo),
                                                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 36)), 1)
