@@ -9,35 +9,33 @@
 #      line with its length tag "(length = TAG)" (--corpus-tags), and a LimaRP-format roleplay
 #      set (YAML conversations, <FIRST>/<SECOND>) of one exchange each, so that every reply is
 #      followed by the example's EOS: the user's turn is the novel's quoted speech, the reply
-#      the sentences that follow it, cut so that the replies fall evenly into three length
-#      bins, micro (under 5 words), short (12-24) and massive (75-99): the demo's bins (--bins)
-#      are half the library's defaults, and it trains three well-separated tags, not six,
-#      because that is what a model this small learns in minutes (README); two passes over the
-#      chapters (--passes 2) cut the same text into replies of the other lengths too;
+#      the sentences that follow it, cut so that the replies fall evenly into six length bins,
+#      micro (under 5 words), tiny (5-11), short (12-24), medium (25-49), long (50-74) and
+#      massive (75-99): the demo's bins (--bins) are half the library's defaults (so that the
+#      novel's paragraphs fill them); four passes over the chapters (--passes 4) cut the same
+#      text into replies of the other lengths too (about 290 replies a tag);
 #   4. limarp-pretrain: a tiny Mistral-architecture model (d_model 256, 4 layers, GQA 8/2,
 #      sliding window 128 < the 256-token training sequences, the real 32,000-token vocabulary)
 #      trained from scratch on the tagged prose (lr 1e-3), every paragraph a document followed
 #      by EOS (--doc-sep, the usual packing), so that EOS is a trained token: LoRA leaves the
 #      lm_head and the embeddings frozen, so a token the base never learned to predict (EOS when
-#      the novel is one text; "###" in any case) stays out of the fine-tuned model's reach. The
-#      base does not use the tag lines yet (its EOS odds are the same under every tag), but
-#      without them the fine-tune learns no tag at all (README);
+#      the novel is one text; "###" in any case) stays out of the fine-tuned model's reach.
+#      Without the tag lines in the corpus the fine-tune learned no tag at all (README);
 #   5. limarp-train: LoRA fine-tuning of that model on the roleplay set (int8 frozen base, LoRA
 #      on all seven projections, every response tagged "(length = ...)" by its length in the
 #      same bins, EOS appended to every example, so with one exchange per conversation every
-#      reply ends with EOS); unlike the seed's recipe the loss counts the responses only
-#      (train_on_inputs: false), which with two epochs fits the time;
-#   6. limarp-length-table: one roleplay prompt answered 60 times at each trained length tag
-#      (micro, short, massive), and the table of response lengths per tag (as the seed's
-#      lengths table), plus a transcript. A reply ends at EOS (or the format's stop strings, or
-#      --max-tokens).
+#      reply ends with EOS; three epochs at lr 2e-3); unlike the seed's recipe the loss counts
+#      the responses only (train_on_inputs: false), which fits the time;
+#   6. limarp-length-table: one roleplay prompt answered 60 times at each of the six trained
+#      length tags, and the table of response lengths per tag (as the seed's lengths table),
+#      plus a transcript. A reply ends at EOS (or the format's stop strings, or --max-tokens).
 #
 # Outputs in $LIMARP_DEMO_OUT (default demo-out/): base/ (the pretrained model and its loss.png),
 # lora/ (the PEFT adapter, metrics, loss.png), lengths.md / lengths.json, transcript.txt.
 #
 # Environment: LIMARP_BUILD_DIR (default build), LIMARP_JOBS (default nproc), LIMARP_SKIP_SETUP=1
-# to skip setup, LIMARP_DEMO_OUT, LIMARP_DEMO_PRETRAIN_STEPS (default 170),
-# LIMARP_DEMO_EPOCHS (default 2), LIMARP_DEMO_SAMPLES (default 60), LIMARP_THREADS.
+# to skip setup, LIMARP_DEMO_OUT, LIMARP_DEMO_PRETRAIN_STEPS (default 340),
+# LIMARP_DEMO_EPOCHS (default 3), LIMARP_DEMO_SAMPLES (default 60), LIMARP_THREADS.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,14 +43,14 @@ cd "$ROOT"
 BUILD="${LIMARP_BUILD_DIR:-build}"
 JOBS="${LIMARP_JOBS:-$(nproc)}"
 OUT="${LIMARP_DEMO_OUT:-demo-out}"
-PRETRAIN_STEPS="${LIMARP_DEMO_PRETRAIN_STEPS:-170}"
-EPOCHS="${LIMARP_DEMO_EPOCHS:-2}"
+PRETRAIN_STEPS="${LIMARP_DEMO_PRETRAIN_STEPS:-340}"
+EPOCHS="${LIMARP_DEMO_EPOCHS:-3}"
 SAMPLES="${LIMARP_DEMO_SAMPLES:-60}"
 THREADS="${LIMARP_THREADS:-$(nproc)}"
 TOK=".cache/mistral-tokenizer.model"
 NOVEL=".cache/moby-dick"
 BINS="5,12,25,50,75,100,150,200,250"   # word bounds of micro .. humongous: half the defaults
-TAGS="micro,short,massive"
+TAGS="micro,tiny,short,medium,long,massive"
 PROGRAMS=(limarp-demo-data limarp-pretrain limarp-train limarp-length-table)
 
 say() { printf '\n==> %s\n' "$*"; }
@@ -78,7 +76,7 @@ cmake --build "$BUILD" -j "$JOBS" --target "${PROGRAMS[@]}"
 T0=$(date +%s)
 mkdir -p "$OUT/base" "$OUT/lora"
 say "[1/4] data: Moby-Dick prose -> length-tagged corpus; speech + following sentences -> LimaRP roleplay set ($OUT/data)"
-"$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data" --exchanges 1 --passes 2 \
+"$BUILD/bin/limarp-demo-data" --moby-dick "$NOVEL" --out "$OUT/data" --exchanges 1 --passes 4 \
     --bins "$BINS" --corpus-tags --targets "$TAGS"
 
 say "[2/4] pretraining a tiny Mistral from scratch on the prose, paragraphs ended by EOS ($PRETRAIN_STEPS updates of 4 x 256 tokens)"

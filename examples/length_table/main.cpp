@@ -1,6 +1,6 @@
 // limarp-length-table: does the `(length = TAG)` modifier control the reply length? Builds one
 // LimaRP roleplay prompt, generates K replies per length tag (seeds S, S+1, ..., S+K-1, the same
-// seeds for every tag) and prints, per tag, the mean / min / max reply length in tokens: the
+// seeds for every tag) and prints, per tag, the mean / median / min / max reply length in tokens: the
 // "lengths" table of the LimaRP-MistralOrca-7B model card. Optionally writes the numbers as JSON
 // and a transcript (the prompt and the first reply of every tag).
 //
@@ -71,6 +71,15 @@ struct TagRun {
         for (auto n : lengths) s += static_cast<double>(n);
         return lengths.empty() ? 0.0 : s / static_cast<double>(lengths.size());
     }
+    /// The middle length (the mean of the two middle ones for an even count): the typical reply,
+    /// which a few long ones do not move as they move the mean.
+    double median() const {
+        if (lengths.empty()) return 0.0;
+        std::vector<std::int64_t> v = lengths;
+        std::sort(v.begin(), v.end());
+        const std::size_t n = v.size();
+        return n % 2 ? static_cast<double>(v[n / 2]) : 0.5 * static_cast<double>(v[n / 2 - 1] + v[n / 2]);
+    }
     std::int64_t min() const { return lengths.empty() ? 0 : *std::min_element(lengths.begin(), lengths.end()); }
     std::int64_t max() const { return lengths.empty() ? 0 : *std::max_element(lengths.begin(), lengths.end()); }
 };
@@ -133,7 +142,7 @@ int main(int argc, char** argv) {
             "Builds one roleplay prompt (a built-in scene with Ahab and Ishmael on the Pequod, or --char,\n"
             "--persona, --scenario, --message...), generates --samples replies for every length tag (seeds\n"
             "--seed, --seed+1, ...; the same seeds for every tag) and prints a markdown table of the reply\n"
-            "lengths in tokens (mean, min, max), then the generation speed. A reply ends at EOS, at a stop\n"
+            "lengths in tokens (mean, median, min, max), then the generation speed. A reply ends at EOS, at a stop\n"
             "string of the prompt format (not counted) or at --max-tokens (cut; its length is a lower bound).\n"
             "Progress goes to stderr, one line per reply."};
         std::string model_dir, tokenizer_path, lengths_arg, transcript_path, json_path, convention = "hf";
@@ -172,7 +181,7 @@ int main(int argc, char** argv) {
         app.add_option("--stop", stops, "extra stop string (repeatable), besides the prompt format's");
         app.add_option("--transcript", transcript_path,
                        "write the prompt and the first reply of every tag to this text file");
-        app.add_option("--json", json_path, "write the numbers (per tag: lengths, mean, min, max, stops) as JSON");
+        app.add_option("--json", json_path, "write the numbers (per tag: lengths, mean, median, min, max, stops) as JSON");
         sf.add(app);
         app.add_option("--window-convention", convention, "sliding window: hf (W keys, default) or mistral (W+1 keys)");
         app.add_option("--threads", threads, "worker threads (default: all cores; or LIMARP_THREADS)");
@@ -250,12 +259,12 @@ int main(int argc, char** argv) {
             }
 
             // The table.
-            std::printf("| length tag | mean | min | max | samples |\n");
-            std::printf("|---|---:|---:|---:|---:|\n");
+            std::printf("| length tag | mean | median | min | max | samples |\n");
+            std::printf("|---|---:|---:|---:|---:|---:|\n");
             std::int64_t cut = 0;
             std::string cut_list;
             for (const TagRun& run : runs) {
-                std::printf("| %s | %.1f | %lld | %lld | %zu |\n", run.name().c_str(), run.mean(),
+                std::printf("| %s | %.1f | %.1f | %lld | %lld | %zu |\n", run.name().c_str(), run.mean(), run.median(),
                             static_cast<long long>(run.min()), static_cast<long long>(run.max()), run.lengths.size());
                 const auto c = run.count("max_tokens");
                 if (c > 0) cut_list += (cut_list.empty() ? "" : ", ") + run.name() + " " + std::to_string(c);
@@ -302,6 +311,7 @@ int main(int argc, char** argv) {
                                          {"lengths", run.lengths},
                                          {"stop_reasons", run.reasons},
                                          {"mean", run.mean()},
+                                         {"median", run.median()},
                                          {"min", run.min()},
                                          {"max", run.max()},
                                          {"eos", run.count("eos")},

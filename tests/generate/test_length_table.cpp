@@ -6,6 +6,8 @@
 // Skipped when the program or the tokenizer is missing.
 #include <boost/test/unit_test.hpp>
 
+#include <cmath>
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -95,7 +97,7 @@ BOOST_AUTO_TEST_CASE(every_tag_in_table_json_and_transcript) {
                                          out, err),
                         0);
     // stdout: the markdown table, one row per tag in the enum's order, then the speed line.
-    BOOST_CHECK(out.find("| length tag | mean | min | max | samples |") != std::string::npos);
+    BOOST_CHECK(out.find("| length tag | mean | median | min | max | samples |") != std::string::npos);
     BOOST_CHECK(out.find("tok/s") != std::string::npos);
     std::size_t at = 0;
     for (text::LengthTag t : text::kLengthTags) {
@@ -128,6 +130,8 @@ BOOST_AUTO_TEST_CASE(every_tag_in_table_json_and_transcript) {
         }
         BOOST_CHECK_LE(t.at("min").get<std::int64_t>(), t.at("mean").get<double>());
         BOOST_CHECK_LE(t.at("mean").get<double>(), t.at("max").get<std::int64_t>());
+        // two samples: the median is their mean
+        BOOST_CHECK_LE(std::fabs(t.at("median").get<double>() - 0.5 * static_cast<double>(lengths[0] + lengths[1])), 1e-9);
         BOOST_CHECK_EQUAL(t.at("eos").get<int>() + t.at("stop_string").get<int>() + t.at("max_tokens_cut").get<int>(),
                           2);
         BOOST_CHECK_EQUAL(t.at("stopped").get<int>(), t.at("eos").get<int>() + t.at("stop_string").get<int>());
