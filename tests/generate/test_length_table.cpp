@@ -159,6 +159,9 @@ BOOST_AUTO_TEST_CASE(stop_strings_and_lengths_restriction) {
         const auto lengths = t.at("lengths").get<std::vector<std::int64_t>>();
         const auto reasons = t.at("stop_reasons").get<std::vector<std::string>>();
         BOOST_REQUIRE_EQUAL(lengths.size(), 3u);
+        auto sorted = lengths;  // three samples: the median is the middle one
+        std::sort(sorted.begin(), sorted.end());
+        BOOST_CHECK_EQUAL(t.at("median").get<double>(), static_cast<double>(sorted[1]));
         for (std::size_t i = 0; i < lengths.size(); ++i) {
             BOOST_CHECK_LE(lengths[i], 8);
             if (reasons[i] == "stop_string") ++stopped;

@@ -14,8 +14,9 @@
 /// Shapes and paths:
 /// - T <= kQGemvMaxRows (decode): a GEMV that streams every weight row once from memory, 4 rows
 ///   at a time (q8_0 with AVX-512: two blocks per zmm), parallel over contiguous ranges of output
-///   rows (one per thread), prefetching the same offset of the next group of 4 rows; memory
-///   bound for weights larger than the caches.
+///   rows (one per thread), prefetching the same offset of the next group of 4 rows (q8_0 with
+///   AVX-512: both lines a 68-byte pair of blocks spans); memory bound for weights larger than
+///   the caches.
 /// - T > kQGemvMaxRows (prefill, scoring): a packed GEMM. x is quantized once into tiles of MR
 ///   rows interleaved in 4-byte groups; each task packs a panel of weight rows (NR = 32 with
 ///   AVX-512, 16 with AVX2) for a chunk of inputs (KC = 2048 / 1024) into [k/4][NR][4] (VNNI) or

@@ -22,7 +22,8 @@ namespace qdetail {
 using Q8Weight = QuantizedWeight<Q8_0>;
 
 /// q8_0 x q8_0 GEMV with AVX-512: 1 (default) prefetches both lines a pair of blocks spans, 0
-/// only the first (an A/B switch for benchmarks/NOTES.md).
+/// only the first (an A/B switch for benchmarks/NOTES.md). The AVX2 and weight-only paths keep
+/// one prefetch per step (not measured: no AVX2-only machine this session).
 #ifndef LIMARP_QGEMV_Q8_PF_PAIR
 #define LIMARP_QGEMV_Q8_PF_PAIR 1
 #endif
