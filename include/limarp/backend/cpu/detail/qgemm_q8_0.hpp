@@ -22,8 +22,9 @@ namespace qdetail {
 using Q8Weight = QuantizedWeight<Q8_0>;
 
 /// q8_0 x q8_0 GEMV with AVX-512: 1 (default) prefetches both lines a pair of blocks spans, 0
-/// only the first (an A/B switch for benchmarks/NOTES.md). The AVX2 and weight-only paths keep
-/// one prefetch per step (not measured: no AVX2-only machine this session).
+/// only the first (an A/B switch for benchmarks/NOTES.md). The AVX2 path keeps one prefetch per
+/// pair (a second one, built with -march=x86-64-v3 and run on an AVX-512 VM, gained nothing) and
+/// the weight-only path one per block.
 #ifndef LIMARP_QGEMV_Q8_PF_PAIR
 #define LIMARP_QGEMV_Q8_PF_PAIR 1
 #endif
