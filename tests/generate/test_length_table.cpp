@@ -6,9 +6,8 @@
 // Skipped when the program or the tokenizer is missing.
 #include <boost/test/unit_test.hpp>
 
-#include <cmath>
-
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
