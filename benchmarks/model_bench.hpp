@@ -8,7 +8,8 @@
 //                          [--kv-cache auto|f32|bf16 (auto: bf16 for int8/q8_0 on the CPU unless --activations
 //                           f32, as the programs)]
 //                          [--outlier-threshold X (int8 activations; default 6, 0 = off)]
-//                          [--chunk C] [--d-model D] [--d-ff F] [--vocab V]
+//                          [--chunk C (default: the model's, 256 on the CPU, 4096 on CUDA)]
+//                          [--d-model D] [--d-ff F] [--vocab V]
 //                          [--sampler host|greedy|topk|chat (CUDA: where decode picks its tokens)]
 //                          [--device-pick step|after (CUDA device sampler: inside the step, or after it)]
 //
@@ -59,7 +60,7 @@ namespace limarp::bench {
 struct ModelBenchArgs {
     MistralConfig cfg;
     std::vector<std::int64_t> prompts{128};
-    std::int64_t decode = 16, lora_r = 0, chunk = 256;
+    std::int64_t decode = 16, lora_r = 0, chunk = 0;  // chunk 0: the model's default
     std::string quant = "none", activations = "int8", outlier_threshold = "6", sampler = "host", device_pick = "step";
     std::string kv_cache = "auto";
 };
@@ -73,7 +74,7 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
     ctx.extra.emplace_back(kQuantActivationsOption, a.activations);
     ctx.extra.emplace_back(kQuantOutlierOption, a.outlier_threshold);
     MistralModel<B, MistralBlock<B, Lora<Proj>>> model(cfg, ctx);
-    model.set_chunk_size(a.chunk);
+    if (a.chunk > 0) model.set_chunk_size(a.chunk);
     const DType kv = a.kv_cache == "auto"
                          ? auto_kv_cache_dtype(B::host_memory, a.quant != "none", a.activations == "f32")
                          : kv_cache_dtype(a.kv_cache);
@@ -93,7 +94,7 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
                  static_cast<long long>(cfg.n_layers), gen_s);
 
     nlohmann::json out{{"bench", name},        {"layers", cfg.n_layers},   {"d_model", cfg.d_model},
-                       {"quant", a.quant},      {"lora_r", a.lora_r},       {"chunk", a.chunk},
+                       {"quant", a.quant},      {"lora_r", a.lora_r},       {"chunk", model.chunk_size()},
                        {"activations", a.quant == "none" ? "f32" : a.activations},
                        {"outlier_threshold", a.outlier_threshold}, {"kv_cache", kv == DType::BF16 ? "bf16" : "f32"},
                        {"threads", ThreadPool::global().size()}, {"decode", a.decode}};

@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
                      "predictions), \"ppl\"} plus \"next\" (top next tokens) with --top."};
         std::string model_dir, ids_str, text, tokenizer_path, logits_out, grads_out, convention = "hf";
         int top = 0, threads = 0;
-        std::int64_t chunk = 256;
+        std::int64_t chunk = 0;  // 0: the backend's default (MistralModel::kDefaultChunk)
         bool no_bos = false;
         programs::ModelOptions mo;
         app.add_option("--model", model_dir, "model folder (config.json + *.safetensors)")->required();
@@ -55,7 +55,9 @@ int main(int argc, char** argv) {
         app.add_option("--activations", mo.activations, "quantized paths: int8 (default) or f32 (weight-only; with --device cuda also the f32 prefill attention)");
         app.add_option("--outlier-threshold", mo.outlier_threshold, "int8: |x| above which columns use f32 (default 6, 0 = off)");
         app.add_option("--adapter", mo.adapters, "PEFT LoRA adapter folder, optionally :SCALE (repeatable)");
-        app.add_option("--chunk", chunk, "prefill chunk length")->check(CLI::PositiveNumber);
+        app.add_option("--chunk", chunk,
+                       "prefill chunk length in tokens (default: 256 on the CPU, 4096 with --device cuda)")
+            ->check(CLI::PositiveNumber);
         app.add_option("--threads", threads, "worker threads (default: all cores; or LIMARP_THREADS)");
         ids_opt->excludes(text_opt);
         try {
@@ -84,7 +86,7 @@ int main(int argc, char** argv) {
 
         const auto t0 = std::chrono::steady_clock::now();
         return programs::with_model(mo, [&](auto& model) {
-        model.set_chunk_size(chunk);
+        if (chunk > 0) model.set_chunk_size(chunk);
         const std::int64_t T = static_cast<std::int64_t>(ids.size()), V = model.config().vocab;
         Tensor<float> logits({T, V});
         auto cache = model.make_cache();

@@ -242,6 +242,7 @@ BOOST_AUTO_TEST_CASE(generator_with_device_sampling_matches_host_sampling) {
 BOOST_AUTO_TEST_CASE(chunks_and_token_by_token_match_one_prefill) {
     for (const char* name : kFixtures) {
         GpuDense g = load<GpuDense>(name);
+        BOOST_TEST(g.chunk_size() == 4096);  // the device backends' default
         const auto ids = test::ids_of(test::golden_json(name), "ids");
         const Tensor<float> whole = g.logits(ids);
         g.set_chunk_size(7);

@@ -88,6 +88,7 @@ BOOST_AUTO_TEST_CASE(chunked_and_token_by_token_agree) {
         Model m = load(name);
         const auto ids = test::ids_of(test::golden_json(name), "ids");
         const std::int64_t T = static_cast<std::int64_t>(ids.size()), V = m.config().vocab;
+        BOOST_TEST(m.chunk_size() == 256);           // the host backends' default
         const Tensor<float> whole = m.logits(ids);  // one prefill (chunk 256 > T)
         for (std::int64_t chunk : {1, 3, 7, 16, 17}) {
             m.set_chunk_size(chunk);

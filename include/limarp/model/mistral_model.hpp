@@ -103,7 +103,13 @@ public:
         cache_type::check_dtype(t);
         cache_dtype_ = t;
     }
-    /// Number of tokens processed per internal step of a long prefill.
+    /// The default prefill chunk of backend `B`: 256 tokens on host backends (the CPU's working
+    /// set stays in cache), 4096 on device backends, where a 256-token chunk leaves most of the
+    /// GPU idle (H200, int8, 4096-token prompt: 15.3k tok/s at 256, 36k at 4096;
+    /// benchmarks/NOTES.md, session 17) and 4096 tokens' activations (~1.5 GB for Mistral-7B)
+    /// fit next to the weights.
+    static constexpr std::int64_t kDefaultChunk = B::host_memory ? 256 : 4096;
+    /// Number of tokens processed per internal step of a long prefill (`kDefaultChunk` unless set).
     std::int64_t chunk_size() const noexcept { return chunk_; }
     /// Sets the prefill chunk length (>= 1).
     void set_chunk_size(std::int64_t c) { chunk_ = std::max<std::int64_t>(1, c); }
@@ -239,7 +245,7 @@ private:
     std::vector<Block> blocks_;
     norm_type norm_;
     Head head_;
-    std::int64_t chunk_ = 256;
+    std::int64_t chunk_ = kDefaultChunk;
     DType cache_dtype_ = DType::F32;
     Buffer<B, float> x_, logits_b_;
     Buffer<B, std::int64_t> pos_b_;
