@@ -35,7 +35,13 @@
 /// this step's arithmetic (register double buffer). The groups' states merge in shared memory;
 /// with one split the block writes the normalised output, else its (max, sum, unnormalised
 /// output) go to the workspace and the last block of the kv head to finish (a ticket counter per
-/// kv head, reset by that block) merges the splits: one launch per call. The separate
+/// kv head, reset by that block) merges the splits: one launch per call. On sm_90 the grid is
+/// launched in clusters of kAttnCluster (4) splits when all its clusters fit on the device at
+/// once (`cudaOccupancyMaxActiveClusters`; `LIMARP_CUDA_ATTN_CLUSTER=0` turns it off): when the
+/// visible keys need at most 4 splits, they all lie in the kv head's first cluster, which merges
+/// them through distributed shared memory (a cluster barrier, then its first block reads the
+/// others' states) instead of the workspace and the ticket (H200: decode +0.7%,
+/// benchmarks/NOTES.md, session 17). The separate
 /// `attention_decode_combine_kernel` (`AttentionDecodeConfig::fused_combine = false`) is the
 /// first version, kept as a measured variant: it walked the splits with one dependent L2 read
 /// each, which cost more than the attention itself at short contexts (benchmarks/NOTES.md).
@@ -48,6 +54,7 @@
 /// Supported: head_dim 8, 16, 32, 64, 128 or 256; n_heads / n_kv_heads 1, 2, 4 or 8. Floor and
 /// measurements: benchmarks/NOTES.md ("CUDA decode kernels").
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -72,6 +79,7 @@ namespace limarp {
 namespace cuda_detail {
 
 inline constexpr int kAttnWarps = 4;                 // warps per block
+inline constexpr int kAttnCluster = 4;               // blocks a cluster of the cluster merge (sm_90)
 inline constexpr int kAttnThreads = 32 * kAttnWarps;  // threads per block
 /// Keys one group folds per step: 4, or 2 with 8 query heads per kv head (register budget).
 template <int NREP>
@@ -99,7 +107,8 @@ __global__ void __launch_bounds__(kAttnThreads)
                             KV* __restrict__ k_cache /*[C, n_kv * HD]*/, KV* __restrict__ v_cache, int C,
                             const std::int64_t* __restrict__ position, int window, int n_kv, float scale,
                             unsigned* __restrict__ counters /*[n_kv]: fused combine, or null*/, bool store_new,
-                            float rope_theta /*> 0: rotate q and k_new here*/) {
+                            float rope_theta /*> 0: rotate q and k_new here*/, int max_splits,
+                            bool cluster_merge /*launched in clusters of kAttnCluster along y*/) {
     constexpr int G = HD / 8;              // lanes per key
     constexpr int KPW = 32 / G;            // keys per warp step
     constexpr int NG = kAttnWarps * KPW;   // groups per block
@@ -112,6 +121,8 @@ __global__ void __launch_bounds__(kAttnThreads)
     __shared__ unsigned s_ticket;
     __shared__ __align__(16) float s_k[HD];  // rotated new key of kv head g
     __shared__ float s_cs[half][2];
+    __shared__ __align__(16) float st_o[NREP][HD];  // the block's merged state (cluster merge)
+    __shared__ float st_m[NREP], st_l[NREP];
 
     const int tid = static_cast<int>(threadIdx.x);
     const int lane = tid % 32, warp = tid / 32;
@@ -148,9 +159,12 @@ __global__ void __launch_bounds__(kAttnThreads)
     // (the grid is sized for the longest context; at a short one the other blocks leave at once and
     // the combine merges fewer partial states). The separate combine kernel reads every split.
     const int n_splits =
-        counters != nullptr ? max(1, min(static_cast<int>(gridDim.y), (n_keys + NG * TK - 1) / (NG * TK)))
-                            : static_cast<int>(gridDim.y);
-    if (split >= n_splits) return;
+        counters != nullptr ? max(1, min(max_splits, (n_keys + NG * TK - 1) / (NG * TK))) : max_splits;
+    // Cluster merge: when all splits lie in the first cluster of the kv head, the blocks merge
+    // through distributed shared memory instead of the global ticket; that cluster's idle blocks
+    // (no keys) stay for its barriers. Uniform over the grid (n_splits depends on p only).
+    const bool in_cluster = cluster_merge && n_splits > 1 && n_splits <= kAttnCluster;
+    if (split >= n_splits && !(in_cluster && split < kAttnCluster)) return;
     const int chunk = (n_keys + n_splits - 1) / n_splits;
     const int j_begin = min(n_keys, split * chunk), j_end = min(n_keys, j_begin + chunk);
     const float* k_fresh = rope ? s_k : k_new + g * HD;  // the new key (rotated here when rope)
@@ -320,6 +334,12 @@ __global__ void __launch_bounds__(kAttnThreads)
         const int h = g * NREP + r;
         if (n_splits == 1) {
             out[h * HD + dd] = O / L;
+        } else if (in_cluster) {
+            st_o[r][dd] = O;
+            if (dd == 0) {
+                st_m[r] = M;
+                st_l[r] = L;
+            }
         } else {
             part_o[(static_cast<long long>(h) * n_splits + split) * HD + dd] = O;
             if (dd == 0) {
@@ -342,6 +362,50 @@ __global__ void __launch_bounds__(kAttnThreads)
         if (store_new) store_new_row();
         return;
     }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (in_cluster) {
+        // Every block of the cluster has its state in shared memory (and has read the ring); the
+        // first one merges the n_splits states in split order and writes the output (and the new
+        // row); the others keep their shared memory until it has read them.
+        asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+        asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+        if (split == 0) {
+            cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+            for (int e = static_cast<int>(threadIdx.x); e < NREP * HD; e += kAttnThreads) {
+                const int r = e / HD, dd = e % HD;
+                float ms[kAttnCluster], ls[kAttnCluster], os[kAttnCluster];
+#pragma unroll
+                for (int k = 0; k < kAttnCluster; ++k) {
+                    if (k < n_splits) {
+                        const float* pm = cluster.map_shared_rank(&st_m[0], static_cast<unsigned>(k));
+                        const float* pl = cluster.map_shared_rank(&st_l[0], static_cast<unsigned>(k));
+                        const float* po = cluster.map_shared_rank(&st_o[0][0], static_cast<unsigned>(k));
+                        ms[k] = pm[r];
+                        ls[k] = pl[r];
+                        os[k] = po[r * HD + dd];
+                    } else {
+                        ms[k] = kNegInf, ls[k] = 0.f, os[k] = 0.f;
+                    }
+                }
+                float M = kNegInf;
+#pragma unroll
+                for (int k = 0; k < kAttnCluster; ++k) M = fmaxf(M, ms[k]);
+                float L = 0.f, O = 0.f;
+#pragma unroll
+                for (int k = 0; k < kAttnCluster; ++k) {
+                    const float w = ms[k] == kNegInf ? 0.f : expf(ms[k] - M);
+                    L = fmaf(ls[k], w, L);
+                    O = fmaf(os[k], w, O);
+                }
+                out[(g * NREP + r) * HD + dd] = O / L;
+            }
+            if (store_new) store_new_row();
+        }
+        asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+        asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+        return;
+    }
+#endif
     if (counters == nullptr) return;
 
     // Fused combine: the last block of kv head g to finish merges the n_splits partial states of its
@@ -556,16 +620,57 @@ private:
 /// \cond
 namespace cuda_detail {
 
+// Whether the decode attention may merge its splits through a cluster's shared memory: an sm_90
+// device and not LIMARP_CUDA_ATTN_CLUSTER=0 (read once; a measurement switch).
+inline bool attention_cluster_merge_enabled() {
+    static const bool env_on = [] {
+        const char* e = std::getenv("LIMARP_CUDA_ATTN_CLUSTER");
+        return !(e && std::string(e) == "0");
+    }();
+    return env_on && device_info().compute_capability >= 90;
+}
+
+// How many clusters of kAttnCluster blocks of attention_decode_kernel<HD, NREP, KV> can be
+// resident at once (cudaOccupancyMaxActiveClusters; once per instantiation, 0 when it fails).
+template <int HD, int NREP, class KV>
+int attention_decode_max_clusters() {
+    static const int n = [] {
+        cudaLaunchConfig_t cfg{};
+        cfg.gridDim = dim3(1, kAttnCluster, 1);
+        cfg.blockDim = dim3(kAttnThreads);
+        cudaLaunchAttribute attr[1]{};
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 1;
+        attr[0].val.clusterDim.y = kAttnCluster;
+        attr[0].val.clusterDim.z = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        int clusters = 0;
+        if (cudaOccupancyMaxActiveClusters(&clusters, attention_decode_kernel<HD, NREP, KV>, &cfg) != cudaSuccess) {
+            (void)cudaGetLastError();  // not sticky: clear it
+            return 0;
+        }
+        return clusters;
+    }();
+    return n;
+}
+
 template <int HD, int NREP, class KV>
 void launch_attention_decode_kernel(int splits, bool fused, float* out, AttentionDecodeWorkspace& ws, const float* q,
                                     const float* k_new, const float* v_new, KV* k_cache, KV* v_cache,
                                     std::int64_t C, const std::int64_t* position, const ops::AttentionShape& s,
                                     float scale, cudaStream_t stream, bool store_new, float rope_theta) {
-    const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(splits));
-    launch_chained(__FILE__, __LINE__, attention_decode_kernel<HD, NREP, KV>, grid, dim3(kAttnThreads), 0, stream,
-                   out, ws.partial_out(), ws.partial_max_sum(), q, k_new, v_new, k_cache, v_cache,
-                   static_cast<int>(C), position, static_cast<int>(s.window_keys), static_cast<int>(s.n_kv_heads),
-                   scale, fused ? ws.counters() : nullptr, store_new, rope_theta);
+    // The cluster merge (sm_90): the grid's y rounded up to clusters of kAttnCluster splits, used
+    // only when every cluster of the grid can be resident at once.
+    const int gy = (splits + kAttnCluster - 1) / kAttnCluster * kAttnCluster;
+    const bool cluster = fused && splits > 1 && attention_cluster_merge_enabled() &&
+                         attention_decode_max_clusters<HD, NREP, KV>() >= s.n_kv_heads * (gy / kAttnCluster);
+    const dim3 grid(static_cast<unsigned>(s.n_kv_heads), static_cast<unsigned>(cluster ? gy : splits));
+    launch_chained_clusters(__FILE__, __LINE__, attention_decode_kernel<HD, NREP, KV>, grid, dim3(kAttnThreads), 0,
+                            stream, cluster ? dim3(1, kAttnCluster, 1) : dim3(1, 1, 1), out, ws.partial_out(),
+                            ws.partial_max_sum(), q, k_new, v_new, k_cache, v_cache, static_cast<int>(C), position,
+                            static_cast<int>(s.window_keys), static_cast<int>(s.n_kv_heads), scale,
+                            fused ? ws.counters() : nullptr, store_new, rope_theta, splits, cluster);
     if (splits > 1 && !fused)
         launch_chained(__FILE__, __LINE__, attention_decode_combine_kernel<>, dim3(static_cast<unsigned>(s.n_heads)),
                        dim3(128), 0, stream, out, ws.partial_out(), ws.partial_max_sum(), splits,

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "limarp/backend/cuda/check.cuh"
 #include "limarp/backend/cuda/device_buffer.cuh"
@@ -68,6 +69,35 @@ inline bool pdl_enabled() {
     return env_on && device_info().compute_capability >= 90;
 }
 
+/// `launch_chained` (below) in thread-block clusters of `cluster` blocks (sm_90; a 1 x 1 x 1 cluster: none).
+template <class... KArgs, class... Args>
+void launch_chained_clusters(const char* file, int line, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                             std::size_t smem, cudaStream_t stream, dim3 cluster, Args&&... args) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[2]{};
+    unsigned n = 0;
+    if (pdl_enabled()) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        ++n;
+    }
+    if (cluster.x * cluster.y * cluster.z > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster.x;
+        attr[n].val.clusterDim.y = cluster.y;
+        attr[n].val.clusterDim.z = cluster.z;
+        ++n;
+    }
+    cfg.attrs = attr;
+    cfg.numAttrs = n;
+    cuda_check(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...), "cudaLaunchKernelEx", file, line);
+    cuda_check_launch(file, line);
+}
+
 /// Launches `kernel<<<grid, block, smem, stream>>>(args...)` as the next link of a chain
 /// (programmatic stream serialization when `pdl_enabled()`, a plain launch otherwise) and checks
 /// the launch, naming the caller's `file`:`line`. `kernel` must begin with `pdl_enter()` or call
@@ -75,18 +105,7 @@ inline bool pdl_enabled() {
 template <class... KArgs, class... Args>
 void launch_chained(const char* file, int line, void (*kernel)(KArgs...), dim3 grid, dim3 block, std::size_t smem,
                     cudaStream_t stream, Args&&... args) {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1]{};
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl_enabled() ? 1 : 0;
-    cuda_check(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...), "cudaLaunchKernelEx", file, line);
-    cuda_check_launch(file, line);
+    launch_chained_clusters(file, line, kernel, grid, block, smem, stream, dim3(1, 1, 1), std::forward<Args>(args)...);
 }
 
 }  // namespace limarp::cuda_detail
