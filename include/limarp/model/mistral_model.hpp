@@ -106,8 +106,8 @@ public:
     /// The default prefill chunk of backend `B`: 256 tokens on host backends (the CPU's working
     /// set stays in cache), 4096 on device backends, where a 256-token chunk leaves most of the
     /// GPU idle (H200, int8, 4096-token prompt: 15.3k tok/s at 256, 36k at 4096;
-    /// benchmarks/NOTES.md, session 17) and 4096 tokens' activations (~1.5 GB for Mistral-7B)
-    /// fit next to the weights.
+    /// benchmarks/NOTES.md, session 17) and 4096 tokens' activations (an estimated 1.3-1.5 GB
+    /// for Mistral-7B) fit next to the weights.
     static constexpr std::int64_t kDefaultChunk = B::host_memory ? 256 : 4096;
     /// Number of tokens processed per internal step of a long prefill (`kDefaultChunk` unless set).
     std::int64_t chunk_size() const noexcept { return chunk_; }

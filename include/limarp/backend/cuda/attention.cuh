@@ -163,7 +163,12 @@ __global__ void __launch_bounds__(kAttnThreads)
     // Cluster merge: when all splits lie in the first cluster of the kv head, the blocks merge
     // through distributed shared memory instead of the global ticket; that cluster's idle blocks
     // (no keys) stay for its barriers. Uniform over the grid (n_splits depends on p only).
-    const bool in_cluster = cluster_merge && n_splits > 1 && n_splits <= kAttnCluster;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr bool kCanCluster = true;
+#else
+    constexpr bool kCanCluster = false;  // code for older targets (their PTX on a newer card): the ticket
+#endif
+    const bool in_cluster = kCanCluster && cluster_merge && n_splits > 1 && n_splits <= kAttnCluster;
     if (split >= n_splits && !(in_cluster && split < kAttnCluster)) return;
     const int chunk = (n_keys + n_splits - 1) / n_splits;
     const int j_begin = min(n_keys, split * chunk), j_end = min(n_keys, j_begin + chunk);
@@ -635,6 +640,15 @@ inline bool attention_cluster_merge_enabled() {
 template <int HD, int NREP, class KV>
 int attention_decode_max_clusters() {
     static const int n = [] {
+        // Only a binary built for sm_90 or newer has the cluster merge (an older target's PTX
+        // running on a newer card takes the ticket path: no cluster launch for it).
+        cudaFuncAttributes fa{};
+        if (cudaPeekAtLastError() != cudaSuccess) return 0;  // an earlier error stays for its check
+        if (cudaFuncGetAttributes(&fa, attention_decode_kernel<HD, NREP, KV>) != cudaSuccess ||
+            fa.binaryVersion < 90) {
+            (void)cudaGetLastError();  // this query's own error (none was pending)
+            return 0;
+        }
         cudaLaunchConfig_t cfg{};
         cfg.gridDim = dim3(1, kAttnCluster, 1);
         cfg.blockDim = dim3(kAttnThreads);
@@ -647,7 +661,7 @@ int attention_decode_max_clusters() {
         cfg.numAttrs = 1;
         int clusters = 0;
         if (cudaOccupancyMaxActiveClusters(&clusters, attention_decode_kernel<HD, NREP, KV>, &cfg) != cudaSuccess) {
-            (void)cudaGetLastError();  // not sticky: clear it
+            (void)cudaGetLastError();  // this query's own error (none was pending)
             return 0;
         }
         return clusters;
@@ -792,7 +806,8 @@ void kv_cache_store(Cuda<Sm>, KV* k_cache /*[C, kv_dim]*/, KV* v_cache /*[C, kv_
 /// `attention_sliding_window_decode`, then the new token's key and value into ring row p % C as
 /// `kv_cache_store` does — inside the attention launch when
 /// `attention_decode_stores_in_kernel(splits, cfg)` (the block that finishes kv head g last
-/// writes g's part of the row, after every block of g has read it), else by a `kv_cache_store`
+/// writes g's part of the row, after every block of g has read it; with the cluster merge the
+/// first block of g's cluster, after the cluster barrier), else by a `kv_cache_store`
 /// launch after it. Same arguments, same preconditions and errors; the rings are written.
 template <int Sm, class KV>
     requires(std::is_same_v<KV, float> || std::is_same_v<KV, __nv_bfloat16>)
