@@ -682,10 +682,7 @@ std::uint64_t TokenSampler::version() const { return impl_->sampler.version(); }
 
 void run_step(StepGraph& g, const StepKey& key, const std::function<void()>& body,
               const std::function<StepKey()>& key_now) {
-    static const bool enabled = [] {
-        const char* e = std::getenv("LIMARP_CUDA_GRAPHS");
-        return !(e && std::string(e) == "0");
-    }();
+    static const bool enabled = cuda_detail::env_switch_on("LIMARP_CUDA_GRAPHS");
     // Only one-token steps (decode) are recorded: a prefill is bound by the GPU's work, not by
     // launches, and recording it would evict the decode graph.
     if (!enabled || g.disabled || key.tokens != 1) return body();

@@ -628,10 +628,7 @@ namespace cuda_detail {
 // Whether the decode attention may merge its splits through a cluster's shared memory: an sm_90
 // device and not LIMARP_CUDA_ATTN_CLUSTER=0 (read once; a measurement switch).
 inline bool attention_cluster_merge_enabled() {
-    static const bool env_on = [] {
-        const char* e = std::getenv("LIMARP_CUDA_ATTN_CLUSTER");
-        return !(e && std::string(e) == "0");
-    }();
+    static const bool env_on = env_switch_on("LIMARP_CUDA_ATTN_CLUSTER");
     return env_on && device_info().compute_capability >= 90;
 }
 
@@ -652,11 +649,7 @@ int attention_decode_max_clusters() {
         cudaLaunchConfig_t cfg{};
         cfg.gridDim = dim3(1, kAttnCluster, 1);
         cfg.blockDim = dim3(kAttnThreads);
-        cudaLaunchAttribute attr[1]{};
-        attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = 1;
-        attr[0].val.clusterDim.y = kAttnCluster;
-        attr[0].val.clusterDim.z = 1;
+        cudaLaunchAttribute attr[1] = {cluster_dim_attribute(dim3(1, kAttnCluster, 1))};
         cfg.attrs = attr;
         cfg.numAttrs = 1;
         int clusters = 0;

@@ -59,14 +59,29 @@ __device__ __forceinline__ void pdl_enter() {
     pdl_launch_dependents();
 }
 
+/// False when the environment sets `name` to "0", true otherwise: the measurement and debugging
+/// switches of the CUDA backend (LIMARP_CUDA_PDL, LIMARP_CUDA_ATTN_CLUSTER, LIMARP_CUDA_GRAPHS).
+/// Callers read it once (a function-local static).
+inline bool env_switch_on(const char* name) {
+    const char* e = std::getenv(name);
+    return !(e && std::string(e) == "0");
+}
+
 /// True when kernels are launched programmatically: the current device is sm_90 or newer and the
 /// environment does not set `LIMARP_CUDA_PDL=0` (read once; a measurement and debugging switch).
 inline bool pdl_enabled() {
-    static const bool env_on = [] {
-        const char* e = std::getenv("LIMARP_CUDA_PDL");
-        return !(e && std::string(e) == "0");
-    }();
+    static const bool env_on = env_switch_on("LIMARP_CUDA_PDL");
     return env_on && device_info().compute_capability >= 90;
+}
+
+/// The launch attribute that groups blocks into thread-block clusters of `cluster` blocks (sm_90).
+inline cudaLaunchAttribute cluster_dim_attribute(dim3 cluster) {
+    cudaLaunchAttribute a{};
+    a.id = cudaLaunchAttributeClusterDimension;
+    a.val.clusterDim.x = cluster.x;
+    a.val.clusterDim.y = cluster.y;
+    a.val.clusterDim.z = cluster.z;
+    return a;
 }
 
 /// `launch_chained` (below) in thread-block clusters of `cluster` blocks (sm_90; a 1 x 1 x 1 cluster: none).
@@ -85,13 +100,7 @@ void launch_chained_clusters(const char* file, int line, void (*kernel)(KArgs...
         attr[n].val.programmaticStreamSerializationAllowed = 1;
         ++n;
     }
-    if (cluster.x * cluster.y * cluster.z > 1) {
-        attr[n].id = cudaLaunchAttributeClusterDimension;
-        attr[n].val.clusterDim.x = cluster.x;
-        attr[n].val.clusterDim.y = cluster.y;
-        attr[n].val.clusterDim.z = cluster.z;
-        ++n;
-    }
+    if (cluster.x * cluster.y * cluster.z > 1) attr[n++] = cluster_dim_attribute(cluster);
     cfg.attrs = attr;
     cfg.numAttrs = n;
     cuda_check(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...), "cudaLaunchKernelEx", file, line);
