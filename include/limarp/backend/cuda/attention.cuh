@@ -99,6 +99,110 @@ __device__ __forceinline__ void load_kv_row8(float (&v)[8], const float* __restr
     }
 }
 
+// The fused combine without a cluster: every thread of a block of kv head g calls this once the
+// block's partial state is in part_o / part_ml. The last block of g to arrive (a ticket counter,
+// threadfence reduction: each block's partials are visible before its ticket) merges the n_splits
+// states of its NREP query heads in split order into out and returns true (the caller then stores
+// the new ring row and resets counters[g]); the others return false. w_sm: NREP * n_splits floats
+// of shared scratch, l_sm: NREP.
+template <int HD, int NREP>
+__device__ bool attention_merge_by_ticket(float* __restrict__ out, const float* __restrict__ part_o,
+                                          const float* __restrict__ part_ml, unsigned* __restrict__ counters, int g,
+                                          int n_splits, float* w_sm, float* l_sm, unsigned& s_ticket) {
+    constexpr float kNegInf = -__builtin_huge_valf();
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_ticket = atomicAdd(&counters[g], 1u);
+    __syncthreads();
+    if (s_ticket != static_cast<unsigned>(n_splits - 1)) return false;
+    __threadfence();
+    for (int r = warp; r < NREP; r += kAttnWarps) {  // one warp per query head: max, weights, sum
+        const float* ml = part_ml + static_cast<long long>(g * NREP + r) * n_splits * 2;
+        float M = kNegInf;
+        for (int s2 = lane; s2 < n_splits; s2 += 32) M = fmaxf(M, __ldcg(ml + 2 * s2));
+        M = warp_max(M);
+        float L = 0.f;
+        for (int s2 = lane; s2 < n_splits; s2 += 32) {
+            const float ms = __ldcg(ml + 2 * s2);
+            const float w = ms == kNegInf ? 0.f : expf(ms - M);
+            w_sm[r * n_splits + s2] = w;
+            L = fmaf(__ldcg(ml + 2 * s2 + 1), w, L);
+        }
+        L = warp_sum(L);
+        if (lane == 0) l_sm[r] = L;
+    }
+    __syncthreads();
+    for (int c = static_cast<int>(threadIdx.x); c < NREP * HD / 4; c += kAttnThreads) {  // 4 columns a thread
+        const int r = c * 4 / HD, d4 = c * 4 % HD, h = g * NREP + r;
+        const float* po = part_o + static_cast<long long>(h) * n_splits * HD + d4;
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int s2 = 0; s2 < n_splits; ++s2) {
+            const float w = w_sm[r * n_splits + s2];
+            const float4 v = __ldcg(reinterpret_cast<const float4*>(po + static_cast<long long>(s2) * HD));
+            acc.x = fmaf(v.x, w, acc.x);
+            acc.y = fmaf(v.y, w, acc.y);
+            acc.z = fmaf(v.z, w, acc.z);
+            acc.w = fmaf(v.w, w, acc.w);
+        }
+        const float L = l_sm[r];
+        *reinterpret_cast<float4*>(out + h * HD + d4) = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
+    }
+    return true;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// A cluster-wide barrier: release of this thread's shared-memory writes, acquire of the others'.
+__device__ __forceinline__ void attention_cluster_barrier() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+// The cluster merge (sm_90): called by every thread of the first block of kv head g's cluster after
+// a cluster barrier; block k of the cluster holds split k's (max, sum, unnormalised output) of the
+// NREP query heads in its st_m, st_l, st_o. Merges the n_splits (<= kAttnCluster) states in split
+// order through distributed shared memory and writes the normalised output.
+template <int HD, int NREP>
+__device__ __forceinline__ void attention_merge_cluster_states(float* __restrict__ out, float (&st_o)[NREP][HD],
+                                                               float (&st_m)[NREP], float (&st_l)[NREP], int g,
+                                                               int n_splits) {
+    constexpr float kNegInf = -__builtin_huge_valf();
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    const float* pm[kAttnCluster];
+    const float* pl[kAttnCluster];
+    const float* po[kAttnCluster];
+#pragma unroll
+    for (int k = 0; k < kAttnCluster; ++k) {
+        pm[k] = cluster.map_shared_rank(&st_m[0], static_cast<unsigned>(k));
+        pl[k] = cluster.map_shared_rank(&st_l[0], static_cast<unsigned>(k));
+        po[k] = cluster.map_shared_rank(&st_o[0][0], static_cast<unsigned>(k));
+    }
+    for (int e = static_cast<int>(threadIdx.x); e < NREP * HD; e += kAttnThreads) {
+        const int r = e / HD, dd = e % HD;
+        float ms[kAttnCluster], ls[kAttnCluster], os[kAttnCluster];
+#pragma unroll
+        for (int k = 0; k < kAttnCluster; ++k) {
+            const bool in = k < n_splits;
+            ms[k] = in ? pm[k][r] : kNegInf;
+            ls[k] = in ? pl[k][r] : 0.f;
+            os[k] = in ? po[k][r * HD + dd] : 0.f;
+        }
+        float M = kNegInf;
+#pragma unroll
+        for (int k = 0; k < kAttnCluster; ++k) M = fmaxf(M, ms[k]);
+        float L = 0.f, O = 0.f;
+#pragma unroll
+        for (int k = 0; k < kAttnCluster; ++k) {
+            const float w = ms[k] == kNegInf ? 0.f : expf(ms[k] - M);
+            L = fmaf(ls[k], w, L);
+            O = fmaf(os[k], w, O);
+        }
+        out[(g * NREP + r) * HD + dd] = O / L;
+    }
+}
+#endif
+
 template <int HD, int NREP, class KV>
 __global__ void __launch_bounds__(kAttnThreads)
     attention_decode_kernel(float* __restrict__ out /*[n_heads * HD]*/, float* __restrict__ part_o,
@@ -372,89 +476,21 @@ __global__ void __launch_bounds__(kAttnThreads)
         // Every block of the cluster has its state in shared memory (and has read the ring); the
         // first one merges the n_splits states in split order and writes the output (and the new
         // row); the others keep their shared memory until it has read them.
-        asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-        asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+        attention_cluster_barrier();
         if (split == 0) {
-            cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-            for (int e = static_cast<int>(threadIdx.x); e < NREP * HD; e += kAttnThreads) {
-                const int r = e / HD, dd = e % HD;
-                float ms[kAttnCluster], ls[kAttnCluster], os[kAttnCluster];
-#pragma unroll
-                for (int k = 0; k < kAttnCluster; ++k) {
-                    if (k < n_splits) {
-                        const float* pm = cluster.map_shared_rank(&st_m[0], static_cast<unsigned>(k));
-                        const float* pl = cluster.map_shared_rank(&st_l[0], static_cast<unsigned>(k));
-                        const float* po = cluster.map_shared_rank(&st_o[0][0], static_cast<unsigned>(k));
-                        ms[k] = pm[r];
-                        ls[k] = pl[r];
-                        os[k] = po[r * HD + dd];
-                    } else {
-                        ms[k] = kNegInf, ls[k] = 0.f, os[k] = 0.f;
-                    }
-                }
-                float M = kNegInf;
-#pragma unroll
-                for (int k = 0; k < kAttnCluster; ++k) M = fmaxf(M, ms[k]);
-                float L = 0.f, O = 0.f;
-#pragma unroll
-                for (int k = 0; k < kAttnCluster; ++k) {
-                    const float w = ms[k] == kNegInf ? 0.f : expf(ms[k] - M);
-                    L = fmaf(ls[k], w, L);
-                    O = fmaf(os[k], w, O);
-                }
-                out[(g * NREP + r) * HD + dd] = O / L;
-            }
+            attention_merge_cluster_states<HD, NREP>(out, st_o, st_m, st_l, g, n_splits);
             if (store_new) store_new_row();
         }
-        asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-        asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+        attention_cluster_barrier();
         return;
     }
 #endif
     if (counters == nullptr) return;
-
-    // Fused combine: the last block of kv head g to finish merges the n_splits partial states of its
-    // NREP query heads (threadfence reduction: each block's partials are visible before its ticket).
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_ticket = atomicAdd(&counters[g], 1u);
-    __syncthreads();
-    if (s_ticket != static_cast<unsigned>(n_splits - 1)) return;
-    __threadfence();
-    float* w_sm = &sm_o[0][0][0];  // [NREP][n_splits] split weights (NG * HD >= 1024 >= n_splits)
-    float* l_sm = &sm_l[0][0];     // [NREP] sums
-    for (int r = warp; r < NREP; r += kAttnWarps) {  // one warp per query head: max, weights, sum
-        const float* ml = part_ml + static_cast<long long>(g * NREP + r) * n_splits * 2;
-        float M = kNegInf;
-        for (int s2 = lane; s2 < n_splits; s2 += 32) M = fmaxf(M, __ldcg(ml + 2 * s2));
-        M = warp_max(M);
-        float L = 0.f;
-        for (int s2 = lane; s2 < n_splits; s2 += 32) {
-            const float ms = __ldcg(ml + 2 * s2);
-            const float w = ms == kNegInf ? 0.f : expf(ms - M);
-            w_sm[r * n_splits + s2] = w;
-            L = fmaf(__ldcg(ml + 2 * s2 + 1), w, L);
-        }
-        L = warp_sum(L);
-        if (lane == 0) l_sm[r] = L;
-    }
-    __syncthreads();
-    for (int c = static_cast<int>(threadIdx.x); c < NREP * HD / 4; c += kAttnThreads) {  // 4 columns a thread
-        const int r = c * 4 / HD, d4 = c * 4 % HD, h = g * NREP + r;
-        const float* po = part_o + static_cast<long long>(h) * n_splits * HD + d4;
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-        for (int s2 = 0; s2 < n_splits; ++s2) {
-            const float w = w_sm[r * n_splits + s2];
-            const float4 v = __ldcg(reinterpret_cast<const float4*>(po + static_cast<long long>(s2) * HD));
-            acc.x = fmaf(v.x, w, acc.x);
-            acc.y = fmaf(v.y, w, acc.y);
-            acc.z = fmaf(v.z, w, acc.z);
-            acc.w = fmaf(v.w, w, acc.w);
-        }
-        const float L = l_sm[r];
-        *reinterpret_cast<float4*>(out + h * HD + d4) = make_float4(acc.x / L, acc.y / L, acc.z / L, acc.w / L);
-    }
+    // fused combine: the last block of kv head g to finish merges; sm_o is free now and holds the
+    // split weights (NREP * n_splits floats: NG * HD >= 1024 >= n_splits)
+    if (!attention_merge_by_ticket<HD, NREP>(out, part_o, part_ml, counters, g, n_splits, &sm_o[0][0][0], &sm_l[0][0],
+                                             s_ticket))
+        return;
     if (store_new) store_new_row();
     if (threadIdx.x == 0) counters[g] = 0;  // ready for the next launch (stream order)
 }
