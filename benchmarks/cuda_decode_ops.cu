@@ -3,8 +3,8 @@
 // ring store, decode attention over the rolling cache, greedy and top-k/top-p sampling) on the
 // Mistral-7B shapes (d_model 4096, 32 / 8 heads, head_dim 128, d_ff 14336, window 4096 with a ring
 // of 4095 rows, vocab 32000), against the device-to-device copy bandwidth measured in the same
-// process and against an empty kernel's launch (plain, and chained with programmatic launch at
-// three grid sizes: what one boundary of the decode step costs with no work).
+// process and against an empty kernel's launch (plain, and chained with programmatic launch where
+// the device has it, at three grid sizes: what one boundary of the decode step costs with no work).
 //
 //   bench_cuda_decode_ops [--iters N] [--reps R] [--layers L] [--json FILE]
 //
@@ -122,12 +122,15 @@ int main(int argc, char** argv) try {
         LIMARP_CUDA_CHECK_LAUNCH();
     });
     // What one boundary of the chained decode step costs with no work: empty kernels chained with
-    // programmatic launch (as every decode kernel is, sm_90), grids from one block to a GEMV's
-    // one-wave grid (1,056 blocks of 128 threads: 8 a multiprocessor on 132).
-    for (const unsigned blocks : {1u, static_cast<unsigned>(info.sm_count), 8u * static_cast<unsigned>(info.sm_count)})
-        run("empty kernel, chained", std::to_string(blocks) + " blocks of 128", 0.0, 1, [&](int) {
+    // programmatic launch (as every decode kernel is on sm_90; plain launches before sm_90 or with
+    // LIMARP_CUDA_PDL=0), grids from one block to a GEMV's one-wave grid (8 blocks of 128 threads
+    // a multiprocessor: 1,056 on 132).
+    for (const unsigned blocks : {1u, static_cast<unsigned>(info.sm_count), 8u * static_cast<unsigned>(info.sm_count)}) {
+        const std::string grid = std::to_string(blocks) + (blocks == 1 ? " block" : " blocks") + " of 128";
+        run("empty kernel, chained", grid, 0.0, 1, [&](int) {
             cuda_detail::launch_chained(__FILE__, __LINE__, empty_chained_kernel, dim3(blocks), dim3(128), 0, stream);
         });
+    }
 
     // ---- activations (random, never zeros) -----------------------------------------------------
     DeviceBuffer<float> x(kD, "x"), a(kD, "a"), h(kD, "h"), q(kQd, "q"), k(kKvd, "k"), v(kKvd, "v"), out(kQd, "out");
