@@ -722,10 +722,7 @@ inline bool qgemv_uses_lora(const QGemvArgs& a) {
 /// measurement switch).
 template <int R>
 inline bool qgemv_lora_capped() {
-    static const bool on = [] {
-        const char* e = std::getenv("LIMARP_CUDA_QGEMV_LORA_CAP");
-        return !(e && std::string(e) == "0");
-    }();
+    static const bool on = env_switch_on("LIMARP_CUDA_QGEMV_LORA_CAP");
     return kQGemvLoraMinBlocks<R> > 0 && on;
 }
 
@@ -821,10 +818,7 @@ inline QGemvConfig qgemv_default_config(std::int64_t n_rows, int sm_count, bool 
     c.programmatic = pdl_enabled();
     c.load = QGemvLoad::Registers;
     c.rows = (n_rows + 3) / 4 >= 2 * static_cast<std::int64_t>(sm_count) ? 4 : (n_rows >= 2 ? 2 : 1);
-    static const bool waves = [] {
-        const char* e = std::getenv("LIMARP_CUDA_QGEMV_WAVES");
-        return !(e && std::string(e) == "0");
-    }();
+    static const bool waves = env_switch_on("LIMARP_CUDA_QGEMV_WAVES");
     if (waves && c.rows == 4 && !gated) {
         const std::int64_t sms = sm_count, b4 = (n_rows + 3) / 4, b8 = (n_rows + 7) / 8;
         const std::int64_t wave4 = qgemv_blocks_per_sm<4>(lora) * sms, wave8 = qgemv_blocks_per_sm<8>(lora) * sms;
