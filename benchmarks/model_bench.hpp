@@ -4,7 +4,8 @@
 // prefill of one or more prompt lengths and decode, on backend B.
 //
 //   bench_model_<cpu|cuda> [--layers N] [--prompt T[,T2,...]] [--decode N] [--threads N]
-//                          [--quant none|int8|q8_0] [--lora-r R] [--activations int8|f32]
+//                          [--quant none|int8|q8_0] [--lora-r R] [--lora-targets q,k,v,o,gate,up,down]
+//                          [--activations int8|f32]
 //                          [--kv-cache auto|f32|bf16 (auto: bf16 for int8/q8_0 on the CPU unless --activations
 //                           f32, as the programs)]
 //                          [--outlier-threshold X (int8 activations; default 6, 0 = off)]
@@ -15,7 +16,7 @@
 //
 // --quant quantizes each generated bf16 projection at load and frees it (the lm_head and
 // embeddings stay bf16); --lora-r attaches one random rank-R adapter (bf16 A and B, alpha 16)
-// to all seven projections of every layer, unmerged. Each prompt length is prefilled into a fresh
+// to all seven projections of every layer (or to those --lora-targets names), unmerged. Each prompt length is prefilled into a fresh
 // cache (twice: a warm-up, then the timed run; on the CPU only the first length is warmed up,
 // to save minutes at 7B); decode continues after the last
 // prompt: greedy on the host by default (the logits cross to the host every token, as in
@@ -63,7 +64,15 @@ struct ModelBenchArgs {
     std::int64_t decode = 16, lora_r = 0, chunk = 0;  // chunk 0: the model's default
     std::string quant = "none", activations = "int8", outlier_threshold = "6", sampler = "host", device_pick = "step";
     std::string kv_cache = "auto";
+    std::vector<std::string> lora_targets{"q", "k", "v", "o", "gate", "up", "down"};  ///< projections with an adapter
 };
+
+/// The short name of a projection module ("model.layers.3.mlp.gate_proj" -> "gate").
+inline std::string projection_short_name(const std::string& module) {
+    std::string last = module.substr(module.rfind('.') + 1);
+    if (last.size() > 5 && last.compare(last.size() - 5, 5, "_proj") == 0) last.resize(last.size() - 5);
+    return last;
+}
 
 template <class B, class Proj>
 int run_model_bench(const char* name, const ModelBenchArgs& a) {
@@ -81,6 +90,9 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
     model.set_cache_dtype(kv);
     if (a.lora_r > 0) {
         for_each_projection(model, [&](auto& p) {
+            if (std::find(a.lora_targets.begin(), a.lora_targets.end(), projection_short_name(p.module())) ==
+                a.lora_targets.end())
+                return;
             LoraFactors f;
             f.adapter = "bench";
             f.A = random_weight(p.module() + ".lora_A", {a.lora_r, p.in_features()});
@@ -95,6 +107,7 @@ int run_model_bench(const char* name, const ModelBenchArgs& a) {
 
     nlohmann::json out{{"bench", name},        {"layers", cfg.n_layers},   {"d_model", cfg.d_model},
                        {"quant", a.quant},      {"lora_r", a.lora_r},       {"chunk", model.chunk_size()},
+                       {"lora_targets", a.lora_r > 0 ? a.lora_targets : std::vector<std::string>{}},
                        {"activations", a.quant == "none" ? "f32" : a.activations},
                        {"outlier_threshold", a.outlier_threshold}, {"kv_cache", kv == DType::BF16 ? "bf16" : "f32"},
                        {"threads", ThreadPool::global().size()}, {"decode", a.decode}};
@@ -205,6 +218,23 @@ int model_bench_main(const char* name, int argc, char** argv) {
         else if (k == "--activations") a.activations = argv[i + 1];
         else if (k == "--outlier-threshold") a.outlier_threshold = argv[i + 1];
         else if (k == "--lora-r") a.lora_r = v;
+        else if (k == "--lora-targets") {
+            a.lora_targets.clear();
+            std::stringstream ss(argv[i + 1]);
+            for (std::string t; std::getline(ss, t, ',');) {
+                static const std::vector<std::string> known{"q", "k", "v", "o", "gate", "up", "down"};
+                if (std::find(known.begin(), known.end(), t) == known.end()) {
+                    std::fprintf(stderr, "%s: --lora-targets: %s is not one of q, k, v, o, gate, up, down\n", name,
+                                 t.c_str());
+                    return 1;
+                }
+                a.lora_targets.push_back(t);
+            }
+            if (a.lora_targets.empty()) {
+                std::fprintf(stderr, "%s: --lora-targets needs at least one of q, k, v, o, gate, up, down\n", name);
+                return 1;
+            }
+        }
         else if (k == "--chunk") a.chunk = v;
         else if (k == "--sampler") a.sampler = argv[i + 1];
         else if (k == "--device-pick") a.device_pick = argv[i + 1];
