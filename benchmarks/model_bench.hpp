@@ -58,13 +58,16 @@
 
 namespace limarp::bench {
 
+/// The short names of Mistral's seven projections, as --lora-targets takes them.
+inline const std::vector<std::string> kProjectionShortNames{"q", "k", "v", "o", "gate", "up", "down"};
+
 struct ModelBenchArgs {
     MistralConfig cfg;
     std::vector<std::int64_t> prompts{128};
     std::int64_t decode = 16, lora_r = 0, chunk = 0;  // chunk 0: the model's default
     std::string quant = "none", activations = "int8", outlier_threshold = "6", sampler = "host", device_pick = "step";
     std::string kv_cache = "auto";
-    std::vector<std::string> lora_targets{"q", "k", "v", "o", "gate", "up", "down"};  ///< projections with an adapter
+    std::vector<std::string> lora_targets = kProjectionShortNames;  ///< projections with an adapter
 };
 
 /// The short name of a projection module ("model.layers.3.mlp.gate_proj" -> "gate").
@@ -221,17 +224,14 @@ int model_bench_main(const char* name, int argc, char** argv) {
         else if (k == "--lora-targets") {
             a.lora_targets.clear();
             std::stringstream ss(argv[i + 1]);
-            for (std::string t; std::getline(ss, t, ',');) {
-                static const std::vector<std::string> known{"q", "k", "v", "o", "gate", "up", "down"};
-                if (std::find(known.begin(), known.end(), t) == known.end()) {
-                    std::fprintf(stderr, "%s: --lora-targets: %s is not one of q, k, v, o, gate, up, down\n", name,
-                                 t.c_str());
-                    return 1;
-                }
-                a.lora_targets.push_back(t);
-            }
-            if (a.lora_targets.empty()) {
-                std::fprintf(stderr, "%s: --lora-targets needs at least one of q, k, v, o, gate, up, down\n", name);
+            for (std::string t; std::getline(ss, t, ',');) a.lora_targets.push_back(t);
+            const auto& known = kProjectionShortNames;
+            const auto unknown = std::find_if(a.lora_targets.begin(), a.lora_targets.end(), [&](const std::string& t) {
+                return std::find(known.begin(), known.end(), t) == known.end();
+            });
+            if (a.lora_targets.empty() || unknown != a.lora_targets.end()) {
+                std::fprintf(stderr, "%s: --lora-targets %s: give names from q, k, v, o, gate, up, down\n", name,
+                             argv[i + 1]);
                 return 1;
             }
         }
