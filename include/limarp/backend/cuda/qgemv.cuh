@@ -45,10 +45,10 @@
 ///   mantissa byte of 2^23 with one byte permute, subtract 2^23 + 128 (exact); then one FMA with x.
 /// - LoRA (`QGemvLora`, optional): one unmerged adapter's B [n_out, r] bf16 times z = scale · A x,
 ///   added to the rows in the same pass (B's rows are read next to the int8 rows; r * 2 bytes
-///   per row, 12% more bytes at r = 256 for q_proj), so the LoRA B product costs no launch. Its
-///   kernel instance holds B's and z's chunks in registers; at R = 4 they are capped at 64 a
-///   thread (8 blocks a multiprocessor, as the base kernel), which keeps o_proj's and
-///   down_proj's 1,024 blocks in one wave.
+///   per row, 12% more bytes at r = 256 for q_proj), so the LoRA B product costs no launch. B's
+///   and z's chunks are loaded after the weight loop, so the LoRA instance needs no more
+///   registers than the base kernel (o_proj's and down_proj's 1,024 blocks stay in one wave,
+///   q/k/v runs at R = 8).
 /// - Reduction: warp shuffles per row, then the 4 warps' partials through shared memory; the
 ///   scale is applied once per row at the end.
 /// - Tails: rows are stored with a stride padded to 16 bytes with zero weights
@@ -283,31 +283,6 @@ __device__ __forceinline__ void gemv_int8_rowwise_body(const X* __restrict__ x /
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
 
-    // kLora: row r's LoRA term belongs to warp r % W, its lanes taking 8 ranks each; the first 256
-    // ranks (all of them up to r = 256) are loaded right after the wait, with the first weights,
-    // so that the term costs no memory round trip of its own after the loop.
-    constexpr int NL = kLora ? (R + W - 1) / W : 1;  // LoRA rows per warp
-    uint4 lb[NL];
-    float4 lz0[NL], lz1[NL];
-    const auto lora_preload = [&] {
-        if constexpr (kLora) {
-            int part[R], o[R];
-            qgemv_block_rows<R>(a, part, o);
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                if (r % W != warp) continue;
-                const QGemvPart& pr = a.part[part[r]];
-                lb[r / W] = uint4{};
-                lz0[r / W] = lz1[r / W] = float4{};
-                if (pr.lora.b == nullptr || lane * 8 >= pr.lora.r) continue;
-                const long long row = min(o[r], pr.n_out - 1);
-                lb[r / W] = __ldg(reinterpret_cast<const uint4*>(pr.lora.b + row * pr.lora.r + lane * 8));
-                lz0[r / W] = __ldg(reinterpret_cast<const float4*>(pr.lora.z + lane * 8));
-                lz1[r / W] = __ldg(reinterpret_cast<const float4*>(pr.lora.z + lane * 8 + 4));
-            }
-        }
-    };
-
     // Steps 0 .. n_full-1 lie wholly inside n_in; a last step n_full exists when n_in % 512 != 0.
     const int n_full = n_in / kQGemvStep;
     const int n_steps = (ld + kQGemvStep - 1) / kQGemvStep;
@@ -315,7 +290,6 @@ __device__ __forceinline__ void gemv_int8_rowwise_body(const X* __restrict__ x /
     if constexpr (L == QGemvLoad::Registers) {
         constexpr int U = kQGemvUnroll<R>;
         pdl_enter();
-        lora_preload();
         int s = warp;
         for (; s + (U - 1) * W < n_full; s += U * W) {  // U steps at once: all loads, then the arithmetic
             uint4 wq[U][R];
@@ -371,7 +345,6 @@ __device__ __forceinline__ void gemv_int8_rowwise_body(const X* __restrict__ x /
             cp_async_commit();  // one group per step, empty ones included, so the wait count is fixed
         }
         pdl_enter();
-        lora_preload();
         for (int i = 0; i < n_mine; ++i) {
             if (i + P - 1 < n_mine) issue(i + P - 1);
             cp_async_commit();
@@ -388,8 +361,11 @@ __device__ __forceinline__ void gemv_int8_rowwise_body(const X* __restrict__ x /
         }
     }
 
-    // The LoRA terms (not scaled by the row scale): B's row chunks of 8 bf16 times z, each row by
-    // its warp (the preloaded first chunk, then the ranks past 256).
+    // The LoRA terms (not scaled by the row scale): B's row chunks of 8 bf16 times z, row r by
+    // warp r % W, its lanes taking 8 ranks each. Loaded only here, after the loop: loading the
+    // first chunks right after the wait (held in registers through the loop) or prefetching them
+    // into L1 or L2 there made the model's decode 5-100% slower (benchmarks/NOTES.md, sessions 19
+    // and 20).
     int part[R], o[R];  // recomputed rather than kept live through the loop (registers)
     qgemv_block_rows<R>(a, part, o);
     float accl[R];
@@ -401,9 +377,9 @@ __device__ __forceinline__ void gemv_int8_rowwise_body(const X* __restrict__ x /
             if (r % W != warp) continue;
             const QGemvPart& pr = a.part[part[r]];
             if (pr.lora.b == nullptr) continue;
-            float v = lane * 8 < pr.lora.r ? dot8_bf16(lb[r / W], lz0[r / W], lz1[r / W]) : 0.f;
+            float v = 0.f;
             const long long row = min(o[r], pr.n_out - 1);
-            for (int c = lane * 8 + 32 * 8; c < pr.lora.r; c += 32 * 8)
+            for (int c = lane * 8; c < pr.lora.r; c += 32 * 8)
                 v += dot8_bf16(__ldg(reinterpret_cast<const uint4*>(pr.lora.b + row * pr.lora.r + c)),
                                __ldg(reinterpret_cast<const float4*>(pr.lora.z + c)),
                                __ldg(reinterpret_cast<const float4*>(pr.lora.z + c + 4)));
@@ -457,18 +433,6 @@ __device__ __forceinline__ void gemv_int8_rowwise_body(const X* __restrict__ x /
 template <int R, class X, QGemvLoad L, bool kLora>
 __global__ void __launch_bounds__(kQGemvThreads) gemv_int8_rowwise_kernel(const X* __restrict__ x, const QGemvArgs a) {
     gemv_int8_rowwise_body<R, X, L, kLora>(x, a);
-}
-
-// The R = 4 LoRA instance of the registers path with its registers capped so that 8 blocks fit a
-// multiprocessor, as the base kernel's do (see launch_qgemv_int8_kernel). The same cap at R = 8
-// (6 blocks, so that q/k/v's 768 blocks fit one wave) spilled 400 bytes and was 3% slower in the
-// model (H100, benchmarks/NOTES.md).
-template <int R>
-inline constexpr int kQGemvLoraMinBlocks = R == 4 ? 8 : 0;
-template <int R, class X>
-__global__ void __launch_bounds__(kQGemvThreads, kQGemvLoraMinBlocks<R>)
-    gemv_int8_rowwise_capped_kernel(const X* __restrict__ x, const QGemvArgs a) {
-    gemv_int8_rowwise_body<R, X, QGemvLoad::Registers, true>(x, a);
 }
 
 // ---- QGemvLoad::Bulk: bulk copies (sm_90) into a ring of shared-memory stages ------------------
@@ -717,23 +681,11 @@ inline bool qgemv_uses_lora(const QGemvArgs& a) {
     return false;
 }
 
-/// Whether the R-row LoRA instance of the registers path runs with its registers capped
-/// (`gemv_int8_rowwise_capped_kernel`, R = 4). `LIMARP_CUDA_QGEMV_LORA_CAP=0`: never (a
-/// measurement switch).
-template <int R>
-inline bool qgemv_lora_capped() {
-    static const bool on = env_switch_on("LIMARP_CUDA_QGEMV_LORA_CAP");
-    return kQGemvLoraMinBlocks<R> > 0 && on;
-}
-
 /// The kernel instance a launch with R rows, input X, load path L runs (the LoRA instance when
-/// `lora`; at R = 4 on the registers path its register-capped form, unless switched off).
+/// `lora`).
 template <int R, class X, QGemvLoad L>
 inline auto qgemv_kernel(bool lora) -> void (*)(const X*, QGemvArgs) {
-    if (!lora) return gemv_int8_rowwise_kernel<R, X, L, false>;
-    if constexpr (kQGemvLoraMinBlocks<R> > 0 && L == QGemvLoad::Registers)
-        if (qgemv_lora_capped<R>()) return gemv_int8_rowwise_capped_kernel<R, X>;
-    return gemv_int8_rowwise_kernel<R, X, L, true>;
+    return lora ? gemv_int8_rowwise_kernel<R, X, L, true> : gemv_int8_rowwise_kernel<R, X, L, false>;
 }
 
 /// Resident blocks a multiprocessor of the Registers kernel with R rows (the LoRA instance when
@@ -870,10 +822,8 @@ template <int R, class X, QGemvLoad L>
 void launch_qgemv_int8_kernel(const QGemvConfig& c, const X* x, QGemvArgs a, cudaStream_t stream) {
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg = qgemv_launch_config(c, qgemv_grid<R>(a), kQGemvThreads, 0, stream, attr);
-    // kLora: an instance that holds the LoRA chunks in registers; the base GEMV keeps its count.
-    // At R = 4 its registers are capped so that 8 blocks fit a multiprocessor, as the base
-    // kernel's do: o_proj's and down_proj's 1,024 blocks then run in one wave (7 blocks a
-    // multiprocessor, uncapped, took a second wave on 132 multiprocessors).
+    // kLora: the instance with the LoRA epilogue (as many registers as the base on the H200
+    // build, nvcc 13.0: 60 at R = 4, 72 at R = 8).
     LIMARP_CUDA_CHECK(cudaLaunchKernelEx(&cfg, qgemv_kernel<R, X, L>(qgemv_uses_lora(a)), x, a));
     LIMARP_CUDA_CHECK_LAUNCH();
 }

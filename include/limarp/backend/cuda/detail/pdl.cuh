@@ -61,7 +61,7 @@ __device__ __forceinline__ void pdl_enter() {
 
 /// False when the environment sets `name` to "0", true otherwise: the measurement and debugging
 /// switches of the CUDA backend (LIMARP_CUDA_PDL, LIMARP_CUDA_ATTN_CLUSTER, LIMARP_CUDA_GRAPHS,
-/// LIMARP_CUDA_QGEMV_LORA_CAP, LIMARP_CUDA_QGEMV_WAVES).
+/// LIMARP_CUDA_QGEMV_WAVES).
 /// Callers read it once (a function-local static).
 inline bool env_switch_on(const char* name) {
     const char* e = std::getenv(name);
