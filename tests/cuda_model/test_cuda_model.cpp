@@ -510,7 +510,8 @@ BOOST_AUTO_TEST_CASE(int8_shared_input_forms_match_each_layer) {
 
 // Lora<QuantizedLinear<Int8Rowwise, Cuda>> with bf16 factors: one token adds the first adapter's
 // B product inside the int8 GEMV (`forward_lora`, r % 8 == 0), other ranks and adapters go the
-// separate way; against the CPU layer, weight-only (f32 activations on both sides).
+// separate way; against the CPU layer, weight-only (f32 activations on both sides). Rank 264: the
+// GEMV's epilogue takes a second pass over the ranks past 256.
 BOOST_AUTO_TEST_CASE(lora_fused_into_the_int8_gemv_matches_the_cpu) {
     std::mt19937 rng(31);
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -529,7 +530,7 @@ BOOST_AUTO_TEST_CASE(lora_fused_into_the_int8_gemv_matches_the_cpu) {
         f.file_scale = 2.0f / static_cast<float>(r);
         return f;
     };
-    for (const std::vector<std::int64_t>& ranks : {std::vector<std::int64_t>{16}, {12}, {16, 24}}) {
+    for (const std::vector<std::int64_t>& ranks : {std::vector<std::int64_t>{16}, {12}, {16, 24}, {264}}) {
         Lora<QuantizedLinear<Int8Rowwise, Cpu<>>> cpu(QuantizedLinear<Int8Rowwise, Cpu<>>(qw, QuantOptions::weight_only()), "m");
         Lora<QuantizedLinear<Int8Rowwise, Cuda<>>> gpu(QuantizedLinear<Int8Rowwise, Cuda<>>(qw, QuantOptions::weight_only()), "m");
         for (std::size_t i = 0; i < ranks.size(); ++i) {

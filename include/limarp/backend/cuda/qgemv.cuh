@@ -364,8 +364,8 @@ __device__ __forceinline__ void gemv_int8_rowwise_body(const X* __restrict__ x /
     // The LoRA terms (not scaled by the row scale): B's row chunks of 8 bf16 times z, row r by
     // warp r % W, its lanes taking 8 ranks each. Loaded only here, after the loop: loading the
     // first chunks right after the wait (held in registers through the loop) or prefetching them
-    // into L1 or L2 there made the model's decode 5-100% slower (benchmarks/NOTES.md, sessions 19
-    // and 20).
+    // into L2 there made the model's decode with an adapter 2-6% slower, prefetching z into L1
+    // 30-37% (r = 256, benchmarks/NOTES.md, sessions 19 and 20).
     int part[R], o[R];  // recomputed rather than kept live through the loop (registers)
     qgemv_block_rows<R>(a, part, o);
     float accl[R];
@@ -763,7 +763,7 @@ inline std::int64_t qgemv_bulk_wave(int P, bool lora, int sm_count) {
 ///
 /// Waves: when R = 4 takes between one and two waves of resident blocks and R = 8 fits in one
 /// (q/k/v's 6,144 rows on 132 multiprocessors: 1,536 blocks for 1,056 places at R = 4, 768 for
-/// 792 at R = 8), R = 8 (not for the gated form, whose halves would change; `lora`: the LoRA
+/// 924 at R = 8 with 72 registers, nvcc 13.0), R = 8 (not for the gated form, whose halves would change; `lora`: the LoRA
 /// instance's occupancy; `LIMARP_CUDA_QGEMV_WAVES=0` turns the rule off, a measurement switch).
 inline QGemvConfig qgemv_default_config(std::int64_t n_rows, int sm_count, bool lora = false, bool gated = false) {
     QGemvConfig c;
