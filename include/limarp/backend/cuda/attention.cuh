@@ -85,6 +85,24 @@ inline constexpr int kAttnThreads = 32 * kAttnWarps;  // threads per block
 template <int NREP>
 inline constexpr int kAttnTileKeys = NREP >= 8 ? 2 : 4;
 
+// The merge of the splits' partial softmax states (max m, sum l, unnormalised output o), shared by
+// the three merges (the ticket merge, the cluster merge, the combine kernel). A split's weight
+// against the merged max M is exp(m - M), 0 for a split that saw no key (m = -inf: no NaN when M
+// is -inf too).
+__device__ __forceinline__ float attention_split_weight(float m, float M) {
+    return m == -__builtin_huge_valf() ? 0.f : expf(m - M);
+}
+// One output element of the merge, the splits added in split order: L = sum l w, O = sum o w;
+// the element is O / L.
+struct AttentionSplitMerge {
+    float L = 0.f, O = 0.f;
+    __device__ __forceinline__ void add(float m, float l, float o, float M) {
+        const float w = attention_split_weight(m, M);
+        L = fmaf(l, w, L);
+        O = fmaf(o, w, O);
+    }
+};
+
 // The 8 dimensions [sub * 8, sub * 8 + 8) of the key or value row at `pos`: the new token's (f32,
 // `fresh` = kv head g's row of it) at pos == p, else ring row pos % C of kv head g.
 template <class KV>
@@ -124,8 +142,7 @@ __device__ bool attention_merge_by_ticket(float* __restrict__ out, const float* 
         M = warp_max(M);
         float L = 0.f;
         for (int s2 = lane; s2 < n_splits; s2 += 32) {
-            const float ms = __ldcg(ml + 2 * s2);
-            const float w = ms == kNegInf ? 0.f : expf(ms - M);
+            const float w = attention_split_weight(__ldcg(ml + 2 * s2), M);
             w_sm[r * n_splits + s2] = w;
             L = fmaf(__ldcg(ml + 2 * s2 + 1), w, L);
         }
@@ -191,14 +208,10 @@ __device__ __forceinline__ void attention_merge_cluster_states(float* __restrict
         float M = kNegInf;
 #pragma unroll
         for (int k = 0; k < kAttnCluster; ++k) M = fmaxf(M, ms[k]);
-        float L = 0.f, O = 0.f;
+        AttentionSplitMerge acc;
 #pragma unroll
-        for (int k = 0; k < kAttnCluster; ++k) {
-            const float w = ms[k] == kNegInf ? 0.f : expf(ms[k] - M);
-            L = fmaf(ls[k], w, L);
-            O = fmaf(os[k], w, O);
-        }
-        out[(g * NREP + r) * HD + dd] = O / L;
+        for (int k = 0; k < kAttnCluster; ++k) acc.add(ms[k], ls[k], os[k], M);
+        out[(g * NREP + r) * HD + dd] = acc.O / acc.L;
     }
 }
 #endif
@@ -507,15 +520,13 @@ __global__ void __launch_bounds__(128)
     float M = kNegInf;
     for (int s = 0; s < n_splits; ++s) M = fmaxf(M, ml[2 * s]);
     for (int dd = static_cast<int>(threadIdx.x); dd < hd; dd += static_cast<int>(blockDim.x)) {
-        float L = 0.f, O = 0.f;
+        AttentionSplitMerge acc;
         for (int s = 0; s < n_splits; ++s) {
             const float ms = ml[2 * s];
-            if (ms == kNegInf) continue;  // an empty split
-            const float w = expf(ms - M);
-            L = fmaf(ml[2 * s + 1], w, L);
-            O = fmaf(part_o[(static_cast<long long>(h) * n_splits + s) * hd + dd], w, O);
+            if (ms == kNegInf) continue;  // an empty split (its partial output was not written)
+            acc.add(ms, ml[2 * s + 1], part_o[(static_cast<long long>(h) * n_splits + s) * hd + dd], M);
         }
-        out[h * hd + dd] = O / L;
+        out[h * hd + dd] = acc.O / acc.L;
     }
 }
 
