@@ -84,13 +84,15 @@ inline constexpr int kAttnThreads = 32 * kAttnWarps;  // threads per block
 /// Keys one group folds per step: 4, or 2 with 8 query heads per kv head (register budget).
 template <int NREP>
 inline constexpr int kAttnTileKeys = NREP >= 8 ? 2 : 4;
+/// The running max of a softmax state that has seen no key.
+inline constexpr float kAttnNegInf = -__builtin_huge_valf();
 
 // The merge of the splits' partial softmax states (max m, sum l, unnormalised output o), shared by
 // the three merges (the ticket merge, the cluster merge, the combine kernel). A split's weight
 // against the merged max M is exp(m - M), 0 for a split that saw no key (m = -inf: no NaN when M
 // is -inf too).
 __device__ __forceinline__ float attention_split_weight(float m, float M) {
-    return m == -__builtin_huge_valf() ? 0.f : expf(m - M);
+    return m == kAttnNegInf ? 0.f : expf(m - M);
 }
 // One output element of the merge, the splits added in split order: L = sum l w, O = sum o w;
 // the element is O / L.
@@ -127,7 +129,6 @@ template <int HD, int NREP>
 __device__ bool attention_merge_by_ticket(float* __restrict__ out, const float* __restrict__ part_o,
                                           const float* __restrict__ part_ml, unsigned* __restrict__ counters, int g,
                                           int n_splits, float* w_sm, float* l_sm, unsigned& s_ticket) {
-    constexpr float kNegInf = -__builtin_huge_valf();
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
     __threadfence();
     __syncthreads();
@@ -137,7 +138,7 @@ __device__ bool attention_merge_by_ticket(float* __restrict__ out, const float* 
     __threadfence();
     for (int r = warp; r < NREP; r += kAttnWarps) {  // one warp per query head: max, weights, sum
         const float* ml = part_ml + static_cast<long long>(g * NREP + r) * n_splits * 2;
-        float M = kNegInf;
+        float M = kAttnNegInf;
         for (int s2 = lane; s2 < n_splits; s2 += 32) M = fmaxf(M, __ldcg(ml + 2 * s2));
         M = warp_max(M);
         float L = 0.f;
@@ -184,7 +185,6 @@ template <int HD, int NREP>
 __device__ __forceinline__ void attention_merge_cluster_states(float* __restrict__ out, float (&st_o)[NREP][HD],
                                                                float (&st_m)[NREP], float (&st_l)[NREP], int g,
                                                                int n_splits) {
-    constexpr float kNegInf = -__builtin_huge_valf();
     cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
     const float* pm[kAttnCluster];
     const float* pl[kAttnCluster];
@@ -201,11 +201,11 @@ __device__ __forceinline__ void attention_merge_cluster_states(float* __restrict
 #pragma unroll
         for (int k = 0; k < kAttnCluster; ++k) {
             const bool in = k < n_splits;
-            ms[k] = in ? pm[k][r] : kNegInf;
+            ms[k] = in ? pm[k][r] : kAttnNegInf;
             ls[k] = in ? pl[k][r] : 0.f;
             os[k] = in ? po[k][r * HD + dd] : 0.f;
         }
-        float M = kNegInf;
+        float M = kAttnNegInf;
 #pragma unroll
         for (int k = 0; k < kAttnCluster; ++k) M = fmaxf(M, ms[k]);
         AttentionSplitMerge acc;
@@ -232,7 +232,6 @@ __global__ void __launch_bounds__(kAttnThreads)
     constexpr int TK = kAttnTileKeys<NREP>;
     constexpr int half = HD / 2;
     static_assert(half <= kAttnThreads, "one thread a RoPE pair");
-    constexpr float kNegInf = -__builtin_huge_valf();
     __shared__ float sm_o[NG][NREP][HD];
     __shared__ float sm_m[NG][NREP], sm_l[NG][NREP];
     __shared__ unsigned s_ticket;
@@ -371,7 +370,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     float o[NREP][8], m[NREP], l[NREP];
 #pragma unroll
     for (int r = 0; r < NREP; ++r) {
-        m[r] = kNegInf;
+        m[r] = kAttnNegInf;
         l[r] = 0.f;
 #pragma unroll
         for (int i = 0; i < 8; ++i) o[r][i] = 0.f;
@@ -392,7 +391,7 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll
                 for (int i = 0; i < 8; ++i) d = fmaf(qr[r][i], kf[t][i], d);
                 d = group_sum<G>(d);
-                sc[t][r] = valid[t] ? d * scale : kNegInf;
+                sc[t][r] = valid[t] ? d * scale : kAttnNegInf;
             }
 #pragma unroll
         for (int r = 0; r < NREP; ++r) {
@@ -400,7 +399,7 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll
             for (int t = 1; t < TK; ++t) mt = fmaxf(mt, sc[t][r]);
             const float m_new = fmaxf(m[r], mt);
-            if (m_new == kNegInf) continue;          // no visible key in this group yet
+            if (m_new == kAttnNegInf) continue;          // no visible key in this group yet
             const float alpha = expf(m[r] - m_new);  // 0 while m[r] = -inf
             float pt[TK], ps = 0.f;
 #pragma unroll
@@ -441,11 +440,11 @@ __global__ void __launch_bounds__(kAttnThreads)
     __syncthreads();
     for (int e = static_cast<int>(threadIdx.x); e < NREP * HD; e += kAttnThreads) {
         const int r = e / HD, dd = e % HD;
-        float M = kNegInf;
+        float M = kAttnNegInf;
 #pragma unroll 4
         for (int k = 0; k < NG; ++k) M = fmaxf(M, sm_m[k][r]);
         float L = 0.f, O = 0.f;
-        if (M != kNegInf) {
+        if (M != kAttnNegInf) {
 #pragma unroll 4
             for (int k = 0; k < NG; ++k) {
                 const float w = expf(sm_m[k][r] - M);
@@ -514,16 +513,15 @@ __global__ void __launch_bounds__(128)
     attention_decode_combine_kernel(float* __restrict__ out /*[n_heads * hd]*/, const float* __restrict__ part_o,
                                     const float* __restrict__ part_ml, int n_splits, int hd) {
     pdl_enter();  // chained launch: wait for the previous kernel, then let the next one launch
-    constexpr float kNegInf = -__builtin_huge_valf();
     const int h = static_cast<int>(blockIdx.x);
     const float* ml = part_ml + static_cast<long long>(h) * n_splits * 2;
-    float M = kNegInf;
+    float M = kAttnNegInf;
     for (int s = 0; s < n_splits; ++s) M = fmaxf(M, ml[2 * s]);
     for (int dd = static_cast<int>(threadIdx.x); dd < hd; dd += static_cast<int>(blockDim.x)) {
         AttentionSplitMerge acc;
         for (int s = 0; s < n_splits; ++s) {
             const float ms = ml[2 * s];
-            if (ms == kNegInf) continue;  // an empty split (its partial output was not written)
+            if (ms == kAttnNegInf) continue;  // an empty split (its partial output was not written)
             acc.add(ms, ml[2 * s + 1], part_o[(static_cast<long long>(h) * n_splits + s) * hd + dd], M);
         }
         out[h * hd + dd] = acc.O / acc.L;
