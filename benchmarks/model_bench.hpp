@@ -230,8 +230,9 @@ int model_bench_main(const char* name, int argc, char** argv) {
                 return std::find(known.begin(), known.end(), t) == known.end();
             });
             if (a.lora_targets.empty() || unknown != a.lora_targets.end()) {
-                std::fprintf(stderr, "%s: --lora-targets %s: give names from q, k, v, o, gate, up, down\n", name,
-                             argv[i + 1]);
+                std::string names;
+                for (const auto& n : known) names += (names.empty() ? "" : ", ") + n;
+                std::fprintf(stderr, "%s: --lora-targets %s: give names from %s\n", name, argv[i + 1], names.c_str());
                 return 1;
             }
         }
